@@ -1,0 +1,173 @@
+"""Mask arrays: binarisation, merging of several annotations, cleaning. Arrays in, arrays out.
+
+Binarisation policy (`binarize_mask`), applied to every BUSI mask:
+
+1. A boolean array is taken as is.
+2. A colour mask ``(H, W, 3)`` or ``(H, W, 4)`` becomes ``(H, W)`` by the maximum over its
+   colour channels; for RGBA, pixels whose alpha is 0 count as background.
+3. The values must then be a subset of ``{0, 1}`` or of ``{0, 255}``; they map to ``{0, 1}``.
+   Any other value (anti-aliased edges, grey levels, a photo saved as a mask) is an error, never
+   thresholded silently.
+
+Merging several annotations of one image is a maximum-intensity projection: a pixel is lesion
+if any annotator marked it (the union).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+BINARY_VALUE_SETS = ({0, 1}, {0, 255})
+FOREGROUND = 1
+
+
+def binarize_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
+    """Converts a mask in any of the BUSI encodings to ``{0, 1}``.
+
+    Args:
+        mask: ``(H, W)`` bool, or ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)``
+            integer array whose values are in ``{0, 1}`` or ``{0, 255}`` (see the module
+            docstring for the policy).
+        name: what to call the mask in error messages (e.g. its file name).
+
+    Returns:
+        ``(H, W)`` uint8 in ``{0, 1}``.
+
+    Raises:
+        ValueError: for a wrong number of dimensions or channels, or for values that are not
+            binary after the colour reduction.
+
+    Example:
+        >>> binarize_mask(np.array([[0, 255], [255, 0]], np.uint8)).tolist()
+        [[0, 1], [1, 0]]
+    """
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[..., 0]
+    if mask.ndim == 3 and mask.shape[2] in (3, 4):
+        colour = mask[..., :3].max(axis=2)
+        if mask.shape[2] == 4:
+            colour = np.where(mask[..., 3] > 0, colour, 0)
+        mask = colour
+    if mask.ndim != 2:
+        raise ValueError(
+            f"Expected a mask of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); "
+            f"received shape {mask.shape} in {name!r}."
+        )
+    if mask.dtype == bool:
+        return mask.astype(np.uint8)
+    values = np.unique(mask)
+    value_set = set(values.tolist())
+    if value_set <= {0, 1}:
+        return mask.astype(np.uint8)
+    if value_set <= {0, 255}:
+        return (mask == 255).astype(np.uint8)
+    shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
+    raise ValueError(
+        f"Expected a binary mask with values in {{0, 1}} or {{0, 255}}; received values ({shown}) "
+        f"in {name!r}. Re-export the mask as a 1-bit or 0/255 PNG, or threshold it yourself "
+        f"before use."
+    )
+
+
+def merge_masks(masks: Sequence[np.ndarray], names: Sequence[str] | None = None) -> np.ndarray:
+    """Merges several annotations of one image by maximum-intensity projection (their union).
+
+    Args:
+        masks: a non-empty sequence of masks of one shape, each accepted by `binarize_mask`.
+        names: optional names (e.g. file names) for error messages, one per mask.
+
+    Returns:
+        ``(H, W)`` uint8 in ``{0, 1}``: 1 where any mask is foreground.
+
+    Raises:
+        ValueError: for an empty sequence, masks of different shapes, or a non-binary mask.
+
+    Example:
+        >>> a = np.array([[1, 0], [0, 0]], np.uint8); b = np.array([[0, 0], [0, 255]], np.uint8)
+        >>> merge_masks([a, b]).tolist()
+        [[1, 0], [0, 1]]
+    """
+    if len(masks) == 0:
+        raise ValueError("Expected at least one mask to merge; received an empty list.")
+    if names is None:
+        names = [f"mask {i}" for i in range(len(masks))]
+    binary = [binarize_mask(m, name) for m, name in zip(masks, names)]
+    shapes = {m.shape for m in binary}
+    if len(shapes) > 1:
+        listed = ", ".join(f"{name!r}: {m.shape}" for m, name in zip(binary, names))
+        raise ValueError(f"Expected masks of one shape to merge; received {listed}.")
+    return np.maximum.reduce(binary)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fills background regions that are fully enclosed by foreground.
+
+    Args:
+        mask: ``(H, W)`` uint8 or bool in ``{0, 1}``.
+
+    Returns:
+        ``(H, W)`` uint8 in ``{0, 1}``; background connected (4-connectivity) to the image
+        border stays background, every other background pixel becomes foreground.
+    """
+    mask = _check_binary_2d(mask)
+    background = (mask == 0).astype(np.uint8)
+    count, labels = cv2.connectedComponents(background, connectivity=4)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    outside = np.isin(labels, border[border > 0])
+    return np.where(outside, 0, 1).astype(np.uint8)
+
+
+def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """Removes connected foreground components (8-connectivity) smaller than `min_area` pixels.
+
+    Args:
+        mask: ``(H, W)`` uint8 or bool in ``{0, 1}``.
+        min_area: components with fewer pixels than this are removed; ``0`` keeps all.
+
+    Returns:
+        ``(H, W)`` uint8 in ``{0, 1}``.
+    """
+    mask = _check_binary_2d(mask)
+    if min_area < 0:
+        raise ValueError(f"Expected min_area >= 0; received {min_area}.")
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    keep = np.zeros(count, dtype=bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area
+    return keep[labels].astype(np.uint8)
+
+
+def clean_mask(mask: np.ndarray, min_area: int = 0, fill: bool = True) -> np.ndarray:
+    """Cleans a binary mask: drops small components, then fills enclosed holes.
+
+    Used on ground truth and, in `training.evaluate`, to post-process predictions.
+
+    Args:
+        mask: ``(H, W)`` or ``(H, W, 1)`` uint8 or bool in ``{0, 1}``.
+        min_area: remove foreground components with fewer pixels than this (8-connectivity).
+        fill: fill background holes enclosed by foreground (4-connected background).
+
+    Returns:
+        Same shape as `mask`, uint8 in ``{0, 1}``.
+    """
+    squeeze = np.asarray(mask).ndim == 3
+    result = remove_small_components(mask, min_area)
+    if fill:
+        result = fill_holes(result)
+    return result[..., None] if squeeze else result
+
+
+def _check_binary_2d(mask: np.ndarray) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise ValueError(f"Expected a mask of shape (H, W) or (H, W, 1); received shape {mask.shape}.")
+    if mask.dtype != bool and not set(np.unique(mask).tolist()) <= {0, 1}:
+        raise ValueError(
+            "Expected a mask with values in {0, 1}; received other values. Use binarize_mask first."
+        )
+    return mask.astype(np.uint8)

@@ -1,0 +1,256 @@
+"""U-Net for binary lesion segmentation, built with the Keras 3 functional API. Arrays in, model out.
+
+The architecture follows Ronneberger et al. (2015), "U-Net: Convolutional Networks for Biomedical
+Image Segmentation", with 'same' padding so that the output keeps the input's spatial size:
+
+- ``depth`` encoder stages; stage ``i`` (1-based) has ``base_filters * 2**(i - 1)`` filters and runs
+  two 3x3 convolutions (each followed by BatchNorm when ``batch_norm``, then ReLU) and a 2x2 max
+  pooling.
+- a bottleneck of two 3x3 convolutions with ``base_filters * 2**depth`` filters, followed by
+  Dropout when ``dropout_rate > 0`` (the only dropout in the network).
+- ``depth`` decoder stages; ``decoder_stage{i}`` mirrors ``encoder_stage{i}`` (same resolution and
+  filters), so the decoder runs from ``decoder_stage{depth}`` up to ``decoder_stage1``. Each
+  upsamples with a 2x2, stride-2 ``Conv2DTranspose`` (no activation) that halves the channels,
+  concatenates the encoder stage's output (the skip connection) and runs two 3x3 convolutions.
+- a 1x1 ``Conv2D`` head with a sigmoid, always computed in float32.
+
+Layer names, e.g. for stage 1: ``encoder_stage1_conv1``, ``encoder_stage1_bn1``,
+``encoder_stage1_relu1``, ..., ``encoder_stage1_pool``, ``bottleneck_conv1``,
+``bottleneck_dropout``, ``decoder_stage1_upsample``, ``decoder_stage1_concat``,
+``decoder_stage1_conv2``, ``head``.
+
+Mixed precision is set per model, never globally: every layer receives ``dtype=dtype_policy``
+(one of ``DTYPE_POLICIES``), the head receives ``dtype="float32"``. The model itself carries the
+policy too, so ``model.compile`` wraps the optimizer in a ``LossScaleOptimizer`` for
+``"mixed_float16"`` (bfloat16 needs no loss scaling). ``keras.models.load_model`` restores every
+layer's policy but not the model's: before compiling a reloaded ``"mixed_float16"`` model again,
+set ``model.dtype_policy = "mixed_float16"`` or wrap the optimizer yourself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from numbers import Real
+
+import keras
+
+DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+OUTPUT_DTYPE = "float32"
+KERNEL_SIZE = 3
+POOL_SIZE = 2
+UPSAMPLE_SIZE = 2
+CONVS_PER_STAGE = 2
+# Parameters of the classic U-Net: input (256, 256, 1), base_filters=64, depth=4, no BatchNorm.
+CLASSIC_UNET_PARAMS = 31_030_593
+# A training step (forward, gradients w.r.t. activations and w.r.t. weights) costs about three
+# forward passes.
+TRAIN_FLOPS_PER_FORWARD_FLOP = 3
+
+
+def _nearest_multiples(size: int, multiple: int) -> str:
+    """Describes the allowed sizes next to ``size``, e.g. ``"240 or 256"``."""
+    lower = (size // multiple) * multiple
+    upper = lower + multiple
+    return f"{lower} or {upper}" if lower > 0 else f"{upper}"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _validate_architecture(input_shape: Sequence[int], base_filters: int, depth: int) -> tuple[int, int, int]:
+    """Checks the shape arguments shared by `build_unet` and `unet_flops`; returns ``(H, W, C)``."""
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or len(input_shape) != 3:
+        raise ValueError(
+            f"Expected input_shape as a 3-tuple (height, width, channels), e.g. (256, 256, 1); "
+            f"received {input_shape!r}. Leave out the batch dimension and give grayscale images "
+            f"a channel axis of size 1."
+        )
+    if not all(_is_int(size) and size >= 1 for size in input_shape):
+        raise ValueError(
+            f"Expected input_shape of positive integers (height, width, channels); received "
+            f"{tuple(input_shape)!r}. Use fixed image sizes such as (256, 256, 1)."
+        )
+    if not _is_int(depth) or depth < 1:
+        raise ValueError(
+            f"Expected depth (number of poolings) to be an integer >= 1; received {depth!r}. "
+            f"The classic U-Net uses depth=4."
+        )
+    if not _is_int(base_filters) or base_filters < 1:
+        raise ValueError(
+            f"Expected base_filters to be an integer >= 1; received {base_filters!r}. "
+            f"The classic U-Net uses base_filters=64."
+        )
+    height, width, channels = (int(size) for size in input_shape)
+    multiple = 2**depth
+    for axis, size in (("height", height), ("width", width)):
+        if size % multiple != 0:
+            raise ValueError(
+                f"Expected the input {axis} to be divisible by 2**depth = {multiple} so that each "
+                f"of the {depth} poolings halves it exactly; received {axis} {size} in input_shape "
+                f"{(height, width, channels)}. Resize or pad the images to a multiple of {multiple} "
+                f"(nearest: {_nearest_multiples(size, multiple)}) or lower depth."
+            )
+    return height, width, channels
+
+
+def _conv_block(
+    inputs: keras.KerasTensor, filters: int, prefix: str, batch_norm: bool, dtype_policy: str
+) -> keras.KerasTensor:
+    """Two 3x3 'same' convolutions, each followed by optional BatchNorm and a ReLU."""
+    x = inputs
+    for index in range(1, CONVS_PER_STAGE + 1):
+        x = keras.layers.Conv2D(
+            filters,
+            KERNEL_SIZE,
+            padding="same",
+            use_bias=not batch_norm,  # BatchNorm's beta makes a bias redundant.
+            kernel_initializer="he_normal",
+            dtype=dtype_policy,
+            name=f"{prefix}_conv{index}",
+        )(x)
+        if batch_norm:
+            x = keras.layers.BatchNormalization(dtype=dtype_policy, name=f"{prefix}_bn{index}")(x)
+        x = keras.layers.Activation("relu", dtype=dtype_policy, name=f"{prefix}_relu{index}")(x)
+    return x
+
+
+def build_unet(
+    input_shape: Sequence[int] = (256, 256, 1),
+    base_filters: int = 64,
+    depth: int = 4,
+    batch_norm: bool = True,
+    dropout_rate: float = 0.0,
+    dtype_policy: str = "float32",
+    name: str = "unet",
+) -> keras.Model:
+    """Builds a U-Net that maps images to per-pixel lesion probabilities.
+
+    See the module docstring for the architecture and layer names. Parameter count:
+
+    Formula (``f_i = base_filters * 2**(i - 1)``, ``C`` input channels, no BatchNorm):
+        encoder stage i: 9*c_in*f_i + f_i + 9*f_i*f_i + f_i, with c_in = C for i = 1, else f_(i-1)
+        bottleneck:      9*f_d*2f_d + 2f_d + 9*2f_d*2f_d + 2f_d, with f_d = f_depth
+        decoder stage i: 4*2f_i*f_i + f_i (upsample) + 9*2f_i*f_i + f_i + 9*f_i*f_i + f_i
+        head:            f_1 + 1
+
+    With input (256, 256, 1), ``base_filters=64``, ``depth=4`` and ``batch_norm=False`` this is
+    the classic U-Net with 31,030,593 parameters (``CLASSIC_UNET_PARAMS``). With BatchNorm the
+    convolutions drop their biases and each gains 4 * filters BatchNorm weights.
+
+    Args:
+        input_shape: ``(height, width, channels)``; height and width must be divisible by
+            ``2**depth``. The model takes images ``(batch, height, width, channels)`` float32,
+            expected in [0, 1].
+        base_filters: filters of the first encoder stage (>= 1); they double at each stage.
+        depth: number of poolings (>= 1); the bottleneck runs at ``height / 2**depth``.
+        batch_norm: BatchNormalization between each 3x3 convolution and its ReLU.
+        dropout_rate: Dropout rate in [0, 1) after the bottleneck; 0 adds no Dropout layer.
+        dtype_policy: Keras dtype policy of every layer but the head, one of ``DTYPE_POLICIES``
+            (``"float32"``, ``"mixed_bfloat16"``, ``"mixed_float16"``). Variables stay float32;
+            mixed policies compute in 16 bits. No global policy is set.
+        name: name of the model.
+
+    Returns:
+        A ``keras.Model`` mapping ``(batch, height, width, channels)`` images to
+        ``(batch, height, width, 1)`` float32 probabilities in [0, 1] (sigmoid output; train
+        with binary cross-entropy or Dice on the probabilities).
+
+    Raises:
+        ValueError: for an input_shape that is not 3-D, has non-positive entries or a spatial
+            size not divisible by ``2**depth``; for ``depth < 1``, ``base_filters < 1``,
+            ``dropout_rate`` outside [0, 1) or an unknown ``dtype_policy``.
+
+    Example:
+        >>> model = build_unet((64, 64, 1), base_filters=8, depth=3, dtype_policy="mixed_bfloat16")
+        >>> model.output_shape, model.output.dtype
+        ((None, 64, 64, 1), 'float32')
+    """
+    _validate_architecture(input_shape, base_filters, depth)
+    if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, Real) or not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(
+            f"Expected dropout_rate in [0, 1); received {dropout_rate!r}. Use 0 for no dropout, "
+            f"e.g. 0.5 as in the original U-Net."
+        )
+    if dtype_policy not in DTYPE_POLICIES:
+        raise ValueError(
+            f"Expected dtype_policy to be one of {DTYPE_POLICIES}; received {dtype_policy!r}. "
+            f"Use 'mixed_bfloat16' on CPUs and TPUs or recent GPUs, 'mixed_float16' on older GPUs."
+        )
+
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = inputs
+    skips = []
+    for stage in range(1, depth + 1):
+        x = _conv_block(x, base_filters * 2 ** (stage - 1), f"encoder_stage{stage}", batch_norm, dtype_policy)
+        skips.append(x)
+        x = keras.layers.MaxPooling2D(POOL_SIZE, dtype=dtype_policy, name=f"encoder_stage{stage}_pool")(x)
+
+    x = _conv_block(x, base_filters * 2**depth, "bottleneck", batch_norm, dtype_policy)
+    if dropout_rate > 0:
+        x = keras.layers.Dropout(dropout_rate, dtype=dtype_policy, name="bottleneck_dropout")(x)
+
+    for stage in range(depth, 0, -1):
+        filters = base_filters * 2 ** (stage - 1)
+        x = keras.layers.Conv2DTranspose(
+            filters,
+            UPSAMPLE_SIZE,
+            strides=UPSAMPLE_SIZE,
+            padding="same",
+            kernel_initializer="he_normal",
+            dtype=dtype_policy,
+            name=f"decoder_stage{stage}_upsample",
+        )(x)
+        x = keras.layers.Concatenate(dtype=dtype_policy, name=f"decoder_stage{stage}_concat")([x, skips[stage - 1]])
+        x = _conv_block(x, filters, f"decoder_stage{stage}", batch_norm, dtype_policy)
+
+    outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", dtype=OUTPUT_DTYPE, name="head")(x)
+    model = keras.Model(inputs, outputs, name=name)
+    # The functional constructor ignores `dtype`; the model's own policy is what makes
+    # `compile` add loss scaling for "mixed_float16". It does not change any layer's policy.
+    model.dtype_policy = dtype_policy
+    return model
+
+
+def unet_flops(input_shape: Sequence[int] = (256, 256, 1), base_filters: int = 64, depth: int = 4) -> int:
+    """Forward-pass FLOPs per image of `build_unet`'s convolutions, computed analytically.
+
+    Counts ``2 * multiply-adds`` of every ``Conv2D`` and ``Conv2DTranspose``; biases, BatchNorm,
+    activations, pooling and concatenation (a few per cent at most) are left out. A training step
+    costs about ``TRAIN_FLOPS_PER_FORWARD_FLOP = 3`` times the forward FLOPs.
+
+    Formula (``H x W`` the resolution a layer writes, ``k`` its kernel size):
+        Conv2D k x k:            2 * H * W * k * k * c_in * c_out
+        Conv2DTranspose 2x2/2:   2 * H_out * W_out * c_in * c_out  (each output pixel gets one tap)
+
+    Args:
+        input_shape: ``(height, width, channels)`` as for `build_unet`.
+        base_filters: filters of the first encoder stage (>= 1).
+        depth: number of poolings (>= 1).
+
+    Returns:
+        Forward FLOPs for one image, an int (about 9.6e10 for the classic 256x256x1 U-Net).
+
+    Raises:
+        ValueError: for the same invalid shapes, base_filters and depth as `build_unet`.
+
+    Example:
+        >>> unet_flops((256, 256, 1), base_filters=64, depth=4) / 1e9  # doctest: +ELLIPSIS
+        96.18...
+    """
+    height, width, channels = _validate_architecture(input_shape, base_filters, depth)
+    kernel_taps = KERNEL_SIZE * KERNEL_SIZE
+    macs = 0
+    in_channels = channels
+    for stage in range(1, depth + 2):  # encoder stages, then the bottleneck as stage depth + 1
+        pixels = (height // 2 ** (stage - 1)) * (width // 2 ** (stage - 1))
+        filters = base_filters * 2 ** (stage - 1)
+        macs += pixels * kernel_taps * (in_channels * filters + filters * filters)
+        in_channels = filters
+    for stage in range(depth, 0, -1):
+        pixels = (height // 2 ** (stage - 1)) * (width // 2 ** (stage - 1))
+        filters = base_filters * 2 ** (stage - 1)
+        macs += pixels * (2 * filters) * filters  # upsample: 2x2 kernel, stride 2
+        macs += pixels * kernel_taps * (2 * filters * filters + filters * filters)
+    macs += height * width * base_filters  # 1x1 head, one output channel
+    return 2 * macs

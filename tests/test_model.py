@@ -1,0 +1,218 @@
+"""Tests for model.py: shapes, output range and dtype, parameter and FLOP counts, validation, a few fit steps."""
+
+import keras
+import numpy as np
+import pytest
+
+import model
+
+TINY = {"input_shape": (32, 32, 1), "base_filters": 4, "depth": 2}
+SEED = 0
+
+
+@pytest.fixture(autouse=True)
+def fresh_keras_session():
+    """Each test starts from an empty Keras session with every random generator seeded."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(SEED)
+    yield
+    keras.backend.clear_session()
+
+
+def square_blob_batch(batch_size: int = 4, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed synthetic batch: bright squares (the lesion) on a noisy background.
+
+    Returns:
+        images: (batch, size, size, 1) float32 in [0, 1]; masks: (batch, size, size, 1) float32 in {0, 1}.
+    """
+    rng = np.random.default_rng(SEED)
+    masks = np.zeros((batch_size, size, size, 1), np.float32)
+    for index in range(batch_size):
+        top, left = rng.integers(2, size // 2, size=2)
+        masks[index, top : top + size // 3, left : left + size // 4] = 1.0
+    images = np.clip(0.7 * masks + 0.3 * rng.random(masks.shape, dtype=np.float32), 0.0, 1.0)
+    return images.astype(np.float32), masks
+
+
+def hand_param_count(in_channels: int, base_filters: int, depth: int, kernel: int = 3) -> int:
+    """Parameters of the no-BatchNorm U-Net, written out layer by layer (weights + biases)."""
+
+    def conv(c_in: int, c_out: int, k: int) -> int:
+        return k * k * c_in * c_out + c_out
+
+    total = 0
+    c_in = in_channels
+    for stage in range(depth + 1):  # encoder stages and the bottleneck
+        filters = base_filters * 2**stage
+        total += conv(c_in, filters, kernel) + conv(filters, filters, kernel)
+        c_in = filters
+    for stage in range(depth - 1, -1, -1):
+        filters = base_filters * 2**stage
+        total += conv(2 * filters, filters, 2)  # Conv2DTranspose 2x2: same weight count as a 2x2 conv
+        total += conv(2 * filters, filters, kernel) + conv(filters, filters, kernel)
+    return total + conv(base_filters, 1, 1)
+
+
+def layer_flops(unet: keras.Model) -> int:
+    """Forward FLOPs (2 * multiply-adds) read off the built model's convolution layers."""
+    total = 0
+    for layer in unet.layers:
+        if isinstance(layer, keras.layers.Conv2DTranspose):
+            _, height, width, _ = layer.input.shape  # each input pixel touches kh * kw outputs
+        elif isinstance(layer, keras.layers.Conv2D):
+            _, height, width, _ = layer.output.shape
+        else:
+            continue
+        kernel_height, kernel_width, _, _ = layer.kernel.shape
+        in_channels = layer.input.shape[-1]
+        out_channels = layer.output.shape[-1]
+        total += 2 * height * width * kernel_height * kernel_width * in_channels * out_channels
+    return total
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "batch_norm", "dropout_rate"),
+    [((32, 32, 1), True, 0.0), ((32, 32, 1), False, 0.5), ((16, 48, 3), True, 0.3)],
+)
+def test_forward_pass_keeps_spatial_shape_and_outputs_probabilities(input_shape, batch_norm, dropout_rate):
+    unet = model.build_unet(input_shape, base_filters=4, depth=2, batch_norm=batch_norm, dropout_rate=dropout_rate)
+    images = np.random.default_rng(SEED).random((3, *input_shape), dtype=np.float32)
+
+    probabilities = unet.predict_on_batch(images)
+
+    assert unet.output_shape == (None, input_shape[0], input_shape[1], 1)
+    assert probabilities.shape == (3, input_shape[0], input_shape[1], 1)
+    assert probabilities.dtype == np.float32
+    assert np.all(np.isfinite(probabilities))
+    assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0
+
+
+def test_mixed_bfloat16_computes_in_bfloat16_and_outputs_float32():
+    unet = model.build_unet(**TINY, dtype_policy="mixed_bfloat16")
+    conv = unet.get_layer("encoder_stage1_conv1")
+    images = np.random.default_rng(SEED).random((2, 32, 32, 1), dtype=np.float32)
+
+    conv_output = keras.Model(unet.input, conv.output)(images)
+    probabilities = unet(images)
+
+    assert conv.compute_dtype == "bfloat16"
+    assert conv.variable_dtype == "float32"
+    assert keras.backend.standardize_dtype(conv_output.dtype) == "bfloat16"
+    assert unet.get_layer("head").compute_dtype == "float32"
+    assert keras.backend.standardize_dtype(probabilities.dtype) == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"  # no global state was touched
+
+
+def test_mixed_float16_compile_adds_loss_scaling():
+    unet = model.build_unet(**TINY, dtype_policy="mixed_float16")
+    unet.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+
+    assert unet.get_layer("decoder_stage1_conv2").compute_dtype == "float16"
+    assert isinstance(unet.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def test_classic_unet_parameter_count():
+    unet = model.build_unet((256, 256, 1), base_filters=64, depth=4, batch_norm=False)
+
+    assert hand_param_count(in_channels=1, base_filters=64, depth=4) == 31_030_593
+    assert model.CLASSIC_UNET_PARAMS == 31_030_593
+    assert unet.count_params() == 31_030_593
+
+
+def test_batch_norm_drops_conv_biases_and_adds_four_weights_per_filter():
+    base_filters, depth = 4, 2
+    with_bn = model.build_unet(**TINY, batch_norm=True)
+    # Every 3x3 conv loses its bias (filters) and gains BatchNorm gamma, beta, mean, variance (4 * filters).
+    filters_3x3 = sum(2 * base_filters * 2**stage for stage in range(depth + 1))
+    filters_3x3 += sum(2 * base_filters * 2**stage for stage in range(depth))
+
+    assert with_bn.count_params() == hand_param_count(1, base_filters, depth) + 3 * filters_3x3
+
+
+@pytest.mark.parametrize("dropout_rate", [0.0, 0.5])
+def test_layers_are_named_by_stage(dropout_rate):
+    unet = model.build_unet(**TINY, dropout_rate=dropout_rate)
+    names = {layer.name for layer in unet.layers}
+    expected = {"head", "bottleneck_conv1", "bottleneck_bn1", "bottleneck_relu2"}
+    for stage in (1, 2):
+        expected |= {f"encoder_stage{stage}_{part}" for part in ("conv1", "bn1", "relu1", "conv2", "bn2", "pool")}
+        expected |= {f"decoder_stage{stage}_{part}" for part in ("upsample", "concat", "conv1", "bn1", "conv2")}
+
+    assert expected <= names
+    assert ("bottleneck_dropout" in names) == (dropout_rate > 0)
+    # decoder_stage{i} mirrors encoder_stage{i}: same resolution, skip channels + upsampled channels.
+    assert unet.get_layer("decoder_stage1_concat").output.shape == (None, 32, 32, 8)
+    assert unet.get_layer("decoder_stage2_concat").output.shape == (None, 16, 16, 16)
+    assert unet.get_layer("bottleneck_conv2").output.shape == (None, 8, 8, 16)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"input_shape": (30, 32, 1)}, r"height to be divisible by 2\*\*depth = 4.*nearest: 28 or 32"),
+        ({"input_shape": (32, 34, 1)}, r"width to be divisible.*received width 34.*nearest: 32 or 36"),
+        ({"input_shape": (2, 32, 1)}, r"nearest: 4"),
+        ({"input_shape": (32, 32)}, r"3-tuple \(height, width, channels\)"),
+        ({"input_shape": (1, 32, 32, 1)}, r"Leave out the batch dimension"),
+        ({"input_shape": (32, 32, 0)}, r"positive integers"),
+        ({"depth": 0}, r"depth .* integer >= 1; received 0"),
+        ({"base_filters": 0}, r"base_filters to be an integer >= 1; received 0"),
+        ({"dropout_rate": 1.0}, r"dropout_rate in \[0, 1\); received 1.0"),
+        ({"dropout_rate": -0.1}, r"dropout_rate in \[0, 1\); received -0.1"),
+        ({"dtype_policy": "float16"}, r"one of \('float32', 'mixed_bfloat16', 'mixed_float16'\); received 'float16'"),
+    ],
+)
+def test_build_unet_rejects_invalid_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        model.build_unet(**{**TINY, **kwargs})
+
+
+def test_a_few_fit_steps_give_a_finite_falling_loss():
+    images, masks = square_blob_batch()
+    unet = model.build_unet(**TINY)
+    unet.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
+
+    losses = [float(unet.train_on_batch(images, masks)) for _ in range(6)]
+
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+
+
+def test_save_load_round_trip_keeps_predictions_and_policies(tmp_path):
+    unet = model.build_unet(**TINY, dtype_policy="mixed_bfloat16")
+    images, _ = square_blob_batch()
+    path = tmp_path / "unet.keras"
+
+    unet.save(path)
+    reloaded = keras.models.load_model(path)
+
+    np.testing.assert_allclose(reloaded.predict_on_batch(images), unet.predict_on_batch(images), rtol=0, atol=1e-6)
+    assert reloaded.get_layer("encoder_stage1_conv1").dtype_policy.name == "mixed_bfloat16"
+    assert reloaded.get_layer("head").dtype_policy.name == "float32"
+
+
+def test_unet_flops_matches_hand_computation_for_tiny_config():
+    # Multiply-adds per layer for (32, 32, 1), base 4, depth 2 (pixels * taps * c_in * c_out):
+    encoder1 = 32 * 32 * 9 * (1 * 4 + 4 * 4)  # 184,320
+    encoder2 = 16 * 16 * 9 * (4 * 8 + 8 * 8)  # 221,184
+    bottleneck = 8 * 8 * 9 * (8 * 16 + 16 * 16)  # 221,184
+    decoder2 = 16 * 16 * (16 * 8 + 9 * (16 * 8 + 8 * 8))  # upsample + 2 convs: 475,136
+    decoder1 = 32 * 32 * (8 * 4 + 9 * (8 * 4 + 4 * 4))  # 475,136
+    head = 32 * 32 * 4  # 4,096
+
+    assert model.unet_flops(**TINY) == 2 * (encoder1 + encoder2 + bottleneck + decoder2 + decoder1 + head)
+    assert model.unet_flops(**TINY) == 3_162_112
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "base_filters", "depth"), [((32, 32, 1), 4, 2), ((16, 48, 3), 5, 3), ((64, 32, 1), 2, 4)]
+)
+def test_unet_flops_agrees_with_the_built_layers(input_shape, base_filters, depth):
+    unet = model.build_unet(input_shape, base_filters=base_filters, depth=depth, batch_norm=False)
+
+    assert model.unet_flops(input_shape, base_filters, depth) == layer_flops(unet)
+
+
+def test_unet_flops_rejects_the_shapes_build_unet_rejects():
+    with pytest.raises(ValueError, match=r"height to be divisible by 2\*\*depth = 16"):
+        model.unet_flops((100, 256, 1), base_filters=64, depth=4)
