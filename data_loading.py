@@ -627,6 +627,12 @@ def _groups_for(df: pd.DataFrame, group_column: str | None) -> np.ndarray:
 def _one_group_fold(df, groups, n_splits, seed):
     from sklearn.model_selection import StratifiedGroupKFold
 
+    smallest = df["label"].value_counts().min()
+    if smallest < n_splits:
+        raise ValueError(
+            f"Expected at least {n_splits} images per class to hold out 1/{n_splits} of each; the "
+            f"smallest class has {smallest}. Use more images (max_samples) or larger fractions."
+        )
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     rest, held_out = next(splitter.split(np.zeros(len(df)), df["label"].to_numpy(), groups))
     return rest, held_out
