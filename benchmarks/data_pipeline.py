@@ -57,7 +57,7 @@ def main() -> None:
         rates.append(count / (time.perf_counter() - start))
     n = len(df)
     print(f"data: {source}; {n} images; output {args.image_size}x{args.image_size}; cpus {os.cpu_count()}")
-    print(f"| step | seconds | images/s |\n|---|---|---|")
+    print("| step | seconds | images/s |\n|---|---|---|")
     print(f"| index + validate (decode every file) | {index_s:.2f} | {n / index_s:.0f} |")
     print(f"| cold load: decode + merge + resize + write cache | {decode_s:.2f} | {n / decode_s:.0f} |")
     print(f"| cold total (index + load) | {index_s + decode_s:.2f} | {n / (index_s + decode_s):.0f} |")

@@ -1,7 +1,6 @@
 """The notebook runs top to bottom with tiny parameters, and is committed without outputs."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
