@@ -1,4 +1,9 @@
-"""Metrics for binary lesion segmentation (losses, training loop and evaluation follow in issue 4).
+"""Losses, metrics, the resumable training loop and honest evaluation for lesion segmentation.
+
+Contents: numpy metrics (below), Keras losses (`LOSSES`, `get_loss`), the Keras per-image
+`DiceMetric`, `train_model` (atomic, resumable checkpoints), `predict`, `choose_threshold`,
+`evaluate` (per-image table + summary with bootstrap confidence intervals), `save_model` and
+`load_model`.
 
 Metric policy (numpy functions below):
 
@@ -14,7 +19,19 @@ Metric policy (numpy functions below):
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import keras
 import numpy as np
+import pandas as pd
+from keras import ops
+
+import data_loading
+import mask_processing
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -107,3 +124,553 @@ def pooled_scores(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEF
         "precision": float(_ratio(tp, tp + fp)),
         "recall": float(_ratio(tp, tp + fn)),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Losses (Keras): each returns one value per image, shape (N,); Keras averages over the batch.
+# --------------------------------------------------------------------------------------------
+
+LOSSES = ("bce", "dice", "bce_dice")
+BCE_EPSILON = 1e-7  # probabilities are clipped to [eps, 1 - eps] before the logarithm
+DICE_SMOOTH = 1.0  # added to numerator and denominator of the soft Dice (in pixels)
+BCE_WEIGHT = 1.0
+DICE_WEIGHT = 1.0
+PACKAGE = "busi_unet"
+
+
+def _flatten_pair(y_true, y_pred):
+    y_pred = ops.cast(y_pred, "float32")
+    y_true = ops.cast(y_true, "float32")
+    batch = ops.shape(y_pred)[0]
+    return ops.reshape(y_true, (batch, -1)), ops.reshape(y_pred, (batch, -1))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def bce_loss(y_true, y_pred):
+    """Binary cross-entropy averaged over the pixels of each image.
+
+    Formula:
+        ``bce = -mean_pixels(y log(p) + (1 - y) log(1 - p))``, with ``p`` clipped to
+        ``[BCE_EPSILON, 1 - BCE_EPSILON]``.
+
+    Args:
+        y_true: ``(N, H, W, 1)`` float in {0, 1}.
+        y_pred: ``(N, H, W, 1)`` probabilities in [0, 1] (any float dtype; computed in float32).
+
+    Returns:
+        ``(N,)`` float32 tensor, >= 0.
+    """
+    y, p = _flatten_pair(y_true, y_pred)
+    p = ops.clip(p, BCE_EPSILON, 1.0 - BCE_EPSILON)
+    return -ops.mean(y * ops.log(p) + (1.0 - y) * ops.log(1.0 - p), axis=1)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def dice_loss(y_true, y_pred):
+    """Soft Dice loss per image, on probabilities (no threshold).
+
+    Formula:
+        ``dice_loss = 1 - (2 sum(y p) + s) / (sum(y) + sum(p) + s)`` with ``s = DICE_SMOOTH``,
+        sums over the pixels of one image. An empty truth gives ``1 - s / (sum(p) + s)``, which
+        falls to 0 as the prediction empties, so normal images teach "no lesion".
+
+    Args and returns as `bce_loss`; values in [0, 1].
+    """
+    y, p = _flatten_pair(y_true, y_pred)
+    intersection = ops.sum(y * p, axis=1)
+    total = ops.sum(y, axis=1) + ops.sum(p, axis=1)
+    return 1.0 - (2.0 * intersection + DICE_SMOOTH) / (total + DICE_SMOOTH)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def bce_dice_loss(y_true, y_pred):
+    """Weighted sum ``BCE_WEIGHT * bce_loss + DICE_WEIGHT * dice_loss`` (weights 1 and 1).
+
+    Args and returns as `bce_loss`.
+    """
+    return BCE_WEIGHT * bce_loss(y_true, y_pred) + DICE_WEIGHT * dice_loss(y_true, y_pred)
+
+
+_LOSS_FUNCTIONS = {"bce": bce_loss, "dice": dice_loss, "bce_dice": bce_dice_loss}
+
+
+def get_loss(name: str):
+    """Returns the loss function named `name`, one of `LOSSES` ("bce", "dice", "bce_dice")."""
+    if name not in LOSSES:
+        raise ValueError(f"Unknown loss {name!r}; expected one of {LOSSES}.")
+    return _LOSS_FUNCTIONS[name]
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class DiceMetric(keras.metrics.Metric):
+    """Mean per-image Dice for monitoring in Keras, with the policy of `dice_score`.
+
+    Each image's prediction is binarised at `threshold`; an image whose truth and prediction
+    are both empty scores 1. The result is the mean over all images seen since the last reset
+    (not a mean of batch means, not pooled), so it matches ``dice_score(...).mean()``.
+
+    Args:
+        threshold: binarisation threshold for probabilities.
+        name: metric name in logs (``"dice"``, so validation logs ``"val_dice"``).
+    """
+
+    def __init__(self, threshold: float = DEFAULT_THRESHOLD, name: str = "dice", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self.threshold = float(threshold)
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total", dtype="float32")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count", dtype="float32")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y, p = _flatten_pair(y_true, y_pred)
+        y = ops.cast(y >= 0.5, "float32")
+        p = ops.cast(p >= self.threshold, "float32")
+        tp = ops.sum(y * p, axis=1)
+        denominator = ops.sum(y, axis=1) + ops.sum(p, axis=1)
+        dice = ops.where(denominator > 0, 2.0 * tp / ops.maximum(denominator, 1.0), 1.0)
+        self.total.assign_add(ops.sum(dice))
+        self.count.assign_add(ops.cast(ops.shape(dice)[0], "float32"))
+
+    def result(self):
+        return ops.where(self.count > 0, self.total / ops.maximum(self.count, 1.0), 0.0)
+
+    def reset_state(self):
+        self.total.assign(0.0)
+        self.count.assign(0.0)
+
+    def get_config(self):
+        return {"threshold": self.threshold, "name": self.name, "dtype": self.dtype}
+
+
+# --------------------------------------------------------------------------------------------
+# Training: atomic checkpoints, CSV history, resume
+# --------------------------------------------------------------------------------------------
+
+MONITOR = "val_dice"
+PROGRESS_OPTIONS = ("epoch", "bar", "none")
+BEST_MODEL = "best.keras"
+LAST_MODEL = "last.keras"
+HISTORY_CSV = "history.csv"
+STATE_JSON = "train_state.json"
+
+
+def set_seeds(seed: int) -> None:
+    """Seeds Python's `random`, numpy and TensorFlow from one integer (`keras.utils.set_random_seed`)."""
+    keras.utils.set_random_seed(int(seed))
+
+
+def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
+    """Saves `model` (architecture, weights, optimizer state) as ``.keras``, atomically."""
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ValueError(f"Expected a path ending in '.keras'; received {str(path)!r}.")
+    return data_loading.atomic_write(path, lambda tmp: model.save(tmp, overwrite=True))
+
+
+def load_model(path: str | os.PathLike, compile: bool = True) -> keras.Model:
+    """Loads a model saved by `save_model`, with this module's losses and metric available."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No saved model at {str(path)!r}.")
+    custom = {"bce_loss": bce_loss, "dice_loss": dice_loss, "bce_dice_loss": bce_dice_loss, "DiceMetric": DiceMetric}
+    return keras.saving.load_model(path, custom_objects=custom, compile=compile)
+
+
+def _write_history(path: Path, rows: list[dict]) -> None:
+    frame = pd.DataFrame(rows)
+    data_loading.atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    def __init__(self, restored: dict | None, **kwargs):
+        super().__init__(**kwargs)
+        self.restored = restored or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.wait = self.restored.get("wait", 0)
+        self.best = self.restored.get("best", None)
+        self.best_epoch = self.restored.get("best_epoch", 0)
+
+    def state(self) -> dict:
+        return {"wait": self.wait, "best": None if self.best is None else float(self.best), "best_epoch": self.best_epoch}
+
+
+class _ResumableReduceLR(keras.callbacks.ReduceLROnPlateau):
+    def __init__(self, restored: dict | None, **kwargs):
+        super().__init__(**kwargs)
+        self.restored = restored or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.wait = self.restored.get("wait", 0)
+        self.cooldown_counter = self.restored.get("cooldown_counter", 0)
+        if self.restored.get("best") is not None:
+            self.best = self.restored["best"]
+
+    def state(self) -> dict:
+        return {"wait": self.wait, "cooldown_counter": self.cooldown_counter, "best": float(self.best)}
+
+
+class _RunRecorder(keras.callbacks.Callback):
+    """After each epoch, in this order: history CSV, best model, last model, state JSON (all atomic)."""
+
+    def __init__(self, run_dir: Path, rows: list[dict], best: float | None, best_epoch: int | None,
+                 early_stopping, reduce_lr, epochs: int, progress: str):
+        super().__init__()
+        self.run_dir, self.rows, self.best, self.best_epoch = run_dir, rows, best, best_epoch
+        self.early_stopping, self.reduce_lr = early_stopping, reduce_lr
+        self.epochs, self.progress = epochs, progress
+        self.started = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        seconds = time.perf_counter() - self.started
+        lr = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        order = ["loss", "dice", "val_loss", "val_dice"]
+        names = order + sorted(k for k in logs if k not in order and k != "learning_rate")
+        row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in names if k in logs},
+               "learning_rate": lr, "seconds": seconds}
+        self.rows.append(row)
+        _write_history(self.run_dir / HISTORY_CSV, self.rows)
+        current = logs.get(MONITOR)
+        improved = current is not None and (self.best is None or current > self.best)
+        if improved:
+            self.best, self.best_epoch = float(current), epoch + 1
+            save_model(self.model, self.run_dir / BEST_MODEL)
+        save_model(self.model, self.run_dir / LAST_MODEL)
+        self._write_state(stopped_early=False)
+        if self.progress == "epoch":
+            metrics = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds", "learning_rate"))
+            mark = " *best*" if improved else ""
+            print(f"epoch {epoch + 1}/{self.epochs} {metrics} lr {lr:.2e} {seconds:.1f} s{mark}", flush=True)
+
+    def on_train_end(self, logs=None):
+        if self.early_stopping.stopped_epoch > 0:
+            self._write_state(stopped_early=True)
+            if self.progress != "none":
+                print(f"early stopping after epoch {self.early_stopping.stopped_epoch + 1}: "
+                      f"no {MONITOR} gain for {self.early_stopping.patience} epochs", flush=True)
+
+    def _write_state(self, stopped_early: bool) -> None:
+        state = {
+            "epochs_done": len(self.rows), "best_val_dice": self.best, "best_epoch": self.best_epoch,
+            "stopped_early": stopped_early, "early_stopping": self.early_stopping.state(),
+            "reduce_lr": self.reduce_lr.state(),
+        }
+        data_loading.write_json(self.run_dir / STATE_JSON, state)
+
+
+def _read_state(run_dir: Path) -> dict | None:
+    path = run_dir / STATE_JSON
+    if not (path.is_file() and (run_dir / LAST_MODEL).is_file()):
+        return None
+    return json.loads(path.read_text())
+
+
+def train_model(
+    model: keras.Model,
+    train_data,
+    val_data,
+    run_dir: str | os.PathLike,
+    epochs: int = 50,
+    loss: str = "bce_dice",
+    learning_rate: float = 1e-3,
+    early_stopping_patience: int = 10,
+    reduce_lr_patience: int = 4,
+    progress: str = "epoch",
+) -> tuple[keras.Model, pd.DataFrame]:
+    """Compiles and fits `model` with Adam, or resumes the run saved in `run_dir`.
+
+    Every epoch writes, atomically and in this order: ``history.csv`` (one row per epoch:
+    ``epoch`` (1-based), ``loss``, ``dice``, ``val_loss``, ``val_dice``, ``learning_rate``,
+    ``seconds``), ``best.keras`` when ``val_dice`` improved, ``last.keras`` (with optimizer
+    state) and ``train_state.json`` (epochs done, best epoch, early-stopping and plateau
+    counters). Callbacks: early stopping on ``val_dice`` (patience `early_stopping_patience`)
+    and learning-rate halving on a ``val_loss`` plateau (patience `reduce_lr_patience`, floor
+    1e-6).
+
+    Resume: when `run_dir` holds ``last.keras`` and ``train_state.json``, that model (weights,
+    optimizer state and learning rate) replaces `model`, training continues at the next epoch
+    number, the history is appended to, and the callbacks' counters are restored. A run that
+    already reached `epochs` or stopped early returns at once. Seed with `set_seeds` before
+    building the model; the model's dtype policy (see `model.build_unet`) sets mixed precision.
+
+    Args:
+        model: a Keras model mapping ``(B, H, W, 1)`` images to ``(B, H, W, 1)`` probabilities.
+        train_data: `tf.data.Dataset` of ``(images, masks)`` batches, float32 (see
+            `data_loading.make_tf_dataset`).
+        val_data: the same for validation (always required).
+        run_dir: folder for checkpoints and history; created if missing.
+        epochs: total number of epochs of the run (not "more epochs").
+        loss: one of `LOSSES`.
+        learning_rate: Adam's initial learning rate (> 0).
+        early_stopping_patience: epochs without ``val_dice`` gain before stopping (>= 1).
+        reduce_lr_patience: epochs without ``val_loss`` gain before halving the rate (>= 1).
+        progress: "epoch" (one line per epoch, for unattended runs), "bar" (Keras progress
+            bar) or "none".
+
+    Returns:
+        ``(model, history)``: the model as after the last epoch, and the whole run's history
+        DataFrame (earlier sessions included).
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"Unknown loss {loss!r}; expected one of {LOSSES}.")
+    if progress not in PROGRESS_OPTIONS:
+        raise ValueError(f"Unknown progress {progress!r}; expected one of {PROGRESS_OPTIONS}.")
+    if val_data is None:
+        raise ValueError("Expected validation data; the best checkpoint and early stopping need it.")
+    if int(epochs) < 1 or learning_rate <= 0 or early_stopping_patience < 1 or reduce_lr_patience < 1:
+        raise ValueError(
+            "Expected epochs >= 1, learning_rate > 0 and patiences >= 1; received "
+            f"epochs={epochs}, learning_rate={learning_rate}, early_stopping_patience={early_stopping_patience}, "
+            f"reduce_lr_patience={reduce_lr_patience}."
+        )
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = _read_state(run_dir)
+    rows: list[dict] = []
+    if state is not None:
+        saved = load_model(run_dir / LAST_MODEL)
+        if tuple(saved.input_shape) != tuple(model.input_shape):
+            raise ValueError(
+                f"The run in {str(run_dir)!r} has input shape {saved.input_shape}, the model given has "
+                f"{model.input_shape}; use another run folder or the same image size."
+            )
+        model = saved
+        history_path = run_dir / HISTORY_CSV
+        if history_path.is_file():
+            rows = pd.read_csv(history_path).to_dict("records")
+        rows = [r for r in rows if r["epoch"] <= state["epochs_done"]]
+        if state["stopped_early"] or state["epochs_done"] >= epochs:
+            if progress != "none":
+                print(f"run in {run_dir} already finished after epoch {state['epochs_done']}; nothing to train", flush=True)
+            return model, pd.DataFrame(rows)
+        if progress != "none":
+            print(f"resuming run in {run_dir} at epoch {state['epochs_done'] + 1} of {epochs}", flush=True)
+    else:
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+            loss=get_loss(loss),
+            metrics=[DiceMetric(name="dice")],
+        )
+    initial_epoch = state["epochs_done"] if state else 0
+    early_stopping = _ResumableEarlyStopping(
+        state and state["early_stopping"], monitor=MONITOR, mode="max", patience=early_stopping_patience
+    )
+    reduce_lr = _ResumableReduceLR(
+        state and state["reduce_lr"], monitor="val_loss", mode="min", factor=0.5,
+        patience=reduce_lr_patience, min_lr=1e-6,
+    )
+    recorder = _RunRecorder(
+        run_dir, rows, state and state["best_val_dice"], state and state["best_epoch"],
+        early_stopping, reduce_lr, int(epochs), progress,
+    )
+    model.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=int(epochs),
+        initial_epoch=initial_epoch,
+        callbacks=[reduce_lr, early_stopping, recorder],
+        verbose=1 if progress == "bar" else 0,
+        shuffle=False,  # the tf.data pipeline shuffles
+    )
+    return model, pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Prediction, threshold selection and evaluation
+# --------------------------------------------------------------------------------------------
+
+DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.1, 0.91, 0.05), 2))
+N_BOOTSTRAP = 2000
+CONFIDENCE = 0.95
+LESION_CLASSES = ("benign", "malignant")
+
+
+def predict(model: keras.Model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Predicts lesion probabilities batch by batch (memory bounded by `batch_size`).
+
+    Args:
+        model: maps ``(B, H, W, 1)`` to ``(B, H, W, 1)`` probabilities.
+        images: ``(N, H, W, 1)`` float32 in [0, 1].
+        batch_size: images per forward pass.
+
+    Returns:
+        ``(N, H, W, 1)`` float32 in [0, 1].
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4:
+        raise ValueError(f"Expected images of shape (N, H, W, 1); received {images.shape}.")
+    out = np.empty(images.shape[:3] + (1,), dtype=np.float32)
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        out[start:start + len(batch)] = ops.convert_to_numpy(model(batch, training=False)).astype(np.float32)
+    return out
+
+
+def postprocess(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD, min_area: int = 0,
+                fill: bool = True) -> np.ndarray:
+    """Binarises probabilities and cleans each mask with `mask_processing.clean_mask`.
+
+    Args:
+        probabilities: ``(N, H, W[, 1])`` float in [0, 1].
+        threshold: pixel is lesion when ``p >= threshold``.
+        min_area: connected components smaller than this (pixels) are removed.
+        fill: fill holes inside lesions.
+
+    Returns:
+        Same shape, uint8 in {0, 1}.
+    """
+    probabilities = np.asarray(probabilities)
+    binary = (probabilities >= threshold).astype(np.uint8)
+    squeeze = binary.ndim == 4
+    masks = binary[..., 0] if squeeze else binary
+    cleaned = np.stack([mask_processing.clean_mask(m, min_area=min_area, fill=fill) for m in masks])
+    return cleaned[..., None] if squeeze else cleaned
+
+
+def choose_threshold(y_true: np.ndarray, probabilities: np.ndarray,
+                     thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> tuple[float, pd.DataFrame]:
+    """Picks the threshold that maximises the mean per-image Dice: call it on validation data only.
+
+    All images passed count, normal ones included (Dice 1 when nothing is predicted, else 0),
+    so the threshold also pays for false alarms. Ties go to the threshold closest to 0.5.
+
+    Args:
+        y_true: ``(N, H, W[, 1])`` in {0, 1}.
+        probabilities: same shape, float in [0, 1].
+        thresholds: candidates in (0, 1).
+
+    Returns:
+        ``(threshold, curve)``: the best threshold and a DataFrame with columns ``threshold``
+        and ``dice`` (mean per-image Dice), one row per candidate.
+    """
+    thresholds = [float(t) for t in thresholds]
+    if not thresholds or not all(0 < t < 1 for t in thresholds):
+        raise ValueError(f"Expected thresholds in (0, 1); received {thresholds}.")
+    dice = [float(dice_score(y_true, probabilities, t).mean()) for t in thresholds]
+    curve = pd.DataFrame({"threshold": thresholds, "dice": dice})
+    best = max(range(len(thresholds)), key=lambda i: (round(dice[i], 12), -abs(thresholds[i] - 0.5)))
+    return thresholds[best], curve
+
+
+def bootstrap_ci(values: np.ndarray, n_bootstrap: int = N_BOOTSTRAP, confidence: float = CONFIDENCE,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean (images resampled with replacement).
+
+    Args:
+        values: ``(n,)`` per-image scores.
+        n_bootstrap: resamples.
+        confidence: e.g. 0.95.
+        seed: resampling seed.
+
+    Returns:
+        ``(low, high)``; NaNs for no values.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_bootstrap, len(values)))].mean(axis=1)
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def evaluate(
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    frame: pd.DataFrame,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_area: int | None = None,
+    n_bootstrap: int = N_BOOTSTRAP,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scores predictions per image and summarises them by class, with bootstrap 95% CIs.
+
+    Policy: per-image metrics (see `dice_score`), averaged over images. The headline is the
+    "lesion" row: mean per-image Dice over benign + malignant images, the figure the
+    literature reports. Normal images (empty truth) are summarised by ``fp_fraction``, the
+    fraction with any predicted lesion pixel. `threshold` must come from validation data
+    (`choose_threshold`); with `min_area` set, predictions are cleaned by `postprocess` first.
+
+    Args:
+        y_true: ``(N, H, W, 1)`` in {0, 1}.
+        probabilities: same shape, float in [0, 1].
+        frame: N rows in the same order, with ``image_id`` and ``label`` columns.
+        threshold: binarisation threshold.
+        min_area: if not None, remove components smaller than this and fill holes.
+        n_bootstrap: bootstrap resamples for the confidence intervals.
+        seed: bootstrap seed.
+
+    Returns:
+        ``(per_image, summary)``. ``per_image``: columns ``image_id``, ``label``, ``dice``,
+        ``iou``, ``precision``, ``recall``, ``true_area``, ``pred_area`` (pixels). ``summary``:
+        one row per group (``lesion``, ``benign``, ``malignant``, ``normal``, ``all``; absent
+        groups left out) with ``n``, ``dice_mean``, ``dice_median``, ``dice_ci_low``,
+        ``dice_ci_high``, the same four for ``iou``, ``precision_mean``, ``recall_mean`` and
+        ``fp_fraction`` (share of empty-truth images with any predicted pixel; NaN if none).
+    """
+    y_true = np.asarray(y_true)
+    probabilities = np.asarray(probabilities)
+    if y_true.shape != probabilities.shape:
+        raise ValueError(f"Expected y_true and probabilities of one shape; received {y_true.shape} and {probabilities.shape}.")
+    if len(frame) != len(y_true):
+        raise ValueError(f"Expected {len(y_true)} rows in frame (one per image); received {len(frame)}.")
+    missing = {"image_id", "label"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"Expected frame columns 'image_id' and 'label'; missing {sorted(missing)}.")
+    if min_area is not None:
+        predicted = postprocess(probabilities, threshold, min_area=min_area).astype(np.float32)
+        cut = 0.5
+    else:
+        predicted, cut = probabilities, threshold
+    true_flat = y_true.reshape(len(y_true), -1)
+    per_image = pd.DataFrame({
+        "image_id": frame["image_id"].to_numpy(),
+        "label": frame["label"].to_numpy(),
+        "dice": dice_score(y_true, predicted, cut),
+        "iou": iou_score(y_true, predicted, cut),
+        "precision": precision_score(y_true, predicted, cut),
+        "recall": recall_score(y_true, predicted, cut),
+        "true_area": true_flat.sum(axis=1).astype(np.int64),
+        "pred_area": (predicted.reshape(len(predicted), -1) >= cut).sum(axis=1).astype(np.int64),
+    })
+    groups = {
+        "lesion": per_image["label"].isin(LESION_CLASSES),
+        "benign": per_image["label"] == "benign",
+        "malignant": per_image["label"] == "malignant",
+        "normal": per_image["label"] == "normal",
+        "all": pd.Series(True, index=per_image.index),
+    }
+    rows = []
+    for group, selected in groups.items():
+        part = per_image[selected]
+        if part.empty:
+            continue
+        row: dict[str, Any] = {"group": group, "n": len(part)}
+        for metric in ("dice", "iou"):
+            low, high = bootstrap_ci(part[metric].to_numpy(), n_bootstrap, CONFIDENCE, seed)
+            row.update({f"{metric}_mean": part[metric].mean(), f"{metric}_median": part[metric].median(),
+                        f"{metric}_ci_low": low, f"{metric}_ci_high": high})
+        row["precision_mean"] = part["precision"].mean()
+        row["recall_mean"] = part["recall"].mean()
+        empty = part[part["true_area"] == 0]
+        row["fp_fraction"] = float((empty["pred_area"] > 0).mean()) if len(empty) else float("nan")
+        rows.append(row)
+    return per_image, pd.DataFrame(rows)
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """One line per group: ``lesion (n=97): Dice 0.712 [0.672, 0.750] median 0.81, IoU ...``."""
+    lines = []
+    for row in summary.itertuples(index=False):
+        line = (f"{row.group:<9} (n={row.n:>3}): Dice {row.dice_mean:.3f} [{row.dice_ci_low:.3f}, {row.dice_ci_high:.3f}]"
+                f" median {row.dice_median:.3f}; IoU {row.iou_mean:.3f} [{row.iou_ci_low:.3f}, {row.iou_ci_high:.3f}]")
+        if not np.isnan(row.fp_fraction):
+            line += f"; images with false-positive pixels {row.fp_fraction:.1%}"
+        lines.append(line)
+    return "\n".join(lines)
