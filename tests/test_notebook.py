@@ -18,15 +18,37 @@ def test_committed_notebook_has_no_outputs_and_one_parameters_cell():
     assert any("not a medical device" in "".join(c["source"]) for c in nb["cells"])
 
 
-def test_notebook_runs_on_generated_data(tmp_path, monkeypatch):
+def test_notebook_runs_on_generated_data_and_resumes(tmp_path, monkeypatch):
     papermill = pytest.importorskip("papermill")
     root = dl.make_synthetic_busi(tmp_path / "data", n_benign=10, n_malignant=10, n_normal=10)
     monkeypatch.chdir(NOTEBOOK.parent)
+    run = tmp_path / "run"
+    parameters = {"data_dir": str(root), "image_size": 32, "base_filters": 4, "depth": 2, "epochs": 2,
+                  "batch_size": 4, "output_dir": str(run)}
     out = tmp_path / "executed.ipynb"
-    papermill.execute_notebook(
-        str(NOTEBOOK), str(out), kernel_name="python3", progress_bar=False,
-        parameters={"data_dir": str(root), "image_size": 32, "output_dir": str(tmp_path / "run")},
-    )
+    papermill.execute_notebook(str(NOTEBOOK), str(out), kernel_name="python3", progress_bar=False,
+                               parameters=parameters)
     text = out.read_text()
     assert "30 images: benign 10, malignant 10, normal 10" in text
-    assert list((tmp_path / "run" / "cache").glob("busi_*.npz"))
+    assert "epoch 2/2 loss" in text
+    assert list((run / "cache").glob("busi_*.npz"))
+    for name in ("best.keras", "last.keras", "history.csv", "train_state.json", "per_image_test.csv",
+                 "summary_test.csv", "results.json"):
+        assert (run / name).is_file(), name
+    figures = {p.name for p in (run / "figures").glob("*.png")}
+    assert {"dataset_overview.png", "multi_mask.png", "augmentation.png", "training_curves.png",
+            "threshold_curve.png", "dice_distribution.png", "best_worst.png", "test_overlays.png"} <= figures
+    results = json.loads((run / "results.json").read_text())
+    lesion = next(r for r in results["test_summary"] if r["group"] == "lesion")
+    assert 0.0 <= lesion["dice_mean"] <= 1.0 and lesion["dice_ci_low"] <= lesion["dice_mean"] <= lesion["dice_ci_high"]
+    assert results["epochs_run"] == 2
+    executed = json.loads(text)
+    images = sum("image/png" in o.get("data", {}) for c in executed["cells"] for o in c.get("outputs", []))
+    assert images >= 8
+
+    # Same run folder, more epochs: training resumes at epoch 3 instead of starting over.
+    papermill.execute_notebook(str(NOTEBOOK), str(out), kernel_name="python3", progress_bar=False,
+                               parameters={**parameters, "epochs": 3})
+    text = out.read_text()
+    assert "resuming run" in text and "epoch 3/3" in text and "epoch 1/3" not in text
+    assert json.loads((run / "results.json").read_text())["epochs_run"] == 3
