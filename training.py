@@ -328,7 +328,8 @@ class _RunRecorder(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
         seconds = time.perf_counter() - self.started
-        lr = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        # 6 significant digits: the float32 variable holds 1e-3 as 0.0010000000474974513.
+        lr = float(f"{float(ops.convert_to_numpy(self.model.optimizer.learning_rate)):.6g}")
         order = ["loss", "dice", "val_loss", "val_dice"]
         names = order + sorted(k for k in logs if k not in order and k != "learning_rate")
         row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in names if k in logs},
@@ -442,7 +443,7 @@ def train_model(
         model = saved
         history_path = run_dir / HISTORY_CSV
         if history_path.is_file():
-            rows = pd.read_csv(history_path).to_dict("records")
+            rows = pd.read_csv(history_path, float_precision="round_trip").to_dict("records")
         rows = [r for r in rows if r["epoch"] <= state["epochs_done"]]
         if state["stopped_early"] or state["epochs_done"] >= epochs:
             if progress != "none":
@@ -530,6 +531,35 @@ def postprocess(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
     masks = binary[..., 0] if squeeze else binary
     cleaned = np.stack([mask_processing.clean_mask(m, min_area=min_area, fill=fill) for m in masks])
     return cleaned[..., None] if squeeze else cleaned
+
+
+def segment(model: keras.Model, image: np.ndarray, threshold: float = DEFAULT_THRESHOLD, min_area: int = 0) -> np.ndarray:
+    """Segments one grey image of any size and returns the mask at that size.
+
+    The image is area-resized to the model's input, predicted, the probability map is resized
+    back with bilinear interpolation, then thresholded and cleaned (`postprocess`).
+
+    Args:
+        model: a trained U-Net with a fixed ``(h, w, 1)`` input.
+        image: ``(H, W)`` or ``(H, W, 1)`` float32 in [0, 1] (e.g. ``data_loading.to_grey(read_png(path))``).
+        threshold: binarisation threshold (the one chosen on validation).
+        min_area: remove predicted components smaller than this, in pixels of the original image.
+
+    Returns:
+        ``(H, W)`` uint8 in {0, 1}.
+    """
+    import cv2
+
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim != 2:
+        raise ValueError(f"Expected a grey image of shape (H, W) or (H, W, 1); received {image.shape}.")
+    height, width = model.input_shape[1:3]
+    small = data_loading.resize_image(image, (height, width))
+    probability = predict(model, small[None])[0, ..., 0]
+    full = cv2.resize(probability, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return postprocess(full[None], threshold, min_area=min_area)[0]
 
 
 def choose_threshold(y_true: np.ndarray, probabilities: np.ndarray,

@@ -37,14 +37,14 @@ def test_notebook_runs_on_generated_data_and_resumes(tmp_path, monkeypatch):
         assert (run / name).is_file(), name
     figures = {p.name for p in (run / "figures").glob("*.png")}
     assert {"dataset_overview.png", "multi_mask.png", "augmentation.png", "training_curves.png",
-            "threshold_curve.png", "dice_distribution.png", "best_worst.png", "test_overlays.png"} <= figures
+            "threshold_curve.png", "dice_distribution.png", "best_worst.png", "test_overlays.png", "own_image.png"} <= figures
     results = json.loads((run / "results.json").read_text())
     lesion = next(r for r in results["test_summary"] if r["group"] == "lesion")
     assert 0.0 <= lesion["dice_mean"] <= 1.0 and lesion["dice_ci_low"] <= lesion["dice_mean"] <= lesion["dice_ci_high"]
     assert results["epochs_run"] == 2
     executed = json.loads(text)
     images = sum("image/png" in o.get("data", {}) for c in executed["cells"] for o in c.get("outputs", []))
-    assert images >= 8
+    assert images >= 9
 
     # Same run folder, more epochs: training resumes at epoch 3 instead of starting over.
     papermill.execute_notebook(str(NOTEBOOK), str(out), kernel_name="python3", progress_bar=False,

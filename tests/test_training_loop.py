@@ -335,3 +335,17 @@ def test_postprocess_fills_holes_and_removes_small_blobs():
     out = training.postprocess(prob, 0.5, min_area=2)
     assert out.shape == prob.shape and out.dtype == np.uint8
     assert out[0, 3, 3, 0] == 1 and out[0, 8, 8, 0] == 0 and out.sum() == 25
+
+
+def test_segment_returns_a_binary_mask_at_the_original_size():
+    inputs = keras.Input((32, 32, 1))
+    identity = keras.Model(inputs, keras.layers.Identity()(inputs))  # "probability" = the image itself
+    image = np.zeros((45, 70), np.float32)
+    image[10:30, 20:50] = 1.0
+    mask = training.segment(identity, image, threshold=0.5)
+    assert mask.shape == (45, 70) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    truth = image.astype(bool)
+    iou = (truth & mask.astype(bool)).sum() / (truth | mask.astype(bool)).sum()
+    assert iou > 0.9
+    with pytest.raises(ValueError, match="grey image"):
+        training.segment(identity, np.zeros((4, 4, 3), np.float32))
