@@ -349,3 +349,19 @@ def test_segment_returns_a_binary_mask_at_the_original_size():
     assert iou > 0.9
     with pytest.raises(ValueError, match="grey image"):
         training.segment(identity, np.zeros((4, 4, 3), np.float32))
+
+
+@pytest.mark.busi
+def test_one_epoch_on_real_busi_gives_finite_scores(busi_root, tmp_path):
+    index = dl.index_busi(busi_root, check_pixels=False)
+    index = index.groupby("label", sort=False).head(8).reset_index(drop=True)
+    images, masks = dl.load_dataset(index, 32)
+    train_df, val_df, test_df = dl.split_dataset(dl.add_duplicate_groups(index, images), 0.25, 0.25, seed=0)
+    keras.backend.clear_session()
+    model, history = training.train_model(
+        _tiny_model(), dl.make_tf_dataset(images[train_df.index], masks[train_df.index], 4, training=True),
+        dl.make_tf_dataset(images[val_df.index], masks[val_df.index], 4), tmp_path, epochs=1, progress="none")
+    per_image, summary = training.evaluate(masks[test_df.index], training.predict(model, images[test_df.index]),
+                                           test_df, n_bootstrap=50)
+    assert np.isfinite(history["loss"]).all() and len(per_image) == len(test_df)
+    assert per_image["dice"].between(0, 1).all() and set(summary["group"]) >= {"lesion", "normal"}
