@@ -55,15 +55,16 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], Any]) -> Pat
     Args:
         path: the final file path. Its folder is created if missing.
         write_fn: called once with the temporary path (a `str` in the same folder,
-            ending with the same suffix as `path`, so writers that check the
-            extension, such as `keras.Model.save` or `savefig`, accept it).
+            ending with the same (last two) suffixes as `path`, so writers that check the
+            extension, such as `keras.Model.save`, `save_weights` or `savefig`, accept it).
 
     Returns:
         The final path as a `Path`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
+    suffix = "".join(path.suffixes[-2:])  # ".weights.h5" stays whole: Keras checks it
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write_fn(tmp)

@@ -221,6 +221,8 @@ class DiceMetric(keras.metrics.Metric):
         self.count = self.add_variable(shape=(), initializer="zeros", name="count", dtype="float32")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError("DiceMetric does not support sample_weight; every image counts once.")
         y, p = _flatten_pair(y_true, y_pred)
         y = ops.cast(y >= 0.5, "float32")
         p = ops.cast(p >= self.threshold, "float32")
@@ -251,6 +253,9 @@ BEST_MODEL = "best.keras"
 LAST_MODEL = "last.keras"
 HISTORY_CSV = "history.csv"
 STATE_JSON = "train_state.json"
+CHECKPOINT_DIR = "checkpoints"
+MIN_LEARNING_RATE = 1e-6
+LR_FACTOR = 0.5
 
 
 def set_seeds(seed: int) -> None:
@@ -275,11 +280,6 @@ def load_model(path: str | os.PathLike, compile: bool = True) -> keras.Model:
     return keras.saving.load_model(path, custom_objects=custom, compile=compile)
 
 
-def _write_history(path: Path, rows: list[dict]) -> None:
-    frame = pd.DataFrame(rows)
-    data_loading.atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
-
-
 class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     def __init__(self, restored: dict | None, **kwargs):
         super().__init__(**kwargs)
@@ -289,10 +289,9 @@ class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         super().on_train_begin(logs)
         self.wait = self.restored.get("wait", 0)
         self.best = self.restored.get("best", None)
-        self.best_epoch = self.restored.get("best_epoch", 0)
 
     def state(self) -> dict:
-        return {"wait": self.wait, "best": None if self.best is None else float(self.best), "best_epoch": self.best_epoch}
+        return {"wait": self.wait, "best": None if self.best is None else float(self.best)}
 
 
 class _ResumableReduceLR(keras.callbacks.ReduceLROnPlateau):
@@ -308,16 +307,55 @@ class _ResumableReduceLR(keras.callbacks.ReduceLROnPlateau):
             self.best = self.restored["best"]
 
     def state(self) -> dict:
-        return {"wait": self.wait, "cooldown_counter": self.cooldown_counter, "best": float(self.best)}
+        best = None if self.best is None else float(self.best)
+        return {"wait": self.wait, "cooldown_counter": self.cooldown_counter, "best": best}
+
+
+def _checkpoint_names(epoch: int) -> dict[str, str]:
+    stem = f"{CHECKPOINT_DIR}/epoch-{epoch:04d}"
+    return {"weights": f"{stem}.weights.h5", "optimizer": f"{stem}.optimizer.npz"}
+
+
+def _save_checkpoint(model: keras.Model, run_dir: Path, epoch: int) -> dict[str, str]:
+    names = _checkpoint_names(epoch)
+    data_loading.atomic_write(run_dir / names["weights"], lambda tmp: model.save_weights(tmp))
+    values = {f"v{i:04d}": ops.convert_to_numpy(v) for i, v in enumerate(model.optimizer.variables)}
+    data_loading.atomic_write(run_dir / names["optimizer"], lambda tmp: np.savez(tmp, **values))
+    return names
+
+
+def _restore_checkpoint(model: keras.Model, run_dir: Path, names: dict[str, str], optimizer: bool) -> None:
+    if not model.optimizer.built:  # else load_weights skips (and warns about) the optimizer variables
+        model.optimizer.build(model.trainable_variables)
+    try:
+        model.load_weights(run_dir / names["weights"])
+    except ValueError as error:
+        raise ValueError(
+            f"The checkpoint {names['weights']!r} in {str(run_dir)!r} does not fit the model given "
+            f"(another architecture?); use another run folder or the run's settings. ({error})"
+        ) from error
+    if not optimizer:
+        return
+    with np.load(run_dir / names["optimizer"]) as data:
+        values = [data[key] for key in sorted(data.files)]
+    variables = model.optimizer.variables
+    if len(values) != len(variables):
+        raise ValueError(
+            f"The optimizer state {names['optimizer']!r} holds {len(values)} variables, the model's optimizer "
+            f"{len(variables)}: was the run trained with another dtype policy?"
+        )
+    for variable, value in zip(variables, values):
+        variable.assign(value)
 
 
 class _RunRecorder(keras.callbacks.Callback):
-    """After each epoch, in this order: history CSV, best model, last model, state JSON (all atomic)."""
+    """After each epoch: history CSV, checkpoint files, then the state JSON (the commit point),
+    then old checkpoints are removed and ``best.keras`` / ``last.keras`` exported."""
 
-    def __init__(self, run_dir: Path, rows: list[dict], best: float | None, best_epoch: int | None,
-                 early_stopping, reduce_lr, epochs: int, progress: str):
+    def __init__(self, run_dir: Path, rows: list[dict], state: dict, early_stopping, reduce_lr,
+                 epochs: int, progress: str):
         super().__init__()
-        self.run_dir, self.rows, self.best, self.best_epoch = run_dir, rows, best, best_epoch
+        self.run_dir, self.rows, self.state = run_dir, rows, state
         self.early_stopping, self.reduce_lr = early_stopping, reduce_lr
         self.epochs, self.progress = epochs, progress
         self.started = time.perf_counter()
@@ -328,47 +366,70 @@ class _RunRecorder(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
         seconds = time.perf_counter() - self.started
-        # 6 significant digits: the float32 variable holds 1e-3 as 0.0010000000474974513.
-        lr = float(f"{float(ops.convert_to_numpy(self.model.optimizer.learning_rate)):.6g}")
+        # The rate used during this epoch (ReduceLROnPlateau logs it before lowering it).
+        used_lr = logs.get("learning_rate", ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        lr = float(f"{float(used_lr):.6g}")  # float32 holds 1e-3 as 0.0010000000474974513
         order = ["loss", "dice", "val_loss", "val_dice"]
-        names = order + sorted(k for k in logs if k not in order and k != "learning_rate")
+        names = order + sorted(k for k in logs if k not in order and not k.startswith("learning_rate"))
         row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in names if k in logs},
                "learning_rate": lr, "seconds": seconds}
         self.rows.append(row)
-        _write_history(self.run_dir / HISTORY_CSV, self.rows)
+        frame = pd.DataFrame(self.rows)
+        data_loading.atomic_write(self.run_dir / HISTORY_CSV, lambda tmp: frame.to_csv(tmp, index=False))
+
         current = logs.get(MONITOR)
-        improved = current is not None and (self.best is None or current > self.best)
+        best = self.state.get("best_val_dice")
+        improved = current is not None and (best is None or current > best)
+        checkpoint = _save_checkpoint(self.model, self.run_dir, epoch + 1)
+        self.state.update({
+            "epochs_done": epoch + 1, "last_checkpoint": checkpoint,
+            "stopped_early": bool(self.model.stop_training),
+            "early_stopping": self.early_stopping.state(), "reduce_lr": self.reduce_lr.state(),
+        })
         if improved:
-            self.best, self.best_epoch = float(current), epoch + 1
+            self.state.update({"best_val_dice": float(current), "best_epoch": epoch + 1, "best_checkpoint": checkpoint})
+        data_loading.write_json(self.run_dir / STATE_JSON, self.state)  # commit point
+        _remove_stale_checkpoints(self.run_dir, self.state)
+        if improved:
             save_model(self.model, self.run_dir / BEST_MODEL)
         save_model(self.model, self.run_dir / LAST_MODEL)
-        self._write_state(stopped_early=False)
         if self.progress == "epoch":
             metrics = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds", "learning_rate"))
             mark = " *best*" if improved else ""
             print(f"epoch {epoch + 1}/{self.epochs} {metrics} lr {lr:.2e} {seconds:.1f} s{mark}", flush=True)
-
-    def on_train_end(self, logs=None):
-        if self.early_stopping.stopped_epoch > 0:
-            self._write_state(stopped_early=True)
-            if self.progress != "none":
-                print(f"early stopping after epoch {self.early_stopping.stopped_epoch + 1}: "
-                      f"no {MONITOR} gain for {self.early_stopping.patience} epochs", flush=True)
-
-    def _write_state(self, stopped_early: bool) -> None:
-        state = {
-            "epochs_done": len(self.rows), "best_val_dice": self.best, "best_epoch": self.best_epoch,
-            "stopped_early": stopped_early, "early_stopping": self.early_stopping.state(),
-            "reduce_lr": self.reduce_lr.state(),
-        }
-        data_loading.write_json(self.run_dir / STATE_JSON, state)
+        if self.model.stop_training and self.progress != "none":
+            print(f"early stopping after epoch {epoch + 1}: no {MONITOR} gain for "
+                  f"{self.early_stopping.patience} epochs", flush=True)
 
 
-def _read_state(run_dir: Path) -> dict | None:
+def _remove_stale_checkpoints(run_dir: Path, state: dict) -> None:
+    keep = {name for key in ("last_checkpoint", "best_checkpoint") for name in state.get(key, {}).values()}
+    for path in (run_dir / CHECKPOINT_DIR).glob("epoch-*"):
+        if f"{CHECKPOINT_DIR}/{path.name}" not in keep:
+            path.unlink()
+
+
+def _read_resume_state(run_dir: Path, loss: str) -> tuple[dict | None, list[dict]]:
     path = run_dir / STATE_JSON
-    if not (path.is_file() and (run_dir / LAST_MODEL).is_file()):
-        return None
-    return json.loads(path.read_text())
+    if not path.is_file():
+        return None, []
+    state = json.loads(path.read_text())
+    if state.get("loss") != loss:
+        raise ValueError(
+            f"The run in {str(run_dir)!r} was trained with loss {state.get('loss')!r}, not {loss!r}; "
+            "use the same loss to resume it, or another run folder."
+        )
+    history_path = run_dir / HISTORY_CSV
+    if not history_path.is_file():
+        raise ValueError(f"The run in {str(run_dir)!r} has {STATE_JSON} but no {HISTORY_CSV}; it cannot be resumed.")
+    rows = pd.read_csv(history_path, float_precision="round_trip").to_dict("records")
+    rows = [r for r in rows if r["epoch"] <= state["epochs_done"]]  # rows written after the last commit
+    if [int(r["epoch"]) for r in rows] != list(range(1, state["epochs_done"] + 1)):
+        raise ValueError(
+            f"{HISTORY_CSV} in {str(run_dir)!r} does not hold epochs 1..{state['epochs_done']} as "
+            f"{STATE_JSON} says; the run cannot be resumed."
+        )
+    return state, rows
 
 
 def train_model(
@@ -385,29 +446,36 @@ def train_model(
 ) -> tuple[keras.Model, pd.DataFrame]:
     """Compiles and fits `model` with Adam, or resumes the run saved in `run_dir`.
 
-    Every epoch writes, atomically and in this order: ``history.csv`` (one row per epoch:
-    ``epoch`` (1-based), ``loss``, ``dice``, ``val_loss``, ``val_dice``, ``learning_rate``,
-    ``seconds``), ``best.keras`` when ``val_dice`` improved, ``last.keras`` (with optimizer
-    state) and ``train_state.json`` (epochs done, best epoch, early-stopping and plateau
-    counters). Callbacks: early stopping on ``val_dice`` (patience `early_stopping_patience`)
-    and learning-rate halving on a ``val_loss`` plateau (patience `reduce_lr_patience`, floor
-    1e-6).
+    After every epoch, in this order and each file atomically: ``history.csv`` (one row per
+    epoch: ``epoch`` (1-based), ``loss``, ``dice``, ``val_loss``, ``val_dice``,
+    ``learning_rate`` (the rate used in that epoch), ``seconds``), the epoch's checkpoint
+    (``checkpoints/epoch-NNNN.weights.h5`` and ``.optimizer.npz``), then ``train_state.json``,
+    the commit point that names the last and best checkpoints and holds the early-stopping and
+    plateau counters. Only then are older checkpoints removed and ``best.keras`` (when
+    ``val_dice`` improved) and ``last.keras`` exported. An interrupt at any moment therefore
+    resumes from a consistent epoch. Callbacks: early stopping on ``val_dice`` (patience
+    `early_stopping_patience`) and learning-rate halving on a ``val_loss`` plateau (patience
+    `reduce_lr_patience`, floor ``MIN_LEARNING_RATE``).
 
-    Resume: when `run_dir` holds ``last.keras`` and ``train_state.json``, that model (weights,
-    optimizer state and learning rate) replaces `model`, training continues at the next epoch
-    number, the history is appended to, and the callbacks' counters are restored. A run that
-    already reached `epochs` or stopped early returns at once. Seed with `set_seeds` before
-    building the model; the model's dtype policy (see `model.build_unet`) sets mixed precision.
+    Resume: when `run_dir` holds ``train_state.json``, `model` (built with the run's settings,
+    including its dtype policy) receives the last checkpoint's weights and optimizer state
+    (moments, step count, learning rate, loss scale), training continues at the next epoch
+    number, the history is appended to and the callbacks' counters are restored; the exported
+    ``best.keras`` and ``last.keras`` are rewritten from the checkpoints. A run that already
+    reached `epochs` or stopped early returns at once. The tf.data shuffling and augmentation
+    streams restart with the process, so a resumed run is not bit-identical to an uninterrupted
+    one. Seed with `set_seeds` before building the model.
 
     Args:
-        model: a Keras model mapping ``(B, H, W, 1)`` images to ``(B, H, W, 1)`` probabilities.
+        model: a Keras model mapping ``(B, H, W, 1)`` images to ``(B, H, W, 1)`` probabilities;
+            its dtype policy (see `model.build_unet`) sets mixed precision.
         train_data: `tf.data.Dataset` of ``(images, masks)`` batches, float32 (see
             `data_loading.make_tf_dataset`).
         val_data: the same for validation (always required).
         run_dir: folder for checkpoints and history; created if missing.
         epochs: total number of epochs of the run (not "more epochs").
-        loss: one of `LOSSES`.
-        learning_rate: Adam's initial learning rate (> 0).
+        loss: one of `LOSSES`; a resumed run must use the loss it started with.
+        learning_rate: Adam's initial learning rate (> 0); on resume the saved rate is used.
         early_stopping_patience: epochs without ``val_dice`` gain before stopping (>= 1).
         reduce_lr_patience: epochs without ``val_loss`` gain before halving the rate (>= 1).
         progress: "epoch" (one line per epoch, for unattended runs), "bar" (Keras progress
@@ -431,20 +499,23 @@ def train_model(
         )
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = _read_state(run_dir)
-    rows: list[dict] = []
+    state, rows = _read_resume_state(run_dir, loss)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=get_loss(loss),
+        metrics=[DiceMetric(name="dice")],
+    )
+    input_shape = [int(d) for d in model.input_shape[1:]]
     if state is not None:
-        saved = load_model(run_dir / LAST_MODEL)
-        if tuple(saved.input_shape) != tuple(model.input_shape):
+        if state.get("input_shape") != input_shape:
             raise ValueError(
-                f"The run in {str(run_dir)!r} has input shape {saved.input_shape}, the model given has "
-                f"{model.input_shape}; use another run folder or the same image size."
+                f"The run in {str(run_dir)!r} was trained on inputs of shape {state.get('input_shape')}, the "
+                f"model given takes {input_shape}; use the run's image size, or another run folder."
             )
-        model = saved
-        history_path = run_dir / HISTORY_CSV
-        if history_path.is_file():
-            rows = pd.read_csv(history_path, float_precision="round_trip").to_dict("records")
-        rows = [r for r in rows if r["epoch"] <= state["epochs_done"]]
+        _restore_checkpoint(model, run_dir, state["best_checkpoint"], optimizer=False)
+        save_model(model, run_dir / BEST_MODEL)
+        _restore_checkpoint(model, run_dir, state["last_checkpoint"], optimizer=True)
+        save_model(model, run_dir / LAST_MODEL)
         if state["stopped_early"] or state["epochs_done"] >= epochs:
             if progress != "none":
                 print(f"run in {run_dir} already finished after epoch {state['epochs_done']}; nothing to train", flush=True)
@@ -452,29 +523,21 @@ def train_model(
         if progress != "none":
             print(f"resuming run in {run_dir} at epoch {state['epochs_done'] + 1} of {epochs}", flush=True)
     else:
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-            loss=get_loss(loss),
-            metrics=[DiceMetric(name="dice")],
-        )
-    initial_epoch = state["epochs_done"] if state else 0
+        state = {"loss": loss, "dtype_policy": model.dtype_policy.name, "input_shape": input_shape}
     early_stopping = _ResumableEarlyStopping(
-        state and state["early_stopping"], monitor=MONITOR, mode="max", patience=early_stopping_patience
+        state.get("early_stopping"), monitor=MONITOR, mode="max", patience=early_stopping_patience
     )
     reduce_lr = _ResumableReduceLR(
-        state and state["reduce_lr"], monitor="val_loss", mode="min", factor=0.5,
-        patience=reduce_lr_patience, min_lr=1e-6,
+        state.get("reduce_lr"), monitor="val_loss", mode="min", factor=LR_FACTOR,
+        patience=reduce_lr_patience, min_lr=MIN_LEARNING_RATE,
     )
-    recorder = _RunRecorder(
-        run_dir, rows, state and state["best_val_dice"], state and state["best_epoch"],
-        early_stopping, reduce_lr, int(epochs), progress,
-    )
+    recorder = _RunRecorder(run_dir, rows, state, early_stopping, reduce_lr, int(epochs), progress)
     model.fit(
         train_data,
         validation_data=val_data,
         epochs=int(epochs),
-        initial_epoch=initial_epoch,
-        callbacks=[reduce_lr, early_stopping, recorder],
+        initial_epoch=state.get("epochs_done", 0),
+        callbacks=[reduce_lr, early_stopping, recorder],  # order matters: the recorder saves their state
         verbose=1 if progress == "bar" else 0,
         shuffle=False,  # the tf.data pipeline shuffles
     )
@@ -533,33 +596,36 @@ def postprocess(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
     return cleaned[..., None] if squeeze else cleaned
 
 
-def segment(model: keras.Model, image: np.ndarray, threshold: float = DEFAULT_THRESHOLD, min_area: int = 0) -> np.ndarray:
+def segment(model: keras.Model, image: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
+            min_area: int | None = None) -> np.ndarray:
     """Segments one grey image of any size and returns the mask at that size.
 
-    The image is area-resized to the model's input, predicted, the probability map is resized
-    back with bilinear interpolation, then thresholded and cleaned (`postprocess`).
+    The image is area-resized to the model's input and predicted; the mask is made at the
+    model's size exactly as `evaluate` scores it (threshold, then `postprocess` with `min_area`
+    in model-size pixels when given), then resized back with nearest neighbour.
 
     Args:
         model: a trained U-Net with a fixed ``(h, w, 1)`` input.
         image: ``(H, W)`` or ``(H, W, 1)`` float32 in [0, 1] (e.g. ``data_loading.to_grey(read_png(path))``).
         threshold: binarisation threshold (the one chosen on validation).
-        min_area: remove predicted components smaller than this, in pixels of the original image.
+        min_area: if not None, remove components smaller than this (pixels at the model's
+            input size) and fill holes, as ``evaluate(..., min_area=...)``.
 
     Returns:
         ``(H, W)`` uint8 in {0, 1}.
     """
-    import cv2
-
     image = np.asarray(image, dtype=np.float32)
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
     if image.ndim != 2:
         raise ValueError(f"Expected a grey image of shape (H, W) or (H, W, 1); received {image.shape}.")
     height, width = model.input_shape[1:3]
-    small = data_loading.resize_image(image, (height, width))
-    probability = predict(model, small[None])[0, ..., 0]
-    full = cv2.resize(probability, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return postprocess(full[None], threshold, min_area=min_area)[0]
+    probability = predict(model, data_loading.resize_image(image, (height, width))[None])
+    if min_area is None:
+        mask = (probability[0] >= threshold).astype(np.uint8)
+    else:
+        mask = postprocess(probability, threshold, min_area=min_area)[0]
+    return data_loading.resize_mask(mask, image.shape)[..., 0]
 
 
 def choose_threshold(y_true: np.ndarray, probabilities: np.ndarray,
@@ -695,12 +761,12 @@ def evaluate(
 
 
 def format_summary(summary: pd.DataFrame) -> str:
-    """One line per group: ``lesion (n=97): Dice 0.712 [0.672, 0.750] median 0.81, IoU ...``."""
+    """One line per group: ``lesion    (n= 97): Dice 0.712 [0.672, 0.750] median 0.810; IoU ...``."""
     lines = []
     for row in summary.itertuples(index=False):
         line = (f"{row.group:<9} (n={row.n:>3}): Dice {row.dice_mean:.3f} [{row.dice_ci_low:.3f}, {row.dice_ci_high:.3f}]"
                 f" median {row.dice_median:.3f}; IoU {row.iou_mean:.3f} [{row.iou_ci_low:.3f}, {row.iou_ci_high:.3f}]")
         if not np.isnan(row.fp_fraction):
-            line += f"; images with false-positive pixels {row.fp_fraction:.1%}"
+            line += f"; empty-mask images with any predicted pixel {row.fp_fraction:.1%}"
         lines.append(line)
     return "\n".join(lines)

@@ -144,7 +144,10 @@ def test_training_writes_history_and_checkpoints_and_resumes(tiny, tmp_path, cap
     pd.testing.assert_frame_equal(pd.read_csv(run / training.HISTORY_CSV), history, check_dtype=False)
     steps_per_epoch = 3  # 12 images, batch 4
     assert int(resumed.optimizer.iterations) == 4 * steps_per_epoch  # optimizer state carried over
-    assert json.loads((run / training.STATE_JSON).read_text())["epochs_done"] == 4
+    state = json.loads((run / training.STATE_JSON).read_text())
+    assert state["epochs_done"] == 4 and state["loss"] == "bce_dice" and state["dtype_policy"] == "float32"
+    kept = {f"{training.CHECKPOINT_DIR}/{p.name}" for p in (run / training.CHECKPOINT_DIR).iterdir()}
+    assert kept == set(state["last_checkpoint"].values()) | set(state["best_checkpoint"].values())
 
     # A finished run returns at once, unchanged.
     keras.backend.clear_session()
@@ -158,8 +161,74 @@ def test_resume_rejects_another_image_size(tiny, tmp_path):
     _, _, train, val = tiny
     keras.backend.clear_session()
     training.train_model(_tiny_model(), train, val, tmp_path, epochs=1, progress="none")
-    with pytest.raises(ValueError, match="input shape"):
+    with pytest.raises(ValueError, match=r"trained on inputs of shape \[32, 32, 1\], the model given takes \[64, 64, 1\]"):
         training.train_model(_tiny_model(size=64), train, val, tmp_path, epochs=2, progress="none")
+    keras.backend.clear_session()
+    training.set_seeds(0)
+    wider = unet.build_unet((32, 32, 1), base_filters=8, depth=2)
+    with pytest.raises(ValueError, match="does not fit the model given"):
+        training.train_model(wider, train, val, tmp_path, epochs=2, progress="none")
+    with pytest.raises(ValueError, match="trained with loss 'bce_dice', not 'dice'"):
+        training.train_model(_tiny_model(), train, val, tmp_path, epochs=2, loss="dice", progress="none")
+
+
+def test_interrupt_before_the_state_commit_resumes_from_the_last_committed_epoch(tiny, tmp_path, monkeypatch):
+    _, _, train, val = tiny
+    run = tmp_path / "run"
+    real_write_json = training.data_loading.write_json
+    calls = []
+
+    def crash_on_second_commit(path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # history.csv and epoch-2 checkpoint are written, the state is not
+        return real_write_json(path, data)
+
+    monkeypatch.setattr(training.data_loading, "write_json", crash_on_second_commit)
+    keras.backend.clear_session()
+    with pytest.raises(KeyboardInterrupt):
+        training.train_model(_tiny_model(), train, val, run, epochs=3, progress="none")
+    assert len(pd.read_csv(run / training.HISTORY_CSV)) == 2
+    assert json.loads((run / training.STATE_JSON).read_text())["epochs_done"] == 1
+    monkeypatch.setattr(training.data_loading, "write_json", real_write_json)
+
+    keras.backend.clear_session()
+    model, history = training.train_model(_tiny_model(), train, val, run, epochs=3, progress="none")
+    assert list(history["epoch"]) == [1, 2, 3]
+    assert int(model.optimizer.iterations) == 3 * 3  # epoch 2 was trained once, after epoch 1's state
+
+
+def test_resume_restores_the_early_stopping_counter(tiny, tmp_path):
+    _, _, train, val = tiny
+    keras.backend.clear_session()
+    training.train_model(_tiny_model(), train, val, tmp_path, epochs=1, progress="none")
+    state_path = tmp_path / training.STATE_JSON
+    state = json.loads(state_path.read_text())
+    state["early_stopping"] = {"wait": 1, "best": 2.0}  # a Dice nobody reaches: one more stale epoch stops
+    state_path.write_text(json.dumps(state))
+    keras.backend.clear_session()
+    _, history = training.train_model(_tiny_model(), train, val, tmp_path, epochs=10,
+                                      early_stopping_patience=2, progress="none")
+    assert list(history["epoch"]) == [1, 2]
+    assert json.loads(state_path.read_text())["stopped_early"] is True
+
+
+def test_mixed_float16_resume_keeps_optimizer_and_loss_scale(tiny, tmp_path):
+    _, _, train, val = tiny
+
+    def build():
+        training.set_seeds(0)
+        return unet.build_unet((32, 32, 1), base_filters=4, depth=2, dtype_policy="mixed_float16")
+
+    keras.backend.clear_session()
+    first, _ = training.train_model(build(), train, val, tmp_path, epochs=1, progress="none")
+    scale = float(first.optimizer.dynamic_scale)
+    keras.backend.clear_session()
+    resumed, history = training.train_model(build(), train, val, tmp_path, epochs=2, progress="none")
+    assert type(resumed.optimizer).__name__ == "LossScaleOptimizer"
+    assert int(resumed.optimizer.iterations) == 2 * 3
+    assert np.isfinite(history["loss"]).all() and float(resumed.optimizer.dynamic_scale) > 0
+    assert scale > 0
 
 
 def test_a_few_epochs_give_a_finite_falling_loss(tiny, tmp_path):
@@ -296,7 +365,7 @@ def test_evaluate_by_hand():
     assert rows.loc["normal", "fp_fraction"] == 1.0
     assert np.isnan(rows.loc["lesion", "fp_fraction"])
     text = training.format_summary(summary)
-    assert "lesion    (n=  2): Dice 0.750" in text and "false-positive pixels 100.0%" in text
+    assert "lesion    (n=  2): Dice 0.750" in text and "empty-mask images with any predicted pixel 100.0%" in text
 
 
 def test_evaluate_threshold_and_post_processing():
