@@ -595,7 +595,7 @@ def plot_threshold_curve(
 
     Args:
         curve_df: one row per threshold tried, columns `threshold` (float in ``[0, 1]``) and
-            `dice` (mean per-image lesion Dice on validation, float in ``[0, 1]``).
+            `dice` (mean per-image Dice on validation, normal images included, float in ``[0, 1]``).
         chosen_threshold: the threshold picked on validation; must lie within the range of
             `curve_df['threshold']`.
         path: where to save the figure; not saved when None.
@@ -626,14 +626,14 @@ def plot_threshold_curve(
     fig = _new_figure(5.4, 4.0)
     ax = fig.subplots()
     style = {"marker": "o", "markersize": 3.5} if len(curve) <= MARKER_MAX_POINTS else {}
-    ax.plot(thresholds, dice, color=LINE_COLOR, label="mean lesion Dice", **style)
+    ax.plot(thresholds, dice, color=LINE_COLOR, label="mean per-image Dice", **style)
     ax.axvline(
         chosen_threshold, color=BEST_COLOR, linestyle="--", linewidth=1.2,
         label=f"chosen on validation (t = {chosen_threshold:.2f}, Dice {chosen_dice:.3f})",
     )
     ax.plot(chosen_threshold, chosen_dice, marker="o", markersize=7, color=BEST_COLOR, zorder=4)
     ax.grid(alpha=0.3)
-    _label_axes(ax, "Threshold selection (validation)", "probability threshold", "mean lesion Dice")
+    _label_axes(ax, "Threshold selection (validation)", "probability threshold", "mean per-image Dice (all images)")
     _legend(ax, loc="best")
     _save(fig, path)
     return fig
