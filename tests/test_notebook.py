@@ -1,6 +1,7 @@
 """The notebook runs top to bottom with tiny parameters, and is committed without outputs."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,20 @@ def test_notebook_runs_on_generated_data_and_resumes(tmp_path, monkeypatch):
     text = out.read_text()
     assert "resuming run" in text and "epoch 3/3" in text and "epoch 1/3" not in text
     assert json.loads((run / "results.json").read_text())["epochs_run"] == 3
+
+
+def test_notebook_without_busi_says_so_and_runs_on_the_demo_set(tmp_path, monkeypatch):
+    papermill = pytest.importorskip("papermill")
+    repo = tmp_path / "repo"  # a copy with no ../shared beside it, as on a user's fresh machine
+    repo.mkdir()
+    for path in list(NOTEBOOK.parent.glob("*.py")) + [NOTEBOOK]:
+        shutil.copy(path, repo / path.name)
+    monkeypatch.delenv("BUSI_ROOT", raising=False)
+    out = tmp_path / "executed.ipynb"
+    papermill.execute_notebook(
+        str(repo / NOTEBOOK.name), str(out), kernel_name="python3", progress_bar=False, cwd=str(repo),
+        parameters={"image_size": 32, "base_filters": 4, "depth": 2, "epochs": 1, "batch_size": 8},
+    )
+    text = out.read_text()
+    assert "BUSI NOT FOUND: RUNNING ON A GENERATED DEMO SET" in text
+    assert (repo / "runs" / "notebook" / "results.json").is_file()

@@ -157,6 +157,7 @@ def test_training_writes_history_and_checkpoints_and_resumes(tiny, tmp_path, cap
     np.testing.assert_allclose(training.predict(again, images[:2]), training.predict(resumed, images[:2]), atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:Skipping nested container")  # the mismatched model, on purpose
 def test_resume_rejects_another_image_size(tiny, tmp_path):
     _, _, train, val = tiny
     keras.backend.clear_session()
