@@ -88,6 +88,11 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return atomic_write(path, _write)
 
 
+def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> Path:
+    """Writes a DataFrame as CSV without its index, atomically (see `atomic_write`)."""
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, (np.integer,)):
         return int(value)

@@ -374,8 +374,7 @@ class _RunRecorder(keras.callbacks.Callback):
         row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in names if k in logs},
                "learning_rate": lr, "seconds": seconds}
         self.rows.append(row)
-        frame = pd.DataFrame(self.rows)
-        data_loading.atomic_write(self.run_dir / HISTORY_CSV, lambda tmp: frame.to_csv(tmp, index=False))
+        data_loading.write_csv(self.run_dir / HISTORY_CSV, pd.DataFrame(self.rows))
 
         current = logs.get(MONITOR)
         best = self.state.get("best_val_dice")

@@ -104,8 +104,8 @@ def main() -> None:
                                     test_prob[test_df["label"].ne("normal").to_numpy()], threshold)
     print(f"\n(for comparison only) pooled lesion Dice over all test lesion pixels: {pooled['dice']:.3f}")
 
-    dl.atomic_write(run_dir / "per_image_test.csv", lambda tmp: per_image.to_csv(tmp, index=False))
-    dl.atomic_write(run_dir / "summary_test.csv", lambda tmp: summary.to_csv(tmp, index=False))
+    dl.write_csv(run_dir / "per_image_test.csv", per_image)
+    dl.write_csv(run_dir / "summary_test.csv", summary)
     dl.write_json(run_dir / "results.json", {
         "settings": settings,
         "split_sizes": {"train": len(train_df), "val": len(val_df), "test": len(test_df)},

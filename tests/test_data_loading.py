@@ -5,6 +5,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 import data_loading as dl
@@ -133,6 +134,15 @@ def test_atomic_write_keeps_previous_file_on_failure(tmp_path):
         dl.atomic_write(path, fail)
     assert path.read_text().strip().replace(" ", "").replace("\n", "") == '{"a":1}'
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_atomic_write_keeps_double_suffixes_and_write_csv_round_trips(tmp_path):
+    seen = []
+    dl.atomic_write(tmp_path / "epoch-0001.weights.h5", lambda tmp: (seen.append(tmp), Path(tmp).write_bytes(b"x")))
+    assert seen[0].endswith(".weights.h5") and (tmp_path / "epoch-0001.weights.h5").read_bytes() == b"x"
+    frame = pd.DataFrame({"image_id": ["a", "b"], "dice": [0.5, 1.0]})
+    dl.write_csv(tmp_path / "t.csv", frame)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "t.csv"), frame)
 
 
 def test_duplicates_are_grouped_and_splits_do_not_leak(synthetic_root):
