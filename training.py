@@ -256,6 +256,8 @@ STATE_JSON = "train_state.json"
 CHECKPOINT_DIR = "checkpoints"
 MIN_LEARNING_RATE = 1e-6
 LR_FACTOR = 0.5
+LR_SCHEDULES = ("plateau", "cosine")
+WARMUP_FRACTION = 0.05  # share of the cosine schedule's steps spent warming up linearly from 0
 
 
 def set_seeds(seed: int) -> None:
@@ -311,6 +313,50 @@ class _ResumableReduceLR(keras.callbacks.ReduceLROnPlateau):
         return {"wait": self.wait, "cooldown_counter": self.cooldown_counter, "best": best}
 
 
+class _TimeBudget(keras.callbacks.Callback):
+    """Stops training after the epoch at which one more epoch, at the slowest pace seen in this
+    session, would end past `budget_s` seconds from the start of training."""
+
+    def __init__(self, budget_s: float):
+        super().__init__()
+        self.budget_s = float(budget_s)
+        self.stopped = False
+
+    def on_train_begin(self, logs=None):
+        self.started = time.perf_counter()
+        self.epoch_started = self.started
+        self.slowest = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        self.slowest = max(self.slowest, now - self.epoch_started)
+        if now - self.started + self.slowest > self.budget_s:
+            self.stopped = True
+            self.model.stop_training = True
+
+
+def _cosine_schedule(learning_rate: float, total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    warmup_steps = max(1, int(round(WARMUP_FRACTION * total_steps)))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, decay_steps=max(1, total_steps - warmup_steps),
+        alpha=MIN_LEARNING_RATE / learning_rate, warmup_target=learning_rate, warmup_steps=warmup_steps,
+    )
+
+
+def _steps_per_epoch(train_data) -> int:
+    cardinality = int(train_data.cardinality()) if hasattr(train_data, "cardinality") else -2
+    if cardinality < 1:
+        raise ValueError(
+            "The cosine learning-rate schedule needs the number of batches per epoch, but train_data "
+            f"has cardinality {cardinality} (unknown or infinite); pass a finite tf.data.Dataset such "
+            "as data_loading.make_tf_dataset's, or use lr_schedule='plateau'."
+        )
+    return cardinality
+
+
 def _checkpoint_names(epoch: int) -> dict[str, str]:
     stem = f"{CHECKPOINT_DIR}/epoch-{epoch:04d}"
     return {"weights": f"{stem}.weights.h5", "optimizer": f"{stem}.optimizer.npz"}
@@ -353,10 +399,10 @@ class _RunRecorder(keras.callbacks.Callback):
     then old checkpoints are removed and ``best.keras`` / ``last.keras`` exported."""
 
     def __init__(self, run_dir: Path, rows: list[dict], state: dict, early_stopping, reduce_lr,
-                 epochs: int, progress: str):
+                 epochs: int, progress: str, budget=None):
         super().__init__()
         self.run_dir, self.rows, self.state = run_dir, rows, state
-        self.early_stopping, self.reduce_lr = early_stopping, reduce_lr
+        self.early_stopping, self.reduce_lr, self.budget = early_stopping, reduce_lr, budget
         self.epochs, self.progress = epochs, progress
         self.started = time.perf_counter()
 
@@ -366,7 +412,8 @@ class _RunRecorder(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
         seconds = time.perf_counter() - self.started
-        # The rate used during this epoch (ReduceLROnPlateau logs it before lowering it).
+        # The rate used during this epoch (ReduceLROnPlateau logs it before lowering it); with the
+        # cosine schedule, the rate reached at the end of the epoch.
         used_lr = logs.get("learning_rate", ops.convert_to_numpy(self.model.optimizer.learning_rate))
         lr = float(f"{float(used_lr):.6g}")  # float32 holds 1e-3 as 0.0010000000474974513
         order = ["loss", "dice", "val_loss", "val_dice"]
@@ -380,10 +427,11 @@ class _RunRecorder(keras.callbacks.Callback):
         best = self.state.get("best_val_dice")
         improved = current is not None and (best is None or current > best)
         checkpoint = _save_checkpoint(self.model, self.run_dir, epoch + 1)
+        stopped_early = bool(self.model.stop_training) and self.early_stopping.stopped_epoch == epoch > 0
         self.state.update({
-            "epochs_done": epoch + 1, "last_checkpoint": checkpoint,
-            "stopped_early": bool(self.model.stop_training),
-            "early_stopping": self.early_stopping.state(), "reduce_lr": self.reduce_lr.state(),
+            "epochs_done": epoch + 1, "last_checkpoint": checkpoint, "stopped_early": stopped_early,
+            "early_stopping": self.early_stopping.state(),
+            "reduce_lr": None if self.reduce_lr is None else self.reduce_lr.state(),
         })
         if improved:
             self.state.update({"best_val_dice": float(current), "best_epoch": epoch + 1, "best_checkpoint": checkpoint})
@@ -396,9 +444,12 @@ class _RunRecorder(keras.callbacks.Callback):
             metrics = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds", "learning_rate"))
             mark = " *best*" if improved else ""
             print(f"epoch {epoch + 1}/{self.epochs} {metrics} lr {lr:.2e} {seconds:.1f} s{mark}", flush=True)
-        if self.model.stop_training and self.progress != "none":
+        if stopped_early and self.progress != "none":
             print(f"early stopping after epoch {epoch + 1}: no {MONITOR} gain for "
                   f"{self.early_stopping.patience} epochs", flush=True)
+        elif self.budget is not None and self.budget.stopped and self.progress != "none":
+            print(f"time budget of {self.budget.budget_s:.0f} s reached after epoch {epoch + 1}; "
+                  "rerun with the same run folder to continue", flush=True)
 
 
 def _remove_stale_checkpoints(run_dir: Path, state: dict) -> None:
@@ -442,6 +493,8 @@ def train_model(
     early_stopping_patience: int = 10,
     reduce_lr_patience: int = 4,
     progress: str = "epoch",
+    lr_schedule: str = "plateau",
+    time_budget_s: float | None = None,
 ) -> tuple[keras.Model, pd.DataFrame]:
     """Compiles and fits `model` with Adam, or resumes the run saved in `run_dir`.
 
@@ -453,8 +506,21 @@ def train_model(
     plateau counters. Only then are older checkpoints removed and ``best.keras`` (when
     ``val_dice`` improved) and ``last.keras`` exported. An interrupt at any moment therefore
     resumes from a consistent epoch. Callbacks: early stopping on ``val_dice`` (patience
-    `early_stopping_patience`) and learning-rate halving on a ``val_loss`` plateau (patience
-    `reduce_lr_patience`, floor ``MIN_LEARNING_RATE``).
+    `early_stopping_patience`) and, with ``lr_schedule="plateau"``, learning-rate halving on a
+    ``val_loss`` plateau (patience `reduce_lr_patience`, floor ``MIN_LEARNING_RATE``).
+
+    Formula (``lr_schedule="cosine"``, ``T = epochs * batches_per_epoch`` steps,
+    ``W = max(1, round(WARMUP_FRACTION * T))``, step ``t`` counted from 0 over the whole run):
+        lr(t) = learning_rate * t / W                                         for t < W
+        lr(t) = m + (learning_rate - m) * (1 + cos(pi * (t - W) / (T - W))) / 2   after,
+        with m = MIN_LEARNING_RATE
+    The schedule is planned for `epochs` epochs, so set `epochs` to what the time available
+    allows; early stopping can still end the run sooner.
+
+    Time budget: with `time_budget_s`, training stops after the epoch at which one more epoch,
+    at the slowest pace seen in this call, would end past the budget (counted from the start of
+    this call's training, data preparation and model export excluded). Such a stop is not an
+    early stop: rerunning with the same run folder continues the run.
 
     Resume: when `run_dir` holds ``train_state.json``, `model` (built with the run's settings,
     including its dtype policy) receives the last checkpoint's weights and optimizer state
@@ -479,6 +545,12 @@ def train_model(
         reduce_lr_patience: epochs without ``val_loss`` gain before halving the rate (>= 1).
         progress: "epoch" (one line per epoch, for unattended runs), "bar" (Keras progress
             bar) or "none".
+        lr_schedule: one of `LR_SCHEDULES`: "plateau" (constant `learning_rate`, halved on a
+            ``val_loss`` plateau) or "cosine" (linear warm-up then cosine decay over `epochs`,
+            see the formula; needs a finite `train_data`). A resumed run must keep its schedule,
+            and a cosine run its `epochs`.
+        time_budget_s: wall-clock seconds of training allowed in this call (> 0), or None for
+            no limit.
 
     Returns:
         ``(model, history)``: the model as after the last epoch, and the whole run's history
@@ -496,11 +568,27 @@ def train_model(
             f"epochs={epochs}, learning_rate={learning_rate}, early_stopping_patience={early_stopping_patience}, "
             f"reduce_lr_patience={reduce_lr_patience}."
         )
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"Unknown lr_schedule {lr_schedule!r}; expected one of {LR_SCHEDULES}.")
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise ValueError(f"Expected time_budget_s > 0 seconds or None; received {time_budget_s}.")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state, rows = _read_resume_state(run_dir, loss)
+    if state is not None and (state.get("lr_schedule", "plateau"), state.get("schedule_epochs")) != (
+        lr_schedule, int(epochs) if lr_schedule == "cosine" else None
+    ):
+        raise ValueError(
+            f"The run in {str(run_dir)!r} was trained with lr_schedule={state.get('lr_schedule', 'plateau')!r}"
+            f"{', epochs=%s' % state['schedule_epochs'] if state.get('schedule_epochs') else ''}; resume it with "
+            "the same schedule (a cosine schedule is planned for a fixed number of epochs), or use another run folder."
+        )
+    if lr_schedule == "cosine":
+        rate = _cosine_schedule(learning_rate, int(epochs) * _steps_per_epoch(train_data))
+    else:
+        rate = learning_rate
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate=rate),
         loss=get_loss(loss),
         metrics=[DiceMetric(name="dice")],
     )
@@ -522,21 +610,29 @@ def train_model(
         if progress != "none":
             print(f"resuming run in {run_dir} at epoch {state['epochs_done'] + 1} of {epochs}", flush=True)
     else:
-        state = {"loss": loss, "dtype_policy": model.dtype_policy.name, "input_shape": input_shape}
+        state = {"loss": loss, "dtype_policy": model.dtype_policy.name, "input_shape": input_shape,
+                 "lr_schedule": lr_schedule, "schedule_epochs": int(epochs) if lr_schedule == "cosine" else None}
     early_stopping = _ResumableEarlyStopping(
         state.get("early_stopping"), monitor=MONITOR, mode="max", patience=early_stopping_patience
     )
-    reduce_lr = _ResumableReduceLR(
-        state.get("reduce_lr"), monitor="val_loss", mode="min", factor=LR_FACTOR,
-        patience=reduce_lr_patience, min_lr=MIN_LEARNING_RATE,
-    )
-    recorder = _RunRecorder(run_dir, rows, state, early_stopping, reduce_lr, int(epochs), progress)
+    callbacks = [early_stopping]
+    reduce_lr = None
+    if lr_schedule == "plateau":
+        reduce_lr = _ResumableReduceLR(
+            state.get("reduce_lr"), monitor="val_loss", mode="min", factor=LR_FACTOR,
+            patience=reduce_lr_patience, min_lr=MIN_LEARNING_RATE,
+        )
+        callbacks.insert(0, reduce_lr)
+    budget = None if time_budget_s is None else _TimeBudget(time_budget_s)
+    if budget is not None:
+        callbacks.append(budget)
+    recorder = _RunRecorder(run_dir, rows, state, early_stopping, reduce_lr, int(epochs), progress, budget)
     model.fit(
         train_data,
         validation_data=val_data,
         epochs=int(epochs),
         initial_epoch=state.get("epochs_done", 0),
-        callbacks=[reduce_lr, early_stopping, recorder],  # order matters: the recorder saves their state
+        callbacks=[*callbacks, recorder],  # order matters: the recorder saves the others' state
         verbose=1 if progress == "bar" else 0,
         shuffle=False,  # the tf.data pipeline shuffles
     )

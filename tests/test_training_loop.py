@@ -254,6 +254,63 @@ def test_train_model_rejects_bad_options(tiny, tmp_path):
         training.train_model(model, train, val, tmp_path, epochs=0)
 
 
+def test_cosine_schedule_by_hand_and_resume(tiny, tmp_path):
+    _, _, train, val = tiny
+    run = tmp_path / "run"
+    keras.backend.clear_session()
+    model, history = training.train_model(_tiny_model(), train, val, run, epochs=2, learning_rate=1e-2,
+                                          lr_schedule="cosine", progress="none")
+    # T = 2 epochs * 3 batches = 6 steps, W = max(1, round(0.05 * 6)) = 1 warm-up step.
+    m, lr, total, warmup = training.MIN_LEARNING_RATE, 1e-2, 6, 1
+
+    def expected(step):
+        if step < warmup:
+            return lr * step / warmup
+        return m + (lr - m) * (1 + np.cos(np.pi * (step - warmup) / (total - warmup))) / 2
+
+    rates = training._cosine_schedule(lr, total)
+    for step in range(total + 1):
+        np.testing.assert_allclose(float(rates(step)), expected(step), rtol=1e-5, atol=1e-9)
+    # The history logs the rate reached at the end of each epoch (steps 3 and 6).
+    np.testing.assert_allclose(history["learning_rate"], [expected(3), expected(6)], rtol=1e-4)
+    state = json.loads((run / training.STATE_JSON).read_text())
+    assert state["lr_schedule"] == "cosine" and state["schedule_epochs"] == 2 and state["reduce_lr"] is None
+
+    with pytest.raises(ValueError, match=r"trained with lr_schedule='cosine', epochs=2; resume it with the same"):
+        training.train_model(_tiny_model(), train, val, run, epochs=3, lr_schedule="cosine", progress="none")
+    with pytest.raises(ValueError, match=r"trained with lr_schedule='cosine'"):
+        training.train_model(_tiny_model(), train, val, run, epochs=2, progress="none")
+    # Same settings: the finished run is recognised and its optimizer step restored.
+    keras.backend.clear_session()
+    again, _ = training.train_model(_tiny_model(), train, val, run, epochs=2, learning_rate=1e-2,
+                                    lr_schedule="cosine", progress="none")
+    assert int(again.optimizer.iterations) == total
+
+
+def test_time_budget_stops_and_the_run_continues_later(tiny, tmp_path, capsys):
+    _, _, train, val = tiny
+    keras.backend.clear_session()
+    _, history = training.train_model(_tiny_model(), train, val, tmp_path, epochs=5, time_budget_s=1e-3)
+    assert list(history["epoch"]) == [1]  # one epoch always runs; the next would overrun
+    assert "time budget of 0 s reached after epoch 1" in capsys.readouterr().out
+    state = json.loads((tmp_path / training.STATE_JSON).read_text())
+    assert state["stopped_early"] is False and state["epochs_done"] == 1
+    keras.backend.clear_session()
+    _, history = training.train_model(_tiny_model(), train, val, tmp_path, epochs=3, progress="none")
+    assert list(history["epoch"]) == [1, 2, 3]
+
+
+def test_schedule_and_budget_options_are_checked(tiny, tmp_path):
+    _, _, train, val = tiny
+    model = _tiny_model()
+    with pytest.raises(ValueError, match=r"Unknown lr_schedule 'step'; expected one of \('plateau', 'cosine'\)"):
+        training.train_model(model, train, val, tmp_path, lr_schedule="step")
+    with pytest.raises(ValueError, match="Expected time_budget_s > 0 seconds or None; received 0"):
+        training.train_model(model, train, val, tmp_path, time_budget_s=0)
+    with pytest.raises(ValueError, match="needs the number of batches per epoch"):
+        training.train_model(model, train.repeat(), val, tmp_path, lr_schedule="cosine")
+
+
 def test_mixed_bfloat16_trains_with_a_float32_output(tiny, tmp_path):
     images, _, train, val = tiny
     keras.backend.clear_session()
