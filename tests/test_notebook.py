@@ -24,8 +24,9 @@ def test_notebook_runs_on_generated_data_and_resumes(tmp_path, monkeypatch):
     root = dl.make_synthetic_busi(tmp_path / "data", n_benign=10, n_malignant=10, n_normal=10)
     monkeypatch.chdir(NOTEBOOK.parent)
     run = tmp_path / "run"
+    # "plateau": a cosine run is planned for its epochs, so only a plateau run can be extended below.
     parameters = {"data_dir": str(root), "image_size": 32, "base_filters": 4, "depth": 2, "epochs": 2,
-                  "batch_size": 4, "output_dir": str(run)}
+                  "batch_size": 4, "output_dir": str(run), "lr_schedule": "plateau"}
     out = tmp_path / "executed.ipynb"
     papermill.execute_notebook(str(NOTEBOOK), str(out), kernel_name="python3", progress_bar=False,
                                parameters=parameters)

@@ -1,0 +1,185 @@
+"""Overhead around the training step: bare step vs `model.fit` vs `training.train_model`, and the input pipeline alone.
+
+On the same batches (the first `--steps` batches of `data_loading.make_tf_dataset`'s augmented
+training pipeline) it times, in one process and after a warm-up pass of each:
+
+  bare step       a `tf.function` doing forward, loss, gradients and the Adam update on batches
+                  already in memory: the floor for this model on this CPU;
+  fit, no metric  `model.fit` on the tf.data pipeline, without the Dice metric or callbacks;
+  fit             `model.fit` with the library's per-image `DiceMetric`;
+  train_model     `training.train_model`: fit + validation pass + history/checkpoint/state writes
+                  + model export, one epoch of `--steps` batches, compared with bare step + a bare
+                  validation forward pass over the same validation images;
+  pipeline alone  iterating the augmented training pipeline without a model (images/s it can
+                  deliver), compared with what training consumes.
+
+Each timing is the median of `--repeats` passes. Uses BUSI's cached arrays when found
+(--root, $BUSI_ROOT or ../shared/data/BUSI), else random arrays of the same shape: the timings do
+not depend on the pixel values.
+
+Usage (from the repository root):
+    python benchmarks/fit_overhead.py [--image-size 128] [--base-filters 32] [--batch-size 8] [--steps 30]
+    python benchmarks/fit_overhead.py --quick     # smoke run, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import data_loading as dl  # noqa: E402
+import model as unet  # noqa: E402
+import training  # noqa: E402
+
+DEPTH = 4
+N_VAL = 112  # validation images (BUSI's validation split size)
+
+
+def _arrays(args) -> tuple[np.ndarray, np.ndarray, str]:
+    n = args.steps * args.batch_size + N_VAL
+    root = Path(args.root)
+    if root.exists() and not args.quick:
+        index = dl.index_busi(root)
+        images, masks = dl.load_dataset(index, args.image_size, cache_dir=REPO / "runs" / "cache")
+        return images[:n], masks[:n], f"BUSI ({n} of {len(index)} images)"
+    rng = np.random.default_rng(0)
+    images = rng.random((n, args.image_size, args.image_size, 1), dtype=np.float32)
+    masks = (rng.random(images.shape) > 0.8).astype(np.uint8)
+    return images, masks, f"random arrays ({n} images)"
+
+
+def _median_seconds(function, repeats: int) -> float:
+    function()  # warm-up: tracing, allocation
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _build(args, metric: bool) -> keras.Model:
+    training.set_seeds(0)
+    model = unet.build_unet((args.image_size, args.image_size, 1), base_filters=args.base_filters, depth=DEPTH,
+                            dtype_policy=args.dtype_policy)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=training.get_loss("bce_dice"),
+                  metrics=[training.DiceMetric(name="dice")] if metric else [])
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=os.environ.get("BUSI_ROOT", str(REPO.parent / "shared/data/BUSI")))
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--base-filters", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--dtype-policy", default="float32", choices=unet.DTYPE_POLICIES)
+    parser.add_argument("--steps", type=int, default=30, help="training batches per timed pass")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.image_size, args.base_filters, args.steps, args.repeats = 32, 4, 3, 1
+    images, masks, source = _arrays(args)
+    n_train = args.steps * args.batch_size
+    train_ds = dl.make_tf_dataset(images[:n_train], masks[:n_train], args.batch_size, training=True, seed=0)
+    val_ds = dl.make_tf_dataset(images[n_train:], masks[n_train:], args.batch_size)
+    batches = [(tf.constant(x), tf.constant(y)) for x, y in train_ds]
+    loss_fn = training.get_loss("bce_dice")
+    print(f"data: {source}; {args.image_size} px, base {args.base_filters}, batch {args.batch_size}, "
+          f"{args.dtype_policy}, {args.steps} batches per pass, median of {args.repeats}", flush=True)
+
+    rows = {}
+    keras.backend.clear_session()
+    model = _build(args, metric=False)
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+
+    @tf.function
+    def bare_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(loss_fn(y, model(x, training=True)))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        return loss
+
+    def bare_epoch():
+        for x, y in batches:
+            loss = bare_step(x, y)
+        float(loss)
+
+    rows["bare step"] = _median_seconds(bare_epoch, args.repeats)
+
+    @tf.function
+    def bare_forward(x):
+        return model(x, training=False)
+
+    val_batches = [tf.constant(x) for x, _ in val_ds]
+
+    def bare_val():
+        for x in val_batches:
+            out = bare_forward(x)
+        out.numpy()
+
+    bare_val_seconds = _median_seconds(bare_val, args.repeats)
+    rows["fit, no metric"] = _median_seconds(lambda: model.fit(train_ds, epochs=1, verbose=0), args.repeats)
+
+    keras.backend.clear_session()
+    model = _build(args, metric=True)
+    rows["fit"] = _median_seconds(lambda: model.fit(train_ds, epochs=1, verbose=0), args.repeats)
+
+    def one_train_model_epoch():
+        keras.backend.clear_session()
+        training.set_seeds(0)
+        fresh = unet.build_unet((args.image_size, args.image_size, 1), base_filters=args.base_filters,
+                                depth=DEPTH, dtype_policy=args.dtype_policy)
+        with tempfile.TemporaryDirectory() as run_dir:
+            _, history = training.train_model(fresh, train_ds, val_ds, run_dir, epochs=2, progress="none")
+        return float(history["seconds"].iloc[1])  # the second epoch: no tracing
+
+    tm = statistics.median(one_train_model_epoch() for _ in range(args.repeats))
+
+    def pipeline_epoch():
+        for _ in train_ds:
+            pass
+
+    pipeline = _median_seconds(pipeline_epoch, args.repeats)
+
+    bare = rows["bare step"]
+    table = pd.DataFrame(
+        [
+            ("bare step (in-memory batches)", bare, n_train / bare, 1.0),
+            ("fit, no metric (tf.data)", rows["fit, no metric"], n_train / rows["fit, no metric"], rows["fit, no metric"] / bare),
+            ("fit with DiceMetric", rows["fit"], n_train / rows["fit"], rows["fit"] / bare),
+            ("bare step + bare validation pass", bare + bare_val_seconds, n_train / (bare + bare_val_seconds), 1.0),
+            ("train_model epoch (fit, validation, files)", tm, n_train / tm, tm / (bare + bare_val_seconds)),
+            ("input pipeline alone (augmented)", pipeline, n_train / pipeline, float("nan")),
+        ],
+        columns=["what", "seconds", "train_img/s", "ratio_to_bare"],
+    ).set_index("what")
+    with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
+        print(table.to_string())
+    print(f"\nfit / bare step: {rows['fit'] / bare:.3f}; DiceMetric share of a fit epoch: "
+          f"{(rows['fit'] - rows['fit, no metric']) / rows['fit']:+.1%}; train_model epoch / (bare step + bare "
+          f"validation): {tm / (bare + bare_val_seconds):.3f}; validation pass share of the bare epoch: "
+          f"{bare_val_seconds / (bare + bare_val_seconds):.1%}")
+    print(f"input pipeline delivers {n_train / pipeline:.0f} img/s, training consumes {n_train / rows['fit']:.1f} "
+          f"img/s: {rows['fit'] / pipeline:.0f}x headroom")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""Time to quality on this CPU: test lesion Dice reached within a wall-clock training budget, per configuration.
+
+Each configuration trains on the real BUSI with the library's own code (duplicate-aware grouped
+stratified split from one seed, `data_loading.make_tf_dataset`, `training.train_model`) in its
+own process, for at most `--budget-minutes` of training. The number of epochs is planned from a
+short timing probe (a few training steps and one validation pass of a throwaway model, counted in
+the budget) so that a cosine schedule ends inside the budget; plateau configurations run until
+the budget stops them. Validation Dice is measured after every epoch; the checkpoint with the best
+validation Dice is kept, the threshold is chosen on validation, and only then is the test split
+predicted, once per configuration. Peak resident memory is that of the configuration's process.
+
+Prints one table (and writes it as CSV beside a JSON per configuration and a figure of validation
+Dice against wall-clock time) with ratios to the float32 base-64 256-px baseline measured in the
+same invocation.
+
+Usage (from the repository root):
+    python benchmarks/time_to_quality.py [--budget-minutes 30] [--configs baseline,b32_128_cos,...]
+        [--root PATH] [--seed 0] [--out runs/time_to_quality]
+    python benchmarks/time_to_quality.py --quick     # smoke run: 2 small configs, 16 images per class, ~2 min
+    python benchmarks/time_to_quality.py --list      # the configurations
+
+BUSI comes from --root, $BUSI_ROOT or ../shared/data/BUSI. `--quick` uses the generated demo set
+when BUSI is absent. Rerunning with the same --out resumes unfinished configurations; a finished
+configuration (its result JSON exists) is not rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pandas as pd  # noqa: E402
+
+import data_loading as dl  # noqa: E402
+
+BASELINE = "baseline"
+# name: settings. "epochs": None means "as many as the budget allows" (planned from the probe).
+CONFIGS = {
+    # The typical Keras notebook: classic width (64), 256 px, float32, constant rate halved on plateaus.
+    BASELINE: dict(image_size=256, base_filters=64, batch_size=8, dtype_policy="float32",
+                   lr_schedule="plateau", learning_rate=1e-3, loss="bce_dice"),
+    "b32_128_plateau": dict(image_size=128, base_filters=32, batch_size=8, dtype_policy="float32",
+                            lr_schedule="plateau", learning_rate=1e-3, loss="bce_dice"),
+    "b32_128_cos": dict(image_size=128, base_filters=32, batch_size=8, dtype_policy="float32",
+                        lr_schedule="cosine", learning_rate=2e-3, loss="bce_dice"),
+    "b16_128_cos": dict(image_size=128, base_filters=16, batch_size=8, dtype_policy="float32",
+                        lr_schedule="cosine", learning_rate=2e-3, loss="bce_dice"),
+    "b16_192_cos": dict(image_size=192, base_filters=16, batch_size=8, dtype_policy="float32",
+                        lr_schedule="cosine", learning_rate=2e-3, loss="bce_dice"),
+    "b32_128_cos_bf16": dict(image_size=128, base_filters=32, batch_size=8, dtype_policy="mixed_bfloat16",
+                             lr_schedule="cosine", learning_rate=2e-3, loss="bce_dice"),
+    "b32_128_cos_b16": dict(image_size=128, base_filters=32, batch_size=16, dtype_policy="float32",
+                            lr_schedule="cosine", learning_rate=3e-3, loss="bce_dice"),
+}
+DEFAULT_CONFIGS = (BASELINE, "b32_128_cos", "b16_128_cos")
+QUICK_CONFIGS = ("b16_128_cos", "b32_128_plateau")
+DEPTH = 4
+PROBE_STEPS = 4  # timed training steps of the probe, after one untimed (tracing) step
+PLAN_MARGIN = 0.92  # planned epochs use this share of the remaining budget (checkpoint writes, noise)
+MAX_EPOCHS = 200
+EARLY_STOPPING_PATIENCE = 1000  # the budget, not early stopping, ends these runs (best checkpoint kept)
+
+
+def _probe_epoch_seconds(config: dict, images, masks, train_idx, val_idx, seed: int) -> float:
+    """Seconds one epoch (training + validation) should take, from a throwaway model."""
+    import keras
+
+    import model as unet
+    import training
+
+    keras.backend.clear_session()
+    size = config["image_size"]
+    probe = unet.build_unet((size, size, 1), base_filters=config["base_filters"], depth=DEPTH,
+                            dtype_policy=config["dtype_policy"])
+    probe.compile(optimizer=keras.optimizers.Adam(1e-3), loss=training.get_loss(config["loss"]),
+                  metrics=[training.DiceMetric(name="dice")])
+    batches = list(dl.make_tf_dataset(images[train_idx], masks[train_idx], config["batch_size"],
+                                      training=True, seed=seed).take(PROBE_STEPS + 1))
+    probe.train_on_batch(*batches[0])
+    start = time.perf_counter()
+    for x, y in batches[1:]:
+        probe.train_on_batch(x, y)
+    step = (time.perf_counter() - start) / PROBE_STEPS
+    val = dl.make_tf_dataset(images[val_idx], masks[val_idx], config["batch_size"])
+    probe.evaluate(val, verbose=0)  # tracing
+    start = time.perf_counter()
+    probe.evaluate(val, verbose=0)
+    val_seconds = time.perf_counter() - start
+    keras.backend.clear_session()
+    return math.ceil(len(train_idx) / config["batch_size"]) * step + val_seconds
+
+
+def run_config(name: str, config: dict, args) -> dict:
+    """Trains and evaluates one configuration in this process; returns its result row."""
+    import model as unet
+    import training
+
+    wall_start = time.perf_counter()
+    out = Path(args.out)
+    run_dir = out / name
+    index, groups_images = _index(args)
+    images, masks = dl.load_dataset(index, config["image_size"], cache_dir=out / "cache")
+    index = dl.add_duplicate_groups(index, groups_images)  # groups from 128 px for every size: one split
+    train_df, val_df, test_df = dl.split_dataset(index, seed=args.seed)
+    dl.check_no_leakage(train_df, val_df, test_df)
+    train_idx, val_idx, test_idx = train_df.index, val_df.index, test_df.index
+    data_seconds = time.perf_counter() - wall_start
+
+    budget_s = args.budget_minutes * 60
+    train_start = time.perf_counter()
+    state_path = run_dir / training.STATE_JSON
+    plan_path = run_dir / "plan.json"
+    if plan_path.is_file():  # resuming: keep the plan (a cosine schedule is fixed by its epochs)
+        plan = json.loads(plan_path.read_text())
+    else:
+        epoch_s = _probe_epoch_seconds(config, images, masks, train_idx, val_idx, args.seed)
+        probe_s = time.perf_counter() - train_start
+        epochs = MAX_EPOCHS
+        if config["lr_schedule"] == "cosine":
+            epochs = max(1, min(MAX_EPOCHS, int(PLAN_MARGIN * (budget_s - probe_s) / epoch_s)))
+        plan = {"epochs": epochs, "probe_epoch_seconds": epoch_s, "probe_seconds": probe_s}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dl.write_json(plan_path, plan)
+    remaining = budget_s - (time.perf_counter() - train_start)
+    if state_path.is_file():  # an interrupted configuration continues within what its history left
+        done = pd.read_csv(run_dir / training.HISTORY_CSV)["seconds"].sum() + plan["probe_seconds"]
+        remaining = budget_s - done
+    training.set_seeds(args.seed)
+    size = config["image_size"]
+    model = unet.build_unet((size, size, 1), base_filters=config["base_filters"], depth=DEPTH,
+                            dtype_policy=config["dtype_policy"])
+    train_ds = dl.make_tf_dataset(images[train_idx], masks[train_idx], config["batch_size"], training=True,
+                                  seed=args.seed)
+    val_ds = dl.make_tf_dataset(images[val_idx], masks[val_idx], config["batch_size"])
+    if remaining > 0:
+        model, history = training.train_model(
+            model, train_ds, val_ds, run_dir, epochs=plan["epochs"], loss=config["loss"],
+            learning_rate=config["learning_rate"], lr_schedule=config["lr_schedule"],
+            early_stopping_patience=EARLY_STOPPING_PATIENCE, time_budget_s=max(remaining, 1.0),
+        )
+    history = pd.read_csv(run_dir / training.HISTORY_CSV)
+    train_seconds = float(history["seconds"].sum()) + plan["probe_seconds"]
+
+    best = training.load_model(run_dir / training.BEST_MODEL)
+    val_prob = training.predict(best, images[val_idx])
+    threshold, _ = training.choose_threshold(masks[val_idx], val_prob)
+    test_prob = training.predict(best, images[test_idx])  # the only read of the test split
+    _, summary = training.evaluate(masks[test_idx], test_prob, test_df, threshold, seed=args.seed)
+    lesion = summary.set_index("group").loc["lesion"]
+    normal = summary.set_index("group").loc["normal"]
+    best_row = history.loc[history["val_dice"].idxmax()]
+    cumulative = history["seconds"].cumsum() + plan["probe_seconds"]
+    result = {
+        "config": name, **config,
+        "train_img_per_s": len(train_idx) / float(history["seconds"].median()),
+        "s_per_epoch": float(history["seconds"].median()),
+        "epochs_planned": plan["epochs"], "epochs_run": int(len(history)),
+        "train_minutes": train_seconds / 60,
+        "best_val_dice": float(best_row["val_dice"]), "best_epoch": int(best_row["epoch"]),
+        "minutes_to_best": float(cumulative[history["val_dice"].idxmax()]) / 60,
+        "threshold": float(threshold),
+        "test_lesion_dice": float(lesion["dice_mean"]), "test_lesion_ci_low": float(lesion["dice_ci_low"]),
+        "test_lesion_ci_high": float(lesion["dice_ci_high"]), "test_lesion_iou": float(lesion["iou_mean"]),
+        "test_normal_fp_fraction": float(normal["fp_fraction"]),
+        "data_seconds": data_seconds,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "val_curve_minutes": [float(v) / 60 for v in cumulative],
+        "val_curve_dice": [float(v) for v in history["val_dice"]],
+        "n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(test_idx),
+        "seed": args.seed, "budget_minutes": args.budget_minutes,
+    }
+    return result
+
+
+def _index(args):
+    """BUSI index (or the demo set in quick mode without BUSI) and the 128-px images for duplicate groups."""
+    root = Path(args.root)
+    if not root.exists():
+        if not args.quick:
+            sys.exit(f"BUSI not found at {args.root!r}; pass --root or set BUSI_ROOT (or use --quick).")
+        root = Path(args.out) / "demo_data"
+        if not (root / dl.DATASET_FOLDER).exists():
+            dl.make_synthetic_busi(root, n_benign=20, n_malignant=16, n_normal=16, seed=0)
+    index = dl.index_busi(root)
+    if args.max_samples:
+        index = index.groupby("label", sort=False).head(args.max_samples).reset_index(drop=True)
+    groups_images, _ = dl.load_dataset(index, 128, cache_dir=Path(args.out) / "cache")
+    return index, groups_images
+
+
+def _table(results: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(results).set_index("config")
+    base = frame.loc[BASELINE] if BASELINE in frame.index else None
+    table = pd.DataFrame({
+        "size": frame["image_size"], "base": frame["base_filters"], "batch": frame["batch_size"],
+        "dtype": frame["dtype_policy"].str.replace("mixed_", ""), "schedule": frame["lr_schedule"],
+        "lr": frame["learning_rate"],
+        "img/s": frame["train_img_per_s"].round(2), "s/epoch": frame["s_per_epoch"].round(1),
+        "epochs": frame["epochs_run"].astype(str) + "/" + frame["epochs_planned"].astype(str),
+        "train_min": frame["train_minutes"].round(1),
+        "best_val_dice": frame["best_val_dice"].round(3), "min_to_best": frame["minutes_to_best"].round(1),
+        "test_lesion_dice": frame["test_lesion_dice"].round(3),
+        "test_95ci": "[" + frame["test_lesion_ci_low"].round(3).astype(str) + ", "
+                     + frame["test_lesion_ci_high"].round(3).astype(str) + "]",
+        "normal_fp": frame["test_normal_fp_fraction"].round(2),
+        "peak_GiB": frame["peak_rss_gib"].round(2),
+    })
+    if base is not None:
+        table["speedup"] = (frame["train_img_per_s"] / base["train_img_per_s"]).round(1)
+        table["dice_gain"] = (frame["test_lesion_dice"] - base["test_lesion_dice"]).round(3)
+    return table
+
+
+def _figure(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=150)
+    for result in results:
+        label = (f"{result['config']} ({result['image_size']} px, base {result['base_filters']}, "
+                 f"{result['lr_schedule']}): test {result['test_lesion_dice']:.3f}")
+        ax.plot(result["val_curve_minutes"], result["val_curve_dice"], marker="o", markersize=3, label=label)
+    budget = max(result["budget_minutes"] for result in results) if all("budget_minutes" in r for r in results) else None
+    if budget:
+        ax.axvline(budget, color="grey", linestyle="--", linewidth=1)
+        ax.text(budget, 0.02, " budget", color="grey", fontsize=8)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("wall-clock training time (minutes, this 2-core CPU)")
+    ax.set_ylabel("validation mean per-image Dice\n(all validation images, threshold 0.5)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("BUSI: validation Dice against training time", fontsize=10)
+    fig.tight_layout()
+    dl.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=os.environ.get("BUSI_ROOT", str(REPO.parent / "shared/data/BUSI")))
+    parser.add_argument("--budget-minutes", type=float, default=30.0, help="training wall-clock budget per config")
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="comma-separated names (see --list)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(REPO / "runs" / "time_to_quality"))
+    parser.add_argument("--max-samples", type=int, default=0, help="0: all; N: first N images per class")
+    parser.add_argument("--quick", action="store_true", help="smoke run: small configs, 16 images per class, 1 min each")
+    parser.add_argument("--list", action="store_true", help="print the configurations and exit")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: run one config
+    args = parser.parse_args()
+    if args.list:
+        print(pd.DataFrame(CONFIGS).T.to_string())
+        return
+    if args.quick:
+        args.budget_minutes = min(args.budget_minutes, 1.0)
+        args.max_samples = args.max_samples or 16
+        if args.configs == ",".join(DEFAULT_CONFIGS):
+            args.configs = ",".join(QUICK_CONFIGS)
+        if args.out == str(REPO / "runs" / "time_to_quality"):
+            args.out = str(REPO / "runs" / "time_to_quality_quick")
+    out = Path(args.out)
+    names = [n for n in args.configs.split(",") if n]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        sys.exit(f"Unknown configuration(s) {unknown}; expected names from {list(CONFIGS)}.")
+
+    if args.worker:  # child process: one configuration
+        result = run_config(args.worker, CONFIGS[args.worker], args)
+        dl.write_json(out / f"{args.worker}.result.json", result)
+        return
+
+    print(f"budget {args.budget_minutes:g} min of training per configuration; seed {args.seed}; out {out}", flush=True)
+    results = []
+    for name in names:
+        result_path = out / f"{name}.result.json"
+        if not result_path.is_file():
+            print(f"\n=== {name}: {CONFIGS[name]}", flush=True)
+            command = [sys.executable, __file__, "--worker", name, "--root", args.root, "--seed", str(args.seed),
+                       "--out", str(out), "--budget-minutes", str(args.budget_minutes),
+                       "--max-samples", str(args.max_samples), "--configs", name]
+            if args.quick:
+                command.append("--quick")
+            start = time.perf_counter()
+            subprocess.run(command, check=True)
+            print(f"=== {name} done in {(time.perf_counter() - start) / 60:.1f} min (process wall clock)", flush=True)
+        results.append(json.loads(result_path.read_text()))
+
+    table = _table(results)
+    dl.write_csv(out / "time_to_quality.csv", table.reset_index())
+    _figure(results, out / "time_to_quality.png")
+    first = results[0]
+    print(f"\nBUSI split (seed {args.seed}, grouped by near-duplicates): train {first['n_train']}, "
+          f"val {first['n_val']}, test {first['n_test']}; budget {args.budget_minutes:g} min of training each.")
+    print("Test: mean per-image Dice over benign + malignant images [95% bootstrap CI], best-validation checkpoint,")
+    print("threshold chosen on validation; normal_fp: share of normal test images with any predicted pixel.")
+    print("img/s and s/epoch: median epoch (training + validation + metric); speedup: img/s against the baseline.\n")
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
+        print(table.to_string())
+    print(f"\nwrote {out / 'time_to_quality.csv'} and {out / 'time_to_quality.png'}")
+
+
+if __name__ == "__main__":
+    main()
