@@ -280,6 +280,59 @@ def load_model(path: str | os.PathLike, compile: bool = True) -> keras.Model:
     return keras.saving.load_model(path, custom_objects=custom, compile=compile)
 
 
+SAVED_MODEL_ENDPOINT = "serve"
+EXPORT_ATOL = 1e-5  # largest difference from the Keras model allowed by the export tests (float32)
+
+
+def export_saved_model(model: keras.Model, path: str | os.PathLike) -> Path:
+    """Exports `model` for inference as a TensorFlow SavedModel folder (`keras.Model.export`).
+
+    The SavedModel holds the forward pass only (inference mode: batch norm uses its moving
+    statistics, dropout is off): no optimizer, loss or metric, so loading it needs neither
+    this library nor the custom objects registered here (`DiceMetric`, the losses), only
+    TensorFlow::
+
+        import tensorflow as tf
+        served = tf.saved_model.load(path)
+        probabilities = served.serve(images)  # (B, H, W, 1) float32 in, float32 in [0, 1] out
+
+    The folder is written beside `path` under a temporary name and then renamed into place, so
+    an interrupted export never leaves a partial folder at `path`; an existing export there is
+    replaced (it is moved aside first and removed once the new one is in place).
+
+    Args:
+        model: a built model with a fixed input, e.g. from `build_unet` or `load_model`.
+        path: the folder to write (not a file); its parent is created if missing.
+
+    Returns:
+        The folder as a `Path`. Its endpoint `SAVED_MODEL_ENDPOINT` (``"serve"``) takes
+        ``(B, H, W, C)`` float32 images (the model's ``H, W, C``, any batch size B) and returns
+        ``(B, H, W, 1)`` float32 probabilities, equal to ``model(images)`` within `EXPORT_ATOL`.
+    """
+    import shutil
+    import tempfile
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"Expected a folder path for the SavedModel; {str(path)!r} is an existing file.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    try:
+        model.export(str(tmp), format="tf_saved_model", verbose=False)
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700; exports are meant to be shared
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
 class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     def __init__(self, restored: dict | None, **kwargs):
         super().__init__(**kwargs)

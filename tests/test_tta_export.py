@@ -1,10 +1,14 @@
-"""training.predict with test-time augmentation (horizontal flip), evaluation with and without it."""
+"""training.predict with test-time augmentation (horizontal flip), evaluation with and without it, and export."""
+
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 
+import model as unet
 import training
 
 
@@ -60,3 +64,47 @@ def test_segment_accepts_tta(tta):
     image = np.zeros((45, 70), np.float32)
     image[10:30, 20:50] = 1.0
     assert training.segment(identity, image, tta=tta).sum() > 0
+
+
+def test_keras_and_savedmodel_exports_run_without_this_library(tmp_path):
+    """Both exports reproduce the model in a process that cannot import busi-unet's modules."""
+    keras.backend.clear_session()
+    training.set_seeds(0)
+    model = unet.build_unet((32, 32, 1), base_filters=4, depth=2, dropout_rate=0.5)
+    model.compile(optimizer="adam", loss=training.get_loss("bce_dice"), metrics=[training.DiceMetric()])
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # batch-norm statistics away from 0 and 1, as after training (no fit: faster)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights([gamma * 1.5, beta + 0.1, rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2, variance.shape)])
+    x = rng.random((4, 32, 32, 1), dtype=np.float32)
+    keras_path = training.save_model(model, tmp_path / "model.keras")
+    saved = training.export_saved_model(model, tmp_path / "saved_model")
+    assert training.export_saved_model(model, saved) == saved  # replacing an export works
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras", "saved_model"]
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "expected.npy", training.predict(model, x))
+    script = (
+        "import importlib.util, sys, numpy as np\n"
+        "for name in ('training', 'model', 'data_loading', 'segment_images'):\n"
+        "    if importlib.util.find_spec(name) is not None: sys.exit(f'{name} is importable')\n"
+        "import tensorflow as tf, keras\n"
+        "x, expected = np.load('x.npy'), np.load('expected.npy')\n"
+        "exported = tf.saved_model.load('saved_model')  # keep a reference: its variables die with it\n"
+        "served = exported.serve(tf.constant(x)).numpy()\n"
+        "loaded = keras.saving.load_model('model.keras', compile=False)\n"
+        "reloaded = keras.ops.convert_to_numpy(loaded(x, training=False))\n"
+        "print(np.abs(served - expected).max(), np.abs(reloaded - expected).max(), served.dtype, served.shape, sep='\\n')\n"
+    )
+    # -I: isolated mode, neither the repository, the working directory nor PYTHONPATH on sys.path
+    result = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    served_diff, keras_diff, dtype, shape = result.stdout.strip().splitlines()[-4:]
+    assert float(served_diff) <= training.EXPORT_ATOL and float(keras_diff) <= training.EXPORT_ATOL
+    assert dtype == "float32" and shape == "(4, 32, 32, 1)"
+
+
+def test_export_errors(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="folder path for the SavedModel"):
+        training.export_saved_model(unet.build_unet((32, 32, 1), base_filters=4, depth=2), tmp_path / "file")
