@@ -78,7 +78,7 @@ def test_keras_and_savedmodel_exports_run_without_this_library(tmp_path):
             gamma, beta, mean, variance = layer.get_weights()
             layer.set_weights([gamma * 1.5, beta + 0.1, rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2, variance.shape)])
     x = rng.random((4, 32, 32, 1), dtype=np.float32)
-    keras_path = training.save_model(model, tmp_path / "model.keras")
+    training.save_model(model, tmp_path / "model.keras")
     saved = training.export_saved_model(model, tmp_path / "saved_model")
     assert training.export_saved_model(model, saved) == saved  # replacing an export works
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras", "saved_model"]
