@@ -63,6 +63,7 @@ import data_loading
 import mask_processing
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+DEFAULT_THRESHOLD = 0.5  # training.DEFAULT_THRESHOLD (training is imported lazily: it loads TensorFlow)
 ACCEPTED_CHANNELS = (1, 3, 4)
 MAX_UPSCALE = 4
 RESULTS_JSON = "results.json"
@@ -229,7 +230,7 @@ def overlay(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def segment_images(
     model,
     images: Sequence[np.ndarray],
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     min_area: int | None = None,
     tta: bool = False,
     batch_size: int = 16,
@@ -358,7 +359,7 @@ def default_threshold(model_path: str | os.PathLike) -> tuple[float, str]:
 
 
 def _list_inputs(input_dir: Path) -> list[Path]:
-    files = [p for p in input_dir.iterdir() if p.is_file() and not p.name.startswith(".")]
+    files = [p for p in input_dir.iterdir() if not p.is_dir() and not p.name.startswith(".")]  # broken links listed
     return sorted(files, key=lambda p: data_loading.natural_key(p.name))
 
 
@@ -381,7 +382,7 @@ def segment_folder(
     model,
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     min_area: int | None = None,
     tta: bool = False,
     batch_size: int = 16,
@@ -416,7 +417,7 @@ def segment_folder(
     files = _list_inputs(input_dir)
     stems = _output_stems(files)
     output_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
+    rows: dict[str, dict[str, Any]] = {}
     pending: list[tuple[Path, np.ndarray]] = []
 
     def flush() -> None:
@@ -430,24 +431,22 @@ def segment_folder(
             _write_png(output_dir / mask_file, mask * np.uint8(255))
             _write_png(output_dir / overlay_file, cv2.cvtColor(overlay(grey, mask), cv2.COLOR_RGB2BGR))
             measured.pop("name")
-            rows.append({"file": path.name, "status": "ok", "reason": "", **measured,
-                         "mask_file": mask_file, "overlay_file": overlay_file})
+            rows[path.name] = {"file": path.name, "status": "ok", "reason": "", **measured,
+                               "mask_file": mask_file, "overlay_file": overlay_file}
         pending.clear()
 
     for path in files:
         try:
             grey = to_grey_checked(read_image_file(path), path.name, min_side)
         except (ValueError, OSError) as error:
-            rows.append({"file": path.name, "status": "skipped", "reason": str(error)})
+            rows[path.name] = {"file": path.name, "status": "skipped", "reason": str(error)}
             continue
         pending.append((path, grey))
         if len(pending) == batch_size:
             flush()
     flush()
     columns = ["file", "status", "reason", *MEASUREMENT_COLUMNS, "mask_file", "overlay_file"]
-    table = pd.DataFrame(rows, columns=columns)
-    table = table.iloc[sorted(range(len(table)), key=lambda i: data_loading.natural_key(table["file"].iloc[i]))]
-    table = table.reset_index(drop=True)
+    table = pd.DataFrame([rows[path.name] for path in files], columns=columns)
     for column in ("height", "width", "area_px", "n_components", "bbox_x", "bbox_y", "bbox_width", "bbox_height"):
         table[column] = table[column].astype("Int64")
     table["threshold"], table["min_area"], table["tta"] = threshold, min_area, tta

@@ -184,9 +184,11 @@ def _input_folder(folder):
     cv2.imwrite(str(folder / "tiny.png"), np.zeros((5, 40), np.uint8))
     (folder / "notes.txt").write_text("notes")
     (folder / ".hidden.png").write_bytes(b"")
+    (folder / "gone.png").symlink_to(folder / "deleted.png")  # a broken link
     good = ["grey (1).png", "colour (2).jpg", "deep (10).png", "scan.bmp", "scan.png"]
     bad = {"zero.png": "empty", "half.png": "truncated PNG", "readme.png": "could not be decoded",
-           "two_channels.png": "2 channels", "tiny.png": "smaller than the 8 px", "notes.txt": "extension '.txt'"}
+           "two_channels.png": "2 channels", "tiny.png": "smaller than the 8 px", "notes.txt": "extension '.txt'",
+           "gone.png": "Image file not found"}
     return good, bad
 
 
@@ -197,10 +199,10 @@ def test_folder_command_writes_every_output_and_lists_every_bad_file(saved_model
                       "--batch-size", "2", "--min-area", "5"])
     printed = capsys.readouterr().out
     assert status == 0
-    assert "threshold 0.450 (chosen on validation" in printed and "segmented 5 of 11 files" in printed
+    assert "threshold 0.450 (chosen on validation" in printed and "segmented 5 of 12 files" in printed
     table = pd.read_csv(out / si.MEASUREMENTS_CSV, keep_default_na=False)
-    assert len(table) == 11 and ".hidden.png" not in set(table["file"])
-    assert list(table["file"])[:3] == ["colour (2).jpg", "deep (10).png", "grey (1).png"]  # natural order
+    assert len(table) == 12 and ".hidden.png" not in set(table["file"])
+    assert list(table["file"])[:4] == ["colour (2).jpg", "deep (10).png", "gone.png", "grey (1).png"]  # natural order
     ok = table[table["status"] == "ok"].set_index("file")
     assert sorted(ok.index) == sorted(good)
     assert set(table["threshold"]) == {0.45} and set(table["min_area"]) == {5}
