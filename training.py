@@ -282,6 +282,59 @@ def load_model(path: str | os.PathLike, compile: bool = True) -> keras.Model:
     return keras.saving.load_model(path, custom_objects=custom, compile=compile)
 
 
+SAVED_MODEL_ENDPOINT = "serve"
+EXPORT_ATOL = 1e-5  # largest difference from the Keras model allowed by the export tests (float32)
+
+
+def export_saved_model(model: keras.Model, path: str | os.PathLike) -> Path:
+    """Exports `model` for inference as a TensorFlow SavedModel folder (`keras.Model.export`).
+
+    The SavedModel holds the forward pass only (inference mode: batch norm uses its moving
+    statistics, dropout is off): no optimizer, loss or metric, so loading it needs neither
+    this library nor the custom objects registered here (`DiceMetric`, the losses), only
+    TensorFlow::
+
+        import tensorflow as tf
+        served = tf.saved_model.load(path)
+        probabilities = served.serve(images)  # (B, H, W, 1) float32 in, float32 in [0, 1] out
+
+    The folder is written beside `path` under a temporary name and then renamed into place, so
+    an interrupted export never leaves a partial folder at `path`; an existing export there is
+    replaced (it is moved aside first and removed once the new one is in place).
+
+    Args:
+        model: a built model with a fixed input, e.g. from `build_unet` or `load_model`.
+        path: the folder to write (not a file); its parent is created if missing.
+
+    Returns:
+        The folder as a `Path`. Its endpoint `SAVED_MODEL_ENDPOINT` (``"serve"``) takes
+        ``(B, H, W, C)`` float32 images (the model's ``H, W, C``, any batch size B) and returns
+        ``(B, H, W, 1)`` float32 probabilities, equal to ``model(images)`` within `EXPORT_ATOL`.
+    """
+    import shutil
+    import tempfile
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"Expected a folder path for the SavedModel; {str(path)!r} is an existing file.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    try:
+        model.export(str(tmp), format="tf_saved_model", verbose=False)
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700; exports are meant to be shared
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
 class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     def __init__(self, restored: dict | None, **kwargs):
         super().__init__(**kwargs)
@@ -647,15 +700,30 @@ DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.1, 0.91, 0.05), 2))
 N_BOOTSTRAP = 2000
 CONFIDENCE = 0.95
 LESION_CLASSES = ("benign", "malignant")
+TTA_TRANSFORMS = ("hflip",)  # test-time augmentation in `predict`: exactly invertible, anatomically plausible
 
 
-def predict(model: keras.Model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+def predict(model: keras.Model, images: np.ndarray, batch_size: int = 16, tta: bool = False) -> np.ndarray:
     """Predicts lesion probabilities batch by batch (memory bounded by `batch_size`).
+
+    Test-time augmentation (``tta=True``) averages the prediction of each image with the
+    horizontally flipped prediction of its horizontal mirror (one forward pass of ``2 B``
+    images per batch, so about twice the time):
+
+    Formula:
+        ``p_tta = (f(x) + flip(f(flip(x)))) / 2`` with ``flip`` the left-right mirror.
+
+    Only the horizontal flip is used (`TTA_TRANSFORMS`): it is exactly invertible on the pixel
+    grid (no interpolation) and anatomically plausible, as a probe can be held either way
+    round. Vertical flips are not: an ultrasound image has a fixed top (the transducer, then
+    skin, then deeper and darker tissue), and the training augmentation never shows one upside
+    down. Rotations and rescaling would need interpolation, so they are not exactly invertible.
 
     Args:
         model: maps ``(B, H, W, 1)`` to ``(B, H, W, 1)`` probabilities.
         images: ``(N, H, W, 1)`` float32 in [0, 1].
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (``2 * batch_size`` with `tta`).
+        tta: average over the horizontal flip.
 
     Returns:
         ``(N, H, W, 1)`` float32 in [0, 1].
@@ -666,6 +734,11 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int = 16) -> np.
     out = np.empty(images.shape[:3] + (1,), dtype=np.float32)
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
+        if tta:
+            both = np.concatenate([batch, batch[:, :, ::-1]])
+            probabilities = ops.convert_to_numpy(model(both, training=False)).astype(np.float32)
+            out[start:start + len(batch)] = (probabilities[:len(batch)] + probabilities[len(batch):, :, ::-1]) / 2
+            continue
         out[start:start + len(batch)] = ops.convert_to_numpy(model(batch, training=False)).astype(np.float32)
     return out
 
@@ -692,7 +765,7 @@ def postprocess(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
 
 
 def segment(model: keras.Model, image: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
-            min_area: int | None = None) -> np.ndarray:
+            min_area: int | None = None, tta: bool = False) -> np.ndarray:
     """Segments one grey image of any size and returns the mask at that size.
 
     The image is area-resized to the model's input and predicted; the mask is made at the
@@ -705,6 +778,7 @@ def segment(model: keras.Model, image: np.ndarray, threshold: float = DEFAULT_TH
         threshold: binarisation threshold (the one chosen on validation).
         min_area: if not None, remove components smaller than this (pixels at the model's
             input size) and fill holes, as ``evaluate(..., min_area=...)``.
+        tta: average over the horizontal flip (see `predict`).
 
     Returns:
         ``(H, W)`` uint8 in {0, 1}.
@@ -715,7 +789,7 @@ def segment(model: keras.Model, image: np.ndarray, threshold: float = DEFAULT_TH
     if image.ndim != 2:
         raise ValueError(f"Expected a grey image of shape (H, W) or (H, W, 1); received {image.shape}.")
     height, width = model.input_shape[1:3]
-    probability = predict(model, data_loading.resize_image(image, (height, width))[None])
+    probability = predict(model, data_loading.resize_image(image, (height, width))[None], tta=tta)
     if min_area is None:
         mask = (probability[0] >= threshold).astype(np.uint8)
     else:

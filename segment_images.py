@@ -1,0 +1,497 @@
+"""Apply a trained model to your own images: arrays in memory, or a whole folder from the command line.
+
+Usage (from the repository root)::
+
+    python segment_images.py --model runs/train_busi/best.keras --input DIR --output DIR
+        [--threshold T] [--min-area N] [--tta] [--batch-size 16]
+
+For every image file in ``DIR`` (not recursive; ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``; hidden files
+ignored) the command writes ``<stem>_mask.png`` (0/255, one channel, the image's own size) and
+``<stem>_overlay.png`` (the grey image with the lesion tinted and outlined in red) into the output
+folder, plus ``measurements.csv`` with one row per file: measurements for the segmented ones,
+``status`` ``"skipped"`` and the ``reason`` for every file that could not be used (empty,
+truncated, not an image, wrong number of channels, too small, other extension). A bad file never
+stops the run. Every file is written atomically (`data_loading.atomic_write`), so an existing
+output is replaced whole or not at all.
+
+Method, per image (`segment_images`):
+
+1. Decode as stored (grey, RGB, RGBA; 8 or 16 bit) and convert to grey in [0, 1]
+   (`data_loading.to_grey`: luma for colour; alpha ignored). Accepted channel counts are 1, 3
+   and 4; anything else is refused, including a grey + alpha PNG (2 channels), which OpenCV
+   would otherwise silently expand to 4.
+2. Refuse images with a side under ``ceil(model side / MAX_UPSCALE)`` pixels (32 px for a 128 px
+   model): stretching a thumbnail more than `MAX_UPSCALE` times gives the model blur it never
+   saw in training. BUSI's smallest side is 190 px.
+3. Area-resize to the model's input (as in training), predict in batches, optionally averaged
+   over the horizontal flip (``tta``; see `training.predict`).
+4. Resize the probability map back to the image's size **bilinearly**, then threshold: the
+   boundary follows the interpolated probability instead of the model grid's staircase, which
+   nearest-neighbour resizing of a model-size mask would give. (Masks themselves are only ever
+   resized with nearest neighbour; thresholding afterwards keeps them binary.)
+5. Optional clean-up (``min_area``): remove components under ``min_area`` pixels *of the model
+   input* (the unit in which `benchmarks/train_busi.py` chooses it on validation, stored as
+   ``min_area`` in results.json), scaled to each image by its area ratio, then fill holes
+   (`mask_processing.clean_mask`).
+
+Threshold default: ``threshold`` from ``results.json`` beside the model file when present (the
+one chosen on validation by `benchmarks/train_busi.py`), else `training.DEFAULT_THRESHOLD`
+(0.5). The command prints which one it used. No clean-up unless ``--min-area`` is given.
+
+Why a module of its own: this is an application layer (file discovery, per-file error listing,
+writing PNGs and a CSV, a command line) on top of `training.predict`; `training.py` stays the
+library of training and evaluation, and `data_loading.py` reads the BUSI dataset layout. The
+reader here accepts any decodable file and lists problems instead of raising on the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+import data_loading
+import mask_processing
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+DEFAULT_THRESHOLD = 0.5  # training.DEFAULT_THRESHOLD (training is imported lazily: it loads TensorFlow)
+ACCEPTED_CHANNELS = (1, 3, 4)
+MAX_UPSCALE = 4
+RESULTS_JSON = "results.json"
+MEASUREMENTS_CSV = "measurements.csv"
+MASK_SUFFIX = "_mask.png"
+OVERLAY_SUFFIX = "_overlay.png"
+OVERLAY_COLOR_RGB = (255, 40, 40)
+OVERLAY_ALPHA = 0.35  # weight of the colour over lesion pixels
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_GREY_ALPHA = 4  # PNG IHDR colour type for grey + alpha (2 channels)
+MEASUREMENT_COLUMNS = (
+    "height", "width", "area_px", "area_fraction", "n_components",
+    "bbox_x", "bbox_y", "bbox_width", "bbox_height", "max_probability",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Arrays in, arrays out
+# --------------------------------------------------------------------------------------------
+
+
+def model_input_size(model) -> tuple[int, int]:
+    """The ``(height, width)`` a model takes; it must have a fixed size and one channel.
+
+    Raises:
+        ValueError: the input size is not fixed or the model does not take one channel.
+    """
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[1] is None or shape[2] is None or shape[3] != 1:
+        raise ValueError(
+            f"Expected a model with a fixed (height, width, 1) grey input, as build_unet makes; "
+            f"received input shape {shape}."
+        )
+    return int(shape[1]), int(shape[2])
+
+
+def min_image_side(input_size: Sequence[int]) -> int:
+    """Smallest image side accepted for a model of `input_size`: ``ceil(max(input_size) / MAX_UPSCALE)``."""
+    return int(math.ceil(max(input_size) / MAX_UPSCALE))
+
+
+def to_grey_checked(image: np.ndarray, name: str, min_side: int = 1) -> np.ndarray:
+    """Validates one image and converts it to grey levels in [0, 1].
+
+    Args:
+        image: ``(H, W)`` or ``(H, W, C)`` with ``C`` in `ACCEPTED_CHANNELS` (grey, BGR as
+            OpenCV decodes colour, BGRA), uint8 in [0, 255], uint16 in [0, 65535], or float
+            in [0, 1].
+        name: what to call the image in errors (its file name).
+        min_side: smallest accepted height and width, in pixels.
+
+    Returns:
+        ``(H, W)`` float32 in [0, 1].
+
+    Raises:
+        ValueError: wrong number of dimensions or channels, unsupported dtype, float values
+            outside [0, 1], or a side under `min_side`; the message names the image.
+    """
+    image = np.asarray(image)
+    if image.ndim not in (2, 3):
+        raise ValueError(f"Image {name!r} has shape {image.shape}; expected (height, width) or (height, width, channels).")
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels not in ACCEPTED_CHANNELS:
+        raise ValueError(
+            f"Image {name!r} has {channels} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA). "
+            f"Save it as a grey or RGB image."
+        )
+    height, width = image.shape[:2]
+    if min(height, width) < min_side:
+        raise ValueError(
+            f"Image {name!r} is {width}x{height} pixels (width x height), smaller than the "
+            f"{min_side} px per side this model needs (its input is stretched at most "
+            f"{MAX_UPSCALE} times); use the full-resolution image."
+        )
+    if image.dtype in (np.uint8, np.uint16):
+        return data_loading.to_grey(image)
+    if np.issubdtype(image.dtype, np.floating):
+        if image.size and (not np.isfinite(image).all() or image.min() < 0 or image.max() > 1):
+            raise ValueError(f"Image {name!r} is float with values outside [0, 1]; scale it to [0, 1] first.")
+        return data_loading.to_grey(image.astype(np.float32) * np.float32(255))  # to_grey divides by 255
+    raise ValueError(f"Image {name!r} has dtype {image.dtype}; expected uint8, uint16 or float in [0, 1].")
+
+
+def probabilities_to_mask(probability: np.ndarray, size: Sequence[int], threshold: float,
+                          min_area: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Maps a model-size probability map to an image's size and binarises it.
+
+    Args:
+        probability: ``(h, w)`` or ``(h, w, 1)`` float32 in [0, 1], at the model's input size.
+        size: the image's ``(height, width)``.
+        threshold: a pixel is lesion when its resized probability is ``>= threshold``.
+        min_area: if not None, remove components under ``min_area`` pixels of the model input,
+            scaled by ``(height * width) / (h * w)``, and fill holes.
+
+    Returns:
+        ``(mask, probability)``: ``(height, width)`` uint8 in {0, 1} and ``(height, width)``
+        float32 in [0, 1] (bilinear).
+    """
+    probability = np.asarray(probability, dtype=np.float32)
+    if probability.ndim == 3 and probability.shape[2] == 1:
+        probability = probability[..., 0]
+    height, width = (int(s) for s in size)
+    resized = np.clip(cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+    mask = (resized >= threshold).astype(np.uint8)
+    if min_area is not None:
+        scaled = int(round(min_area * (height * width) / probability.size))
+        mask = mask_processing.clean_mask(mask, min_area=scaled, fill=True)
+    return mask, resized
+
+
+def measure_mask(mask: np.ndarray) -> dict[str, Any]:
+    """Lesion area, number of components (8-connectivity) and bounding box of a binary mask.
+
+    Args:
+        mask: ``(H, W)`` uint8 or bool in {0, 1}.
+
+    Returns:
+        ``{"height", "width", "area_px", "area_fraction", "n_components", "bbox_x", "bbox_y",
+        "bbox_width", "bbox_height"}``: ints (area fraction float in [0, 1]); the box is the
+        smallest one holding every lesion pixel, ``x``/``y`` its top-left column/row; its
+        four entries are None for an empty mask.
+
+    Example:
+        >>> m = np.zeros((4, 6), np.uint8); m[1, 1:3] = 1; m[3, 5] = 1
+        >>> measure_mask(m)["n_components"], measure_mask(m)["bbox_width"]
+        (2, 5)
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or not np.isin(mask, (0, 1)).all():
+        raise ValueError(f"Expected a (H, W) mask with values in {{0, 1}}; received shape {mask.shape}.")
+    mask = mask.astype(np.uint8)
+    count, _ = cv2.connectedComponents(mask, connectivity=8)
+    rows, cols = np.nonzero(mask)
+    box = {"bbox_x": None, "bbox_y": None, "bbox_width": None, "bbox_height": None}
+    if len(rows):
+        box = {"bbox_x": int(cols.min()), "bbox_y": int(rows.min()),
+               "bbox_width": int(cols.max() - cols.min() + 1), "bbox_height": int(rows.max() - rows.min() + 1)}
+    return {"height": int(mask.shape[0]), "width": int(mask.shape[1]), "area_px": int(mask.sum()),
+            "area_fraction": float(mask.mean()), "n_components": int(count - 1), **box}
+
+
+def overlay(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Draws a mask over a grey image: lesion pixels tinted, outlines in the same colour.
+
+    Args:
+        grey: ``(H, W)`` float32 in [0, 1].
+        mask: ``(H, W)`` uint8 in {0, 1}.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB.
+    """
+    grey8 = np.round(np.clip(grey, 0, 1) * 255).astype(np.uint8)
+    rgb = np.repeat(grey8[..., None], 3, axis=2).astype(np.float32)
+    color = np.array(OVERLAY_COLOR_RGB, np.float32)
+    inside = mask.astype(bool)
+    rgb[inside] = (1 - OVERLAY_ALPHA) * rgb[inside] + OVERLAY_ALPHA * color
+    rgb = np.round(rgb).astype(np.uint8)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    thickness = max(1, round(min(mask.shape) / 250))
+    cv2.drawContours(rgb, contours, -1, OVERLAY_COLOR_RGB, thickness)
+    return rgb
+
+
+def segment_images(
+    model,
+    images: Sequence[np.ndarray],
+    threshold: float = DEFAULT_THRESHOLD,
+    min_area: int | None = None,
+    tta: bool = False,
+    batch_size: int = 16,
+    names: Sequence[str] | None = None,
+) -> tuple[list[np.ndarray], pd.DataFrame]:
+    """Segments images of any size with a trained model, each mask at its image's size.
+
+    See the module docstring for the method (grey conversion, minimum size, area resize in,
+    batched prediction, optional flip averaging, bilinear probabilities out, threshold,
+    optional clean-up). Every image is validated before any prediction.
+
+    Args:
+        model: a trained U-Net with a fixed ``(h, w, 1)`` input (e.g. `training.load_model`).
+        images: each ``(H, W)`` or ``(H, W, C)``, ``C`` in (1, 3, 4) (BGR(A) channel order as
+            OpenCV decodes, which only matters for the luma weights), uint8, uint16, or float
+            in [0, 1]; sizes may differ.
+        threshold: lesion where the probability is ``>= threshold``, in (0, 1).
+        min_area: if not None, clean-up with this minimum component area in model-input pixels.
+        tta: average over the horizontal flip (see `training.predict`).
+        batch_size: images per forward pass.
+        names: one name per image for error messages and the table (default ``"image <i>"``).
+
+    Returns:
+        ``(masks, table)``: ``masks`` a list of ``(H, W)`` uint8 in {0, 1}, one per image;
+        ``table`` one row per image with ``name`` and the `measure_mask` columns plus
+        ``max_probability`` (float in [0, 1], at the image's size).
+
+    Raises:
+        ValueError: a bad argument, or an image that `to_grey_checked` refuses (the message
+            names it).
+    """
+    import training
+
+    if not 0 < threshold < 1:
+        raise ValueError(f"Expected threshold in (0, 1); received {threshold}.")
+    if min_area is not None and min_area < 0:
+        raise ValueError(f"Expected min_area >= 0 or None; received {min_area}.")
+    if batch_size < 1:
+        raise ValueError(f"Expected batch_size >= 1; received {batch_size}.")
+    names = [f"image {i}" for i in range(len(images))] if names is None else list(names)
+    if len(names) != len(images):
+        raise ValueError(f"Expected one name per image; received {len(names)} names for {len(images)} images.")
+    input_size = model_input_size(model)
+    min_side = min_image_side(input_size)
+    greys = [to_grey_checked(image, name, min_side) for image, name in zip(images, names)]
+    masks, rows = [], []
+    for start in range(0, len(greys), batch_size):
+        chunk = greys[start:start + batch_size]
+        batch = np.stack([data_loading.resize_image(grey, input_size) for grey in chunk])
+        probabilities = training.predict(model, batch, batch_size=batch_size, tta=tta)
+        for grey, probability, name in zip(chunk, probabilities, names[start:start + batch_size]):
+            mask, resized = probabilities_to_mask(probability, grey.shape, threshold, min_area)
+            masks.append(mask)
+            rows.append({"name": name, **measure_mask(mask), "max_probability": float(resized.max())})
+    return masks, pd.DataFrame(rows, columns=["name", *MEASUREMENT_COLUMNS])
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def read_image_file(path: str | os.PathLike) -> np.ndarray:
+    """Reads a PNG, JPEG or BMP file as stored (8 or 16 bit; grey, BGR or BGRA).
+
+    Args:
+        path: the file.
+
+    Returns:
+        ``(H, W)`` or ``(H, W, C)`` uint8 or uint16, as `cv2.imdecode` with
+        ``IMREAD_UNCHANGED``.
+
+    Raises:
+        ValueError: another extension, an empty file, a PNG or JPEG without its end marker
+            (truncated), a grey + alpha PNG (2 channels), or bytes that do not decode. The
+            message names the file.
+        FileNotFoundError: no such file.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise ValueError(f"'{path.name}': extension {path.suffix!r} is not one of {IMAGE_EXTENSIONS}.")
+    if not path.is_file():
+        raise FileNotFoundError(f"Image file not found: '{path}'.")
+    data = path.read_bytes()
+    if not data:
+        raise ValueError(f"'{path.name}' is empty (0 bytes).")
+    if data.startswith(PNG_SIGNATURE):
+        if b"IEND" not in data[-12:]:
+            raise ValueError(f"'{path.name}' is a truncated PNG ({len(data)} bytes, no end chunk).")
+        if len(data) > 25 and data[25] == PNG_GREY_ALPHA:
+            raise ValueError(
+                f"'{path.name}' has 2 channels (grey + alpha); expected 1 (grey), 3 (RGB) or 4 (RGBA). "
+                f"Save it as a grey or RGB image."
+            )
+    elif data.startswith(b"\xff\xd8") and b"\xff\xd9" not in data[-64:]:
+        raise ValueError(f"'{path.name}' is a truncated JPEG ({len(data)} bytes, no end marker).")
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise ValueError(f"'{path.name}' could not be decoded as a PNG, JPEG or BMP image ({len(data)} bytes).")
+    return array
+
+
+def default_threshold(model_path: str | os.PathLike) -> tuple[float, str]:
+    """The threshold to use with a saved model: the run's (from results.json beside it), else 0.5.
+
+    Returns:
+        ``(threshold, source)`` with `source` a short description for logs.
+
+    Raises:
+        ValueError: a results.json that is not valid JSON or holds a threshold outside (0, 1).
+    """
+    import training
+
+    results = Path(model_path).parent / RESULTS_JSON
+    if not results.is_file():
+        return training.DEFAULT_THRESHOLD, f"default (no {RESULTS_JSON} beside the model)"
+    try:
+        threshold = json.loads(results.read_text()).get("threshold")
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise ValueError(f"Could not read the threshold from '{results}': {error}. Pass --threshold.") from error
+    if threshold is None:
+        return training.DEFAULT_THRESHOLD, f"default ({RESULTS_JSON} beside the model has no threshold)"
+    if not 0 < float(threshold) < 1:
+        raise ValueError(f"'{results}' holds threshold {threshold}, outside (0, 1). Pass --threshold.")
+    return float(threshold), f"chosen on validation ({results})"
+
+
+def _list_inputs(input_dir: Path) -> list[Path]:
+    files = [p for p in input_dir.iterdir() if not p.is_dir() and not p.name.startswith(".")]  # broken links listed
+    return sorted(files, key=lambda p: data_loading.natural_key(p.name))
+
+
+def _output_stems(files: Sequence[Path]) -> dict[Path, str]:
+    """``stem`` per file, or ``stem_ext`` where two files share a stem (``a.png``, ``a.jpg``)."""
+    counts: dict[str, int] = {}
+    for path in files:
+        counts[path.stem] = counts.get(path.stem, 0) + 1
+    return {p: p.stem if counts[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}" for p in files}
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise ValueError(f"Could not encode '{path.name}' as PNG.")
+    data_loading.atomic_write(path, lambda tmp: Path(tmp).write_bytes(encoded.tobytes()))
+
+
+def segment_folder(
+    model,
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_area: int | None = None,
+    tta: bool = False,
+    batch_size: int = 16,
+) -> pd.DataFrame:
+    """Segments every image file of a folder and writes masks, overlays and a measurements CSV.
+
+    Files are read ``batch_size`` at a time (memory stays bounded); a file that cannot be used
+    is recorded as skipped with its reason and the run goes on. Outputs are written atomically.
+
+    Args:
+        model: a trained U-Net with a fixed ``(h, w, 1)`` input.
+        input_dir: folder of images (not searched recursively; hidden files ignored).
+        output_dir: folder for the outputs (created if missing; must differ from `input_dir`).
+        threshold, min_area, tta, batch_size: as `segment_images`.
+
+    Returns:
+        The table written to ``measurements.csv``: one row per file, in natural name order,
+        columns ``file``, ``status`` (``"ok"`` or ``"skipped"``), ``reason``, the
+        `MEASUREMENT_COLUMNS`, ``mask_file``, ``overlay_file``, ``threshold``, ``min_area``,
+        ``tta``.
+
+    Raises:
+        FileNotFoundError: `input_dir` is not a folder.
+        ValueError: `output_dir` is `input_dir`, or a bad argument.
+    """
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if not input_dir.is_dir():
+        raise FileNotFoundError(f"Input folder not found: '{input_dir}'.")
+    if output_dir.resolve() == input_dir.resolve():
+        raise ValueError(f"Expected an output folder other than the input folder '{input_dir}' (masks would mix with images).")
+    min_side = min_image_side(model_input_size(model))
+    files = _list_inputs(input_dir)
+    stems = _output_stems(files)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, dict[str, Any]] = {}
+    pending: list[tuple[Path, np.ndarray]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        greys = [grey for _, grey in pending]
+        masks, table = segment_images(model, greys, threshold, min_area, tta, batch_size,
+                                      names=[p.name for p, _ in pending])
+        for (path, grey), mask, measured in zip(pending, masks, table.to_dict("records")):
+            mask_file, overlay_file = stems[path] + MASK_SUFFIX, stems[path] + OVERLAY_SUFFIX
+            _write_png(output_dir / mask_file, mask * np.uint8(255))
+            _write_png(output_dir / overlay_file, cv2.cvtColor(overlay(grey, mask), cv2.COLOR_RGB2BGR))
+            measured.pop("name")
+            rows[path.name] = {"file": path.name, "status": "ok", "reason": "", **measured,
+                               "mask_file": mask_file, "overlay_file": overlay_file}
+        pending.clear()
+
+    for path in files:
+        try:
+            grey = to_grey_checked(read_image_file(path), path.name, min_side)
+        except (ValueError, OSError) as error:
+            rows[path.name] = {"file": path.name, "status": "skipped", "reason": str(error)}
+            continue
+        pending.append((path, grey))
+        if len(pending) == batch_size:
+            flush()
+    flush()
+    columns = ["file", "status", "reason", *MEASUREMENT_COLUMNS, "mask_file", "overlay_file"]
+    table = pd.DataFrame([rows[path.name] for path in files], columns=columns)
+    for column in ("height", "width", "area_px", "n_components", "bbox_x", "bbox_y", "bbox_width", "bbox_height"):
+        table[column] = table[column].astype("Int64")
+    table["threshold"], table["min_area"], table["tta"] = threshold, min_area, tta
+    data_loading.write_csv(output_dir / MEASUREMENTS_CSV, table)
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (0, or 1 when no file could be segmented)."""
+    parser = argparse.ArgumentParser(
+        description="Segment every image of a folder with a trained busi-unet model; writes masks, overlays "
+                    "and measurements.csv.")
+    parser.add_argument("--model", required=True, help="a .keras file saved by training (e.g. runs/x/best.keras)")
+    parser.add_argument("--input", required=True, help="folder of PNG/JPEG/BMP images")
+    parser.add_argument("--output", required=True, help="folder for the outputs (created if missing)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help=f"default: 'threshold' of {RESULTS_JSON} beside the model, else 0.5")
+    parser.add_argument("--min-area", type=int, default=None,
+                        help="remove components under this many pixels of the model input and fill holes "
+                             "(default: no clean-up)")
+    parser.add_argument("--tta", action="store_true", help="average over the horizontal flip")
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import training
+
+    if args.threshold is None:
+        threshold, source = default_threshold(args.model)
+    else:
+        threshold, source = args.threshold, "given"
+    model = training.load_model(args.model, compile=False)
+    height, width = model_input_size(model)
+    print(f"model {args.model}: input {height}x{width}; threshold {threshold:.3f} ({source}); "
+          f"min_area {args.min_area if args.min_area is not None else 'none'}; tta {'hflip' if args.tta else 'off'}",
+          flush=True)
+    table = segment_folder(model, args.input, args.output, threshold, args.min_area, args.tta, args.batch_size)
+    done = table[table["status"] == "ok"]
+    skipped = table[table["status"] == "skipped"]
+    print(f"segmented {len(done)} of {len(table)} files into {args.output} "
+          f"({int((done['area_px'] > 0).sum())} with a predicted lesion); skipped {len(skipped)}:")
+    for row in skipped.itertuples(index=False):
+        print(f"  - {row.file}: {row.reason}")
+    print(f"wrote {Path(args.output) / MEASUREMENTS_CSV}")
+    return 0 if len(done) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
