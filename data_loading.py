@@ -19,7 +19,9 @@ import json
 import logging
 import os
 import re
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,9 @@ HASH_SIZE = 8
 # 25 MP grey image needs 25 MB once decoded. A larger PNG is refused from its header, before
 # decoding: a small file can claim 20000 x 20000 pixels (a decompression bomb, 400 MB to 1.6 GB).
 MAX_IMAGE_PIXELS = 25_000_000
+# A temporary file of `atomic_write` older than this (or whose writer, on this host, has died)
+# is left over from an interrupted write and removed by `remove_stale_temp_files`.
+STALE_TEMP_SECONDS = 3600
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Other formats, by their first bytes, to say what a misnamed ".png" file really is.
 _OTHER_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP", b"II*\x00": "TIFF",
@@ -72,7 +77,10 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], Any]) -> Pat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:])  # ".weights.h5" stays whole: Keras checks it
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=suffix, dir=path.parent)
+    # The writer's host and process id in the name let `remove_stale_temp_files` tell an
+    # abandoned temporary file (its process was killed) from one being written right now.
+    prefix = f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-"
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write_fn(tmp)
@@ -83,6 +91,54 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], Any]) -> Pat
             os.remove(tmp)
         raise
     return path
+
+
+_TEMP_NAME_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+(?:\..*)?$")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, max_age_s: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Removes the temporary files that interrupted `atomic_write` calls left in `folder`.
+
+    A process killed mid-write (SIGKILL, power loss, out of memory) cannot remove its
+    temporary file (``.<name>.tmp-<host>-<pid>-<random><suffix>``). Such a file is removed
+    when its writer ran on this host and is no longer alive, or when it is older than
+    `max_age_s` (writers on other hosts, older naming). Files being written now are kept.
+    Nothing else in `folder` is touched; a missing folder is fine.
+
+    Args:
+        folder: the folder to clean (not recursive).
+        max_age_s: age in seconds after which any temporary file counts as abandoned.
+
+    Returns:
+        The removed paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed, host, now = [], socket.gethostname(), time.time()
+    for path in folder.glob(".*.tmp-*"):
+        match = _TEMP_NAME_RE.match(path.name)
+        try:
+            age = now - path.lstat().st_mtime
+        except FileNotFoundError:  # its writer just finished
+            continue
+        abandoned = (match is not None and match["host"] == host and int(match["pid"]) != os.getpid()
+                     and not _process_alive(int(match["pid"])))
+        if abandoned or age > max_age_s:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+            logger.info("Removed '%s', left over from an interrupted write.", path)
+    return removed
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
@@ -583,6 +639,7 @@ def load_dataset(
         images[i] = load_image(image_path, size)
         masks[i] = load_mask(mask_paths, size)
     if cache_path is not None:
+        remove_stale_temp_files(cache_path.parent)  # left by a run killed while writing a cache
         atomic_write(cache_path, lambda tmp: np.savez(tmp, images=images, masks=masks))
     return images, masks
 

@@ -604,6 +604,8 @@ def train_model(
         )
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (run_dir, run_dir / CHECKPOINT_DIR):  # partial files of a killed run
+        data_loading.remove_stale_temp_files(folder)
     state, rows = _read_resume_state(run_dir, loss)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
