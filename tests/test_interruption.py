@@ -78,7 +78,8 @@ def _kill_at_batch(data_root: Path, folder: Path, batch: int) -> list[str]:
                 break
         process.stdout.close()
         code = process.wait(timeout=60)
-    assert code == -signal.SIGKILL, f"child was not killed (exit {code}): {lines[-5:]} {(folder / 'stderr.txt').read_text()[-2000:]}"
+    stderr_tail = (folder / "stderr.txt").read_text()[-2000:]
+    assert code == -signal.SIGKILL, f"child was not killed (exit {code}): {lines[-5:]} {stderr_tail}"
     return lines
 
 
