@@ -20,7 +20,6 @@ The hooks live here, in the test's child script, never in the library. Not a tes
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
