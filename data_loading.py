@@ -19,7 +19,9 @@ import json
 import logging
 import os
 import re
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,17 @@ CACHE_VERSION = 1
 # into groups of 9 to 21. Grouping too much only costs split balance; grouping too little leaks.
 DUPLICATE_MAX_DISTANCE = 10
 HASH_SIZE = 8
+# Largest image (width x height) that is decoded. BUSI's largest is 1048 x 719 (0.75 MP); a
+# 25 MP grey image needs 25 MB once decoded. A larger PNG is refused from its header, before
+# decoding: a small file can claim 20000 x 20000 pixels (a decompression bomb, 400 MB to 1.6 GB).
+MAX_IMAGE_PIXELS = 25_000_000
+# A temporary file of `atomic_write` older than this (or whose writer, on this host, has died)
+# is left over from an interrupted write and removed by `remove_stale_temp_files`.
+STALE_TEMP_SECONDS = 3600
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Other formats, by their first bytes, to say what a misnamed ".png" file really is.
+_OTHER_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP", b"II*\x00": "TIFF",
+                     b"MM\x00*": "TIFF", b"RIFF": "RIFF (WebP?)", b"PK\x03\x04": "a zip archive"}
 
 _FILE_RE = re.compile(r"^(?P<stem>.+?)(?P<mask>_mask(?:_(?P<index>\d+))?)?\.png$", re.IGNORECASE)
 
@@ -64,7 +77,10 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], Any]) -> Pat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:])  # ".weights.h5" stays whole: Keras checks it
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=suffix, dir=path.parent)
+    # The writer's host and process id in the name let `remove_stale_temp_files` tell an
+    # abandoned temporary file (its process was killed) from one being written right now.
+    prefix = f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-"
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write_fn(tmp)
@@ -75,6 +91,54 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], Any]) -> Pat
             os.remove(tmp)
         raise
     return path
+
+
+_TEMP_NAME_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+(?:\..*)?$")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, max_age_s: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Removes the temporary files that interrupted `atomic_write` calls left in `folder`.
+
+    A process killed mid-write (SIGKILL, power loss, out of memory) cannot remove its
+    temporary file (``.<name>.tmp-<host>-<pid>-<random><suffix>``). Such a file is removed
+    when its writer ran on this host and is no longer alive, or when it is older than
+    `max_age_s` (writers on other hosts, older naming). Files being written now are kept.
+    Nothing else in `folder` is touched; a missing folder is fine.
+
+    Args:
+        folder: the folder to clean (not recursive).
+        max_age_s: age in seconds after which any temporary file counts as abandoned.
+
+    Returns:
+        The removed paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed, host, now = [], socket.gethostname(), time.time()
+    for path in folder.glob(".*.tmp-*"):
+        match = _TEMP_NAME_RE.match(path.name)
+        try:
+            age = now - path.lstat().st_mtime
+        except FileNotFoundError:  # its writer just finished
+            continue
+        abandoned = (match is not None and match["host"] == host and int(match["pid"]) != os.getpid()
+                     and not _process_alive(int(match["pid"])))
+        if abandoned or age > max_age_s:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+            logger.info("Removed '%s', left over from an interrupted write.", path)
+    return removed
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
@@ -110,22 +174,79 @@ def _json_default(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
+def png_file_problem(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
+    """Checks a file's first bytes before it is decoded; says what is wrong, or None.
+
+    Reads at most 33 bytes (the PNG signature and header chunk), so it is cheap and safe on any
+    file: a broken symbolic link (a loop, or a missing target), something that is not a regular
+    file, an empty file, a file of another format named ``.png`` (JPEG, GIF, ...), a header cut
+    short, and an image with more than `max_pixels` pixels (refused before decoding: a small
+    file can claim 20000 x 20000 pixels) are all named. A file that passes can still be
+    truncated further on; `read_png` finds that when decoding.
+
+    Args:
+        path: the file.
+        max_pixels: the largest width x height accepted.
+
+    Returns:
+        A short reason (e.g. ``"empty file (0 bytes)"``), or None when the file looks right.
+    """
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        return "symbolic link that cannot be followed (a link loop, or its target is missing)"
+    if not path.exists():
+        return "file not found"
+    if not path.is_file():
+        return "not a regular file"
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(33)
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    if not header:
+        return "empty file (0 bytes)"
+    if not header.startswith(PNG_SIGNATURE):
+        kind = next((k for sig, k in _OTHER_SIGNATURES.items() if header.startswith(sig)), None)
+        what = f"its content is {kind}" if kind else "it does not start with the PNG signature"
+        return f"not a PNG file ({what}); convert it to PNG (lossless) and index again"
+    if len(header) < 24 or header[12:16] != b"IHDR":
+        return "not a valid PNG file (bad header: truncated or damaged)"
+    width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+    if width * height > max_pixels:
+        return (
+            f"image of {width}x{height} pixels (width x height) is larger than MAX_IMAGE_PIXELS "
+            f"({max_pixels:,}) and is not decoded (a decompression bomb, or not an ultrasound image)"
+        )
+    return None
+
+
 def read_png(path: str | os.PathLike) -> np.ndarray:
     """Decodes a PNG file exactly as stored (grey, RGB as BGR, or RGBA as BGRA).
 
+    The file is checked by `png_file_problem` first, so an image of more than
+    `MAX_IMAGE_PIXELS` pixels is refused from its header, before any decoding.
+
     Args:
-        path: the file. Names with spaces and parentheses (as in BUSI) are fine.
+        path: the file. Names with spaces, parentheses or non-ASCII letters are fine.
 
     Returns:
-        ``(H, W)`` or ``(H, W, C)`` array, uint8 (or uint16 for 16-bit files).
+        ``(H, W)`` or ``(H, W, C)`` array, uint8 (or uint16 for 16-bit files); palette images
+        come as ``(H, W, 3)`` BGR.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is empty, truncated or not a decodable image.
+        ValueError: the file is empty, not a PNG, too large, truncated or not decodable; the
+            message names the file and says which.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         raise FileNotFoundError(f"Image file not found: '{path}'.")
+    problem = png_file_problem(path)
+    if problem is not None:
+        raise ValueError(
+            f"Could not read '{path}': {problem}. Fix or remove the file, or index with "
+            f"on_error='skip' to leave it out (it is counted)."
+        )
     data = np.fromfile(path, dtype=np.uint8)
     array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if array is None:
@@ -274,9 +395,12 @@ def index_busi(
 ) -> pd.DataFrame:
     """Indexes a BUSI-shaped folder into one row per image, validating every file.
 
-    Checks, per image: it has at least one mask; every file decodes (not truncated); every mask
-    has the image's size; every mask is binary under `mask_processing.binarize_mask`. A mask
-    whose image is missing is also a problem. Hidden files and non-PNG files are listed in
+    Checks, per image: it has at least one mask; its masks are numbered without gaps
+    (``_mask``, ``_mask_1``, ...); every file is a PNG within `MAX_IMAGE_PIXELS`, checked from
+    its header before decoding (`png_file_problem`: broken links, empty files, other formats
+    named ``.png``); every file decodes (not truncated); every mask has the image's size; every
+    mask is binary under `mask_processing.binarize_mask`. A mask whose image is missing is also
+    a problem. Hidden files and non-PNG files are listed in
     ``df.attrs["ignored"]``.
 
     Args:
@@ -313,7 +437,7 @@ def index_busi(
         masks: dict[str, list[tuple[int, Path]]] = {}
         for path in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
             match = _FILE_RE.match(path.name)
-            if path.name.startswith(".") or not path.is_file() or match is None:
+            if path.name.startswith(".") or not (path.is_file() or path.is_symlink()) or match is None:
                 ignored.append(str(path))
                 continue
             stem = match["stem"]
@@ -368,6 +492,19 @@ def _validate_image(image_path: Path, mask_paths: tuple[str, ...], row: dict, ch
         return str(image_path), (
             f"image without any mask (expected '{image_path.stem}_mask.png' beside it)"
         )
+    numbers = sorted(int(_FILE_RE.match(Path(p).name)["index"] or 0) for p in mask_paths)
+    if numbers != list(range(len(numbers))):
+        names = ["_mask" if n == 0 else f"_mask_{n}" for n in numbers]
+        missing = ["_mask" if n == 0 else f"_mask_{n}" for n in range(max(numbers)) if n not in numbers]
+        what = f"missing {', '.join(missing)}" if missing else "a number is used twice"
+        return mask_paths[-1], (
+            f"mask numbering is not _mask, _mask_1, _mask_2, ...: found {', '.join(names)}; {what} "
+            f"(an annotation file may be lost or misnamed)"
+        )
+    for path in (str(image_path), *mask_paths):
+        problem = png_file_problem(path)
+        if problem is not None:
+            return path, problem
     if not check_pixels:
         size = _png_header_size(image_path)
         if size is None:
@@ -488,11 +625,12 @@ def load_dataset(
         cache_path = Path(cache_dir) / f"busi_{_cache_key(df, size)}_{size[0]}x{size[1]}.npz"
         if cache_path.is_file():
             try:
-                with np.load(cache_path) as data:
+                with np.load(cache_path, allow_pickle=False) as data:  # never unpickle a file
                     images, masks = data["images"], data["masks"]
-                if images.shape == (len(df), *size, 1) and masks.shape == images.shape:
+                if (images.shape == (len(df), *size, 1) and masks.shape == images.shape
+                        and images.dtype == np.float32 and masks.dtype == np.uint8):
                     return images, masks
-                logger.warning("Cache '%s' has unexpected shapes; rebuilding it.", cache_path)
+                logger.warning("Cache '%s' has unexpected shapes or dtypes; rebuilding it.", cache_path)
             except Exception as error:  # a damaged cache is rebuilt, never trusted
                 logger.warning("Cache '%s' could not be read (%s); rebuilding it.", cache_path, error)
     images = np.empty((len(df), *size, 1), dtype=np.float32)
@@ -501,6 +639,7 @@ def load_dataset(
         images[i] = load_image(image_path, size)
         masks[i] = load_mask(mask_paths, size)
     if cache_path is not None:
+        remove_stale_temp_files(cache_path.parent)  # left by a run killed while writing a cache
         atomic_write(cache_path, lambda tmp: np.savez(tmp, images=images, masks=masks))
     return images, masks
 

@@ -5,7 +5,8 @@ Binarisation policy (`binarize_mask`), applied to every BUSI mask:
 1. A boolean array is taken as is.
 2. A colour mask ``(H, W, 3)`` or ``(H, W, 4)`` becomes ``(H, W)`` by the maximum over its
    colour channels; for RGBA, pixels whose alpha is 0 count as background.
-3. The values must then be a subset of ``{0, 1}`` or of ``{0, 255}``; they map to ``{0, 1}``.
+3. The values must then be a subset of ``{0, 1}``, of ``{0, 255}`` or (16-bit PNGs) of
+   ``{0, 65535}``; they map to ``{0, 1}``.
    Any other value (anti-aliased edges, grey levels, a photo saved as a mask) is an error, never
    thresholded silently.
 
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-BINARY_VALUE_SETS = ({0, 1}, {0, 255})
+BINARY_VALUE_SETS = ({0, 1}, {0, 255}, {0, 65535})
 FOREGROUND = 1
 
 
@@ -29,7 +30,7 @@ def binarize_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
 
     Args:
         mask: ``(H, W)`` bool, or ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)``
-            integer array whose values are in ``{0, 1}`` or ``{0, 255}`` (see the module
+            integer array whose values are in ``{0, 1}``, ``{0, 255}`` or ``{0, 65535}`` (see the module
             docstring for the policy).
         name: what to call the mask in error messages (e.g. its file name).
 
@@ -65,10 +66,12 @@ def binarize_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
         return mask.astype(np.uint8)
     if value_set <= {0, 255}:
         return (mask == 255).astype(np.uint8)
+    if value_set <= {0, 65535}:  # a 16-bit 0/max mask
+        return (mask == 65535).astype(np.uint8)
     shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
     raise ValueError(
-        f"Expected a binary mask with values in {{0, 1}} or {{0, 255}}; received values ({shown}) "
-        f"in {name!r}. Re-export the mask as a 1-bit or 0/255 PNG, or threshold it yourself "
+        f"Expected a binary mask with values in {{0, 1}}, {{0, 255}} or {{0, 65535}}; received "
+        f"values ({shown}) in {name!r}. Re-export the mask as a 1-bit or 0/255 PNG, or threshold it yourself "
         f"before use."
     )
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -273,13 +274,83 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
     return data_loading.atomic_write(path, lambda tmp: model.save(tmp, overwrite=True))
 
 
-def load_model(path: str | os.PathLike, compile: bool = True) -> keras.Model:
-    """Loads a model saved by `save_model`, with this module's losses and metric available."""
+def _layer_classes(config: Any) -> list[tuple[str, str]]:
+    """Every ``(class_name, name)`` of a layer in a Keras config, nested models included."""
+    found = []
+    if isinstance(config, dict):
+        if isinstance(config.get("class_name"), str) and isinstance(config.get("config"), dict):
+            found.append((config["class_name"], str(config["config"].get("name", "?"))))
+        for value in config.values():
+            found.extend(_layer_classes(value))
+    elif isinstance(config, list):
+        for value in config:
+            found.extend(_layer_classes(value))
+    return found
+
+
+def load_model(path: str | os.PathLike, compile: bool = True,
+               input_shape: Sequence[int] | None = None) -> keras.Model:
+    """Loads a model saved by `save_model`, with this module's losses and metric available.
+
+    Nothing in the file is executed: Keras' safe mode is on, and before Keras sees the file its
+    ``config.json`` is read as JSON and a model with a ``Lambda`` layer (Python code, which
+    busi-unet models never contain) is refused. A truncated or damaged file (an interrupted
+    copy) is named as such instead of Keras' "file not found".
+
+    Args:
+        path: a ``.keras`` file.
+        compile: restore the loss, metric and optimizer state too.
+        input_shape: if given, the ``(height, width, channels)`` the model must take, e.g. the
+            image size of the data it will be applied to.
+
+    Returns:
+        The model.
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ValueError: the file is not a complete ``.keras`` archive, holds a ``Lambda`` layer,
+            cannot be deserialised, or takes another input shape; the message names the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No saved model at {str(path)!r}.")
+    if path.suffix != ".keras":
+        raise ValueError(f"Expected a '.keras' file (as written by save_model); received {str(path)!r}.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # CRC of every member
+            config = json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, EOFError, OSError) as error:
+        raise ValueError(
+            f"Could not load {str(path)!r} ({path.stat().st_size} bytes): it is not a complete "
+            f".keras archive (truncated or damaged, e.g. by an interrupted copy; {type(error).__name__}: "
+            f"{error}). Copy it again, or use the run folder's best.keras / last.keras."
+        ) from error
+    if damaged is not None:
+        raise ValueError(f"Could not load {str(path)!r}: its member {damaged!r} is damaged (CRC error). Copy it again.")
+    lambdas = [name for class_name, name in _layer_classes(config) if class_name == "Lambda"]
+    if lambdas:
+        raise ValueError(
+            f"Refusing to load {str(path)!r}: it holds Lambda layer(s) {lambdas}, Python code that would "
+            f"run on loading. busi-unet models never contain one; only models built by model.build_unet "
+            f"are loaded (Keras safe mode)."
+        )
     custom = {"bce_loss": bce_loss, "dice_loss": dice_loss, "bce_dice_loss": bce_dice_loss, "DiceMetric": DiceMetric}
-    return keras.saving.load_model(path, custom_objects=custom, compile=compile)
+    try:
+        model = keras.saving.load_model(path, custom_objects=custom, compile=compile, safe_mode=True)
+    except Exception as error:  # Keras raises ValueError, TypeError, ... with long configs
+        first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        raise ValueError(
+            f"Could not load {str(path)!r} as a busi-unet model (Keras safe mode): "
+            f"{type(error).__name__}: {first_line}"
+        ) from error
+    if input_shape is not None and list(model.input_shape[1:]) != [int(d) for d in input_shape]:
+        raise ValueError(
+            f"The model {str(path)!r} takes inputs of shape {tuple(model.input_shape[1:])}; expected "
+            f"{tuple(int(d) for d in input_shape)}. Load the data at the model's image size, or use "
+            f"the model trained for this size."
+        )
+    return model
 
 
 SAVED_MODEL_ENDPOINT = "serve"
@@ -435,7 +506,7 @@ def _restore_checkpoint(model: keras.Model, run_dir: Path, names: dict[str, str]
         ) from error
     if not optimizer:
         return
-    with np.load(run_dir / names["optimizer"]) as data:
+    with np.load(run_dir / names["optimizer"], allow_pickle=False) as data:
         values = [data[key] for key in sorted(data.files)]
     variables = model.optimizer.variables
     if len(values) != len(variables):
@@ -515,8 +586,14 @@ def _remove_stale_checkpoints(run_dir: Path, state: dict) -> None:
 def _read_resume_state(run_dir: Path, loss: str) -> tuple[dict | None, list[dict]]:
     path = run_dir / STATE_JSON
     if not path.is_file():
+        exported = [name for name in (BEST_MODEL, LAST_MODEL) if (run_dir / name).is_file()]
+        if exported:  # train_state.json is always written before these
+            raise ValueError(
+                f"{str(run_dir)!r} holds {exported} but no {STATE_JSON}: files of another run, which a new "
+                f"run would overwrite. Use a new run folder, or move those files away."
+            )
         return None, []
-    state = json.loads(path.read_text())
+    state = _check_state(path)
     if state.get("loss") != loss:
         raise ValueError(
             f"The run in {str(run_dir)!r} was trained with loss {state.get('loss')!r}, not {loss!r}; "
@@ -533,6 +610,35 @@ def _read_resume_state(run_dir: Path, loss: str) -> tuple[dict | None, list[dict
             f"{STATE_JSON} says; the run cannot be resumed."
         )
     return state, rows
+
+
+STATE_KEYS = ("loss", "dtype_policy", "input_shape", "epochs_done", "last_checkpoint", "best_checkpoint",
+              "stopped_early", "early_stopping", "reduce_lr")
+
+
+def _check_state(path: Path) -> dict:
+    """Reads ``train_state.json`` and checks it is this version's and names existing checkpoints."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({error}); the run cannot be resumed.") from error
+    if not isinstance(state, dict):
+        raise ValueError(f"{str(path)!r} does not hold a JSON object; the run cannot be resumed.")
+    missing = [key for key in STATE_KEYS if key not in state]
+    if missing:
+        raise ValueError(
+            f"{str(path)!r} lacks {missing}: it was written by an older busi-unet (before per-epoch "
+            f"checkpoints) or edited by hand, and cannot be resumed. Start a new run folder; the old "
+            f"folder's best.keras and last.keras still load with load_model."
+        )
+    for key in ("last_checkpoint", "best_checkpoint"):
+        for name in dict(state[key]).values():
+            if not (path.parent / name).is_file():
+                raise ValueError(
+                    f"{str(path)!r} names the checkpoint {name!r} ({key}), which is missing (was the run "
+                    f"folder copied without {CHECKPOINT_DIR}/?); the run cannot be resumed."
+                )
+    return state
 
 
 def train_model(
@@ -627,6 +733,8 @@ def train_model(
         raise ValueError(f"Expected time_budget_s > 0 seconds or None; received {time_budget_s}.")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (run_dir, run_dir / CHECKPOINT_DIR):  # partial files of a killed run
+        data_loading.remove_stale_temp_files(folder)
     state, rows = _read_resume_state(run_dir, loss)
     if state is not None and (state.get("lr_schedule", "plateau"), state.get("schedule_epochs")) != (
         lr_schedule, int(epochs) if lr_schedule == "cosine" else None
@@ -731,6 +839,13 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int = 16, tta: b
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4:
         raise ValueError(f"Expected images of shape (N, H, W, 1); received {images.shape}.")
+    expected = tuple(getattr(model, "input_shape", None) or ())[1:]
+    if expected and all(d is not None for d in expected) and tuple(images.shape[1:]) != expected:
+        raise ValueError(
+            f"The model takes images of shape {expected}; received {tuple(images.shape[1:])}. Load the "
+            f"data at the model's image size (image_size={expected[0]}), or use segment() for one image "
+            f"of any size."
+        )
     out = np.empty(images.shape[:3] + (1,), dtype=np.float32)
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
