@@ -3,6 +3,7 @@
 import functools
 import json
 import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -16,6 +17,7 @@ import model as unet
 import training
 import visualization as viz
 
+NOTEBOOK = Path(__file__).resolve().parents[1] / "breast-cancer-ultrasound-unet.ipynb"
 BUILD = functools.partial(unet.build_unet, (32, 32, 1), base_filters=4, depth=2)
 OPTIONS = {"epochs": 1, "learning_rate": 1e-2, "progress": "none"}
 
@@ -219,3 +221,32 @@ def test_plot_cross_validation_rejects_bad_tables():
         viz.plot_cross_validation(table.assign(lesion_dice=table["lesion_dice"] * 100))
     with pytest.raises(ValueError, match=r"only NaN in \['normal_fp_fraction'\]"):
         viz.plot_cross_validation(table.assign(normal_fp_fraction=np.nan))
+
+
+# -------------------------------------------------------------- notebook
+
+
+def test_the_notebooks_cross_validation_cell_runs(data, two_folds, tmp_path, capsys):
+    """Executes the notebook's cross-validation cell on what its earlier cells define.
+
+    The whole notebook runs in test_notebook.py with the default ``cv_folds = 0``; here the cell
+    runs with ``cv_folds = 2`` on a copy of the fixture's finished run (fold 2's result removed,
+    so the cell resumes and scores that fold) to keep the test fast.
+    """
+    index, images, masks = data
+    nb = json.loads(NOTEBOOK.read_text())
+    parameters = "".join(next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))["source"])
+    assert "\ncv_folds = 0 " in parameters  # the new parameter, off by default
+    cell = next(c for c in nb["cells"] if "cv.cross_validate(" in "".join(c["source"]))
+    shutil.copytree(two_folds[0], tmp_path / "cv")
+    (tmp_path / "cv" / "fold-2" / cv.FOLD_RESULT_JSON).unlink()
+    shown = []
+    namespace = {"cv_folds": 2, "index": index, "images": images, "masks": masks, "unet": unet, "viz": viz,
+                 "output": tmp_path, "image_size": 32, "base_filters": 4, "depth": 2, "dtype_policy": "float32",
+                 "batch_size": 4, "seed": 0, "epochs": 1, "loss": "bce_dice", "learning_rate": 1e-2,
+                 "early_stopping_patience": 10, "display": shown.append}
+    exec("".join(cell["source"]), namespace)
+    out = capsys.readouterr().out
+    assert "fold 1/2: done in an earlier run" in out and "mean ± sd over 2 folds" in out
+    assert (tmp_path / "figures" / "cross_validation.png").is_file() and len(shown) == 1
+    pd.testing.assert_frame_equal(namespace["cv_table"], two_folds[1])
