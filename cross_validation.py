@@ -213,6 +213,9 @@ def make_fold_splits(index: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> li
 def fold_results(results: list[dict]) -> pd.DataFrame:
     """One row per fold from the fold result dicts (as in ``fold_result.json``).
 
+    Args:
+        results: one dict per fold, in any order, with the keys listed below (missing: NaN).
+
     Returns:
         DataFrame ordered by fold with columns ``fold``, ``n_train``, ``n_val``, ``n_test``,
         ``n_lesion``, ``n_normal`` (held-out images), ``epochs_run``, ``best_epoch``,
@@ -254,7 +257,17 @@ def summarize_folds(folds: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_cross_validation(folds: pd.DataFrame, summary: pd.DataFrame) -> str:
-    """The per-fold table and mean ± sd per metric, as plain text for logs and notebooks."""
+    """The per-fold table and mean ± sd per metric, as plain text for logs and notebooks.
+
+    Args:
+        folds: the `fold_results` table (one row per fold).
+        summary: the `summarize_folds` table (one row per metric).
+
+    Returns:
+        A title line, a header and one line per fold (sizes, epochs, best epoch, threshold,
+        lesion Dice and IoU, benign and malignant Dice, normal false-positive fraction), then
+        ``mean ± sd over k folds`` and one line per metric: ``lesion_dice  0.652 ± 0.021 ...``.
+    """
     header = (f"{'fold':>4} {'train':>5} {'val':>4} {'test':>4} {'epochs':>6} {'best':>4} {'thr':>5}  "
               f"{'lesion Dice':>11} {'lesion IoU':>10} {'benign Dice':>11} {'malig. Dice':>11} {'normal FP':>9}")
     lines = ["held-out fold results (threshold and best epoch chosen on the inner validation part)", header]
