@@ -496,7 +496,8 @@ def _save_checkpoint(model: keras.Model, run_dir: Path, epoch: int) -> dict[str,
 
 def _restore_checkpoint(model: keras.Model, run_dir: Path, names: dict[str, str], optimizer: bool) -> None:
     if not model.optimizer.built:  # else load_weights skips (and warns about) the optimizer variables
-        model.optimizer.build(model.trainable_variables)
+        with model.distribute_strategy.scope():  # optimizer variables are mirrored like the model's
+            model.optimizer.build(model.trainable_variables)
     try:
         model.load_weights(run_dir / names["weights"])
     except ValueError as error:
@@ -641,6 +642,33 @@ def _check_state(path: Path) -> dict:
     return state
 
 
+def _strategy_name(strategy) -> str:
+    if type(strategy).__name__.startswith("_Default"):
+        return "the default strategy: one device, no tf.distribute scope"
+    return f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)"
+
+
+def _check_strategy(model: keras.Model, strategy):
+    """Returns `strategy` (None: ``tf.distribute.get_strategy()``) after checking that every
+    variable of `model` was created under it; raises ValueError otherwise."""
+    import tensorflow as tf
+
+    if strategy is None:
+        strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.Strategy):
+        raise ValueError(f"Expected strategy to be a tf.distribute.Strategy or None; received {type(strategy).__name__}.")
+    foreign = [w for w in model.weights if not strategy.extended.variable_created_in_scope(getattr(w, "value", w))]
+    if foreign:
+        raise ValueError(
+            f"Expected a model built under the strategy given to train_model ({_strategy_name(strategy)}); "
+            f"received one with {len(foreign)} of its {len(model.weights)} variables created elsewhere "
+            f"(e.g. {foreign[0].path!r}). Build it inside the scope: `with strategy.scope(): model = "
+            f"build_unet(...)`, then pass strategy=strategy (or call train_model inside that scope); "
+            f"cross_validation.cross_validate(build_model=...) does this for you."
+        )
+    return strategy
+
+
 def train_model(
     model: keras.Model,
     train_data,
@@ -654,6 +682,7 @@ def train_model(
     progress: str = "epoch",
     lr_schedule: str = "plateau",
     time_budget_s: float | None = None,
+    strategy=None,
 ) -> tuple[keras.Model, pd.DataFrame]:
     """Compiles and fits `model` with Adam, or resumes the run saved in `run_dir`.
 
@@ -710,6 +739,29 @@ def train_model(
             and a cosine run its `epochs`.
         time_budget_s: wall-clock seconds of training allowed in this call (> 0), or None for
             no limit.
+        strategy: the `tf.distribute.Strategy` to train under; None takes
+            ``tf.distribute.get_strategy()`` (the strategy whose scope is open, else TensorFlow's
+            default single-device one). `model` must have been built inside
+            ``strategy.scope()``; otherwise a ValueError says so (see "Distribution" below).
+
+    Distribution:
+        With `tf.distribute.MirroredStrategy` (several GPUs of one machine) or
+        `MultiWorkerMirroredStrategy` (several machines, configured by ``TF_CONFIG``) each batch
+        of `train_data` and `val_data` is the global batch: Keras splits it across the replicas,
+        averages the gradients (the loss is a mean per image, so with equal shares this equals
+        the single-device gradient) and sums `DiceMetric`'s totals and counts across replicas,
+        so ``dice`` and ``val_dice`` stay means per image. Batch normalisation uses each
+        replica's share of the batch. Build the model under the strategy, then call this
+        function; the optimizer and metric are created here, under the same scope::
+
+            strategy = tf.distribute.MirroredStrategy()
+            with strategy.scope():
+                model = build_unet((128, 128, 1))
+            train_model(model, train_ds, val_ds, run_dir, strategy=strategy)
+
+        A model built outside the scope would silently train on one device (Keras takes the
+        strategy from where a model was built), so it is rejected with a ValueError that
+        names the fix. Every worker writes its own `run_dir`; give each machine a local one.
 
     Returns:
         ``(model, history)``: the model as after the last epoch, and the whole run's history
@@ -731,6 +783,7 @@ def train_model(
         raise ValueError(f"Unknown lr_schedule {lr_schedule!r}; expected one of {LR_SCHEDULES}.")
     if time_budget_s is not None and not time_budget_s > 0:
         raise ValueError(f"Expected time_budget_s > 0 seconds or None; received {time_budget_s}.")
+    strategy = _check_strategy(model, strategy)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     for folder in (run_dir, run_dir / CHECKPOINT_DIR):  # partial files of a killed run
@@ -748,11 +801,12 @@ def train_model(
         rate = _cosine_schedule(learning_rate, int(epochs) * _steps_per_epoch(train_data))
     else:
         rate = learning_rate
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=rate),
-        loss=get_loss(loss),
-        metrics=[DiceMetric(name="dice")],
-    )
+    with strategy.scope():  # the optimizer's and the metric's variables live where the model's do
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=rate),
+            loss=get_loss(loss),
+            metrics=[DiceMetric(name="dice")],
+        )
     input_shape = [int(d) for d in model.input_shape[1:]]
     if state is not None:
         if state.get("input_shape") != input_shape:

@@ -916,3 +916,90 @@ def _check_prediction_arrays(
     _check_same_shape(images.shape, "images", y_true.shape, "y_true")
     _check_same_shape(images.shape, "images", y_pred.shape, "y_pred")
     return images, y_true, y_pred
+
+
+# ----------------------------------------------------------------------------------------------
+# Cross-validation
+# ----------------------------------------------------------------------------------------------
+
+# Columns of a cross-validation fold table (cross_validation.fold_results) shown, with their labels.
+CV_METRICS = (
+    ("lesion_dice", "lesion\nDice"),
+    ("lesion_iou", "lesion\nIoU"),
+    ("benign_dice", "benign\nDice"),
+    ("malignant_dice", "malignant\nDice"),
+    ("normal_fp_fraction", "normal: share with\nany predicted pixel\n(lower is better)"),
+)
+CV_COLORS = {"lesion": LINE_COLOR, **CLASS_COLORS}
+CV_FOLD_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "h", "<")
+CV_FOLD_SPREAD = 0.36  # horizontal width over which the folds' points of one metric are spread
+
+
+def plot_cross_validation(folds_df: pd.DataFrame, path: str | os.PathLike | None = None) -> Figure:
+    """Each cross-validation fold's held-out scores, with the mean ± sample sd over folds.
+
+    One column per metric of `CV_METRICS`: lesion Dice and IoU, benign and malignant Dice, and
+    the share of normal images with any predicted lesion pixel. Each fold is one point (the
+    same marker for a fold in every column); a black bar marks the mean, whiskers ± one sample
+    standard deviation (``ddof=1``) over folds, and the value is written above the column.
+
+    Args:
+        folds_df: one row per fold (`cross_validation.fold_results`), with an integer column
+            ``fold`` and the metric columns of `CV_METRICS`, floats in ``[0, 1]`` or NaN.
+        path: where to save the figure; not saved when None.
+
+    Returns:
+        The figure with one axes.
+
+    Raises:
+        ValueError: for a missing column, non-numeric values, values outside ``[0, 1]``, or a
+            metric without any finite value.
+    """
+    columns = [column for column, _ in CV_METRICS]
+    _check_frame(folds_df, ["fold", *columns], "folds_df")
+    for column in ["fold", *columns]:
+        _check_numeric(folds_df[column], f"folds_df['{column}']")
+    values = folds_df[columns].to_numpy(dtype=float)
+    finite = values[np.isfinite(values)]
+    if (finite < 0).any() or (finite > 1).any():
+        raise ValueError(
+            f"Expected fold metrics in [0, 1]; received range [{finite.min():g}, {finite.max():g}] in folds_df."
+        )
+    empty = [column for column, column_values in zip(columns, values.T) if not np.isfinite(column_values).any()]
+    if empty:
+        raise ValueError(f"Expected at least one finite value per metric; received only NaN in {empty}.")
+    folds = folds_df["fold"].to_numpy()
+    n_folds = len(folds)
+    offsets = np.linspace(-CV_FOLD_SPREAD / 2, CV_FOLD_SPREAD / 2, n_folds) if n_folds > 1 else np.zeros(1)
+
+    fig = _new_figure(8.0, 4.8)
+    ax = fig.subplots()
+    for x, (column, _) in enumerate(CV_METRICS):
+        color = CV_COLORS[column.split("_")[0]]
+        column_values = values[:, x]
+        for k in range(n_folds):
+            marker = CV_FOLD_MARKERS[k % len(CV_FOLD_MARKERS)]
+            ax.scatter(x + offsets[k], column_values[k], marker=marker, s=34, color=color, alpha=0.8,
+                       edgecolors="none", zorder=5)
+        present = column_values[np.isfinite(column_values)]
+        mean = float(present.mean())
+        sd = float(present.std(ddof=1)) if len(present) > 1 else 0.0
+        ax.errorbar(x, mean, yerr=sd, color="black", linewidth=1.3, capsize=6, zorder=4)
+        ax.plot([x - 0.28, x + 0.28], [mean, mean], color="black", linewidth=2.2, zorder=4)
+        ax.annotate(f"{mean:.3f}\n± {sd:.3f}", xy=(x, 1.035), ha="center", va="bottom", fontsize=ANNOTATION_FONTSIZE)
+    ax.axvline(len(CV_METRICS) - 1.5, color="#B0B0B0", linestyle=":", linewidth=1.0)
+    ax.set_xticks(range(len(CV_METRICS)), [label for _, label in CV_METRICS])
+    ax.set_xlim(-0.6, len(CV_METRICS) - 0.4)
+    ax.set_ylim(-0.03, 1.16)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.grid(axis="y", alpha=0.3)
+    _label_axes(ax, f"Cross-validation: held-out scores of {n_folds} folds (mean ± sd)", None,
+                "score on the fold's held-out images")
+    handles = [
+        Line2D([], [], marker=CV_FOLD_MARKERS[k % len(CV_FOLD_MARKERS)], linestyle="none", color=LINE_COLOR,
+               label=f"fold {int(fold)}")
+        for k, fold in enumerate(folds)
+    ] + [Line2D([], [], color="black", linewidth=2.2, label="mean ± sd")]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=LEGEND_FONTSIZE, frameon=False)
+    _save(fig, path)
+    return fig
