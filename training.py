@@ -676,11 +676,11 @@ def train_model(
     run_dir: str | os.PathLike,
     epochs: int = 50,
     loss: str = "bce_dice",
-    learning_rate: float = 1e-3,
+    learning_rate: float = 2e-3,
     early_stopping_patience: int = 10,
     reduce_lr_patience: int = 4,
     progress: str = "epoch",
-    lr_schedule: str = "plateau",
+    lr_schedule: str = "cosine",
     time_budget_s: float | None = None,
     strategy=None,
 ) -> tuple[keras.Model, pd.DataFrame]:
@@ -728,15 +728,17 @@ def train_model(
         run_dir: folder for checkpoints and history; created if missing.
         epochs: total number of epochs of the run (not "more epochs").
         loss: one of `LOSSES`; a resumed run must use the loss it started with.
-        learning_rate: Adam's initial learning rate (> 0); on resume the saved rate is used.
+        learning_rate: Adam's peak learning rate with "cosine", its initial one with "plateau"
+            (> 0). The defaults (cosine, 2e-3) won ``benchmarks/time_to_quality.py`` on BUSI.
         early_stopping_patience: epochs without ``val_dice`` gain before stopping (>= 1).
         reduce_lr_patience: epochs without ``val_loss`` gain before halving the rate (>= 1).
         progress: "epoch" (one line per epoch, for unattended runs), "bar" (Keras progress
             bar) or "none".
-        lr_schedule: one of `LR_SCHEDULES`: "plateau" (constant `learning_rate`, halved on a
-            ``val_loss`` plateau) or "cosine" (linear warm-up then cosine decay over `epochs`,
-            see the formula; needs a finite `train_data`). A resumed run must keep its schedule,
-            and a cosine run its `epochs`.
+        lr_schedule: one of `LR_SCHEDULES`: "cosine" (linear warm-up then cosine decay over
+            `epochs`, see the formula; needs a finite `train_data`) or "plateau" (constant
+            `learning_rate`, halved on a ``val_loss`` plateau; on resume the saved rate is used).
+            A resumed run must keep its schedule, and a cosine run its `epochs`: to extend a
+            finished run to more epochs, train it with "plateau".
         time_budget_s: wall-clock seconds of training allowed in this call (> 0), or None for
             no limit.
         strategy: the `tf.distribute.Strategy` to train under; None takes

@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/train_busi.py [--root PATH] [--image-size 128] [--base-filters 32] [--epochs 30]
-        [--batch-size 8] [--loss bce_dice] [--learning-rate 1e-3] [--dtype-policy float32] [--seed 0]
+        [--batch-size 8] [--loss bce_dice] [--learning-rate 1e-3] [--lr-schedule plateau] [--dtype-policy float32] [--seed 0]
         [--run-dir runs/train_busi] [--max-samples 0]
 
 BUSI comes from --root, $BUSI_ROOT or ../shared/data/BUSI; without it the script stops (training
@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--loss", default="bce_dice", choices=training.LOSSES)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--lr-schedule", default="plateau", choices=training.LR_SCHEDULES,
+                        help="plateau: the schedule of the README's results (train_model's default is cosine)")
     parser.add_argument("--dtype-policy", default="float32", choices=unet.DTYPE_POLICIES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default=str(REPO / "runs" / "train_busi"))
@@ -73,7 +75,8 @@ def main() -> None:
     val_ds = dl.make_tf_dataset(images[val_df.index], masks[val_df.index], args.batch_size)
     start = time.perf_counter()
     model, history = training.train_model(model, train_ds, val_ds, run_dir, epochs=args.epochs,
-                                          loss=args.loss, learning_rate=args.learning_rate)
+                                          loss=args.loss, learning_rate=args.learning_rate,
+                                          lr_schedule=args.lr_schedule)
     print(f"training wall time this session: {time.perf_counter() - start:.0f} s")
 
     best = training.load_model(run_dir / training.BEST_MODEL)

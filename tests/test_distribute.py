@@ -74,7 +74,7 @@ def _child(out_path: str) -> None:
     root = Path(out_path).parent
     keras.backend.clear_session()
     single, history = training.train_model(build(), *datasets(), root / "single", epochs=EPOCHS,
-                                           learning_rate=1e-2, progress="none")
+                                           learning_rate=1e-2, lr_schedule="plateau", progress="none")
     out["single"] = {"loss": history["loss"].tolist(), "val_dice": history["val_dice"].tolist(),
                      "prediction": training.predict(single, val_x).tolist(),
                      "weights": [np.asarray(w).ravel().tolist() for w in single.get_weights()]}
@@ -84,7 +84,7 @@ def _child(out_path: str) -> None:
     with strategy.scope():
         model = build()
     mirrored, history = training.train_model(model, *datasets(), root / "mirrored", epochs=EPOCHS,
-                                             learning_rate=1e-2, progress="none", strategy=strategy)
+                                             learning_rate=1e-2, lr_schedule="plateau", progress="none", strategy=strategy)
     prediction = training.predict(mirrored, val_x)
     out["mirrored"] = {
         "replicas": strategy.num_replicas_in_sync,
@@ -99,7 +99,7 @@ def _child(out_path: str) -> None:
     with strategy.scope():
         model = build()
     resumed, history = training.train_model(model, *datasets(), root / "mirrored", epochs=EPOCHS + 1,
-                                            learning_rate=1e-2, progress="none", strategy=strategy)
+                                            learning_rate=1e-2, lr_schedule="plateau", progress="none", strategy=strategy)
     out["resumed"] = {"epochs": history["epoch"].tolist(), "iterations": int(keras.ops.convert_to_numpy(resumed.optimizer.iterations))}
 
     # The metric alone, fed per replica: uneven shares (3 + 2 images, then 1 + 0).

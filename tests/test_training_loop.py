@@ -120,7 +120,7 @@ def test_training_writes_history_and_checkpoints_and_resumes(tiny, tmp_path, cap
     images, masks, train, val = tiny
     run = tmp_path / "run"
     keras.backend.clear_session()
-    model, history = training.train_model(_tiny_model(), train, val, run, epochs=2, learning_rate=1e-2)
+    model, history = training.train_model(_tiny_model(), train, val, run, epochs=2, learning_rate=1e-2, lr_schedule="plateau")
     assert list(history["epoch"]) == [1, 2]
     assert list(history.columns[:5]) == ["epoch", "loss", "dice", "val_loss", "val_dice"]
     assert {"learning_rate", "seconds"} <= set(history.columns)
@@ -137,7 +137,7 @@ def test_training_writes_history_and_checkpoints_and_resumes(tiny, tmp_path, cap
 
     # Resume with a fresh, untrained model object: the saved one takes over.
     keras.backend.clear_session()
-    resumed, history = training.train_model(_tiny_model(), train, val, run, epochs=4, learning_rate=1e-2)
+    resumed, history = training.train_model(_tiny_model(), train, val, run, epochs=4, learning_rate=1e-2, lr_schedule="plateau")
     assert "resuming run" in capsys.readouterr().out
     assert list(history["epoch"]) == [1, 2, 3, 4]
     pd.testing.assert_frame_equal(history.iloc[:2].reset_index(drop=True), first_two)
@@ -151,7 +151,7 @@ def test_training_writes_history_and_checkpoints_and_resumes(tiny, tmp_path, cap
 
     # A finished run returns at once, unchanged.
     keras.backend.clear_session()
-    again, history_again = training.train_model(_tiny_model(), train, val, run, epochs=4)
+    again, history_again = training.train_model(_tiny_model(), train, val, run, epochs=4, lr_schedule="plateau")
     assert "already finished" in capsys.readouterr().out
     assert len(history_again) == 4
     np.testing.assert_allclose(training.predict(again, images[:2]), training.predict(resumed, images[:2]), atol=1e-6)
@@ -161,16 +161,16 @@ def test_training_writes_history_and_checkpoints_and_resumes(tiny, tmp_path, cap
 def test_resume_rejects_another_image_size(tiny, tmp_path):
     _, _, train, val = tiny
     keras.backend.clear_session()
-    training.train_model(_tiny_model(), train, val, tmp_path, epochs=1, progress="none")
+    training.train_model(_tiny_model(), train, val, tmp_path, epochs=1, progress="none", lr_schedule="plateau")
     with pytest.raises(ValueError, match=r"trained on inputs of shape \[32, 32, 1\], the model given takes \[64, 64, 1\]"):
-        training.train_model(_tiny_model(size=64), train, val, tmp_path, epochs=2, progress="none")
+        training.train_model(_tiny_model(size=64), train, val, tmp_path, epochs=2, progress="none", lr_schedule="plateau")
     keras.backend.clear_session()
     training.set_seeds(0)
     wider = unet.build_unet((32, 32, 1), base_filters=8, depth=2)
     with pytest.raises(ValueError, match="does not fit the model given"):
-        training.train_model(wider, train, val, tmp_path, epochs=2, progress="none")
+        training.train_model(wider, train, val, tmp_path, epochs=2, progress="none", lr_schedule="plateau")
     with pytest.raises(ValueError, match="trained with loss 'bce_dice', not 'dice'"):
-        training.train_model(_tiny_model(), train, val, tmp_path, epochs=2, loss="dice", progress="none")
+        training.train_model(_tiny_model(), train, val, tmp_path, epochs=2, loss="dice", progress="none", lr_schedule="plateau")
 
 
 def test_interrupt_before_the_state_commit_resumes_from_the_last_committed_epoch(tiny, tmp_path, monkeypatch):
@@ -202,14 +202,14 @@ def test_interrupt_before_the_state_commit_resumes_from_the_last_committed_epoch
 def test_resume_restores_the_early_stopping_counter(tiny, tmp_path):
     _, _, train, val = tiny
     keras.backend.clear_session()
-    training.train_model(_tiny_model(), train, val, tmp_path, epochs=1, progress="none")
+    training.train_model(_tiny_model(), train, val, tmp_path, epochs=1, progress="none", lr_schedule="plateau")
     state_path = tmp_path / training.STATE_JSON
     state = json.loads(state_path.read_text())
     state["early_stopping"] = {"wait": 1, "best": 2.0}  # a Dice nobody reaches: one more stale epoch stops
     state_path.write_text(json.dumps(state))
     keras.backend.clear_session()
     _, history = training.train_model(_tiny_model(), train, val, tmp_path, epochs=10,
-                                      early_stopping_patience=2, progress="none")
+                                      early_stopping_patience=2, progress="none", lr_schedule="plateau")
     assert list(history["epoch"]) == [1, 2]
     assert json.loads(state_path.read_text())["stopped_early"] is True
 
@@ -222,10 +222,10 @@ def test_mixed_float16_resume_keeps_optimizer_and_loss_scale(tiny, tmp_path):
         return unet.build_unet((32, 32, 1), base_filters=4, depth=2, dtype_policy="mixed_float16")
 
     keras.backend.clear_session()
-    first, _ = training.train_model(build(), train, val, tmp_path, epochs=1, progress="none")
+    first, _ = training.train_model(build(), train, val, tmp_path, epochs=1, progress="none", lr_schedule="plateau")
     scale = float(first.optimizer.dynamic_scale)
     keras.backend.clear_session()
-    resumed, history = training.train_model(build(), train, val, tmp_path, epochs=2, progress="none")
+    resumed, history = training.train_model(build(), train, val, tmp_path, epochs=2, progress="none", lr_schedule="plateau")
     assert type(resumed.optimizer).__name__ == "LossScaleOptimizer"
     assert int(resumed.optimizer.iterations) == 2 * 3
     assert np.isfinite(history["loss"]).all() and float(resumed.optimizer.dynamic_scale) > 0
@@ -279,7 +279,7 @@ def test_cosine_schedule_by_hand_and_resume(tiny, tmp_path):
     with pytest.raises(ValueError, match=r"trained with lr_schedule='cosine', epochs=2; resume it with the same"):
         training.train_model(_tiny_model(), train, val, run, epochs=3, lr_schedule="cosine", progress="none")
     with pytest.raises(ValueError, match=r"trained with lr_schedule='cosine'"):
-        training.train_model(_tiny_model(), train, val, run, epochs=2, progress="none")
+        training.train_model(_tiny_model(), train, val, run, epochs=2, lr_schedule="plateau", progress="none")
     # Same settings: the finished run is recognised and its optimizer step restored.
     keras.backend.clear_session()
     again, _ = training.train_model(_tiny_model(), train, val, run, epochs=2, learning_rate=1e-2,
@@ -296,8 +296,8 @@ def test_time_budget_stops_and_the_run_continues_later(tiny, tmp_path, capsys):
     state = json.loads((tmp_path / training.STATE_JSON).read_text())
     assert state["stopped_early"] is False and state["epochs_done"] == 1
     keras.backend.clear_session()
-    _, history = training.train_model(_tiny_model(), train, val, tmp_path, epochs=3, progress="none")
-    assert list(history["epoch"]) == [1, 2, 3]
+    _, history = training.train_model(_tiny_model(), train, val, tmp_path, epochs=5, progress="none")
+    assert list(history["epoch"]) == [1, 2, 3, 4, 5]  # the same cosine schedule, continued
 
 
 def test_schedule_and_budget_options_are_checked(tiny, tmp_path):
