@@ -11,7 +11,7 @@ and for each dtype policy (the bfloat16 model is the same architecture built wit
                       validation-chosen threshold, and the difference to float32.
 
 Usage (from the repository root):
-    python benchmarks/inference_speed.py [--name b32_128_cos] [--out runs/time_to_quality] [--root PATH]
+    python benchmarks/inference_speed.py [--name b16_128_cos] [--out runs/time_to_quality] [--root PATH]
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=os.environ.get("BUSI_ROOT", str(REPO.parent / "shared/data/BUSI")))
     parser.add_argument("--out", default=str(REPO / "runs" / "time_to_quality"), help="time_to_quality.py's --out")
-    parser.add_argument("--name", default="b32_128_cos", help="configuration name in that folder")
+    parser.add_argument("--name", default="b16_128_cos", help="configuration name in that folder")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-calls", type=int, default=20)
     args = parser.parse_args()
