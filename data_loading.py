@@ -481,7 +481,7 @@ def index_busi(
 def _png_header_size(path: Path) -> tuple[int, int] | None:
     with open(path, "rb") as handle:
         header = handle.read(24)
-    if len(header) < 24 or header[:8] != b"\x89PNG\r\n\x1a\n" or header[12:16] != b"IHDR":
+    if len(header) < 24 or header[:8] != PNG_SIGNATURE or header[12:16] != b"IHDR":
         return None
     return int.from_bytes(header[20:24], "big"), int.from_bytes(header[16:20], "big")
 

@@ -72,7 +72,6 @@ MASK_SUFFIX = "_mask.png"
 OVERLAY_SUFFIX = "_overlay.png"
 OVERLAY_COLOR_RGB = (255, 40, 40)
 OVERLAY_ALPHA = 0.35  # weight of the colour over lesion pixels
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_GREY_ALPHA = 4  # PNG IHDR colour type for grey + alpha (2 channels)
 MEASUREMENT_COLUMNS = (
     "height", "width", "area_px", "area_fraction", "n_components",
@@ -317,7 +316,7 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
     data = path.read_bytes()
     if not data:
         raise ValueError(f"'{path.name}' is empty (0 bytes).")
-    if data.startswith(PNG_SIGNATURE):
+    if data.startswith(data_loading.PNG_SIGNATURE):
         if b"IEND" not in data[-12:]:
             raise ValueError(f"'{path.name}' is a truncated PNG ({len(data)} bytes, no end chunk).")
         if len(data) > 25 and data[25] == PNG_GREY_ALPHA:
