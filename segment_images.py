@@ -303,9 +303,10 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
         ``IMREAD_UNCHANGED``.
 
     Raises:
-        ValueError: another extension, an empty file, a PNG or JPEG without its end marker
-            (truncated), a grey + alpha PNG (2 channels), or bytes that do not decode. The
-            message names the file.
+        ValueError: another extension, an empty file, a PNG whose header claims more than
+            `data_loading.MAX_IMAGE_PIXELS` pixels (refused before decoding) or is damaged, a
+            PNG or JPEG without its end marker (truncated), a grey + alpha PNG (2 channels), or
+            bytes that do not decode. The message names the file.
         FileNotFoundError: no such file.
     """
     path = Path(path)
@@ -317,6 +318,9 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
     if not data:
         raise ValueError(f"'{path.name}' is empty (0 bytes).")
     if data.startswith(data_loading.PNG_SIGNATURE):
+        problem = data_loading.png_file_problem(path)  # e.g. a decompression bomb, refused from the header
+        if problem is not None:
+            raise ValueError(f"'{path.name}': {problem}.")
         if b"IEND" not in data[-12:]:
             raise ValueError(f"'{path.name}' is a truncated PNG ({len(data)} bytes, no end chunk).")
         if len(data) > 25 and data[25] == PNG_GREY_ALPHA:

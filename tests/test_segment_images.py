@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import data_loading as dl
+import pngs
 import model as unet
 import segment_images as si
 import training
@@ -140,6 +141,7 @@ def test_read_image_file_names_each_problem(tmp_path):
     cv2.imwrite(str(tmp_path / "photo.jpg"), image)
     (tmp_path / "cut.jpg").write_bytes((tmp_path / "photo.jpg").read_bytes()[:300])
     (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "bomb.png").write_bytes(pngs.bomb_bytes(20000, 20000))  # 0.4 MB claiming 400 MP
     assert si.read_image_file(tmp_path / "good.png").shape == (40, 50)
     assert si.read_image_file(tmp_path / "photo.jpg").shape == (40, 50)
     for name, message in [("empty.png", r"'empty.png' is empty \(0 bytes\)"),
@@ -147,7 +149,8 @@ def test_read_image_file_names_each_problem(tmp_path):
                           ("text.png", "'text.png' could not be decoded"),
                           ("grey_alpha.png", r"'grey_alpha.png' has 2 channels \(grey \+ alpha\)"),
                           ("cut.jpg", "'cut.jpg' is a truncated JPEG"),
-                          ("notes.txt", "'notes.txt': extension '.txt' is not one of")]:
+                          ("notes.txt", "'notes.txt': extension '.txt' is not one of"),
+                          ("bomb.png", r"'bomb.png': image of 20000x20000 pixels .* is larger than MAX_IMAGE_PIXELS")]:
         with pytest.raises(ValueError, match=message):
             si.read_image_file(tmp_path / name)
     with pytest.raises(FileNotFoundError, match="missing.png"):
