@@ -124,14 +124,10 @@ def cross_validate(
             part too small to split again); misaligned or misshapen arrays; a missing column;
             an unknown training option; a `run_dir` that holds folds of another split.
     """
-    import tensorflow as tf
-
     images, masks = np.asarray(images), np.asarray(masks)
     _check_inputs(index, images, masks, build_model, n_folds, train_options)
     index = index.reset_index(drop=True)
-    strategy = tf.distribute.get_strategy() if strategy is None else strategy
-    if not isinstance(strategy, tf.distribute.Strategy):
-        raise ValueError(f"Expected strategy to be a tf.distribute.Strategy or None; received {type(strategy).__name__}.")
+    strategy = training.resolve_strategy(strategy)
     verbose = train_options.get("progress", "epoch") != "none"
     run_dir = Path(run_dir)
     splits = make_fold_splits(index, n_folds, seed)

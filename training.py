@@ -648,15 +648,26 @@ def _strategy_name(strategy) -> str:
     return f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)"
 
 
-def _check_strategy(model: keras.Model, strategy):
-    """Returns `strategy` (None: ``tf.distribute.get_strategy()``) after checking that every
-    variable of `model` was created under it; raises ValueError otherwise."""
+def resolve_strategy(strategy=None):
+    """Returns `strategy`, or ``tf.distribute.get_strategy()`` (the strategy whose scope is
+    open, else TensorFlow's single-device default) when it is None.
+
+    Raises:
+        ValueError: `strategy` is neither None nor a `tf.distribute.Strategy`.
+    """
     import tensorflow as tf
 
     if strategy is None:
-        strategy = tf.distribute.get_strategy()
+        return tf.distribute.get_strategy()
     if not isinstance(strategy, tf.distribute.Strategy):
         raise ValueError(f"Expected strategy to be a tf.distribute.Strategy or None; received {type(strategy).__name__}.")
+    return strategy
+
+
+def _check_strategy(model: keras.Model, strategy):
+    """Returns `resolve_strategy(strategy)` after checking that every variable of `model` was
+    created under it; raises ValueError otherwise."""
+    strategy = resolve_strategy(strategy)
     foreign = [w for w in model.weights if not strategy.extended.variable_created_in_scope(getattr(w, "value", w))]
     if foreign:
         raise ValueError(
