@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -521,7 +522,9 @@ def _restore_checkpoint(model: keras.Model, run_dir: Path, names: dict[str, str]
 
 class _RunRecorder(keras.callbacks.Callback):
     """After each epoch: history CSV, checkpoint files, then the state JSON (the commit point),
-    then old checkpoints are removed and ``best.keras`` / ``last.keras`` exported."""
+    then old checkpoints are removed. The weights of the last and of the best completed epoch
+    are kept in memory; `export` writes them as ``last.keras`` / ``best.keras`` once, when the
+    call ends (a ``.keras`` export costs about as much as the checkpoint, so not every epoch)."""
 
     def __init__(self, run_dir: Path, rows: list[dict], state: dict, early_stopping, reduce_lr,
                  epochs: int, progress: str, budget=None):
@@ -530,6 +533,24 @@ class _RunRecorder(keras.callbacks.Callback):
         self.early_stopping, self.reduce_lr, self.budget = early_stopping, reduce_lr, budget
         self.epochs, self.progress = epochs, progress
         self.started = time.perf_counter()
+        self.last_weights = self.best_weights = None  # of this call's completed epochs
+
+    def export(self) -> None:
+        """Writes ``last.keras`` (and ``best.keras`` if an epoch of this call was the best so far)
+        from the completed epochs' weights; the model keeps the weights it has. Nothing to do when
+        no epoch completed in this call (resuming already rewrote both from the checkpoints)."""
+        if self.last_weights is None:
+            return
+        current = self.model.get_weights()
+        try:
+            if self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+                save_model(self.model, self.run_dir / BEST_MODEL)
+            self.model.set_weights(self.last_weights)
+            save_model(self.model, self.run_dir / LAST_MODEL)
+        finally:
+            self.model.set_weights(current)
+        self.last_weights = self.best_weights = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
@@ -562,9 +583,9 @@ class _RunRecorder(keras.callbacks.Callback):
             self.state.update({"best_val_dice": float(current), "best_epoch": epoch + 1, "best_checkpoint": checkpoint})
         data_loading.write_json(self.run_dir / STATE_JSON, self.state)  # commit point
         _remove_stale_checkpoints(self.run_dir, self.state)
+        self.last_weights = self.model.get_weights()  # numpy copies
         if improved:
-            save_model(self.model, self.run_dir / BEST_MODEL)
-        save_model(self.model, self.run_dir / LAST_MODEL)
+            self.best_weights = self.last_weights
         if self.progress == "epoch":
             metrics = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds", "learning_rate"))
             mark = " *best*" if improved else ""
@@ -702,9 +723,12 @@ def train_model(
     ``learning_rate`` (the rate used in that epoch), ``seconds``), the epoch's checkpoint
     (``checkpoints/epoch-NNNN.weights.h5`` and ``.optimizer.npz``), then ``train_state.json``,
     the commit point that names the last and best checkpoints and holds the early-stopping and
-    plateau counters. Only then are older checkpoints removed and ``best.keras`` (when
-    ``val_dice`` improved) and ``last.keras`` exported. An interrupt at any moment therefore
-    resumes from a consistent epoch. Callbacks: early stopping on ``val_dice`` (patience
+    plateau counters. Only then are older checkpoints removed. ``best.keras`` (the epoch with
+    the best ``val_dice``) and ``last.keras`` (the last completed epoch) are exported once, when
+    the call ends: normally, by early stopping or the time budget, or by an exception such as
+    KeyboardInterrupt (a killed process leaves the exports of an earlier call; resuming rewrites
+    both from the checkpoints). An interrupt at any moment therefore resumes from a consistent
+    epoch. Callbacks: early stopping on ``val_dice`` (patience
     `early_stopping_patience`) and, with ``lr_schedule="plateau"``, learning-rate halving on a
     ``val_loss`` plateau (patience `reduce_lr_patience`, floor ``MIN_LEARNING_RATE``).
 
@@ -855,15 +879,24 @@ def train_model(
     if budget is not None:
         callbacks.append(budget)
     recorder = _RunRecorder(run_dir, rows, state, early_stopping, reduce_lr, int(epochs), progress, budget)
-    model.fit(
-        train_data,
-        validation_data=val_data,
-        epochs=int(epochs),
-        initial_epoch=state.get("epochs_done", 0),
-        callbacks=[*callbacks, recorder],  # order matters: the recorder saves the others' state
-        verbose=1 if progress == "bar" else 0,
-        shuffle=False,  # the tf.data pipeline shuffles
-    )
+    try:
+        model.fit(
+            train_data,
+            validation_data=val_data,
+            epochs=int(epochs),
+            initial_epoch=state.get("epochs_done", 0),
+            callbacks=[*callbacks, recorder],  # order matters: the recorder saves the others' state
+            verbose=1 if progress == "bar" else 0,
+            shuffle=False,  # the tf.data pipeline shuffles
+        )
+    except BaseException:  # e.g. KeyboardInterrupt in a notebook: still export the completed epochs
+        try:
+            recorder.export()
+        except Exception as error:  # the original exception matters more; the checkpoints are intact
+            warnings.warn(f"Could not export the models of {str(run_dir)!r} after an interruption ({error}); "
+                          "resuming the run rewrites them from the checkpoints.", stacklevel=2)
+        raise
+    recorder.export()
     return model, pd.DataFrame(rows)
 
 

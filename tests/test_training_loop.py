@@ -199,6 +199,45 @@ def test_interrupt_before_the_state_commit_resumes_from_the_last_committed_epoch
     assert int(model.optimizer.iterations) == 3 * 3  # epoch 2 was trained once, after epoch 1's state
 
 
+def _same_weights(model_a, model_b):
+    return all(np.array_equal(a, b) for a, b in zip(model_a.get_weights(), model_b.get_weights(), strict=True))
+
+
+def _checkpoint_model(run, names):
+    model = _tiny_model()
+    model.load_weights(run / names["weights"])
+    return model
+
+
+def test_exports_hold_the_best_and_last_epochs_also_after_an_interrupt(tiny, tmp_path, monkeypatch):
+    _, _, train, val = tiny
+    run = tmp_path / "run"
+    keras.backend.clear_session()
+    model, _ = training.train_model(_tiny_model(), train, val, run, epochs=3, progress="none", lr_schedule="plateau")
+    state = json.loads((run / training.STATE_JSON).read_text())
+    assert _same_weights(training.load_model(run / training.LAST_MODEL), _checkpoint_model(run, state["last_checkpoint"]))
+    assert _same_weights(training.load_model(run / training.BEST_MODEL), _checkpoint_model(run, state["best_checkpoint"]))
+    assert _same_weights(training.load_model(run / training.LAST_MODEL), model)  # the returned model is the last
+
+    # KeyboardInterrupt inside epoch 5 of a resumed run: the exports are those of epoch 4 (completed in this call)
+    real_write_csv = training.data_loading.write_csv
+
+    def interrupt_in_epoch_5(path, frame):
+        if len(frame) == 5:
+            raise KeyboardInterrupt
+        return real_write_csv(path, frame)
+
+    monkeypatch.setattr(training.data_loading, "write_csv", interrupt_in_epoch_5)
+    keras.backend.clear_session()
+    with pytest.raises(KeyboardInterrupt):
+        training.train_model(_tiny_model(), train, val, run, epochs=6, progress="none", lr_schedule="plateau")
+    state = json.loads((run / training.STATE_JSON).read_text())
+    assert state["epochs_done"] == 4 and state["last_checkpoint"]["weights"].endswith("epoch-0004.weights.h5")
+    assert _same_weights(training.load_model(run / training.LAST_MODEL), _checkpoint_model(run, state["last_checkpoint"]))
+    assert _same_weights(training.load_model(run / training.BEST_MODEL), _checkpoint_model(run, state["best_checkpoint"]))
+    assert not list(run.glob(".*tmp-*"))
+
+
 def test_resume_restores_the_early_stopping_counter(tiny, tmp_path):
     _, _, train, val = tiny
     keras.backend.clear_session()
