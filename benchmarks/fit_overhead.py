@@ -1,12 +1,15 @@
 """Overhead around the training step: bare step vs `model.fit` vs `training.train_model`, and the input pipeline alone.
 
 On the same batches (the first `--steps` batches of `data_loading.make_tf_dataset`'s augmented
-training pipeline) it times, in one process and after a warm-up pass of each:
+training pipeline) it times, in one process, after a warm-up pass of each, and round robin (each
+repeat times every row once, so the slow spells of a shared machine hit all rows alike):
 
   bare step       a `tf.function` doing forward, loss, gradients and the Adam update on batches
                   already in memory: the floor for this model on this CPU;
   fit, no metric  `model.fit` on the tf.data pipeline, without the Dice metric or callbacks;
   fit             `model.fit` with the library's per-image `DiceMetric`;
+  metric alone    `DiceMetric.update_state` on the same batches' masks and predictions, in a
+                  `tf.function` as inside fit: the metric's own share of a fit epoch;
   train_model     `training.train_model`: fit + validation pass + history/checkpoint/state writes
                   + model export, per epoch of `--steps` batches (wall time of a 3-epoch call minus
                   a 1-epoch call, halved), compared with bare step + a bare validation forward
@@ -63,16 +66,6 @@ def _arrays(args) -> tuple[np.ndarray, np.ndarray, str]:
     return images, masks, f"random arrays ({n} images)"
 
 
-def _median_seconds(function, repeats: int) -> float:
-    function()  # warm-up: tracing, allocation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _build(args, metric: bool) -> keras.Model:
     training.set_seeds(0)
     model = unet.build_unet((args.image_size, args.image_size, 1), base_filters=args.base_filters, depth=DEPTH,
@@ -104,11 +97,11 @@ def main() -> None:
     print(f"data: {source}; {args.image_size} px, base {args.base_filters}, batch {args.batch_size}, "
           f"{args.dtype_policy}, {args.steps} batches per pass, median of {args.repeats}", flush=True)
 
-    rows = {}
     keras.backend.clear_session()
     model = _build(args, metric=False)
     optimizer = model.optimizer
     optimizer.build(model.trainable_variables)
+    with_metric = _build(args, metric=True)
 
     @tf.function
     def bare_step(x, y):
@@ -123,8 +116,6 @@ def main() -> None:
             loss = bare_step(x, y)
         float(loss)
 
-    rows["bare step"] = _median_seconds(bare_epoch, args.repeats)
-
     @tf.function
     def bare_forward(x):
         return model(x, training=False)
@@ -136,15 +127,25 @@ def main() -> None:
             out = bare_forward(x)
         out.numpy()
 
-    bare_val_seconds = _median_seconds(bare_val, args.repeats)
-    rows["fit, no metric"] = _median_seconds(lambda: model.fit(train_ds, epochs=1, verbose=0, shuffle=False), args.repeats)
+    # The metric's own work: its update on this epoch's (mask, prediction) batches, in a tf.function
+    # as inside fit's train step.
+    metric = training.DiceMetric(name="dice")
+    predictions = [bare_forward(x) for x, _ in batches]
 
-    keras.backend.clear_session()
-    model = _build(args, metric=True)
-    rows["fit"] = _median_seconds(lambda: model.fit(train_ds, epochs=1, verbose=0, shuffle=False), args.repeats)
+    @tf.function
+    def metric_update(y, p):
+        metric.update_state(y, p)
+
+    def metric_epoch():
+        for (_, y), p in zip(batches, predictions):
+            metric_update(y, p)
+        float(metric.result())
+
+    def pipeline_epoch():
+        for _ in train_ds:
+            pass
 
     def train_model_seconds(epochs: int) -> float:
-        keras.backend.clear_session()
         training.set_seeds(0)
         fresh = unet.build_unet((args.image_size, args.image_size, 1), base_filters=args.base_filters,
                                 depth=DEPTH, dtype_policy=args.dtype_policy)
@@ -153,15 +154,29 @@ def main() -> None:
             training.train_model(fresh, train_ds, val_ds, run_dir, epochs=epochs, progress="none")
             return time.perf_counter() - start
 
-    # Whole calls, so checkpoint writes and model exports count; (3 epochs - 1 epoch) / 2 removes
-    # the tracing and set-up that both calls pay.
-    tm = statistics.median((train_model_seconds(3) - train_model_seconds(1)) / 2 for _ in range(args.repeats))
-
-    def pipeline_epoch():
-        for _ in train_ds:
-            pass
-
-    pipeline = _median_seconds(pipeline_epoch, args.repeats)
+    tasks = {
+        "bare step": bare_epoch,
+        "bare validation": bare_val,
+        "fit, no metric": lambda: model.fit(train_ds, epochs=1, verbose=0, shuffle=False),
+        "fit": lambda: with_metric.fit(train_ds, epochs=1, verbose=0, shuffle=False),
+        "metric alone": metric_epoch,
+        "pipeline": pipeline_epoch,
+        # Whole calls, so checkpoint writes and the model exports count; (3 epochs - 1 epoch) / 2
+        # removes the tracing and the once-per-call exports that both calls pay.
+        "train_model": lambda: (train_model_seconds(3) - train_model_seconds(1)) / 2,
+    }
+    for task in tasks.values():  # warm-up: tracing, allocation
+        task()
+    times = {name: [] for name in tasks}
+    for _ in range(args.repeats):  # round robin, so slow spells of this shared machine hit every row alike
+        for name, task in tasks.items():
+            start = time.perf_counter()
+            value = task()
+            times[name].append(value if name == "train_model" else time.perf_counter() - start)
+    rows = {name: statistics.median(values) for name, values in times.items()}
+    bare_val_seconds = rows["bare validation"]
+    tm = rows["train_model"]
+    pipeline = rows["pipeline"]
 
     bare = rows["bare step"]
     table = pd.DataFrame(
@@ -169,6 +184,7 @@ def main() -> None:
             ("bare step (in-memory batches)", bare, n_train / bare, 1.0),
             ("fit, no metric (tf.data)", rows["fit, no metric"], n_train / rows["fit, no metric"], rows["fit, no metric"] / bare),
             ("fit with DiceMetric", rows["fit"], n_train / rows["fit"], rows["fit"] / bare),
+            ("DiceMetric update alone", rows["metric alone"], float("nan"), float("nan")),
             ("bare step + bare validation pass", bare + bare_val_seconds, n_train / (bare + bare_val_seconds), 1.0),
             ("train_model epoch (fit, validation, files)", tm, n_train / tm, tm / (bare + bare_val_seconds)),
             ("input pipeline alone (augmented)", pipeline, n_train / pipeline, float("nan")),
@@ -178,7 +194,9 @@ def main() -> None:
     with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
         print(table.to_string())
     print(f"\nfit / bare step: {rows['fit'] / bare:.3f}; DiceMetric share of a fit epoch: "
-          f"{(rows['fit'] - rows['fit, no metric']) / rows['fit']:+.1%}; train_model epoch / (bare step + bare "
+          f"{rows['metric alone'] / rows['fit']:.1%} measured alone, "
+          f"{(rows['fit'] - rows['fit, no metric']) / rows['fit']:+.1%} as fit minus fit without it (noisier); "
+          f"train_model epoch / (bare step + bare "
           f"validation): {tm / (bare + bare_val_seconds):.3f}; validation pass share of the bare epoch: "
           f"{bare_val_seconds / (bare + bare_val_seconds):.1%}")
     print(f"input pipeline delivers {n_train / pipeline:.0f} img/s, training consumes {n_train / rows['fit']:.1f} "

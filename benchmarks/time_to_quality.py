@@ -56,6 +56,8 @@ CONFIGS = {
                         lr_schedule="cosine", learning_rate=2e-3, loss="bce_dice"),
     "b16_128_cos": dict(image_size=128, base_filters=16, batch_size=8, dtype_policy="float32",
                         lr_schedule="cosine", learning_rate=2e-3, loss="bce_dice"),
+    "b16_160_cos": dict(image_size=160, base_filters=16, batch_size=8, dtype_policy="float32",
+                        lr_schedule="cosine", learning_rate=2e-3, loss="bce_dice"),
     "b16_192_cos": dict(image_size=192, base_filters=16, batch_size=8, dtype_policy="float32",
                         lr_schedule="cosine", learning_rate=2e-3, loss="bce_dice"),
     "b32_128_cos_bf16": dict(image_size=128, base_filters=32, batch_size=8, dtype_policy="mixed_bfloat16",
