@@ -34,6 +34,7 @@ from keras import ops
 
 import data_loading
 import mask_processing
+import model as unet
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -268,11 +269,17 @@ def set_seeds(seed: int) -> None:
 
 
 def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
-    """Saves `model` (architecture, weights, optimizer state) as ``.keras``, atomically."""
+    """Saves `model` as ``.keras``, atomically: architecture, weights and compile settings.
+
+    Fused BatchNorm layers are written as Keras's own (`model.portable_model`), so the file
+    loads with Keras alone. A model with fused layers is saved without its optimizer state;
+    `train_model`'s checkpoints hold that state for resuming.
+    """
     path = Path(path)
     if path.suffix != ".keras":
         raise ValueError(f"Expected a path ending in '.keras'; received {str(path)!r}.")
-    return data_loading.atomic_write(path, lambda tmp: model.save(tmp, overwrite=True))
+    portable = unet.portable_model(model)
+    return data_loading.atomic_write(path, lambda tmp: portable.save(tmp, overwrite=True))
 
 
 def _layer_classes(config: Any) -> list[tuple[str, str]]:
@@ -300,7 +307,7 @@ def load_model(path: str | os.PathLike, compile: bool = True,
 
     Args:
         path: a ``.keras`` file.
-        compile: restore the loss, metric and optimizer state too.
+        compile: restore the loss, metric and optimizer settings too.
         input_shape: if given, the ``(height, width, channels)`` the model must take, e.g. the
             image size of the data it will be applied to.
 

@@ -5,7 +5,8 @@ training pipeline) it times, in one process, after a warm-up pass of each, and r
 repeat times every row once, so the slow spells of a shared machine hit all rows alike):
 
   bare step       a `tf.function` doing forward, loss, gradients and the Adam update on batches
-                  already in memory: the floor for this model on this CPU;
+                  already in memory: the floor for this model on this CPU (and the same with
+                  Keras's own BatchNormalization instead of `model.FusedBatchNormalization`);
   fit, no metric  `model.fit` on the tf.data pipeline, without the Dice metric or callbacks;
   fit             `model.fit` with the library's per-image `DiceMetric`;
   metric alone    `DiceMetric.update_state` on the same batches' masks and predictions, in a
@@ -66,10 +67,10 @@ def _arrays(args) -> tuple[np.ndarray, np.ndarray, str]:
     return images, masks, f"random arrays ({n} images)"
 
 
-def _build(args, metric: bool) -> keras.Model:
+def _build(args, metric: bool, fused_batch_norm: bool = True) -> keras.Model:
     training.set_seeds(0)
     model = unet.build_unet((args.image_size, args.image_size, 1), base_filters=args.base_filters, depth=DEPTH,
-                            dtype_policy=args.dtype_policy)
+                            dtype_policy=args.dtype_policy, fused_batch_norm=fused_batch_norm)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=training.get_loss("bce_dice"),
                   metrics=[training.DiceMetric(name="dice")] if metric else [])
     return model
@@ -99,22 +100,28 @@ def main() -> None:
 
     keras.backend.clear_session()
     model = _build(args, metric=False)
-    optimizer = model.optimizer
-    optimizer.build(model.trainable_variables)
+    model.optimizer.build(model.trainable_variables)
     with_metric = _build(args, metric=True)
+    keras_bn = _build(args, metric=False, fused_batch_norm=False)
+    keras_bn.optimizer.build(keras_bn.trainable_variables)
 
-    @tf.function
-    def bare_step(x, y):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(loss_fn(y, model(x, training=True)))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply(grads, model.trainable_variables)
-        return loss
+    def make_bare_step(net):
+        @tf.function
+        def bare_step(x, y):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(loss_fn(y, net(x, training=True)))
+            grads = tape.gradient(loss, net.trainable_variables)
+            net.optimizer.apply(grads, net.trainable_variables)
+            return loss
 
-    def bare_epoch():
-        for x, y in batches:
-            loss = bare_step(x, y)
-        float(loss)
+        def bare_epoch():
+            for x, y in batches:
+                loss = bare_step(x, y)
+            float(loss)
+
+        return bare_epoch
+
+    bare_epoch = make_bare_step(model)
 
     @tf.function
     def bare_forward(x):
@@ -156,6 +163,7 @@ def main() -> None:
 
     tasks = {
         "bare step": bare_epoch,
+        "bare step, keras bn": make_bare_step(keras_bn),
         "bare validation": bare_val,
         "fit, no metric": lambda: model.fit(train_ds, epochs=1, verbose=0, shuffle=False),
         "fit": lambda: with_metric.fit(train_ds, epochs=1, verbose=0, shuffle=False),
@@ -182,6 +190,8 @@ def main() -> None:
     table = pd.DataFrame(
         [
             ("bare step (in-memory batches)", bare, n_train / bare, 1.0),
+            ("bare step, Keras BatchNormalization instead of fused",
+             rows["bare step, keras bn"], n_train / rows["bare step, keras bn"], rows["bare step, keras bn"] / bare),
             ("fit, no metric (tf.data)", rows["fit, no metric"], n_train / rows["fit, no metric"], rows["fit, no metric"] / bare),
             ("fit with DiceMetric", rows["fit"], n_train / rows["fit"], rows["fit"] / bare),
             ("DiceMetric update alone", rows["metric alone"], float("nan"), float("nan")),

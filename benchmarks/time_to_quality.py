@@ -45,11 +45,13 @@ import pandas as pd  # noqa: E402
 import data_loading as dl  # noqa: E402
 
 BASELINE = "baseline"
-# name: settings. "epochs": None means "as many as the budget allows" (planned from the probe).
+# name: settings. Cosine configurations plan their epochs from the probe; plateau ones run until
+# the budget stops them. fused_batch_norm: model.FusedBatchNormalization (the library's default)
+# or Keras's own BatchNormalization (what a typical notebook uses).
 CONFIGS = {
     # The typical Keras notebook: classic width (64), 256 px, float32, constant rate halved on plateaus.
     BASELINE: dict(image_size=256, base_filters=64, batch_size=8, dtype_policy="float32",
-                   lr_schedule="plateau", learning_rate=1e-3, loss="bce_dice"),
+                   lr_schedule="plateau", learning_rate=1e-3, loss="bce_dice", fused_batch_norm=False),
     "b32_128_plateau": dict(image_size=128, base_filters=32, batch_size=8, dtype_policy="float32",
                             lr_schedule="plateau", learning_rate=1e-3, loss="bce_dice"),
     "b32_128_cos": dict(image_size=128, base_filters=32, batch_size=8, dtype_policy="float32",
@@ -74,6 +76,10 @@ MAX_EPOCHS = 200
 EARLY_STOPPING_PATIENCE = 1000  # the budget, not early stopping, ends these runs (best checkpoint kept)
 
 
+def _fused(config: dict) -> bool:
+    return config.get("fused_batch_norm", True)
+
+
 def _probe_epoch_seconds(config: dict, images, masks, train_idx, val_idx, seed: int) -> float:
     """Seconds one epoch (training + validation) should take, from a throwaway model."""
     import keras
@@ -84,7 +90,7 @@ def _probe_epoch_seconds(config: dict, images, masks, train_idx, val_idx, seed: 
     keras.backend.clear_session()
     size = config["image_size"]
     probe = unet.build_unet((size, size, 1), base_filters=config["base_filters"], depth=DEPTH,
-                            dtype_policy=config["dtype_policy"])
+                            dtype_policy=config["dtype_policy"], fused_batch_norm=_fused(config))
     probe.compile(optimizer=keras.optimizers.Adam(1e-3), loss=training.get_loss(config["loss"]),
                   metrics=[training.DiceMetric(name="dice")])
     batches = list(dl.make_tf_dataset(images[train_idx], masks[train_idx], config["batch_size"],
@@ -141,16 +147,16 @@ def run_config(name: str, config: dict, args) -> dict:
     training.set_seeds(args.seed)
     size = config["image_size"]
     model = unet.build_unet((size, size, 1), base_filters=config["base_filters"], depth=DEPTH,
-                            dtype_policy=config["dtype_policy"])
+                            dtype_policy=config["dtype_policy"], fused_batch_norm=_fused(config))
     train_ds = dl.make_tf_dataset(images[train_idx], masks[train_idx], config["batch_size"], training=True,
                                   seed=args.seed)
     val_ds = dl.make_tf_dataset(images[val_idx], masks[val_idx], config["batch_size"])
-    if remaining > 0:
-        model, history = training.train_model(
-            model, train_ds, val_ds, run_dir, epochs=plan["epochs"], loss=config["loss"],
-            learning_rate=config["learning_rate"], lr_schedule=config["lr_schedule"],
-            early_stopping_patience=EARLY_STOPPING_PATIENCE, time_budget_s=max(remaining, 1.0),
-        )
+    # At least one epoch, even when the probe used the whole budget (the budget then stops it).
+    training.train_model(
+        model, train_ds, val_ds, run_dir, epochs=plan["epochs"], loss=config["loss"],
+        learning_rate=config["learning_rate"], lr_schedule=config["lr_schedule"],
+        early_stopping_patience=EARLY_STOPPING_PATIENCE, time_budget_s=max(remaining, 1.0),
+    )
     history = pd.read_csv(run_dir / training.HISTORY_CSV)
     train_seconds = float(history["seconds"].sum()) + plan["probe_seconds"]
 
@@ -164,7 +170,7 @@ def run_config(name: str, config: dict, args) -> dict:
     best_row = history.loc[history["val_dice"].idxmax()]
     cumulative = history["seconds"].cumsum() + plan["probe_seconds"]
     result = {
-        "config": name, **config,
+        "config": name, **config, "fused_batch_norm": _fused(config),
         "train_img_per_s": len(train_idx) / float(history["seconds"].median()),
         "s_per_epoch": float(history["seconds"].median()),
         "epochs_planned": plan["epochs"], "epochs_run": int(len(history)),
@@ -206,7 +212,10 @@ def _table(results: list[dict]) -> pd.DataFrame:
     base = frame.loc[BASELINE] if BASELINE in frame.index else None
     table = pd.DataFrame({
         "size": frame["image_size"], "base": frame["base_filters"], "batch": frame["batch_size"],
-        "dtype": frame["dtype_policy"].str.replace("mixed_", ""), "schedule": frame["lr_schedule"],
+        "dtype": frame["dtype_policy"].str.replace("mixed_", ""),
+        # results written before the fused layer existed have no such key: Keras's BatchNormalization
+        "bn": ["fused" if f is True else "keras" for f in frame.get("fused_batch_norm", pd.Series(None, frame.index))],
+        "schedule": frame["lr_schedule"],
         "lr": frame["learning_rate"],
         "img/s": frame["train_img_per_s"].round(2), "s/epoch": frame["s_per_epoch"].round(1),
         "epochs": frame["epochs_run"].astype(str) + "/" + frame["epochs_planned"].astype(str),
