@@ -102,9 +102,10 @@ def main() -> None:
     model = _build(args, metric=False)
     with_metric = _build(args, metric=True)
     keras_bn = _build(args, metric=False, fused_batch_norm=False)
-    keras_bn.optimizer.build(keras_bn.trainable_variables)
 
     def make_bare_step(net):
+        net.optimizer.build(net.trainable_variables)
+
         @tf.function
         def bare_step(x, y):
             with tf.GradientTape() as tape:
@@ -123,7 +124,6 @@ def main() -> None:
     # The bare step trains its own copy, so `fit` never alternates with a custom tf.function on the
     # same variables (in one run where they shared a model, fit without the metric measured 1.30x).
     bare_model = _build(args, metric=False)
-    bare_model.optimizer.build(bare_model.trainable_variables)
     bare_epoch = make_bare_step(bare_model)
 
     @tf.function
