@@ -960,7 +960,8 @@ def make_tf_dataset(
     ``tf.data.Dataset.random(seed, rerandomize_each_iteration=True)``, so each epoch sees new
     draws, yet a run is reproducible from the seed. Evaluation: in order, no augmentation.
     Maps run with ``num_parallel_calls=AUTOTUNE`` and deterministic order; batches are
-    prefetched. Masks are yielded as float32 for the loss.
+    prefetched; tf.data's autotuning model is disabled (see the comment in the code). Masks are
+    yielded as float32 for the loss.
 
     Args:
         images: ``(N, H, W, 1)`` float32 in [0, 1].
@@ -993,7 +994,15 @@ def make_tf_dataset(
                 num_parallel_calls=autotune, deterministic=True,
             )
     dataset = dataset.map(lambda x, y: (x, tf.cast(y, tf.float32)), num_parallel_calls=autotune, deterministic=True)
-    return dataset.batch(batch_size).prefetch(autotune)
+    # tf.data's autotuning model is off: its background thread made deleting an iterator wait until
+    # its next optimisation time (10.24 s, 20.48 s, 40.96 s ... after the iterator was created) while
+    # training kept the CPU busy, so a `fit` call could end with seconds of idle time (up to 3 s per
+    # 7-s call in benchmarks/fit_overhead.py), and the training steps ran ~3% slower beside it.
+    # Without it, AUTOTUNE map parallelism is the number of cores and the prefetch buffer grows
+    # when the consumer waits.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.batch(batch_size).prefetch(autotune).with_options(options)
 
 
 # --------------------------------------------------------------------------------------------

@@ -197,6 +197,14 @@ def test_tf_dataset_augmentation_keeps_masks_binary_and_is_deterministic():
     np.testing.assert_array_equal(np.concatenate(evaluation), masks.astype(np.float32))
 
 
+def test_tf_dataset_runs_without_the_autotuning_model():
+    # Its thread delayed iterator teardown by seconds at the end of each fit call (see make_tf_dataset).
+    images = np.zeros((4, 16, 16, 1), np.float32)
+    masks = np.zeros((4, 16, 16, 1), np.uint8)
+    for training in (True, False):
+        assert dl.make_tf_dataset(images, masks, 2, training=training).options().autotune.enabled is False
+
+
 def test_augmentation_moves_image_and_mask_together():
     image = np.zeros((32, 32, 1), np.float32)
     mask = np.zeros((32, 32, 1), np.uint8)
