@@ -9,6 +9,9 @@ repeat times every row once, so the slow spells of a shared machine hit all rows
                   Keras's own BatchNormalization instead of `model.FusedBatchNormalization`);
   fit, no metric  `model.fit` on the tf.data pipeline, without the Dice metric or callbacks;
   fit             `model.fit` with the library's per-image `DiceMetric`;
+  fit, autotune   `model.fit` without the metric on the same pipeline with tf.data's autotuning
+                  model switched back on (TensorFlow's default; `make_tf_dataset` turns it off,
+                  as deleting an autotuned iterator could wait seconds at the end of a fit call);
   metric alone    `DiceMetric.update_state` on the same batches' masks and predictions, in a
                   `tf.function` as inside fit: the metric's own share of a fit epoch;
   train_model     `training.train_model`: fit + validation pass + history/checkpoint/state writes
@@ -84,7 +87,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--dtype-policy", default="float32", choices=unet.DTYPE_POLICIES)
     parser.add_argument("--steps", type=int, default=30, help="training batches per timed pass")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -94,12 +97,16 @@ def main() -> None:
     train_ds = dl.make_tf_dataset(images[:n_train], masks[:n_train], args.batch_size, training=True, seed=0)
     val_ds = dl.make_tf_dataset(images[n_train:], masks[n_train:], args.batch_size)
     batches = [(tf.constant(x), tf.constant(y)) for x, y in train_ds]
+    autotune_on = tf.data.Options()
+    autotune_on.autotune.enabled = True
+    train_ds_autotuned = train_ds.with_options(autotune_on)
     loss_fn = training.get_loss("bce_dice")
     print(f"data: {source}; {args.image_size} px, base {args.base_filters}, batch {args.batch_size}, "
           f"{args.dtype_policy}, {args.steps} batches per pass, median of {args.repeats}", flush=True)
 
     keras.backend.clear_session()
     model = _build(args, metric=False)
+    autotuned = _build(args, metric=False)
     with_metric = _build(args, metric=True)
     keras_bn = _build(args, metric=False, fused_batch_norm=False)
 
@@ -170,6 +177,7 @@ def main() -> None:
         "bare validation": bare_val,
         "fit, no metric": lambda: model.fit(train_ds, epochs=1, verbose=0, shuffle=False),
         "fit": lambda: with_metric.fit(train_ds, epochs=1, verbose=0, shuffle=False),
+        "fit, autotune": lambda: autotuned.fit(train_ds_autotuned, epochs=1, verbose=0, shuffle=False),
         "metric alone": metric_epoch,
         "pipeline": pipeline_epoch,
         # Whole calls, so checkpoint writes and the model exports count; (3 epochs - 1 epoch) / 2
@@ -197,6 +205,8 @@ def main() -> None:
              rows["bare step, keras bn"], n_train / rows["bare step, keras bn"], rows["bare step, keras bn"] / bare),
             ("fit, no metric (tf.data)", rows["fit, no metric"], n_train / rows["fit, no metric"], rows["fit, no metric"] / bare),
             ("fit with DiceMetric", rows["fit"], n_train / rows["fit"], rows["fit"] / bare),
+            ("fit, no metric, tf.data autotuning on (TF default)", rows["fit, autotune"],
+             n_train / rows["fit, autotune"], rows["fit, autotune"] / bare),
             ("DiceMetric update alone", rows["metric alone"], float("nan"), float("nan")),
             ("bare step + bare validation pass", bare + bare_val_seconds, n_train / (bare + bare_val_seconds), 1.0),
             ("train_model epoch (fit, validation, files)", tm, n_train / tm, tm / (bare + bare_val_seconds)),

@@ -68,6 +68,10 @@ CONFIGS = {
                         lr_schedule="cosine", learning_rate=2e-3, loss="bce_dice"),
     "b32_128_cos_bf16": dict(image_size=128, base_filters=32, batch_size=8, dtype_policy="mixed_bfloat16",
                              lr_schedule="cosine", learning_rate=2e-3, loss="bce_dice"),
+    # Batch 16 trains ~12% more images per second than batch 8 with the fused layer (step_speed.py);
+    # half the steps per epoch, so a sqrt(2)-scaled peak rate and a few more epochs in the same time.
+    "b16_128_cos_b16_60ep": dict(image_size=128, base_filters=16, batch_size=16, dtype_policy="float32",
+                                 lr_schedule="cosine", learning_rate=3e-3, loss="bce_dice", epochs=60),
     "b32_128_cos_b16": dict(image_size=128, base_filters=32, batch_size=16, dtype_policy="float32",
                             lr_schedule="cosine", learning_rate=3e-3, loss="bce_dice"),
 }
