@@ -1,6 +1,6 @@
 """Grouped, stratified k-fold cross-validation of the U-Net, resumable fold by fold.
 
-Protocol, for each outer fold ``k`` of `n_folds` (folds from `data_loading.kfold_splits`:
+Protocol, for each outer fold ``k`` of `n_folds` (folds from `splits.kfold_splits`:
 stratified by class, and near-duplicate groups never straddle folds):
 
 1. Fold ``k`` is held out. It is used once, at the end, to score that fold's model, and for
@@ -12,8 +12,8 @@ stratified by class, and near-duplicate groups never straddle folds):
 3. `training.train_model` fits on the inner training part; the inner validation part drives
    early stopping, the learning-rate halving and the best checkpoint (``val_dice``).
 4. The binarisation threshold is chosen on the inner validation part with the best checkpoint
-   (`training.choose_threshold`).
-5. The best checkpoint, at that threshold, is scored on the held-out fold (`training.evaluate`).
+   (`evaluation.choose_threshold`).
+5. The best checkpoint, at that threshold, is scored on the held-out fold (`evaluation.evaluate`).
 
 Why an inner split rather than early stopping on the held-out fold: choosing the epoch or the
 threshold on the images that are then scored would make the fold's score optimistic.
@@ -22,8 +22,8 @@ Files, under `run_dir` (every file written atomically)::
 
     fold-<k>/            train_model's run folder (checkpoints, history, best.keras, ...), plus
       split.csv          image_id, label, role ("train", "val" or "test") of every image
-      per_image.csv      the held-out images' scores (training.evaluate), with a "fold" column
-      summary.csv        the held-out fold's summary by class (training.evaluate)
+      per_image.csv      the held-out images' scores (evaluation.evaluate), with a "fold" column
+      summary.csv        the held-out fold's summary by class (evaluation.evaluate)
       fold_result.json   the fold's row of the results table: written last, the commit point
     cv_folds.csv         one row per fold (`fold_results`)
     cv_summary.csv       mean, sd, min, max over folds per metric (`summarize_folds`)
@@ -52,7 +52,12 @@ import numpy as np
 import pandas as pd
 
 import data_loading
+import atomic_io
 import training
+import evaluation
+import inference
+import model_io
+import splits
 
 FOLD_DIR = "fold-{fold}"
 SPLIT_CSV = "split.csv"
@@ -63,7 +68,7 @@ CV_FOLDS_CSV = "cv_folds.csv"
 CV_SUMMARY_CSV = "cv_summary.csv"
 CV_PER_IMAGE_CSV = "cv_per_image.csv"
 ROLES = ("train", "val", "test")
-# Fold-level metrics: (column, group row of training.evaluate's summary, summary column).
+# Fold-level metrics: (column, group row of evaluation.evaluate's summary, summary column).
 METRICS = (
     ("lesion_dice", "lesion", "dice_mean"),
     ("lesion_iou", "lesion", "iou_mean"),
@@ -99,7 +104,7 @@ def cross_validate(
 
     Args:
         index: one row per image, aligned with `images` by position, with columns
-            ``image_id``, ``label`` and ``duplicate_group`` (`data_loading.add_duplicate_groups`).
+            ``image_id``, ``label`` and ``duplicate_group`` (`splits.add_duplicate_groups`).
         images: ``(N, H, W, 1)`` float32 in [0, 1].
         masks: ``(N, H, W, 1)`` uint8 in {0, 1}.
         build_model: called without arguments, returns a new, untrained Keras model for
@@ -117,7 +122,7 @@ def cross_validate(
     Returns:
         ``(folds, summary, per_image)``: `fold_results` (one row per fold), `summarize_folds`
         (one row per metric: mean and sd over folds) and the out-of-fold per-image table
-        (`training.evaluate` columns plus ``fold``, every image exactly once).
+        (`evaluation.evaluate` columns plus ``fold``, every image exactly once).
 
     Raises:
         ValueError: ``n_folds < 2``; a class with fewer images than folds (or an inner training
@@ -130,9 +135,9 @@ def cross_validate(
     strategy = training.resolve_strategy(strategy)
     verbose = train_options.get("progress", "epoch") != "none"
     run_dir = Path(run_dir)
-    splits = make_fold_splits(index, n_folds, seed)
+    fold_roles = make_fold_splits(index, n_folds, seed)
     results, per_image_parts = [], []
-    for fold, roles in enumerate(splits, start=1):
+    for fold, roles in enumerate(fold_roles, start=1):
         fold_dir = run_dir / FOLD_DIR.format(fold=fold)
         _check_or_write_split(fold_dir, index, roles, fold)
         result_path = fold_dir / FOLD_RESULT_JSON
@@ -154,8 +159,8 @@ def cross_validate(
         val_data = data_loading.make_tf_dataset(images[part["val"]], masks[part["val"]], batch_size)
         _, history = training.train_model(model, train_data, val_data, fold_dir, strategy=strategy, **train_options)
         result, per_image = _score_fold(fold, fold_dir, history, index, images, masks, part, seed)
-        data_loading.write_csv(fold_dir / PER_IMAGE_CSV, per_image)
-        data_loading.write_json(result_path, result)  # commit point of the fold
+        atomic_io.write_csv(fold_dir / PER_IMAGE_CSV, per_image)
+        atomic_io.write_json(result_path, result)  # commit point of the fold
         if verbose:
             print(f"fold {fold}/{n_folds}: held-out lesion Dice {result['lesion_dice']:.3f}, "
                   f"normal FP fraction {result['normal_fp_fraction']:.3f} (threshold {result['threshold']:.2f})",
@@ -165,9 +170,9 @@ def cross_validate(
     folds = fold_results(results)
     summary = summarize_folds(folds)
     per_image = pd.concat(per_image_parts, ignore_index=True)
-    data_loading.write_csv(run_dir / CV_FOLDS_CSV, folds)
-    data_loading.write_csv(run_dir / CV_SUMMARY_CSV, summary)
-    data_loading.write_csv(run_dir / CV_PER_IMAGE_CSV, per_image)
+    atomic_io.write_csv(run_dir / CV_FOLDS_CSV, folds)
+    atomic_io.write_csv(run_dir / CV_SUMMARY_CSV, summary)
+    atomic_io.write_csv(run_dir / CV_PER_IMAGE_CSV, per_image)
     return folds, summary, per_image
 
 
@@ -188,8 +193,8 @@ def make_fold_splits(index: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> li
     index = index.reset_index(drop=True)
     _check_fold_counts(index, n_folds)
     inner_folds = max(2, n_folds - 1)
-    splits = []
-    for fold, (outer_train, held_out) in enumerate(data_loading.kfold_splits(index, n_folds, seed), start=1):
+    fold_roles = []
+    for fold, (outer_train, held_out) in enumerate(splits.kfold_splits(index, n_folds, seed), start=1):
         smallest = outer_train["label"].value_counts()
         if len(smallest) < index["label"].nunique() or smallest.min() < inner_folds:
             raise ValueError(
@@ -197,13 +202,13 @@ def make_fold_splits(index: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> li
                 f"carve an inner validation part from it; received {outer_train['label'].value_counts().to_dict()}. "
                 f"Use fewer folds or more images."
             )
-        inner_train, inner_val = data_loading.kfold_splits(outer_train, inner_folds, seed)[0]
+        inner_train, inner_val = splits.kfold_splits(outer_train, inner_folds, seed)[0]
         roles = np.full(len(index), "train", dtype=object)
         roles[inner_val.index] = "val"
         roles[held_out.index] = "test"
-        data_loading.check_no_leakage(inner_train, inner_val, held_out)
-        splits.append(roles)
-    return splits
+        splits.check_no_leakage(inner_train, inner_val, held_out)
+        fold_roles.append(roles)
+    return fold_roles
 
 
 def fold_results(results: list[dict]) -> pd.DataFrame:
@@ -324,7 +329,7 @@ def _check_or_write_split(fold_dir: Path, index: pd.DataFrame, roles: np.ndarray
     split = pd.DataFrame({"image_id": index["image_id"].astype(str), "label": index["label"], "role": roles})
     path = fold_dir / SPLIT_CSV
     if not path.is_file():
-        data_loading.write_csv(path, split)
+        atomic_io.write_csv(path, split)
         return
     saved = pd.read_csv(path, dtype=str, keep_default_na=False)
     if not saved.equals(split.astype(str)):
@@ -337,18 +342,18 @@ def _check_or_write_split(fold_dir: Path, index: pd.DataFrame, roles: np.ndarray
 
 def _score_fold(fold, fold_dir, history, index, images, masks, part, seed) -> tuple[dict, pd.DataFrame]:
     """Best checkpoint -> threshold on inner validation -> scores on the held-out fold."""
-    best = training.load_model(fold_dir / training.BEST_MODEL, compile=False)
+    best = model_io.load_model(fold_dir / training.BEST_MODEL, compile=False)
     val_rows, test_rows = part["val"], part["test"]
-    threshold, curve = training.choose_threshold(masks[val_rows], training.predict(best, images[val_rows]))
+    threshold, curve = evaluation.choose_threshold(masks[val_rows], inference.predict(best, images[val_rows]))
     test_frame = index.iloc[test_rows]
-    per_image, summary = training.evaluate(masks[test_rows], training.predict(best, images[test_rows]),
+    per_image, summary = evaluation.evaluate(masks[test_rows], inference.predict(best, images[test_rows]),
                                            test_frame, threshold, seed=seed)
-    data_loading.write_csv(fold_dir / SUMMARY_CSV, summary)
+    atomic_io.write_csv(fold_dir / SUMMARY_CSV, summary)
     per_image.insert(0, "fold", fold)
     groups = summary.set_index("group")
     result = {
         "fold": fold, "n_train": len(part["train"]), "n_val": len(val_rows), "n_test": len(test_rows),
-        "n_lesion": int(test_frame["label"].isin(training.LESION_CLASSES).sum()),
+        "n_lesion": int(test_frame["label"].isin(data_loading.LESION_CLASSES).sum()),
         "n_normal": int((test_frame["label"] == "normal").sum()),
         "epochs_run": len(history), "best_epoch": int(history.loc[history["val_dice"].idxmax(), "epoch"]),
         "threshold": threshold, "val_dice": float(curve["dice"].max()),

@@ -19,10 +19,7 @@ import json
 import logging
 import os
 import re
-import socket
-import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,143 +27,30 @@ import cv2
 import numpy as np
 import pandas as pd
 
+import atomic_io
+import augmentation
 import mask_processing
 
 logger = logging.getLogger(__name__)
 
 CLASSES = ("benign", "malignant", "normal")
+LESION_CLASSES = ("benign", "malignant")
+BUSI_ROOT_VARIABLE = "BUSI_ROOT"
+# Where this project keeps its shared copy of BUSI: beside the repository, never inside it.
+SHARED_BUSI = Path(__file__).resolve().parent.parent / "shared" / "data" / "BUSI"
 DATASET_FOLDER = "Dataset_BUSI_with_GT"
 ON_ERROR_OPTIONS = ("raise", "skip")
 CACHE_VERSION = 1
-# Hamming distance (out of 64 bits) up to which two difference hashes count as near duplicates.
-# Chosen by looking at BUSI pairs (128 px hashes): pairs at distance <= 7 were the same scan, 8 to
-# 10 mostly the same scan with other calipers or text; from 11 on, chains merge unrelated scans
-# into groups of 9 to 21. Grouping too much only costs split balance; grouping too little leaks.
-DUPLICATE_MAX_DISTANCE = 10
-HASH_SIZE = 8
 # Largest image (width x height) that is decoded. BUSI's largest is 1048 x 719 (0.75 MP); a
 # 25 MP grey image needs 25 MB once decoded. A larger PNG is refused from its header, before
 # decoding: a small file can claim 20000 x 20000 pixels (a decompression bomb, 400 MB to 1.6 GB).
 MAX_IMAGE_PIXELS = 25_000_000
-# A temporary file of `atomic_write` older than this (or whose writer, on this host, has died)
-# is left over from an interrupted write and removed by `remove_stale_temp_files`.
-STALE_TEMP_SECONDS = 3600
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Other formats, by their first bytes, to say what a misnamed ".png" file really is.
 _OTHER_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP", b"II*\x00": "TIFF",
                      b"MM\x00*": "TIFF", b"RIFF": "RIFF (WebP?)", b"PK\x03\x04": "a zip archive"}
 
 _FILE_RE = re.compile(r"^(?P<stem>.+?)(?P<mask>_mask(?:_(?P<index>\d+))?)?\.png$", re.IGNORECASE)
-
-
-def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], Any]) -> Path:
-    """Writes a file atomically: to a temporary file beside it, then `os.replace`.
-
-    An interrupted write (exception, Ctrl-C, crash) never leaves a partial file at
-    `path`; the previous version, if any, stays intact.
-
-    Args:
-        path: the final file path. Its folder is created if missing.
-        write_fn: called once with the temporary path (a `str` in the same folder,
-            ending with the same (last two) suffixes as `path`, so writers that check the
-            extension, such as `keras.Model.save`, `save_weights` or `savefig`, accept it).
-
-    Returns:
-        The final path as a `Path`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:])  # ".weights.h5" stays whole: Keras checks it
-    # The writer's host and process id in the name let `remove_stale_temp_files` tell an
-    # abandoned temporary file (its process was killed) from one being written right now.
-    prefix = f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-"
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
-_TEMP_NAME_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+(?:\..*)?$")
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def remove_stale_temp_files(folder: str | os.PathLike, max_age_s: float = STALE_TEMP_SECONDS) -> list[Path]:
-    """Removes the temporary files that interrupted `atomic_write` calls left in `folder`.
-
-    A process killed mid-write (SIGKILL, power loss, out of memory) cannot remove its
-    temporary file (``.<name>.tmp-<host>-<pid>-<random><suffix>``). Such a file is removed
-    when its writer ran on this host and is no longer alive, or when it is older than
-    `max_age_s` (writers on other hosts, older naming). Files being written now are kept.
-    Nothing else in `folder` is touched; a missing folder is fine.
-
-    Args:
-        folder: the folder to clean (not recursive).
-        max_age_s: age in seconds after which any temporary file counts as abandoned.
-
-    Returns:
-        The removed paths.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    removed, host, now = [], socket.gethostname(), time.time()
-    for path in folder.glob(".*.tmp-*"):
-        match = _TEMP_NAME_RE.match(path.name)
-        try:
-            age = now - path.lstat().st_mtime
-        except FileNotFoundError:  # its writer just finished
-            continue
-        abandoned = (match is not None and match["host"] == host and int(match["pid"]) != os.getpid()
-                     and not _process_alive(int(match["pid"])))
-        if abandoned or age > max_age_s:
-            path.unlink(missing_ok=True)
-            removed.append(path)
-            logger.info("Removed '%s', left over from an interrupted write.", path)
-    return removed
-
-
-def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Writes `data` as indented JSON, atomically (see `atomic_write`)."""
-
-    def _write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, default=_json_default)
-            handle.write("\n")
-
-    return atomic_write(path, _write)
-
-
-def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> Path:
-    """Writes a DataFrame as CSV without its index, atomically (see `atomic_write`)."""
-    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,9 +152,8 @@ def to_grey(image: np.ndarray) -> np.ndarray:
     """
     image = np.asarray(image)
     scale = 65535.0 if image.dtype == np.uint16 else 255.0
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    elif image.ndim == 3 and image.shape[2] == 3:
+    image = mask_processing.drop_channel_axis(image, 2)
+    if image.ndim == 3 and image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     elif image.ndim == 3 and image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
@@ -301,9 +184,7 @@ def resize_image(image: np.ndarray, image_size: int | Sequence[int]) -> np.ndarr
         ``(height, width, 1)`` float32 in [0, 1].
     """
     height, width = _size_tuple(image_size)
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
+    image = mask_processing.drop_channel_axis(np.asarray(image, dtype=np.float32), 2)
     resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
     return np.clip(resized, 0.0, 1.0)[..., None]
 
@@ -319,9 +200,7 @@ def resize_mask(mask: np.ndarray, image_size: int | Sequence[int]) -> np.ndarray
         ``(height, width, 1)`` uint8 in {0, 1}.
     """
     height, width = _size_tuple(image_size)
-    mask = np.asarray(mask, dtype=np.uint8)
-    if mask.ndim == 3 and mask.shape[2] == 1:
-        mask = mask[..., 0]
+    mask = mask_processing.drop_channel_axis(np.asarray(mask, dtype=np.uint8), 2)
     return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)[..., None]
 
 
@@ -380,6 +259,35 @@ def resolve_root(root: str | os.PathLike, classes: Sequence[str] = CLASSES) -> P
             f"to index only some classes."
         )
     return root
+
+
+def find_busi_root(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """Finds BUSI: `data_dir` if given, else ``$BUSI_ROOT`` if set, else ``SHARED_BUSI``.
+
+    The notebook, the benchmarks and the tests all find the data through this one function.
+    An explicit `data_dir` or a set ``$BUSI_ROOT`` that does not exist is a mistake, not a cue
+    to look elsewhere, so it raises instead of falling through to the next place.
+
+    Args:
+        data_dir: the ``Dataset_BUSI_with_GT`` folder or its parent; None or "" to look in
+            ``$BUSI_ROOT`` and then ``SHARED_BUSI`` (``../shared/data/BUSI`` beside the repository).
+
+    Returns:
+        The folder found (pass it to `index_busi` or `resolve_root`), or None when `data_dir`
+        and ``$BUSI_ROOT`` are unset and ``SHARED_BUSI`` does not exist.
+
+    Raises:
+        FileNotFoundError: `data_dir`, or ``$BUSI_ROOT``, names a folder that does not exist.
+    """
+    for source, value in (("data_dir", data_dir), (f"${BUSI_ROOT_VARIABLE}", os.environ.get(BUSI_ROOT_VARIABLE))):
+        if value:
+            if not Path(value).is_dir():
+                raise FileNotFoundError(
+                    f"BUSI not found at {str(value)!r} (from {source}); point it at Dataset_BUSI_with_GT or its "
+                    f"parent, or leave it empty."
+                )
+            return Path(value)
+    return SHARED_BUSI if SHARED_BUSI.is_dir() else None
 
 
 def natural_key(text: str) -> tuple:
@@ -565,7 +473,7 @@ def summarize_index(df: pd.DataFrame) -> dict[str, Any]:
     return summary
 
 
-def format_summary(summary: dict[str, Any]) -> str:
+def format_index_summary(summary: dict[str, Any]) -> str:
     """Renders `summarize_index` output as a few readable lines (for notebooks and logs)."""
     lines = [f"{summary['n_images']} images: " + ", ".join(f"{k} {v}" for k, v in summary["per_class"].items())]
     lines.append("mask files: " + ", ".join(f"{k} {v}" for k, v in summary["masks_per_class"].items()))
@@ -639,8 +547,8 @@ def load_dataset(
         images[i] = load_image(image_path, size)
         masks[i] = load_mask(mask_paths, size)
     if cache_path is not None:
-        remove_stale_temp_files(cache_path.parent)  # left by a run killed while writing a cache
-        atomic_write(cache_path, lambda tmp: np.savez(tmp, images=images, masks=masks))
+        atomic_io.remove_stale_temp_files(cache_path.parent)  # left by a run killed while writing a cache
+        atomic_io.atomic_write(cache_path, lambda tmp: np.savez(tmp, images=images, masks=masks))
     return images, masks
 
 
@@ -649,300 +557,14 @@ def load_dataset(
 # --------------------------------------------------------------------------------------------
 
 
-def difference_hashes(images: np.ndarray, hash_size: int = HASH_SIZE) -> np.ndarray:
-    """Computes a difference hash (dHash) per image, a perceptual fingerprint.
-
-    Method: the grey image is shrunk with area interpolation to ``hash_size`` rows by
-    ``hash_size + 1`` columns; each bit says whether a pixel is brighter than its right
-    neighbour. Resizing, recompression, small brightness changes and thin burned-in marks
-    change few bits; different scans differ in about half of them.
-
-    Args:
-        images: ``(N, H, W, 1)`` or ``(N, H, W)`` float32 in [0, 1].
-        hash_size: bits per row; ``hash_size ** 2`` must be <= 64.
-
-    Returns:
-        ``(N,)`` uint64 hashes.
-    """
-    images = np.asarray(images, dtype=np.float32)
-    if images.ndim == 4 and images.shape[-1] == 1:
-        images = images[..., 0]
-    if images.ndim != 3:
-        raise ValueError(f"Expected images of shape (N, H, W[, 1]); received {images.shape}.")
-    if hash_size * hash_size > 64:
-        raise ValueError(f"Expected hash_size ** 2 <= 64; received hash_size={hash_size}.")
-    hashes = np.zeros(len(images), dtype=np.uint64)
-    weights = (np.uint64(1) << np.arange(hash_size * hash_size, dtype=np.uint64))
-    for i, image in enumerate(images):
-        small = cv2.resize(image, (hash_size + 1, hash_size), interpolation=cv2.INTER_AREA)
-        bits = (small[:, 1:] > small[:, :-1]).ravel()
-        hashes[i] = np.bitwise_or.reduce(weights[bits]) if bits.any() else np.uint64(0)
-    return hashes
-
-
-def hamming_distances(hashes: np.ndarray) -> np.ndarray:
-    """Pairwise Hamming distances between 64-bit hashes: ``(N,)`` uint64 -> ``(N, N)`` int."""
-    hashes = np.asarray(hashes, dtype=np.uint64)
-    xor = hashes[:, None] ^ hashes[None, :]
-    return np.unpackbits(xor.view(np.uint8).reshape(len(hashes), len(hashes), 8), axis=2).sum(axis=2)
-
-
-def find_duplicate_groups(hashes: np.ndarray, max_distance: int = DUPLICATE_MAX_DISTANCE) -> np.ndarray:
-    """Groups images whose hashes are within `max_distance` bits, transitively (union-find).
-
-    Args:
-        hashes: ``(N,)`` uint64 from `difference_hashes`.
-        max_distance: largest Hamming distance (of 64 bits) that still counts as a duplicate.
-
-    Returns:
-        ``(N,)`` int64 group ids, numbered 0, 1, ... in order of first appearance; images
-        without any duplicate get a group of their own.
-    """
-    distances = hamming_distances(hashes)
-    parent = np.arange(len(hashes))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in zip(*np.nonzero(np.triu(distances <= max_distance, k=1))):
-        root_i, root_j = find(i), find(j)
-        if root_i != root_j:
-            parent[max(root_i, root_j)] = min(root_i, root_j)
-    roots = np.array([find(i) for i in range(len(hashes))])
-    _, groups = np.unique(roots, return_inverse=True)
-    return groups.astype(np.int64)
-
-
-def add_duplicate_groups(
-    df: pd.DataFrame, images: np.ndarray, max_distance: int = DUPLICATE_MAX_DISTANCE
-) -> pd.DataFrame:
-    """Returns a copy of `df` with ``dhash`` (hex str), ``duplicate_group`` and ``group_size``.
-
-    Args:
-        df: index rows aligned with `images`.
-        images: ``(N, H, W, 1)`` float32 in [0, 1] (as from `load_dataset`).
-        max_distance: see `find_duplicate_groups`.
-    """
-    if len(df) != len(images):
-        raise ValueError(f"Expected one image per row; received {len(images)} images for {len(df)} rows.")
-    hashes = difference_hashes(images)
-    out = df.copy()
-    out["dhash"] = [f"{int(h):016x}" for h in hashes]
-    out["duplicate_group"] = find_duplicate_groups(hashes, max_distance)
-    out["group_size"] = out.groupby("duplicate_group")["image_id"].transform("size").astype(int)
-    return out
-
-
-def duplicate_report(df: pd.DataFrame) -> pd.DataFrame:
-    """Lists every duplicate group with two or more images.
-
-    Returns:
-        DataFrame with columns ``duplicate_group``, ``size``, ``image_ids`` (str), ``labels``
-        (str) and ``cross_class`` (bool: the group spans more than one class), largest first.
-    """
-    groups = df[df["group_size"] > 1].groupby("duplicate_group", sort=True)
-    report = pd.DataFrame({
-        "size": groups.size(),
-        "image_ids": groups["image_id"].agg(", ".join),
-        "labels": groups["label"].agg(lambda s: ", ".join(sorted(set(s)))),
-        "cross_class": groups["label"].agg(lambda s: s.nunique() > 1),
-    }).reset_index()
-    return report.sort_values(["size", "duplicate_group"], ascending=[False, True], ignore_index=True)
-
-
 # --------------------------------------------------------------------------------------------
 # Leakage-free splits
 # --------------------------------------------------------------------------------------------
 
 
-def _groups_for(df: pd.DataFrame, group_column: str | None) -> np.ndarray:
-    if group_column is None:
-        return np.arange(len(df))
-    if group_column not in df.columns:
-        raise ValueError(
-            f"Expected a {group_column!r} column to keep duplicates together; received columns "
-            f"{list(df.columns)}. Call add_duplicate_groups(df, images) first, or pass "
-            f"group_column=None to split image by image (this leaks near-duplicates)."
-        )
-    return df[group_column].to_numpy()
-
-
-def _one_group_fold(df, groups, n_splits, seed):
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    smallest = df["label"].value_counts().min()
-    if smallest < n_splits:
-        raise ValueError(
-            f"Expected at least {n_splits} images per class to hold out 1/{n_splits} of each; the "
-            f"smallest class has {smallest}. Use more images (max_samples) or larger fractions."
-        )
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    rest, held_out = next(splitter.split(np.zeros(len(df)), df["label"].to_numpy(), groups))
-    return rest, held_out
-
-
-def split_dataset(
-    df: pd.DataFrame,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    seed: int = 0,
-    group_column: str | None = "duplicate_group",
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Splits an index into train, validation and test, by class and without leakage.
-
-    Whole groups (by default duplicate groups from `add_duplicate_groups`) go to one split,
-    so a scan and its near-copies never sit on both sides. Within that constraint the class
-    proportions are kept (scikit-learn's `StratifiedGroupKFold`, shuffled from `seed`): the test
-    set is one fold of ``round(1 / test_fraction)`` folds, then validation is one fold of
-    ``round((1 - test_fraction) / val_fraction)`` folds of the rest. The realised fractions are
-    therefore close to, not exactly, the requested ones.
-
-    Args:
-        df: index rows (from `index_busi`, with `group_column`).
-        val_fraction: share of images for validation, in (0, 0.5].
-        test_fraction: share of images for test, in (0, 0.5].
-        seed: the same seed and rows give the same split.
-        group_column: column of group ids, or None to treat each image as its own group.
-
-    Returns:
-        ``(train, val, test)`` DataFrames, each in the row order of `df`, with disjoint images
-        and disjoint groups.
-    """
-    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0 < value <= 0.5:
-            raise ValueError(f"Expected {name} in (0, 0.5]; received {value}.")
-    groups = _groups_for(df, group_column)
-    rest, test = _one_group_fold(df, groups, max(2, round(1 / test_fraction)), seed)
-    rest_df = df.iloc[rest]
-    train, val = _one_group_fold(
-        rest_df, groups[rest], max(2, round((1 - test_fraction) / val_fraction)), seed
-    )
-    frames = (rest_df.iloc[np.sort(train)], rest_df.iloc[np.sort(val)], df.iloc[np.sort(test)])
-    check_no_leakage(*frames, group_column=group_column)
-    return frames
-
-
-def kfold_splits(
-    df: pd.DataFrame, n_folds: int = 5, seed: int = 0, group_column: str | None = "duplicate_group"
-) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
-    """Grouped, stratified k-fold cross-validation splits (see `split_dataset` for the method).
-
-    Args:
-        df: index rows, typically the train+validation part after holding out a test set.
-        n_folds: number of folds, >= 2.
-        seed: shuffling seed.
-        group_column: column of group ids, or None.
-
-    Returns:
-        ``n_folds`` pairs ``(train, val)``; every image is in exactly one validation fold.
-    """
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    if n_folds < 2:
-        raise ValueError(f"Expected n_folds >= 2; received {n_folds}.")
-    groups = _groups_for(df, group_column)
-    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    folds = []
-    for train, val in splitter.split(np.zeros(len(df)), df["label"].to_numpy(), groups):
-        pair = (df.iloc[np.sort(train)], df.iloc[np.sort(val)])
-        check_no_leakage(*pair, group_column=group_column)
-        folds.append(pair)
-    return folds
-
-
-def check_no_leakage(*frames: pd.DataFrame, group_column: str | None = "duplicate_group") -> None:
-    """Raises ValueError if any image id (or group) appears in more than one of `frames`."""
-    columns = ["image_id"] + ([group_column] if group_column else [])
-    for column in columns:
-        seen: dict[Any, int] = {}
-        for k, frame in enumerate(frames):
-            for value in frame[column].unique():
-                if seen.setdefault(value, k) != k:
-                    raise ValueError(f"Leakage: {column} {value!r} is in splits {seen[value]} and {k}.")
-
-
 # --------------------------------------------------------------------------------------------
 # tf.data input pipeline and augmentation
 # --------------------------------------------------------------------------------------------
-
-MAX_ROTATION_DEG = 10.0
-MAX_SCALE = 0.10
-MAX_SHIFT = 0.05
-MAX_BRIGHTNESS = 0.10
-MAX_CONTRAST = 0.20
-MAX_LOG_GAMMA = 0.20
-
-
-def augment_pair(image, mask, seed):
-    """Applies one random augmentation identically to an image and its mask (TensorFlow ops).
-
-    Geometric (image and mask, one shared transform): horizontal flip (p = 0.5), rotation in
-    +-MAX_ROTATION_DEG degrees, scale in 1 +- MAX_SCALE, shift in +-MAX_SHIFT of the size;
-    bilinear for the image, nearest neighbour for the mask (so it stays in {0, 1}); pixels
-    from outside are 0. Photometric (image only): gamma ``x ** exp(g)`` with
-    ``|g| <= MAX_LOG_GAMMA``, contrast about the mean by 1 +- MAX_CONTRAST, brightness
-    +-MAX_BRIGHTNESS, then clipping to [0, 1].
-
-    Args:
-        image: ``(H, W, 1)`` float32 in [0, 1].
-        mask: ``(H, W, 1)`` uint8 in {0, 1}.
-        seed: ``(2,)`` int64 tensor; the same seed gives the same augmentation.
-
-    Returns:
-        ``(image, mask)`` with the input shapes and dtypes and ranges.
-    """
-    import tensorflow as tf
-
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=4)
-    u = tf.random.stateless_uniform([7], seeds[0], minval=-1.0, maxval=1.0)
-    shape = tf.shape(image)
-    height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-    angle = u[0] * MAX_ROTATION_DEG * np.pi / 180.0
-    scale = 1.0 + u[1] * MAX_SCALE
-    shift_x, shift_y = u[2] * MAX_SHIFT * width, u[3] * MAX_SHIFT * height
-    flip = u[4] > 0.0
-    cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
-    # Output pixel (x, y) samples input cx + R^T ((x, y) - c - t) / scale (then mirrored if flip).
-    a0, a1 = tf.cos(angle) / scale, tf.sin(angle) / scale
-    b0, b1 = -tf.sin(angle) / scale, tf.cos(angle) / scale
-    a2 = cx - a0 * (cx + shift_x) - a1 * (cy + shift_y)
-    b2 = cy - b0 * (cx + shift_x) - b1 * (cy + shift_y)
-    a0, a1, a2 = tf.cond(flip, lambda: (-a0, -a1, width - 1.0 - a2), lambda: (a0, a1, a2))
-    transform = tf.reshape(tf.stack([a0, a1, a2, b0, b1, b2, 0.0, 0.0]), [1, 8])
-
-    def warp(x, interpolation):
-        return tf.raw_ops.ImageProjectiveTransformV3(
-            images=x[None], transforms=transform, output_shape=shape[:2], fill_value=0.0,
-            interpolation=interpolation, fill_mode="CONSTANT",
-        )[0]
-
-    image = warp(tf.cast(image, tf.float32), "BILINEAR")
-    mask = tf.cast(warp(tf.cast(mask, tf.float32), "NEAREST") > 0.5, tf.uint8)
-    image = tf.pow(tf.clip_by_value(image, 0.0, 1.0), tf.exp(u[5] * MAX_LOG_GAMMA))
-    contrast = 1.0 + tf.random.stateless_uniform([], seeds[1], -MAX_CONTRAST, MAX_CONTRAST)
-    mean = tf.reduce_mean(image)
-    image = (image - mean) * contrast + mean + u[6] * MAX_BRIGHTNESS
-    return tf.clip_by_value(image, 0.0, 1.0), mask
-
-
-def augment_examples(image: np.ndarray, mask: np.ndarray, n_draws: int = 6, seed: int = 0):
-    """Draws several augmentations of one pair (for previews and tests).
-
-    Args:
-        image: ``(H, W, 1)`` float32 in [0, 1]; mask: ``(H, W, 1)`` uint8 in {0, 1}.
-        n_draws: how many augmented copies.
-        seed: base seed; draw ``k`` uses seed ``(seed, k)``.
-
-    Returns:
-        ``(images, masks)``: ``(n_draws, H, W, 1)`` float32 in [0, 1] and uint8 in {0, 1}.
-    """
-    import tensorflow as tf
-
-    pairs = [augment_pair(image, mask, tf.constant([seed, k], tf.int64)) for k in range(n_draws)]
-    return (np.stack([p[0].numpy() for p in pairs]), np.stack([p[1].numpy() for p in pairs]))
 
 
 def make_tf_dataset(
@@ -990,7 +612,7 @@ def make_tf_dataset(
         if augment:
             seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
             dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-                lambda pair, s: augment_pair(pair[0], pair[1], s),
+                lambda pair, s: augmentation.augment_pair(pair[0], pair[1], s),
                 num_parallel_calls=autotune, deterministic=True,
             )
     dataset = dataset.map(lambda x, y: (x, tf.cast(y, tf.float32)), num_parallel_calls=autotune, deterministic=True)
@@ -1010,117 +632,3 @@ def make_tf_dataset(
 # --------------------------------------------------------------------------------------------
 
 
-def _speckle_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    noise = rng.rayleigh(scale=1.0, size=(height, width)).astype(np.float32)
-    texture = cv2.GaussianBlur(noise, (0, 0), sigmaX=1.2)
-    depth = np.linspace(1.0, 0.55, height, dtype=np.float32)[:, None]  # deeper tissue is darker
-    layers = 0.15 * np.sin(np.linspace(0, rng.uniform(3, 7), height, dtype=np.float32))[:, None]
-    image = (0.35 + layers) * texture * depth
-    return np.clip(image / max(image.max(), 1e-6), 0, 1)
-
-
-def _lesion_mask(rng: np.random.Generator, height: int, width: int, irregular: bool) -> np.ndarray:
-    cy, cx = rng.uniform(0.3, 0.7) * height, rng.uniform(0.25, 0.75) * width
-    ry, rx = rng.uniform(0.08, 0.16) * height, rng.uniform(0.1, 0.2) * width
-    angles = np.linspace(0, 2 * np.pi, 48, endpoint=False)
-    jitter = 1 + (rng.uniform(-0.3, 0.3, angles.size) if irregular else 0.04 * np.sin(2 * angles))
-    points = np.stack([cx + rx * jitter * np.cos(angles), cy + ry * jitter * np.sin(angles)], axis=1)
-    mask = np.zeros((height, width), np.uint8)
-    cv2.fillPoly(mask, [np.round(points).astype(np.int32)], 1)
-    return mask
-
-
-def synthetic_pair(
-    rng: np.random.Generator, height: int, width: int, label: str, n_lesions: int = 1
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Generates one BUSI-like image and its masks, in memory.
-
-    A speckled (Rayleigh, smoothed) background with depth attenuation and a few layers, and
-    dark hypoechoic lesions with a bright rim below (posterior enhancement); malignant lesions
-    have irregular outlines. Normal images have no lesion.
-
-    Args:
-        rng: numpy random generator.
-        height, width: image size in pixels.
-        label: ``"benign"``, ``"malignant"`` or ``"normal"``.
-        n_lesions: lesions (one mask each) for benign and malignant images.
-
-    Returns:
-        ``image``: ``(height, width)`` uint8 in [0, 255]; ``masks``: list of ``(height, width)``
-        uint8 in {0, 1}, one per lesion (a single all-zero mask for normal images).
-    """
-    image = _speckle_background(rng, height, width)
-    masks = []
-    if label != "normal":
-        for _ in range(n_lesions):
-            mask = _lesion_mask(rng, height, width, irregular=(label == "malignant"))
-            soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigmaX=1.5)
-            image = image * (1 - 0.8 * soft) + 0.05 * soft
-            masks.append(mask)
-    else:
-        masks.append(np.zeros((height, width), np.uint8))
-    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8), masks
-
-
-def make_synthetic_busi(
-    root: str | os.PathLike,
-    n_benign: int = 12,
-    n_malignant: int = 8,
-    n_normal: int = 6,
-    size_range: tuple[int, int] = (96, 160),
-    n_duplicates: int = 2,
-    seed: int = 0,
-) -> Path:
-    """Writes a BUSI-shaped demo folder of generated images, so everything runs without BUSI.
-
-    Layout and naming match the real dataset: ``<root>/Dataset_BUSI_with_GT/<class>/<class>
-    (<n>).png`` (RGB, three equal channels) with ``_mask.png`` (0/255, one channel),
-    ``_mask_1.png`` and ``_mask_2.png`` for images with several lesions (every 4th benign image
-    has two, every 9th has three; the second malignant image has two); normal masks are
-    all-zero RGB PNGs. The last `n_duplicates` malignant images are near-copies of benign
-    images with a burned-in caliper cross, mimicking BUSI's cross-class duplicates.
-
-    Args:
-        root: folder to create (or reuse; existing files are overwritten).
-        n_benign, n_malignant, n_normal: images per class.
-        size_range: widths and heights are drawn uniformly from this range, in pixels.
-        n_duplicates: near-duplicate images to plant (<= n_malignant and <= n_benign).
-        seed: the same seed writes identical files.
-
-    Returns:
-        The ``Dataset_BUSI_with_GT`` folder.
-    """
-    if n_duplicates > min(n_malignant, n_benign):
-        raise ValueError(f"Expected n_duplicates <= min(n_benign, n_malignant); received {n_duplicates}.")
-    rng = np.random.default_rng(seed)
-    base = Path(root) / DATASET_FOLDER
-    counts = {"benign": n_benign, "malignant": n_malignant, "normal": n_normal}
-    benign_images: list[tuple[np.ndarray, list[np.ndarray]]] = []
-    for label in CLASSES:
-        folder = base / label
-        folder.mkdir(parents=True, exist_ok=True)
-        for n in range(1, counts[label] + 1):
-            height, width = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, size=2))
-            n_lesions = 1
-            if label == "benign":
-                n_lesions = 3 if n % 9 == 0 else 2 if n % 4 == 0 else 1
-            elif label == "malignant" and n == 2:
-                n_lesions = 2
-            if label == "malignant" and n > n_malignant - n_duplicates:
-                image, masks = benign_images[n_malignant - n]
-                image = image.copy()
-                y, x = image.shape[0] // 5, image.shape[1] // 5
-                cv2.drawMarker(image, (x, y), 255, cv2.MARKER_CROSS, markerSize=7, thickness=1)
-            else:
-                image, masks = synthetic_pair(rng, height, width, label, n_lesions)
-            if label == "benign":
-                benign_images.append((image, masks))
-            stem = f"{label} ({n})"
-            cv2.imwrite(str(folder / f"{stem}.png"), cv2.merge([image, image, image]))
-            for k, mask in enumerate(masks):
-                suffix = "_mask" if k == 0 else f"_mask_{k}"
-                encoded = mask * 255
-                if label == "normal":
-                    encoded = cv2.merge([encoded, encoded, encoded])
-                cv2.imwrite(str(folder / f"{stem}{suffix}.png"), encoded)
-    return base

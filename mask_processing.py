@@ -25,6 +25,25 @@ BINARY_VALUE_SETS = ({0, 1}, {0, 255}, {0, 65535})
 FOREGROUND = 1
 
 
+def drop_channel_axis(array: np.ndarray, ndim: int) -> np.ndarray:
+    """Drops a trailing channel axis of size 1: ``(..., 1)`` with ``ndim + 1`` axes becomes ``ndim`` axes.
+
+    The one place where busi-unet removes the channel axis of its ``(..., H, W, 1)`` arrays.
+
+    Args:
+        array: any array.
+        ndim: the number of axes wanted without the channel axis (2 for one image, 3 for a stack).
+
+    Returns:
+        ``array[..., 0]`` (a view) when `array` has ``ndim + 1`` axes and a last axis of size 1;
+        otherwise `array` unchanged (callers check the shape they need).
+    """
+    array = np.asarray(array)
+    if array.ndim == ndim + 1 and array.shape[-1] == 1:
+        return array[..., 0]
+    return array
+
+
 def binarize_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
     """Converts a mask in any of the BUSI encodings to ``{0, 1}``.
 
@@ -45,9 +64,7 @@ def binarize_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
         >>> binarize_mask(np.array([[0, 255], [255, 0]], np.uint8)).tolist()
         [[0, 1], [1, 0]]
     """
-    mask = np.asarray(mask)
-    if mask.ndim == 3 and mask.shape[2] == 1:
-        mask = mask[..., 0]
+    mask = drop_channel_axis(mask, 2)
     if mask.ndim == 3 and mask.shape[2] in (3, 4):
         colour = mask[..., :3].max(axis=2)
         if mask.shape[2] == 4:
@@ -164,9 +181,7 @@ def clean_mask(mask: np.ndarray, min_area: int = 0, fill: bool = True) -> np.nda
 
 
 def _check_binary_2d(mask: np.ndarray) -> np.ndarray:
-    mask = np.asarray(mask)
-    if mask.ndim == 3 and mask.shape[2] == 1:
-        mask = mask[..., 0]
+    mask = drop_channel_axis(mask, 2)
     if mask.ndim != 2:
         raise ValueError(f"Expected a mask of shape (H, W) or (H, W, 1); received shape {mask.shape}.")
     if mask.dtype != bool and not set(np.unique(mask).tolist()) <= {0, 1}:

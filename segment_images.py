@@ -11,7 +11,7 @@ ignored) the command writes ``<stem>_mask.png`` (0/255, one channel, the image's
 folder, plus ``measurements.csv`` with one row per file: measurements for the segmented ones,
 ``status`` ``"skipped"`` and the ``reason`` for every file that could not be used (empty,
 truncated, not an image, wrong number of channels, too small, other extension). A bad file never
-stops the run. Every file is written atomically (`data_loading.atomic_write`), so an existing
+stops the run. Every file is written atomically (`atomic_io.atomic_write`), so an existing
 output is replaced whole or not at all.
 
 Method, per image (`segment_images`):
@@ -47,8 +47,6 @@ reader here accepts any decodable file and lists problems instead of raising on 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -59,14 +57,14 @@ import cv2
 import numpy as np
 import pandas as pd
 
+import atomic_io
 import data_loading
-import mask_processing
+import inference
+import model_io
+import run_results
+from evaluation import DEFAULT_THRESHOLD
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-DEFAULT_THRESHOLD = 0.5  # training.DEFAULT_THRESHOLD (training is imported lazily: it loads TensorFlow)
-ACCEPTED_CHANNELS = (1, 3, 4)
-MAX_UPSCALE = 4
-RESULTS_JSON = "results.json"
 MEASUREMENTS_CSV = "measurements.csv"
 MASK_SUFFIX = "_mask.png"
 OVERLAY_SUFFIX = "_overlay.png"
@@ -82,95 +80,6 @@ MEASUREMENT_COLUMNS = (
 # --------------------------------------------------------------------------------------------
 # Arrays in, arrays out
 # --------------------------------------------------------------------------------------------
-
-
-def model_input_size(model) -> tuple[int, int]:
-    """The ``(height, width)`` a model takes; it must have a fixed size and one channel.
-
-    Raises:
-        ValueError: the input size is not fixed or the model does not take one channel.
-    """
-    shape = tuple(model.input_shape)
-    if len(shape) != 4 or shape[1] is None or shape[2] is None or shape[3] != 1:
-        raise ValueError(
-            f"Expected a model with a fixed (height, width, 1) grey input, as build_unet makes; "
-            f"received input shape {shape}."
-        )
-    return int(shape[1]), int(shape[2])
-
-
-def min_image_side(input_size: Sequence[int]) -> int:
-    """Smallest image side accepted for a model of `input_size`: ``ceil(max(input_size) / MAX_UPSCALE)``."""
-    return int(math.ceil(max(input_size) / MAX_UPSCALE))
-
-
-def to_grey_checked(image: np.ndarray, name: str, min_side: int = 1) -> np.ndarray:
-    """Validates one image and converts it to grey levels in [0, 1].
-
-    Args:
-        image: ``(H, W)`` or ``(H, W, C)`` with ``C`` in `ACCEPTED_CHANNELS` (grey, BGR as
-            OpenCV decodes colour, BGRA), uint8 in [0, 255], uint16 in [0, 65535], or float
-            in [0, 1].
-        name: what to call the image in errors (its file name).
-        min_side: smallest accepted height and width, in pixels.
-
-    Returns:
-        ``(H, W)`` float32 in [0, 1].
-
-    Raises:
-        ValueError: wrong number of dimensions or channels, unsupported dtype, float values
-            outside [0, 1], or a side under `min_side`; the message names the image.
-    """
-    image = np.asarray(image)
-    if image.ndim not in (2, 3):
-        raise ValueError(f"Image {name!r} has shape {image.shape}; expected (height, width) or (height, width, channels).")
-    channels = 1 if image.ndim == 2 else image.shape[2]
-    if channels not in ACCEPTED_CHANNELS:
-        raise ValueError(
-            f"Image {name!r} has {channels} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA). "
-            f"Save it as a grey or RGB image."
-        )
-    height, width = image.shape[:2]
-    if min(height, width) < min_side:
-        raise ValueError(
-            f"Image {name!r} is {width}x{height} pixels (width x height), smaller than the "
-            f"{min_side} px per side this model needs (its input is stretched at most "
-            f"{MAX_UPSCALE} times); use the full-resolution image."
-        )
-    if image.dtype in (np.uint8, np.uint16):
-        return data_loading.to_grey(image)
-    if np.issubdtype(image.dtype, np.floating):
-        if image.size and (not np.isfinite(image).all() or image.min() < 0 or image.max() > 1):
-            raise ValueError(f"Image {name!r} is float with values outside [0, 1]; scale it to [0, 1] first.")
-        return data_loading.to_grey(image.astype(np.float32) * np.float32(255))  # to_grey divides by 255
-    raise ValueError(f"Image {name!r} has dtype {image.dtype}; expected uint8, uint16 or float in [0, 1].")
-
-
-def probabilities_to_mask(probability: np.ndarray, size: Sequence[int], threshold: float,
-                          min_area: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Maps a model-size probability map to an image's size and binarises it.
-
-    Args:
-        probability: ``(h, w)`` or ``(h, w, 1)`` float32 in [0, 1], at the model's input size.
-        size: the image's ``(height, width)``.
-        threshold: a pixel is lesion when its resized probability is ``>= threshold``.
-        min_area: if not None, remove components under ``min_area`` pixels of the model input,
-            scaled by ``(height * width) / (h * w)``, and fill holes.
-
-    Returns:
-        ``(mask, probability)``: ``(height, width)`` uint8 in {0, 1} and ``(height, width)``
-        float32 in [0, 1] (bilinear).
-    """
-    probability = np.asarray(probability, dtype=np.float32)
-    if probability.ndim == 3 and probability.shape[2] == 1:
-        probability = probability[..., 0]
-    height, width = (int(s) for s in size)
-    resized = np.clip(cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
-    mask = (resized >= threshold).astype(np.uint8)
-    if min_area is not None:
-        scaled = int(round(min_area * (height * width) / probability.size))
-        mask = mask_processing.clean_mask(mask, min_area=scaled, fill=True)
-    return mask, resized
 
 
 def measure_mask(mask: np.ndarray) -> dict[str, Any]:
@@ -261,29 +170,10 @@ def segment_images(
         ValueError: a bad argument, or an image that `to_grey_checked` refuses (the message
             names it).
     """
-    import training
-
-    if not 0 < threshold < 1:
-        raise ValueError(f"Expected threshold in (0, 1); received {threshold}.")
-    if min_area is not None and min_area < 0:
-        raise ValueError(f"Expected min_area >= 0 or None; received {min_area}.")
-    if batch_size < 1:
-        raise ValueError(f"Expected batch_size >= 1; received {batch_size}.")
     names = [f"image {i}" for i in range(len(images))] if names is None else list(names)
-    if len(names) != len(images):
-        raise ValueError(f"Expected one name per image; received {len(names)} names for {len(images)} images.")
-    input_size = model_input_size(model)
-    min_side = min_image_side(input_size)
-    greys = [to_grey_checked(image, name, min_side) for image, name in zip(images, names)]
-    masks, rows = [], []
-    for start in range(0, len(greys), batch_size):
-        chunk = greys[start:start + batch_size]
-        batch = np.stack([data_loading.resize_image(grey, input_size) for grey in chunk])
-        probabilities = training.predict(model, batch, batch_size=batch_size, tta=tta)
-        for grey, probability, name in zip(chunk, probabilities, names[start:start + batch_size]):
-            mask, resized = probabilities_to_mask(probability, grey.shape, threshold, min_area)
-            masks.append(mask)
-            rows.append({"name": name, **measure_mask(mask), "max_probability": float(resized.max())})
+    masks, probabilities = inference.segment_many(model, images, threshold, min_area, tta, batch_size, names)
+    rows = [{"name": name, **measure_mask(mask), "max_probability": float(probability.max())}
+            for name, mask, probability in zip(names, masks, probabilities)]
     return masks, pd.DataFrame(rows, columns=["name", *MEASUREMENT_COLUMNS])
 
 
@@ -345,19 +235,15 @@ def default_threshold(model_path: str | os.PathLike) -> tuple[float, str]:
     Raises:
         ValueError: a results.json that is not valid JSON or holds a threshold outside (0, 1).
     """
-    import training
-
-    results = Path(model_path).parent / RESULTS_JSON
+    results = Path(model_path).parent / run_results.RESULTS_JSON
     if not results.is_file():
-        return training.DEFAULT_THRESHOLD, f"default (no {RESULTS_JSON} beside the model)"
+        return DEFAULT_THRESHOLD, f"default (no {run_results.RESULTS_JSON} beside the model)"
     try:
-        threshold = json.loads(results.read_text()).get("threshold")
-    except (json.JSONDecodeError, AttributeError) as error:
-        raise ValueError(f"Could not read the threshold from '{results}': {error}. Pass --threshold.") from error
+        threshold = run_results.read_results(results).get("threshold")
+    except ValueError as error:
+        raise ValueError(f"Could not read the threshold from '{results}': {error} Pass --threshold.") from error
     if threshold is None:
-        return training.DEFAULT_THRESHOLD, f"default ({RESULTS_JSON} beside the model has no threshold)"
-    if not 0 < float(threshold) < 1:
-        raise ValueError(f"'{results}' holds threshold {threshold}, outside (0, 1). Pass --threshold.")
+        return DEFAULT_THRESHOLD, f"default ({run_results.RESULTS_JSON} beside the model has no threshold)"
     return float(threshold), f"chosen on validation ({results})"
 
 
@@ -378,7 +264,7 @@ def _write_png(path: Path, array: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", array)
     if not ok:
         raise ValueError(f"Could not encode '{path.name}' as PNG.")
-    data_loading.atomic_write(path, lambda tmp: Path(tmp).write_bytes(encoded.tobytes()))
+    atomic_io.atomic_write(path, lambda tmp: Path(tmp).write_bytes(encoded.tobytes()))
 
 
 def segment_folder(
@@ -416,7 +302,7 @@ def segment_folder(
         raise FileNotFoundError(f"Input folder not found: '{input_dir}'.")
     if output_dir.resolve() == input_dir.resolve():
         raise ValueError(f"Expected an output folder other than the input folder '{input_dir}' (masks would mix with images).")
-    min_side = min_image_side(model_input_size(model))
+    min_side = inference.min_image_side(inference.model_input_size(model))
     files = _list_inputs(input_dir)
     stems = _output_stems(files)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -440,7 +326,7 @@ def segment_folder(
 
     for path in files:
         try:
-            grey = to_grey_checked(read_image_file(path), path.name, min_side)
+            grey = inference.to_grey_checked(read_image_file(path), path.name, min_side)
         except (ValueError, OSError) as error:
             rows[path.name] = {"file": path.name, "status": "skipped", "reason": str(error)}
             continue
@@ -453,7 +339,7 @@ def segment_folder(
     for column in ("height", "width", "area_px", "n_components", "bbox_x", "bbox_y", "bbox_width", "bbox_height"):
         table[column] = table[column].astype("Int64")
     table["threshold"], table["min_area"], table["tta"] = threshold, min_area, tta
-    data_loading.write_csv(output_dir / MEASUREMENTS_CSV, table)
+    atomic_io.write_csv(output_dir / MEASUREMENTS_CSV, table)
     return table
 
 
@@ -466,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input", required=True, help="folder of PNG/JPEG/BMP images")
     parser.add_argument("--output", required=True, help="folder for the outputs (created if missing)")
     parser.add_argument("--threshold", type=float, default=None,
-                        help=f"default: 'threshold' of {RESULTS_JSON} beside the model, else 0.5")
+                        help=f"default: 'threshold' of {run_results.RESULTS_JSON} beside the model, else 0.5")
     parser.add_argument("--min-area", type=int, default=None,
                         help="remove components under this many pixels of the model input and fill holes "
                              "(default: no clean-up)")
@@ -474,14 +360,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import training
-
     if args.threshold is None:
         threshold, source = default_threshold(args.model)
     else:
         threshold, source = args.threshold, "given"
-    model = training.load_model(args.model, compile=False)
-    height, width = model_input_size(model)
+    model = model_io.load_model(args.model, compile=False)
+    height, width = inference.model_input_size(model)
     print(f"model {args.model}: input {height}x{width}; threshold {threshold:.3f} ({source}); "
           f"min_area {args.min_area if args.min_area is not None else 'none'}; tta {'hflip' if args.tta else 'off'}",
           flush=True)

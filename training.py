@@ -1,7 +1,7 @@
 """Losses, metrics, the resumable training loop and honest evaluation for lesion segmentation.
 
-Contents: numpy metrics (below), Keras losses (`LOSSES`, `get_loss`), the Keras per-image
-`DiceMetric`, `train_model` (atomic, resumable checkpoints), `predict`, `choose_threshold`,
+Contents: numpy metrics (below), Keras losses (`losses.LOSSES`, `losses.get_loss`), the Keras per-image
+`losses.DiceMetric`, `train_model` (atomic, resumable checkpoints), `predict`, `choose_threshold`,
 `evaluate` (per-image table + summary with bootstrap confidence intervals), `save_model` and
 `load_model`.
 
@@ -23,227 +23,21 @@ import json
 import os
 import time
 import warnings
-import zipfile
 from pathlib import Path
-from typing import Any, Sequence
 
 import keras
 import numpy as np
 import pandas as pd
 from keras import ops
 
-import data_loading
-import mask_processing
-import model as unet
-
-DEFAULT_THRESHOLD = 0.5
-
-
-def _confusion(y_true: np.ndarray, y_pred: np.ndarray, threshold: float):
-    y_true = np.asarray(y_true)
-    y_pred = np.asarray(y_pred)
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"Expected y_true and y_pred of one shape; received {y_true.shape} and {y_pred.shape}.")
-    if y_true.ndim == 4 and y_true.shape[-1] == 1:
-        y_true, y_pred = y_true[..., 0], y_pred[..., 0]
-    if y_true.ndim != 3:
-        raise ValueError(f"Expected arrays of shape (N, H, W) or (N, H, W, 1); received {y_true.shape}.")
-    if not np.isin(y_true, (0, 1)).all():
-        raise ValueError("Expected y_true with values in {0, 1}.")
-    truth = y_true.astype(bool).reshape(len(y_true), -1)
-    pred = (y_pred >= threshold).reshape(len(y_pred), -1)
-    tp = np.sum(truth & pred, axis=1).astype(np.int64)
-    fp = np.sum(~truth & pred, axis=1).astype(np.int64)
-    fn = np.sum(truth & ~pred, axis=1).astype(np.int64)
-    return tp, fp, fn
-
-
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """numerator / denominator, with 0/0 defined as 1 (both masks empty: a correct 'no lesion')."""
-    numerator = np.asarray(numerator, dtype=np.float64)
-    denominator = np.asarray(denominator, dtype=np.float64)
-    safe = np.where(denominator > 0, denominator, 1.0)
-    return np.where(denominator > 0, numerator / safe, 1.0)
-
-
-def dice_score(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """Per-image Dice coefficient.
-
-    Formula:
-        ``dice = 2 TP / (2 TP + FP + FN)``, 1 when both masks are empty.
-
-    Args:
-        y_true: ``(N, H, W[, 1])`` in {0, 1}.
-        y_pred: same shape, probabilities in [0, 1].
-        threshold: a pixel is predicted lesion when ``y_pred >= threshold``.
-
-    Returns:
-        ``(N,)`` float64 in [0, 1].
-    """
-    tp, fp, fn = _confusion(y_true, y_pred, threshold)
-    return _ratio(2 * tp, 2 * tp + fp + fn)
-
-
-def iou_score(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """Per-image intersection over union (Jaccard): ``TP / (TP + FP + FN)``, 1 when both empty.
-
-    Shapes and ranges as `dice_score`. Returns ``(N,)`` float64 in [0, 1].
-    """
-    tp, fp, fn = _confusion(y_true, y_pred, threshold)
-    return _ratio(tp, tp + fp + fn)
-
-
-def precision_score(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """Per-image precision ``TP / (TP + FP)``; with no predicted pixel: 1 if the truth is empty, else 0.
-
-    Returns ``(N,)`` float64 in [0, 1].
-    """
-    tp, fp, fn = _confusion(y_true, y_pred, threshold)
-    return np.where(tp + fp > 0, _ratio(tp, tp + fp), (fn == 0).astype(np.float64))
-
-
-def recall_score(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """Per-image recall (sensitivity) ``TP / (TP + FN)``; with an empty truth: 1 if nothing was predicted, else 0.
-
-    Returns ``(N,)`` float64 in [0, 1].
-    """
-    tp, fp, fn = _confusion(y_true, y_pred, threshold)
-    return np.where(tp + fn > 0, _ratio(tp, tp + fn), (fp == 0).astype(np.float64))
-
-
-def pooled_scores(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> dict[str, float]:
-    """Pooled (global) Dice, IoU, precision and recall over all pixels of all images.
-
-    Formula:
-        TP, FP, FN are summed over every image first; then as the per-image formulas.
-
-    Returns:
-        ``{"dice", "iou", "precision", "recall"}`` floats in [0, 1] (1 where a denominator is 0).
-    """
-    tp, fp, fn = (x.sum() for x in _confusion(y_true, y_pred, threshold))
-    return {
-        "dice": float(_ratio(2 * tp, 2 * tp + fp + fn)),
-        "iou": float(_ratio(tp, tp + fp + fn)),
-        "precision": float(_ratio(tp, tp + fp)),
-        "recall": float(_ratio(tp, tp + fn)),
-    }
+import atomic_io
+import losses
+import model_io
 
 
 # --------------------------------------------------------------------------------------------
 # Losses (Keras): each returns one value per image, shape (N,); Keras averages over the batch.
 # --------------------------------------------------------------------------------------------
-
-LOSSES = ("bce", "dice", "bce_dice")
-BCE_EPSILON = 1e-7  # probabilities are clipped to [eps, 1 - eps] before the logarithm
-DICE_SMOOTH = 1.0  # added to numerator and denominator of the soft Dice (in pixels)
-BCE_WEIGHT = 1.0
-DICE_WEIGHT = 1.0
-PACKAGE = "busi_unet"
-
-
-def _flatten_pair(y_true, y_pred):
-    y_pred = ops.cast(y_pred, "float32")
-    y_true = ops.cast(y_true, "float32")
-    batch = ops.shape(y_pred)[0]
-    return ops.reshape(y_true, (batch, -1)), ops.reshape(y_pred, (batch, -1))
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-def bce_loss(y_true, y_pred):
-    """Binary cross-entropy averaged over the pixels of each image.
-
-    Formula:
-        ``bce = -mean_pixels(y log(p) + (1 - y) log(1 - p))``, with ``p`` clipped to
-        ``[BCE_EPSILON, 1 - BCE_EPSILON]``.
-
-    Args:
-        y_true: ``(N, H, W, 1)`` float in {0, 1}.
-        y_pred: ``(N, H, W, 1)`` probabilities in [0, 1] (any float dtype; computed in float32).
-
-    Returns:
-        ``(N,)`` float32 tensor, >= 0.
-    """
-    y, p = _flatten_pair(y_true, y_pred)
-    p = ops.clip(p, BCE_EPSILON, 1.0 - BCE_EPSILON)
-    return -ops.mean(y * ops.log(p) + (1.0 - y) * ops.log(1.0 - p), axis=1)
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-def dice_loss(y_true, y_pred):
-    """Soft Dice loss per image, on probabilities (no threshold).
-
-    Formula:
-        ``dice_loss = 1 - (2 sum(y p) + s) / (sum(y) + sum(p) + s)`` with ``s = DICE_SMOOTH``,
-        sums over the pixels of one image. An empty truth gives ``1 - s / (sum(p) + s)``, which
-        falls to 0 as the prediction empties, so normal images teach "no lesion".
-
-    Args and returns as `bce_loss`; values in [0, 1].
-    """
-    y, p = _flatten_pair(y_true, y_pred)
-    intersection = ops.sum(y * p, axis=1)
-    total = ops.sum(y, axis=1) + ops.sum(p, axis=1)
-    return 1.0 - (2.0 * intersection + DICE_SMOOTH) / (total + DICE_SMOOTH)
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-def bce_dice_loss(y_true, y_pred):
-    """Weighted sum ``BCE_WEIGHT * bce_loss + DICE_WEIGHT * dice_loss`` (weights 1 and 1).
-
-    Args and returns as `bce_loss`.
-    """
-    return BCE_WEIGHT * bce_loss(y_true, y_pred) + DICE_WEIGHT * dice_loss(y_true, y_pred)
-
-
-_LOSS_FUNCTIONS = {"bce": bce_loss, "dice": dice_loss, "bce_dice": bce_dice_loss}
-
-
-def get_loss(name: str):
-    """Returns the loss function named `name`, one of `LOSSES` ("bce", "dice", "bce_dice")."""
-    if name not in LOSSES:
-        raise ValueError(f"Unknown loss {name!r}; expected one of {LOSSES}.")
-    return _LOSS_FUNCTIONS[name]
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class DiceMetric(keras.metrics.Metric):
-    """Mean per-image Dice for monitoring in Keras, with the policy of `dice_score`.
-
-    Each image's prediction is binarised at `threshold`; an image whose truth and prediction
-    are both empty scores 1. The result is the mean over all images seen since the last reset
-    (not a mean of batch means, not pooled), so it matches ``dice_score(...).mean()``.
-
-    Args:
-        threshold: binarisation threshold for probabilities.
-        name: metric name in logs (``"dice"``, so validation logs ``"val_dice"``).
-    """
-
-    def __init__(self, threshold: float = DEFAULT_THRESHOLD, name: str = "dice", dtype=None):
-        super().__init__(name=name, dtype=dtype)
-        self.threshold = float(threshold)
-        self.total = self.add_variable(shape=(), initializer="zeros", name="total", dtype="float32")
-        self.count = self.add_variable(shape=(), initializer="zeros", name="count", dtype="float32")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        if sample_weight is not None:
-            raise ValueError("DiceMetric does not support sample_weight; every image counts once.")
-        y, p = _flatten_pair(y_true, y_pred)
-        y = ops.cast(y >= 0.5, "float32")
-        p = ops.cast(p >= self.threshold, "float32")
-        tp = ops.sum(y * p, axis=1)
-        denominator = ops.sum(y, axis=1) + ops.sum(p, axis=1)
-        dice = ops.where(denominator > 0, 2.0 * tp / ops.maximum(denominator, 1.0), 1.0)
-        self.total.assign_add(ops.sum(dice))
-        self.count.assign_add(ops.cast(ops.shape(dice)[0], "float32"))
-
-    def result(self):
-        return ops.where(self.count > 0, self.total / ops.maximum(self.count, 1.0), 0.0)
-
-    def reset_state(self):
-        self.total.assign(0.0)
-        self.count.assign(0.0)
-
-    def get_config(self):
-        return {"threshold": self.threshold, "name": self.name, "dtype": self.dtype}
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,152 +60,6 @@ WARMUP_FRACTION = 0.05  # share of the cosine schedule's steps spent warming up 
 def set_seeds(seed: int) -> None:
     """Seeds Python's `random`, numpy and TensorFlow from one integer (`keras.utils.set_random_seed`)."""
     keras.utils.set_random_seed(int(seed))
-
-
-def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
-    """Saves `model` as ``.keras``, atomically: architecture, weights and compile settings.
-
-    Fused BatchNorm layers are written as Keras's own (`model.portable_model`), so the file
-    loads with Keras alone. A model with fused layers is saved without its optimizer state;
-    `train_model`'s checkpoints hold that state for resuming.
-    """
-    path = Path(path)
-    if path.suffix != ".keras":
-        raise ValueError(f"Expected a path ending in '.keras'; received {str(path)!r}.")
-    portable = unet.portable_model(model)
-    return data_loading.atomic_write(path, lambda tmp: portable.save(tmp, overwrite=True))
-
-
-def _layer_classes(config: Any) -> list[tuple[str, str]]:
-    """Every ``(class_name, name)`` of a layer in a Keras config, nested models included."""
-    found = []
-    if isinstance(config, dict):
-        if isinstance(config.get("class_name"), str) and isinstance(config.get("config"), dict):
-            found.append((config["class_name"], str(config["config"].get("name", "?"))))
-        for value in config.values():
-            found.extend(_layer_classes(value))
-    elif isinstance(config, list):
-        for value in config:
-            found.extend(_layer_classes(value))
-    return found
-
-
-def load_model(path: str | os.PathLike, compile: bool = True,
-               input_shape: Sequence[int] | None = None) -> keras.Model:
-    """Loads a model saved by `save_model`, with this module's losses and metric available.
-
-    Nothing in the file is executed: Keras' safe mode is on, and before Keras sees the file its
-    ``config.json`` is read as JSON and a model with a ``Lambda`` layer (Python code, which
-    busi-unet models never contain) is refused. A truncated or damaged file (an interrupted
-    copy) is named as such instead of Keras' "file not found".
-
-    Args:
-        path: a ``.keras`` file.
-        compile: restore the loss, metric and optimizer settings too.
-        input_shape: if given, the ``(height, width, channels)`` the model must take, e.g. the
-            image size of the data it will be applied to.
-
-    Returns:
-        The model.
-
-    Raises:
-        FileNotFoundError: no file at `path`.
-        ValueError: the file is not a complete ``.keras`` archive, holds a ``Lambda`` layer,
-            cannot be deserialised, or takes another input shape; the message names the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No saved model at {str(path)!r}.")
-    if path.suffix != ".keras":
-        raise ValueError(f"Expected a '.keras' file (as written by save_model); received {str(path)!r}.")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()  # CRC of every member
-            config = json.loads(archive.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, EOFError, OSError) as error:
-        raise ValueError(
-            f"Could not load {str(path)!r} ({path.stat().st_size} bytes): it is not a complete "
-            f".keras archive (truncated or damaged, e.g. by an interrupted copy; {type(error).__name__}: "
-            f"{error}). Copy it again, or use the run folder's best.keras / last.keras."
-        ) from error
-    if damaged is not None:
-        raise ValueError(f"Could not load {str(path)!r}: its member {damaged!r} is damaged (CRC error). Copy it again.")
-    lambdas = [name for class_name, name in _layer_classes(config) if class_name == "Lambda"]
-    if lambdas:
-        raise ValueError(
-            f"Refusing to load {str(path)!r}: it holds Lambda layer(s) {lambdas}, Python code that would "
-            f"run on loading. busi-unet models never contain one; only models built by model.build_unet "
-            f"are loaded (Keras safe mode)."
-        )
-    custom = {"bce_loss": bce_loss, "dice_loss": dice_loss, "bce_dice_loss": bce_dice_loss, "DiceMetric": DiceMetric}
-    try:
-        model = keras.saving.load_model(path, custom_objects=custom, compile=compile, safe_mode=True)
-    except Exception as error:  # Keras raises ValueError, TypeError, ... with long configs
-        first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-        raise ValueError(
-            f"Could not load {str(path)!r} as a busi-unet model (Keras safe mode): "
-            f"{type(error).__name__}: {first_line}"
-        ) from error
-    if input_shape is not None and list(model.input_shape[1:]) != [int(d) for d in input_shape]:
-        raise ValueError(
-            f"The model {str(path)!r} takes inputs of shape {tuple(model.input_shape[1:])}; expected "
-            f"{tuple(int(d) for d in input_shape)}. Load the data at the model's image size, or use "
-            f"the model trained for this size."
-        )
-    return model
-
-
-SAVED_MODEL_ENDPOINT = "serve"
-EXPORT_ATOL = 1e-5  # largest difference from the Keras model allowed by the export tests (float32)
-
-
-def export_saved_model(model: keras.Model, path: str | os.PathLike) -> Path:
-    """Exports `model` for inference as a TensorFlow SavedModel folder (`keras.Model.export`).
-
-    The SavedModel holds the forward pass only (inference mode: batch norm uses its moving
-    statistics, dropout is off): no optimizer, loss or metric, so loading it needs neither
-    this library nor the custom objects registered here (`DiceMetric`, the losses), only
-    TensorFlow::
-
-        import tensorflow as tf
-        served = tf.saved_model.load(path)
-        probabilities = served.serve(images)  # (B, H, W, 1) float32 in, float32 in [0, 1] out
-
-    The folder is written beside `path` under a temporary name and then renamed into place, so
-    an interrupted export never leaves a partial folder at `path`; an existing export there is
-    replaced (it is moved aside first and removed once the new one is in place).
-
-    Args:
-        model: a built model with a fixed input, e.g. from `build_unet` or `load_model`.
-        path: the folder to write (not a file); its parent is created if missing.
-
-    Returns:
-        The folder as a `Path`. Its endpoint `SAVED_MODEL_ENDPOINT` (``"serve"``) takes
-        ``(B, H, W, C)`` float32 images (the model's ``H, W, C``, any batch size B) and returns
-        ``(B, H, W, 1)`` float32 probabilities, equal to ``model(images)`` within `EXPORT_ATOL`.
-    """
-    import shutil
-    import tempfile
-
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"Expected a folder path for the SavedModel; {str(path)!r} is an existing file.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    try:
-        model.export(str(tmp), format="tf_saved_model", verbose=False)
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700; exports are meant to be shared
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not path.exists():
-            os.replace(old, path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    return path
 
 
 class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -496,9 +144,9 @@ def _checkpoint_names(epoch: int) -> dict[str, str]:
 
 def _save_checkpoint(model: keras.Model, run_dir: Path, epoch: int) -> dict[str, str]:
     names = _checkpoint_names(epoch)
-    data_loading.atomic_write(run_dir / names["weights"], lambda tmp: model.save_weights(tmp))
+    atomic_io.atomic_write(run_dir / names["weights"], lambda tmp: model.save_weights(tmp))
     values = {f"v{i:04d}": ops.convert_to_numpy(v) for i, v in enumerate(model.optimizer.variables)}
-    data_loading.atomic_write(run_dir / names["optimizer"], lambda tmp: np.savez(tmp, **values))
+    atomic_io.atomic_write(run_dir / names["optimizer"], lambda tmp: np.savez(tmp, **values))
     return names
 
 
@@ -552,9 +200,9 @@ class _RunRecorder(keras.callbacks.Callback):
         try:
             if self.best_weights is not None:
                 self.model.set_weights(self.best_weights)
-                save_model(self.model, self.run_dir / BEST_MODEL)
+                model_io.save_model(self.model, self.run_dir / BEST_MODEL)
             self.model.set_weights(self.last_weights)
-            save_model(self.model, self.run_dir / LAST_MODEL)
+            model_io.save_model(self.model, self.run_dir / LAST_MODEL)
         finally:
             self.model.set_weights(current)
         self.last_weights = self.best_weights = None
@@ -574,7 +222,7 @@ class _RunRecorder(keras.callbacks.Callback):
         row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in names if k in logs},
                "learning_rate": lr, "seconds": seconds}
         self.rows.append(row)
-        data_loading.write_csv(self.run_dir / HISTORY_CSV, pd.DataFrame(self.rows))
+        atomic_io.write_csv(self.run_dir / HISTORY_CSV, pd.DataFrame(self.rows))
 
         current = logs.get(MONITOR)
         best = self.state.get("best_val_dice")
@@ -588,7 +236,7 @@ class _RunRecorder(keras.callbacks.Callback):
         })
         if improved:
             self.state.update({"best_val_dice": float(current), "best_epoch": epoch + 1, "best_checkpoint": checkpoint})
-        data_loading.write_json(self.run_dir / STATE_JSON, self.state)  # commit point
+        atomic_io.write_json(self.run_dir / STATE_JSON, self.state)  # commit point
         _remove_stale_checkpoints(self.run_dir, self.state)
         self.last_weights = self.model.get_weights()  # numpy copies
         if improved:
@@ -769,7 +417,7 @@ def train_model(
         val_data: the same for validation (always required).
         run_dir: folder for checkpoints and history; created if missing.
         epochs: total number of epochs of the run (not "more epochs").
-        loss: one of `LOSSES`; a resumed run must use the loss it started with.
+        loss: one of `losses.LOSSES`; a resumed run must use the loss it started with.
         learning_rate: Adam's peak learning rate with "cosine", its initial one with "plateau"
             (> 0). The defaults (cosine, 2e-3) won ``benchmarks/time_to_quality.py`` on BUSI.
         early_stopping_patience: epochs without ``val_dice`` gain before stopping (>= 1).
@@ -793,7 +441,7 @@ def train_model(
         `MultiWorkerMirroredStrategy` (several machines, configured by ``TF_CONFIG``) each batch
         of `train_data` and `val_data` is the global batch: Keras splits it across the replicas,
         averages the gradients (the loss is a mean per image, so with equal shares this equals
-        the single-device gradient) and sums `DiceMetric`'s totals and counts across replicas,
+        the single-device gradient) and sums `losses.DiceMetric`'s totals and counts across replicas,
         so ``dice`` and ``val_dice`` stay means per image. Batch normalisation uses each
         replica's share of the batch. Build the model under the strategy, then call this
         function; the optimizer and metric are created here, under the same scope::
@@ -811,8 +459,8 @@ def train_model(
         ``(model, history)``: the model as after the last epoch, and the whole run's history
         DataFrame (earlier sessions included).
     """
-    if loss not in LOSSES:
-        raise ValueError(f"Unknown loss {loss!r}; expected one of {LOSSES}.")
+    if loss not in losses.LOSSES:
+        raise ValueError(f"Unknown loss {loss!r}; expected one of {losses.LOSSES}.")
     if progress not in PROGRESS_OPTIONS:
         raise ValueError(f"Unknown progress {progress!r}; expected one of {PROGRESS_OPTIONS}.")
     if val_data is None:
@@ -831,7 +479,7 @@ def train_model(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     for folder in (run_dir, run_dir / CHECKPOINT_DIR):  # partial files of a killed run
-        data_loading.remove_stale_temp_files(folder)
+        atomic_io.remove_stale_temp_files(folder)
     state, rows = _read_resume_state(run_dir, loss)
     if state is not None and (state.get("lr_schedule", "plateau"), state.get("schedule_epochs")) != (
         lr_schedule, int(epochs) if lr_schedule == "cosine" else None
@@ -848,8 +496,8 @@ def train_model(
     with strategy.scope():  # the optimizer's and the metric's variables live where the model's do
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=rate),
-            loss=get_loss(loss),
-            metrics=[DiceMetric(name="dice")],
+            loss=losses.get_loss(loss),
+            metrics=[losses.DiceMetric(name="dice")],
         )
     input_shape = [int(d) for d in model.input_shape[1:]]
     if state is not None:
@@ -859,9 +507,9 @@ def train_model(
                 f"model given takes {input_shape}; use the run's image size, or another run folder."
             )
         _restore_checkpoint(model, run_dir, state["best_checkpoint"], optimizer=False)
-        save_model(model, run_dir / BEST_MODEL)
+        model_io.save_model(model, run_dir / BEST_MODEL)
         _restore_checkpoint(model, run_dir, state["last_checkpoint"], optimizer=True)
-        save_model(model, run_dir / LAST_MODEL)
+        model_io.save_model(model, run_dir / LAST_MODEL)
         if state["stopped_early"] or state["epochs_done"] >= epochs:
             if progress != "none":
                 print(f"run in {run_dir} already finished after epoch {state['epochs_done']}; nothing to train", flush=True)
@@ -911,253 +559,6 @@ def train_model(
 # Prediction, threshold selection and evaluation
 # --------------------------------------------------------------------------------------------
 
-DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.1, 0.91, 0.05), 2))
-N_BOOTSTRAP = 2000
-CONFIDENCE = 0.95
 LESION_CLASSES = ("benign", "malignant")
-TTA_TRANSFORMS = ("hflip",)  # test-time augmentation in `predict`: exactly invertible, anatomically plausible
 
 
-def predict(model: keras.Model, images: np.ndarray, batch_size: int = 16, tta: bool = False) -> np.ndarray:
-    """Predicts lesion probabilities batch by batch (memory bounded by `batch_size`).
-
-    Test-time augmentation (``tta=True``) averages the prediction of each image with the
-    horizontally flipped prediction of its horizontal mirror (one forward pass of ``2 B``
-    images per batch, so about twice the time):
-
-    Formula:
-        ``p_tta = (f(x) + flip(f(flip(x)))) / 2`` with ``flip`` the left-right mirror.
-
-    Only the horizontal flip is used (`TTA_TRANSFORMS`): it is exactly invertible on the pixel
-    grid (no interpolation) and anatomically plausible, as a probe can be held either way
-    round. Vertical flips are not: an ultrasound image has a fixed top (the transducer, then
-    skin, then deeper and darker tissue), and the training augmentation never shows one upside
-    down. Rotations and rescaling would need interpolation, so they are not exactly invertible.
-
-    Args:
-        model: maps ``(B, H, W, 1)`` to ``(B, H, W, 1)`` probabilities.
-        images: ``(N, H, W, 1)`` float32 in [0, 1].
-        batch_size: images per forward pass (``2 * batch_size`` with `tta`).
-        tta: average over the horizontal flip.
-
-    Returns:
-        ``(N, H, W, 1)`` float32 in [0, 1].
-    """
-    images = np.asarray(images, dtype=np.float32)
-    if images.ndim != 4:
-        raise ValueError(f"Expected images of shape (N, H, W, 1); received {images.shape}.")
-    expected = tuple(getattr(model, "input_shape", None) or ())[1:]
-    if expected and all(d is not None for d in expected) and tuple(images.shape[1:]) != expected:
-        raise ValueError(
-            f"The model takes images of shape {expected}; received {tuple(images.shape[1:])}. Load the "
-            f"data at the model's image size (image_size={expected[0]}), or use segment() for one image "
-            f"of any size."
-        )
-    out = np.empty(images.shape[:3] + (1,), dtype=np.float32)
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        if tta:
-            both = np.concatenate([batch, batch[:, :, ::-1]])
-            probabilities = ops.convert_to_numpy(model(both, training=False)).astype(np.float32)
-            out[start:start + len(batch)] = (probabilities[:len(batch)] + probabilities[len(batch):, :, ::-1]) / 2
-            continue
-        out[start:start + len(batch)] = ops.convert_to_numpy(model(batch, training=False)).astype(np.float32)
-    return out
-
-
-def postprocess(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD, min_area: int = 0,
-                fill: bool = True) -> np.ndarray:
-    """Binarises probabilities and cleans each mask with `mask_processing.clean_mask`.
-
-    Args:
-        probabilities: ``(N, H, W[, 1])`` float in [0, 1].
-        threshold: pixel is lesion when ``p >= threshold``.
-        min_area: connected components smaller than this (pixels) are removed.
-        fill: fill holes inside lesions.
-
-    Returns:
-        Same shape, uint8 in {0, 1}.
-    """
-    probabilities = np.asarray(probabilities)
-    binary = (probabilities >= threshold).astype(np.uint8)
-    squeeze = binary.ndim == 4
-    masks = binary[..., 0] if squeeze else binary
-    cleaned = np.stack([mask_processing.clean_mask(m, min_area=min_area, fill=fill) for m in masks])
-    return cleaned[..., None] if squeeze else cleaned
-
-
-def segment(model: keras.Model, image: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
-            min_area: int | None = None, tta: bool = False) -> np.ndarray:
-    """Segments one grey image of any size and returns the mask at that size.
-
-    The image is area-resized to the model's input and predicted; the mask is made at the
-    model's size exactly as `evaluate` scores it (threshold, then `postprocess` with `min_area`
-    in model-size pixels when given), then resized back with nearest neighbour.
-
-    Args:
-        model: a trained U-Net with a fixed ``(h, w, 1)`` input.
-        image: ``(H, W)`` or ``(H, W, 1)`` float32 in [0, 1] (e.g. ``data_loading.to_grey(read_png(path))``).
-        threshold: binarisation threshold (the one chosen on validation).
-        min_area: if not None, remove components smaller than this (pixels at the model's
-            input size) and fill holes, as ``evaluate(..., min_area=...)``.
-        tta: average over the horizontal flip (see `predict`).
-
-    Returns:
-        ``(H, W)`` uint8 in {0, 1}.
-    """
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.ndim != 2:
-        raise ValueError(f"Expected a grey image of shape (H, W) or (H, W, 1); received {image.shape}.")
-    height, width = model.input_shape[1:3]
-    probability = predict(model, data_loading.resize_image(image, (height, width))[None], tta=tta)
-    if min_area is None:
-        mask = (probability[0] >= threshold).astype(np.uint8)
-    else:
-        mask = postprocess(probability, threshold, min_area=min_area)[0]
-    return data_loading.resize_mask(mask, image.shape)[..., 0]
-
-
-def choose_threshold(y_true: np.ndarray, probabilities: np.ndarray,
-                     thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> tuple[float, pd.DataFrame]:
-    """Picks the threshold that maximises the mean per-image Dice: call it on validation data only.
-
-    All images passed count, normal ones included (Dice 1 when nothing is predicted, else 0),
-    so the threshold also pays for false alarms. Ties go to the threshold closest to 0.5.
-
-    Args:
-        y_true: ``(N, H, W[, 1])`` in {0, 1}.
-        probabilities: same shape, float in [0, 1].
-        thresholds: candidates in (0, 1).
-
-    Returns:
-        ``(threshold, curve)``: the best threshold and a DataFrame with columns ``threshold``
-        and ``dice`` (mean per-image Dice), one row per candidate.
-    """
-    thresholds = [float(t) for t in thresholds]
-    if not thresholds or not all(0 < t < 1 for t in thresholds):
-        raise ValueError(f"Expected thresholds in (0, 1); received {thresholds}.")
-    dice = [float(dice_score(y_true, probabilities, t).mean()) for t in thresholds]
-    curve = pd.DataFrame({"threshold": thresholds, "dice": dice})
-    best = max(range(len(thresholds)), key=lambda i: (round(dice[i], 12), -abs(thresholds[i] - 0.5)))
-    return thresholds[best], curve
-
-
-def bootstrap_ci(values: np.ndarray, n_bootstrap: int = N_BOOTSTRAP, confidence: float = CONFIDENCE,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean (images resampled with replacement).
-
-    Args:
-        values: ``(n,)`` per-image scores.
-        n_bootstrap: resamples.
-        confidence: e.g. 0.95.
-        seed: resampling seed.
-
-    Returns:
-        ``(low, high)``; NaNs for no values.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n_bootstrap, len(values)))].mean(axis=1)
-    alpha = (1.0 - confidence) / 2
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(low), float(high)
-
-
-def evaluate(
-    y_true: np.ndarray,
-    probabilities: np.ndarray,
-    frame: pd.DataFrame,
-    threshold: float = DEFAULT_THRESHOLD,
-    min_area: int | None = None,
-    n_bootstrap: int = N_BOOTSTRAP,
-    seed: int = 0,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Scores predictions per image and summarises them by class, with bootstrap 95% CIs.
-
-    Policy: per-image metrics (see `dice_score`), averaged over images. The headline is the
-    "lesion" row: mean per-image Dice over benign + malignant images, the figure the
-    literature reports. Normal images (empty truth) are summarised by ``fp_fraction``, the
-    fraction with any predicted lesion pixel. `threshold` must come from validation data
-    (`choose_threshold`); with `min_area` set, predictions are cleaned by `postprocess` first.
-
-    Args:
-        y_true: ``(N, H, W, 1)`` in {0, 1}.
-        probabilities: same shape, float in [0, 1].
-        frame: N rows in the same order, with ``image_id`` and ``label`` columns.
-        threshold: binarisation threshold.
-        min_area: if not None, remove components smaller than this and fill holes.
-        n_bootstrap: bootstrap resamples for the confidence intervals.
-        seed: bootstrap seed.
-
-    Returns:
-        ``(per_image, summary)``. ``per_image``: columns ``image_id``, ``label``, ``dice``,
-        ``iou``, ``precision``, ``recall``, ``true_area``, ``pred_area`` (pixels). ``summary``:
-        one row per group (``lesion``, ``benign``, ``malignant``, ``normal``, ``all``; absent
-        groups left out) with ``n``, ``dice_mean``, ``dice_median``, ``dice_ci_low``,
-        ``dice_ci_high``, the same four for ``iou``, ``precision_mean``, ``recall_mean`` and
-        ``fp_fraction`` (share of empty-truth images with any predicted pixel; NaN if none).
-    """
-    y_true = np.asarray(y_true)
-    probabilities = np.asarray(probabilities)
-    if y_true.shape != probabilities.shape:
-        raise ValueError(f"Expected y_true and probabilities of one shape; received {y_true.shape} and {probabilities.shape}.")
-    if len(frame) != len(y_true):
-        raise ValueError(f"Expected {len(y_true)} rows in frame (one per image); received {len(frame)}.")
-    missing = {"image_id", "label"} - set(frame.columns)
-    if missing:
-        raise ValueError(f"Expected frame columns 'image_id' and 'label'; missing {sorted(missing)}.")
-    if min_area is not None:
-        predicted = postprocess(probabilities, threshold, min_area=min_area).astype(np.float32)
-        cut = 0.5
-    else:
-        predicted, cut = probabilities, threshold
-    true_flat = y_true.reshape(len(y_true), -1)
-    per_image = pd.DataFrame({
-        "image_id": frame["image_id"].to_numpy(),
-        "label": frame["label"].to_numpy(),
-        "dice": dice_score(y_true, predicted, cut),
-        "iou": iou_score(y_true, predicted, cut),
-        "precision": precision_score(y_true, predicted, cut),
-        "recall": recall_score(y_true, predicted, cut),
-        "true_area": true_flat.sum(axis=1).astype(np.int64),
-        "pred_area": (predicted.reshape(len(predicted), -1) >= cut).sum(axis=1).astype(np.int64),
-    })
-    groups = {
-        "lesion": per_image["label"].isin(LESION_CLASSES),
-        "benign": per_image["label"] == "benign",
-        "malignant": per_image["label"] == "malignant",
-        "normal": per_image["label"] == "normal",
-        "all": pd.Series(True, index=per_image.index),
-    }
-    rows = []
-    for group, selected in groups.items():
-        part = per_image[selected]
-        if part.empty:
-            continue
-        row: dict[str, Any] = {"group": group, "n": len(part)}
-        for metric in ("dice", "iou"):
-            low, high = bootstrap_ci(part[metric].to_numpy(), n_bootstrap, CONFIDENCE, seed)
-            row.update({f"{metric}_mean": part[metric].mean(), f"{metric}_median": part[metric].median(),
-                        f"{metric}_ci_low": low, f"{metric}_ci_high": high})
-        row["precision_mean"] = part["precision"].mean()
-        row["recall_mean"] = part["recall"].mean()
-        empty = part[part["true_area"] == 0]
-        row["fp_fraction"] = float((empty["pred_area"] > 0).mean()) if len(empty) else float("nan")
-        rows.append(row)
-    return per_image, pd.DataFrame(rows)
-
-
-def format_summary(summary: pd.DataFrame) -> str:
-    """One line per group: ``lesion    (n= 97): Dice 0.712 [0.672, 0.750] median 0.810; IoU ...``."""
-    lines = []
-    for row in summary.itertuples(index=False):
-        line = (f"{row.group:<9} (n={row.n:>3}): Dice {row.dice_mean:.3f} [{row.dice_ci_low:.3f}, {row.dice_ci_high:.3f}]"
-                f" median {row.dice_median:.3f}; IoU {row.iou_mean:.3f} [{row.iou_ci_low:.3f}, {row.iou_ci_high:.3f}]")
-        if not np.isnan(row.fp_fraction):
-            line += f"; empty-mask images with any predicted pixel {row.fp_fraction:.1%}"
-        lines.append(line)
-    return "\n".join(lines)

@@ -2,7 +2,7 @@
 
 Every public `plot_*` function takes arrays or DataFrames, validates them (a `ValueError` says
 what was expected and what was received), draws a new `matplotlib.figure.Figure` and returns it.
-With `path=` it also saves the figure atomically (`data_loading.atomic_write`): PNG at
+With `path=` it also saves the figure atomically (`atomic_io.atomic_write`): PNG at
 `SAVE_DPI`, or PDF/SVG when the suffix asks for a vector file.
 
 Figures are made with `plt.figure` and closed in pyplot at once (`_new_figure`): pyplot keeps no
@@ -43,11 +43,11 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-import data_loading
+import atomic_io
+import mask_processing
+from data_loading import CLASSES, LESION_CLASSES
 
-CLASS_ORDER = ("benign", "malignant", "normal")
 CLASS_COLORS = {"benign": "#0072B2", "malignant": "#D55E00", "normal": "#009E73"}
-LESION_CLASSES = ("benign", "malignant")
 
 OVERLAY_COLORS = {"TP": "#00E050", "FP": "#FF2020", "FN": "#2080FF"}
 OVERLAY_LABELS = {"TP": "true positive", "FP": "false positive", "FN": "false negative"}
@@ -102,7 +102,7 @@ def plot_dataset_overview(index_df: pd.DataFrame, path: str | os.PathLike | None
 
     Args:
         index_df: the dataset index (`data_loading.index_busi`), one row per image, with
-            columns `label` (str in `CLASS_ORDER`), `n_masks` (int >= 0, annotation files of
+            columns `label` (str in `CLASSES`), `n_masks` (int >= 0, annotation files of
             the image), `height` and `width` (int, original pixels).
         path: where to save the figure (`.png`, `.pdf` or `.svg`); not saved when None.
 
@@ -114,7 +114,7 @@ def plot_dataset_overview(index_df: pd.DataFrame, path: str | os.PathLike | None
 
     Raises:
         ValueError: if `index_df` is not a non-empty DataFrame with the columns above, or a
-            label is not one of `CLASS_ORDER`.
+            label is not one of `CLASSES`.
     """
     _check_frame(index_df, INDEX_COLUMNS, "index_df")
     _check_labels(index_df["label"], "index_df")
@@ -536,7 +536,7 @@ def plot_dice_distribution(per_image_df: pd.DataFrame, path: str | os.PathLike |
     gets no box. The jitter is seeded (`JITTER_SEED`), so the figure is reproducible.
 
     Args:
-        per_image_df: one row per image, columns `label` (str in `CLASS_ORDER`) and `dice`
+        per_image_df: one row per image, columns `label` (str in `CLASSES`) and `dice`
             (float in ``[0, 1]`` or NaN).
         path: where to save the figure; not saved when None.
 
@@ -784,7 +784,7 @@ def _save(fig: Figure, path: str | os.PathLike | None) -> None:
     suffix = Path(path).suffix.lower()
     if suffix not in SAVE_SUFFIXES:
         raise ValueError(f"Expected a path ending in one of {SAVE_SUFFIXES}; received {str(path)!r}.")
-    data_loading.atomic_write(
+    atomic_io.atomic_write(
         path, lambda tmp: fig.savefig(
             tmp, dpi=SAVE_DPI, format=suffix[1:], facecolor="white", bbox_inches="tight", pad_inches=0.05
         )
@@ -815,14 +815,14 @@ def _check_numeric(series: pd.Series, name: str) -> None:
 
 
 def _check_labels(labels: pd.Series, name: str) -> None:
-    unknown = sorted(set(labels.astype(str)) - set(CLASS_ORDER))
+    unknown = sorted(set(labels.astype(str)) - set(CLASSES))
     if unknown:
-        raise ValueError(f"Expected labels in {CLASS_ORDER} in `{name}`; received unknown labels {unknown}.")
+        raise ValueError(f"Expected labels in {CLASSES} in `{name}`; received unknown labels {unknown}.")
 
 
 def _present_classes(labels: pd.Series) -> list[str]:
     present = set(labels)
-    return [label for label in CLASS_ORDER if label in present]
+    return [label for label in CLASSES if label in present]
 
 
 def _check_titles(titles: Sequence[str] | None, n: int, required: bool = False) -> list[str] | None:
@@ -849,8 +849,7 @@ def _check_same_shape(shape_a: tuple, name_a: str, shape_b: tuple, name_b: str) 
 
 
 def _squeeze_channel(array: np.ndarray, ndim: int, name: str, expected: str) -> np.ndarray:
-    if array.ndim == ndim + 1 and array.shape[-1] == 1:
-        array = array[..., 0]
+    array = mask_processing.drop_channel_axis(array, ndim)
     if array.ndim != ndim:
         raise ValueError(f"Expected `{name}` of shape {expected}; received shape {array.shape}.")
     if array.size == 0:

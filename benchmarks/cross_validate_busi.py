@@ -38,8 +38,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import cross_validation as cv  # noqa: E402
 import data_loading as dl  # noqa: E402
+import atomic_io  # noqa: E402
+import splits  # noqa: E402
 import model as unet  # noqa: E402
 import training  # noqa: E402
+import losses  # noqa: E402
 import visualization as viz  # noqa: E402
 
 QUICK = {"max_samples": 12, "image_size": 64, "base_filters": 8, "depth": 3, "epochs": 2,
@@ -48,7 +51,7 @@ QUICK = {"max_samples": 12, "image_size": 64, "base_filters": 8, "depth": 3, "ep
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=os.environ.get("BUSI_ROOT", str(REPO.parent / "shared/data/BUSI")))
+    parser.add_argument("--root", default="", help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--base-filters", type=int, default=16)
@@ -56,7 +59,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12, help="at most this many epochs per fold")
     parser.add_argument("--early-stopping-patience", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--loss", default="bce_dice", choices=training.LOSSES)
+    parser.add_argument("--loss", default="bce_dice", choices=losses.LOSSES)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--lr-schedule", default="cosine", choices=training.LR_SCHEDULES)
     parser.add_argument("--seed", type=int, default=0)
@@ -64,11 +67,12 @@ def main() -> None:
     parser.add_argument("--max-samples", type=int, default=0, help="0: all; N: first N images per class")
     parser.add_argument("--quick", action="store_true", help="smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
     args = parser.parse_args()
+    args.root = dl.find_busi_root(args.root)  # None when BUSI is absent
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    if not Path(args.root).exists():
-        sys.exit(f"BUSI not found at {args.root!r}; pass --root or set BUSI_ROOT.")
+    if args.root is None:
+        sys.exit("BUSI not found; pass --root or set BUSI_ROOT.")
     settings = vars(args).copy()
     print("settings:", " ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
 
@@ -78,7 +82,7 @@ def main() -> None:
     if args.max_samples:
         index = index.groupby("label", sort=False).head(args.max_samples).reset_index(drop=True)
     images, masks = dl.load_dataset(index, args.image_size, cache_dir=run_dir.parent / "cache")
-    index = dl.add_duplicate_groups(index, images)
+    index = splits.add_duplicate_groups(index, images)
     print(f"{len(index)} images {index['label'].value_counts().to_dict()}; data ready in "
           f"{time.perf_counter() - start:.1f} s", flush=True)
 
@@ -104,7 +108,7 @@ def main() -> None:
     print(f"cross-validation wall time this session: {seconds:.0f} s; {len(epoch_seconds)} epochs in all, "
           f"median {epoch_seconds.median():.1f} s per epoch")
     viz.plot_cross_validation(folds, path=run_dir / "cross_validation.png")
-    dl.write_json(run_dir / "cv_results.json", {
+    atomic_io.write_json(run_dir / "cv_results.json", {
         "settings": settings, "seconds_this_session": seconds, "epochs_total": len(epoch_seconds),
         "seconds_per_epoch_median": float(epoch_seconds.median()),
         "folds": folds.to_dict("records"), "summary": summary.to_dict("records"),

@@ -20,21 +20,23 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import data_loading as dl  # noqa: E402
+import synthetic_data  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=os.environ.get("BUSI_ROOT", str(REPO.parent / "shared/data/BUSI")))
+    parser.add_argument("--root", default="", help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
+    args.root = dl.find_busi_root(args.root)  # None when BUSI is absent
     work = Path(tempfile.mkdtemp(prefix="busi-bench-"))
-    root = Path(args.root)
-    if root.exists():
+    root = args.root
+    if root is not None:
         source = f"BUSI at {root}"
     else:
-        root = dl.make_synthetic_busi(work / "demo", n_benign=200, n_malignant=100, n_normal=60, size_range=(300, 700))
+        root = synthetic_data.make_synthetic_busi(work / "demo", n_benign=200, n_malignant=100, n_normal=60, size_range=(300, 700))
         source = "GENERATED DEMO SET (BUSI not found)"
     start = time.perf_counter()
     df = dl.index_busi(root)

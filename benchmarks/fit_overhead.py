@@ -52,6 +52,7 @@ import tensorflow as tf  # noqa: E402
 import data_loading as dl  # noqa: E402
 import model as unet  # noqa: E402
 import training  # noqa: E402
+import losses  # noqa: E402
 
 DEPTH = 4
 N_VAL = 112  # validation images (BUSI's validation split size)
@@ -59,8 +60,8 @@ N_VAL = 112  # validation images (BUSI's validation split size)
 
 def _arrays(args) -> tuple[np.ndarray, np.ndarray, str]:
     n = args.steps * args.batch_size + N_VAL
-    root = Path(args.root)
-    if root.exists() and not args.quick:
+    root = args.root
+    if root is not None and not args.quick:
         index = dl.index_busi(root)
         images, masks = dl.load_dataset(index, args.image_size, cache_dir=REPO / "runs" / "cache")
         return images[:n], masks[:n], f"BUSI ({n} of {len(index)} images)"
@@ -74,14 +75,14 @@ def _build(args, metric: bool, fused_batch_norm: bool = True) -> keras.Model:
     training.set_seeds(0)
     model = unet.build_unet((args.image_size, args.image_size, 1), base_filters=args.base_filters, depth=DEPTH,
                             dtype_policy=args.dtype_policy, fused_batch_norm=fused_batch_norm)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=training.get_loss("bce_dice"),
-                  metrics=[training.DiceMetric(name="dice")] if metric else [])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses.get_loss("bce_dice"),
+                  metrics=[losses.DiceMetric(name="dice")] if metric else [])
     return model
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=os.environ.get("BUSI_ROOT", str(REPO.parent / "shared/data/BUSI")))
+    parser.add_argument("--root", default="", help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -90,6 +91,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    args.root = dl.find_busi_root(args.root)  # None when BUSI is absent
     if args.quick:
         args.image_size, args.base_filters, args.steps, args.repeats = 32, 4, 3, 1
     images, masks, source = _arrays(args)
@@ -100,7 +102,7 @@ def main() -> None:
     autotune_on = tf.data.Options()
     autotune_on.autotune.enabled = True
     train_ds_autotuned = train_ds.with_options(autotune_on)
-    loss_fn = training.get_loss("bce_dice")
+    loss_fn = losses.get_loss("bce_dice")
     print(f"data: {source}; {args.image_size} px, base {args.base_filters}, batch {args.batch_size}, "
           f"{args.dtype_policy}, {args.steps} batches per pass, median of {args.repeats}", flush=True)
 
@@ -146,7 +148,7 @@ def main() -> None:
 
     # The metric's own work: its update on this epoch's (mask, prediction) batches, in a tf.function
     # as inside fit's train step.
-    metric = training.DiceMetric(name="dice")
+    metric = losses.DiceMetric(name="dice")
     predictions = [bare_forward(x) for x, _ in batches]
 
     @tf.function

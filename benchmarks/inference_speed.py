@@ -5,7 +5,7 @@ Loads a configuration trained by `benchmarks/time_to_quality.py` (its ``<name>/b
 and for each dtype policy (the bfloat16 model is the same architecture built with
 ``dtype_policy="mixed_bfloat16"`` and given the float32 weights) prints:
 
-  img/s at batch 16   `training.predict` over the whole test split, median of `--repeats` passes;
+  img/s at batch 16   `inference.predict` over the whole test split, median of `--repeats` passes;
   latency of 1 image  one `predict_on_batch` call on a single image, median of `--latency-calls`;
   test lesion Dice    mean per-image Dice on benign + malignant test images at the run's
                       validation-chosen threshold, and the difference to float32.
@@ -32,8 +32,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import data_loading as dl  # noqa: E402
+import splits  # noqa: E402
 import model as unet  # noqa: E402
 import training  # noqa: E402
+import evaluation  # noqa: E402
+import inference  # noqa: E402
+import model_io  # noqa: E402
 
 BATCH_SIZE = 16
 DEPTH = 4
@@ -51,12 +55,13 @@ def _median_seconds(function, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=os.environ.get("BUSI_ROOT", str(REPO.parent / "shared/data/BUSI")))
+    parser.add_argument("--root", default="", help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)")
     parser.add_argument("--out", default=str(REPO / "runs" / "time_to_quality"), help="time_to_quality.py's --out")
     parser.add_argument("--name", default="b16_128_cos", help="configuration name in that folder")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-calls", type=int, default=20)
     args = parser.parse_args()
+    args.root = dl.find_busi_root(args.root)  # None when BUSI is absent
     out = Path(args.out)
     result = json.loads((out / f"{args.name}.result.json").read_text())
     size, threshold, seed = result["image_size"], result["threshold"], result.get("seed", 0)
@@ -64,22 +69,22 @@ def main() -> None:
     index = dl.index_busi(args.root)
     groups_images, _ = dl.load_dataset(index, 128, cache_dir=out / "cache")
     images, masks = dl.load_dataset(index, size, cache_dir=out / "cache")
-    index = dl.add_duplicate_groups(index, groups_images)
-    _, _, test_df = dl.split_dataset(index, seed=seed)
+    index = splits.add_duplicate_groups(index, groups_images)
+    _, _, test_df = splits.split_dataset(index, seed=seed)
     test_images, test_masks = images[test_df.index], masks[test_df.index]
     lesion = test_df["label"].ne("normal").to_numpy()
 
-    float32 = training.load_model(out / args.name / training.BEST_MODEL, compile=False)
+    float32 = model_io.load_model(out / args.name / training.BEST_MODEL, compile=False)
     bfloat16 = unet.build_unet((size, size, 1), base_filters=result["base_filters"], depth=DEPTH,
                                dtype_policy="mixed_bfloat16")
     bfloat16.set_weights(float32.get_weights())
     rows = []
     for policy, model in (("float32", float32), ("mixed_bfloat16", bfloat16)):
-        probabilities = training.predict(model, test_images, batch_size=BATCH_SIZE)
-        seconds = _median_seconds(lambda: training.predict(model, test_images, batch_size=BATCH_SIZE), args.repeats)
+        probabilities = inference.predict(model, test_images, batch_size=BATCH_SIZE)
+        seconds = _median_seconds(lambda: inference.predict(model, test_images, batch_size=BATCH_SIZE), args.repeats)
         one = test_images[:1]
         latency = _median_seconds(lambda: [model.predict_on_batch(one) for _ in range(args.latency_calls)], 1)
-        dice = training.dice_score(test_masks[lesion], probabilities[lesion], threshold)
+        dice = evaluation.dice_score(test_masks[lesion], probabilities[lesion], threshold)
         rows.append({"dtype_policy": policy, "img/s (batch 16)": len(test_images) / seconds,
                      "latency_ms (1 image)": 1000 * latency / args.latency_calls,
                      "test_lesion_dice": float(dice.mean()), "_probabilities": probabilities})

@@ -47,12 +47,13 @@ def _child(task: str, root: str, size: int, batch_size: int, base_filters: int) 
         images, masks = dl.load_dataset(df, size)  # no cache: every file decoded and resized
         result.update(n_images=len(df), arrays_mib=(images.nbytes + masks.nbytes) / MIB)
         if task == "load + predict + evaluate":
+            import evaluation
+            import inference
             import model as unet
-            import training
 
             net = unet.build_unet((size, size, 1), base_filters=base_filters, depth=4)
-            probabilities = training.predict(net, images, batch_size=batch_size)
-            per_image, _ = training.evaluate(masks, probabilities, df)
+            probabilities = inference.predict(net, images, batch_size=batch_size)
+            per_image, _ = evaluation.evaluate(masks, probabilities, df)
             result["arrays_mib"] += probabilities.nbytes / MIB
             assert len(per_image) == len(df)
     else:
@@ -65,25 +66,29 @@ def _child(task: str, root: str, size: int, batch_size: int, base_filters: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=os.environ.get("BUSI_ROOT", str(REPO.parent / "shared/data/BUSI")))
+    parser.add_argument("--root", default="", help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--base-filters", type=int, default=8)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=128, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
+    if args.child:  # a fresh process measuring one task: nothing imported before it
         print(json.dumps(_child(args.child, args.root, args.size, args.batch_size, args.base_filters)))
         return
-
     import data_loading as dl
 
-    root = Path(args.root)
-    if root.exists():
+    args.root = dl.find_busi_root(args.root)  # None when BUSI is absent
+
+
+    root = args.root
+    if root is not None:
         source = f"BUSI at {root}"
     else:
+        import synthetic_data
+
         work = Path(tempfile.mkdtemp(prefix="busi-memory-"))
-        root = dl.make_synthetic_busi(work / "demo", n_benign=200, n_malignant=100, n_normal=60, size_range=(300, 700))
+        root = synthetic_data.make_synthetic_busi(work / "demo", n_benign=200, n_malignant=100, n_normal=60, size_range=(300, 700))
         source = "GENERATED DEMO SET (BUSI not found)"
     rows = [("import data_loading", 0), ("import training (TensorFlow)", 0)]
     rows += [("index + load_dataset", size) for size in args.sizes]

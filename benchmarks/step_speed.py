@@ -33,6 +33,7 @@ import pandas as pd  # noqa: E402
 
 import model as unet  # noqa: E402
 import training  # noqa: E402
+import losses  # noqa: E402
 
 DEPTH = 4
 DEFAULT = (8, 16, "fused")  # (batch, base_filters, batch norm)
@@ -47,8 +48,8 @@ def _model(image_size: int, base_filters: int, norm: str) -> keras.Model:
     training.set_seeds(0)
     net = unet.build_unet((image_size, image_size, 1), base_filters=base_filters, depth=DEPTH,
                           batch_norm=norm != "none", fused_batch_norm=norm == "fused")
-    net.compile(optimizer=keras.optimizers.Adam(1e-3), loss=training.get_loss("bce_dice"),
-                metrics=[training.DiceMetric(name="dice")])
+    net.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses.get_loss("bce_dice"),
+                metrics=[losses.DiceMetric(name="dice")])
     return net
 
 

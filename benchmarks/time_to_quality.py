@@ -43,6 +43,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pandas as pd  # noqa: E402
 
 import data_loading as dl  # noqa: E402
+import atomic_io  # noqa: E402
+import splits  # noqa: E402
+import synthetic_data  # noqa: E402
 
 BASELINE = "baseline"
 # name: settings. Cosine configurations plan their epochs from the probe (or take a fixed
@@ -93,14 +96,14 @@ def _probe_epoch_seconds(config: dict, images, masks, train_idx, val_idx, seed: 
     import keras
 
     import model as unet
-    import training
+    import losses
 
     keras.backend.clear_session()
     size = config["image_size"]
     probe = unet.build_unet((size, size, 1), base_filters=config["base_filters"], depth=DEPTH,
                             dtype_policy=config["dtype_policy"], fused_batch_norm=_fused(config))
-    probe.compile(optimizer=keras.optimizers.Adam(1e-3), loss=training.get_loss(config["loss"]),
-                  metrics=[training.DiceMetric(name="dice")])
+    probe.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses.get_loss(config["loss"]),
+                  metrics=[losses.DiceMetric(name="dice")])
     batches = list(dl.make_tf_dataset(images[train_idx], masks[train_idx], config["batch_size"],
                                       training=True, seed=seed).take(PROBE_STEPS + 1))
     probe.train_on_batch(*batches[0])
@@ -119,7 +122,10 @@ def _probe_epoch_seconds(config: dict, images, masks, train_idx, val_idx, seed: 
 
 def run_config(name: str, config: dict, args) -> dict:
     """Trains and evaluates one configuration in this process; returns its result row."""
+    import evaluation
+    import inference
     import model as unet
+    import model_io
     import training
 
     wall_start = time.perf_counter()
@@ -127,9 +133,9 @@ def run_config(name: str, config: dict, args) -> dict:
     run_dir = out / name
     index, groups_images = _index(args)
     images, masks = dl.load_dataset(index, config["image_size"], cache_dir=out / "cache")
-    index = dl.add_duplicate_groups(index, groups_images)  # groups from 128 px for every size: one split
-    train_df, val_df, test_df = dl.split_dataset(index, seed=args.seed)
-    dl.check_no_leakage(train_df, val_df, test_df)
+    index = splits.add_duplicate_groups(index, groups_images)  # groups from 128 px for every size: one split
+    train_df, val_df, test_df = splits.split_dataset(index, seed=args.seed)
+    splits.check_no_leakage(train_df, val_df, test_df)
     train_idx, val_idx, test_idx = train_df.index, val_df.index, test_df.index
     data_seconds = time.perf_counter() - wall_start
 
@@ -149,7 +155,7 @@ def run_config(name: str, config: dict, args) -> dict:
             epochs = int(config["epochs"])
         plan = {"epochs": epochs, "probe_epoch_seconds": epoch_s, "probe_seconds": probe_s}
         run_dir.mkdir(parents=True, exist_ok=True)
-        dl.write_json(plan_path, plan)
+        atomic_io.write_json(plan_path, plan)
     remaining = budget_s - (time.perf_counter() - train_start)
     if state_path.is_file():  # an interrupted configuration continues within what its history left
         done = pd.read_csv(run_dir / training.HISTORY_CSV)["seconds"].sum() + plan["probe_seconds"]
@@ -170,11 +176,11 @@ def run_config(name: str, config: dict, args) -> dict:
     history = pd.read_csv(run_dir / training.HISTORY_CSV)
     train_seconds = float(history["seconds"].sum()) + plan["probe_seconds"]
 
-    best = training.load_model(run_dir / training.BEST_MODEL)
-    val_prob = training.predict(best, images[val_idx])
-    threshold, _ = training.choose_threshold(masks[val_idx], val_prob)
-    test_prob = training.predict(best, images[test_idx])  # the only read of the test split
-    _, summary = training.evaluate(masks[test_idx], test_prob, test_df, threshold, seed=args.seed)
+    best = model_io.load_model(run_dir / training.BEST_MODEL)
+    val_prob = inference.predict(best, images[val_idx])
+    threshold, _ = evaluation.choose_threshold(masks[val_idx], val_prob)
+    test_prob = inference.predict(best, images[test_idx])  # the only read of the test split
+    _, summary = evaluation.evaluate(masks[test_idx], test_prob, test_df, threshold, seed=args.seed)
     lesion = summary.set_index("group").loc["lesion"]
     normal = summary.set_index("group").loc["normal"]
     best_row = history.loc[history["val_dice"].idxmax()]
@@ -203,13 +209,13 @@ def run_config(name: str, config: dict, args) -> dict:
 
 def _index(args):
     """BUSI index (or the demo set in quick mode without BUSI) and the 128-px images for duplicate groups."""
-    root = Path(args.root)
-    if not root.exists():
+    root = args.root
+    if root is None:
         if not args.quick:
-            sys.exit(f"BUSI not found at {args.root!r}; pass --root or set BUSI_ROOT (or use --quick).")
+            sys.exit("BUSI not found; pass --root or set BUSI_ROOT (or use --quick).")
         root = Path(args.out) / "demo_data"
         if not (root / dl.DATASET_FOLDER).exists():
-            dl.make_synthetic_busi(root, n_benign=20, n_malignant=16, n_normal=16, seed=0)
+            synthetic_data.make_synthetic_busi(root, n_benign=20, n_malignant=16, n_normal=16, seed=0)
     index = dl.index_busi(root)
     if args.max_samples:
         index = index.groupby("label", sort=False).head(args.max_samples).reset_index(drop=True)
@@ -264,13 +270,13 @@ def _figure(results: list[dict], path: Path, budget_minutes: float) -> None:
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("BUSI: validation Dice against training time", fontsize=10)
     fig.tight_layout()
-    dl.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_io.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=os.environ.get("BUSI_ROOT", str(REPO.parent / "shared/data/BUSI")))
+    parser.add_argument("--root", default="", help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)")
     parser.add_argument("--budget-minutes", type=float, default=30.0, help="training wall-clock budget per config")
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="comma-separated names (see --list)")
     parser.add_argument("--seed", type=int, default=0)
@@ -280,6 +286,7 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="print the configurations and exit")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: run one config
     args = parser.parse_args()
+    args.root = dl.find_busi_root(args.root)  # None when BUSI is absent
     if args.list:
         print(pd.DataFrame(CONFIGS).T.to_string())
         return
@@ -298,7 +305,7 @@ def main() -> None:
 
     if args.worker:  # child process: one configuration
         result = run_config(args.worker, CONFIGS[args.worker], args)
-        dl.write_json(out / f"{args.worker}.result.json", result)
+        atomic_io.write_json(out / f"{args.worker}.result.json", result)
         return
 
     print(f"budget {args.budget_minutes:g} min of training per configuration; seed {args.seed}; out {out}", flush=True)
@@ -307,7 +314,7 @@ def main() -> None:
         result_path = out / f"{name}.result.json"
         if not result_path.is_file():
             print(f"\n=== {name}: {CONFIGS[name]}", flush=True)
-            command = [sys.executable, __file__, "--worker", name, "--root", args.root, "--seed", str(args.seed),
+            command = [sys.executable, __file__, "--worker", name, "--root", str(args.root or ""), "--seed", str(args.seed),
                        "--out", str(out), "--budget-minutes", str(args.budget_minutes),
                        "--max-samples", str(args.max_samples), "--configs", name]
             if args.quick:
@@ -318,7 +325,7 @@ def main() -> None:
         results.append(json.loads(result_path.read_text()))
 
     table = _table(results)
-    dl.write_csv(out / "time_to_quality.csv", table.reset_index())
+    atomic_io.write_csv(out / "time_to_quality.csv", table.reset_index())
     _figure(results, out / "time_to_quality.png", args.budget_minutes)
     first = results[0]
     print(f"\nBUSI split (seed {args.seed}, grouped by near-duplicates): train {first['n_train']}, "

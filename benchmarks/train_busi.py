@@ -26,21 +26,30 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import data_loading as dl  # noqa: E402
+import atomic_io  # noqa: E402
+import splits  # noqa: E402
 import model as unet  # noqa: E402
+import run_results  # noqa: E402
 import training  # noqa: E402
+import evaluation  # noqa: E402
+import inference  # noqa: E402
+import losses  # noqa: E402
+import model_io  # noqa: E402
 
 MIN_AREA_CANDIDATES = (0, 10, 25, 50, 100)  # pixels at the training image size
+EARLY_STOPPING_PATIENCE = 10
+VAL_FRACTION = TEST_FRACTION = 0.15
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=os.environ.get("BUSI_ROOT", str(REPO.parent / "shared/data/BUSI")))
+    parser.add_argument("--root", default="", help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--base-filters", type=int, default=32)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--loss", default="bce_dice", choices=training.LOSSES)
+    parser.add_argument("--loss", default="bce_dice", choices=losses.LOSSES)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--lr-schedule", default="plateau", choices=training.LR_SCHEDULES,
                         help="plateau: the schedule of the README's results (train_model's default is cosine)")
@@ -49,9 +58,12 @@ def main() -> None:
     parser.add_argument("--run-dir", default=str(REPO / "runs" / "train_busi"))
     parser.add_argument("--max-samples", type=int, default=0, help="0: all; N: first N images per class")
     args = parser.parse_args()
-    if not Path(args.root).exists():
-        sys.exit(f"BUSI not found at {args.root!r}; pass --root or set BUSI_ROOT.")
-    settings = vars(args).copy()
+    args.root = dl.find_busi_root(args.root)  # None when BUSI is absent
+    if args.root is None:
+        sys.exit("BUSI not found; pass --root or set BUSI_ROOT.")
+    settings = {**vars(args), "data": str(args.root), "early_stopping_patience": EARLY_STOPPING_PATIENCE,
+                "time_budget_minutes": 0, "val_fraction": VAL_FRACTION, "test_fraction": TEST_FRACTION, "cv_folds": 0}
+    del settings["root"]
     print("settings:", " ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
 
     run_dir = Path(args.run_dir)
@@ -60,9 +72,9 @@ def main() -> None:
     if args.max_samples:
         index = index.groupby("label", sort=False).head(args.max_samples).reset_index(drop=True)
     images, masks = dl.load_dataset(index, args.image_size, cache_dir=run_dir.parent / "cache")
-    index = dl.add_duplicate_groups(index, images)
-    train_df, val_df, test_df = dl.split_dataset(index, seed=args.seed)
-    dl.check_no_leakage(train_df, val_df, test_df)
+    index = splits.add_duplicate_groups(index, images)
+    train_df, val_df, test_df = splits.split_dataset(index, VAL_FRACTION, TEST_FRACTION, seed=args.seed)
+    splits.check_no_leakage(train_df, val_df, test_df)
     for name, part in (("train", train_df), ("val", val_df), ("test", test_df)):
         print(f"{name}: {len(part)} images {part['label'].value_counts().to_dict()}")
     print(f"data ready in {time.perf_counter() - start:.1f} s", flush=True)
@@ -76,21 +88,22 @@ def main() -> None:
     start = time.perf_counter()
     model, history = training.train_model(model, train_ds, val_ds, run_dir, epochs=args.epochs,
                                           loss=args.loss, learning_rate=args.learning_rate,
-                                          lr_schedule=args.lr_schedule)
+                                          lr_schedule=args.lr_schedule,
+                                          early_stopping_patience=EARLY_STOPPING_PATIENCE)
     print(f"training wall time this session: {time.perf_counter() - start:.0f} s")
 
-    best = training.load_model(run_dir / training.BEST_MODEL)
-    val_prob = training.predict(best, images[val_df.index])
-    test_prob = training.predict(best, images[test_df.index])
-    threshold, curve = training.choose_threshold(masks[val_df.index], val_prob)
+    best = model_io.load_model(run_dir / training.BEST_MODEL)
+    val_prob = inference.predict(best, images[val_df.index])
+    test_prob = inference.predict(best, images[test_df.index])
+    threshold, curve = evaluation.choose_threshold(masks[val_df.index], val_prob)
     # Minimum component area for post-processing, also chosen on validation.
     val_scores = {
-        area: training.evaluate(masks[val_df.index], val_prob, val_df, threshold, min_area=area, n_bootstrap=1)[0]["dice"].mean()
+        area: evaluation.evaluate(masks[val_df.index], val_prob, val_df, threshold, min_area=area, n_bootstrap=1)[0]["dice"].mean()
         for area in MIN_AREA_CANDIDATES
     }
     min_area = max(val_scores, key=lambda a: (round(val_scores[a], 12), -a))
-    per_image, summary = training.evaluate(masks[test_df.index], test_prob, test_df, threshold, seed=args.seed)
-    per_image_pp, summary_pp = training.evaluate(masks[test_df.index], test_prob, test_df, threshold,
+    per_image, summary = evaluation.evaluate(masks[test_df.index], test_prob, test_df, threshold, seed=args.seed)
+    per_image_pp, summary_pp = evaluation.evaluate(masks[test_df.index], test_prob, test_df, threshold,
                                                  min_area=min_area, seed=args.seed)
 
     best_row = history.loc[history["val_dice"].idxmax()]
@@ -100,22 +113,18 @@ def main() -> None:
     print(f"threshold chosen on validation: {threshold:.2f} (val mean Dice {curve['dice'].max():.3f}); "
           f"min component area chosen on validation: {min_area} px")
     print("\nTEST, raw threshold:")
-    print(training.format_summary(summary))
+    print(evaluation.format_summary(summary))
     print(f"\nTEST, post-processed (min_area={min_area}, holes filled):")
-    print(training.format_summary(summary_pp))
-    pooled = training.pooled_scores(masks[test_df.index][test_df["label"].ne("normal").to_numpy()],
+    print(evaluation.format_summary(summary_pp))
+    pooled = evaluation.pooled_scores(masks[test_df.index][test_df["label"].ne("normal").to_numpy()],
                                     test_prob[test_df["label"].ne("normal").to_numpy()], threshold)
     print(f"\n(for comparison only) pooled lesion Dice over all test lesion pixels: {pooled['dice']:.3f}")
 
-    dl.write_csv(run_dir / "per_image_test.csv", per_image)
-    dl.write_csv(run_dir / "summary_test.csv", summary)
-    dl.write_json(run_dir / "results.json", {
-        "settings": settings,
-        "split_sizes": {"train": len(train_df), "val": len(val_df), "test": len(test_df)},
-        "epochs_run": len(history), "best_epoch": int(best_row["epoch"]),
-        "seconds_per_epoch_median": float(history["seconds"].median()),
-        "threshold": threshold, "min_area": min_area,
-        "test_summary": summary.to_dict("records"), "test_summary_postprocessed": summary_pp.to_dict("records"),
+    atomic_io.write_csv(run_dir / "per_image_test.csv", per_image)
+    atomic_io.write_csv(run_dir / "summary_test.csv", summary)
+    split_sizes = {"train": len(train_df), "val": len(val_df), "test": len(test_df)}
+    run_results.write_results(run_dir, settings, split_sizes, history, threshold, summary, extra={
+        "min_area": min_area, "test_summary_postprocessed": summary_pp.to_dict("records"),
         "test_pooled_lesion": pooled,
     })
     print(f"\nwrote {run_dir / 'results.json'}")

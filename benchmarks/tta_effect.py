@@ -6,7 +6,7 @@ Usage:
 Reads the run folder written by benchmarks/train_busi.py (best.keras and results.json), rebuilds
 exactly its data: the same index, image size, max_samples, near-duplicate groups and seeded
 split (the split sizes are checked against results.json), then predicts validation and test
-without and with TTA (`training.predict(..., tta=True)`). Thresholds come from validation only:
+without and with TTA (`inference.predict(..., tta=True)`). Thresholds come from validation only:
 the run's own (results.json) for plain predictions, and both the run's and one re-chosen on TTA
 validation predictions for TTA. Prints one table row per setting (test mean per-image Dice with
 bootstrap 95% CIs for lesion, benign and malignant images; the share of normal test images with
@@ -16,7 +16,6 @@ it does. Writes nothing unless --output is given (a CSV of the table).
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -30,7 +29,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import data_loading as dl  # noqa: E402
+import atomic_io  # noqa: E402
+import splits  # noqa: E402
+import run_results  # noqa: E402
 import training  # noqa: E402
+import evaluation  # noqa: E402
+import inference  # noqa: E402
+import model_io  # noqa: E402
 
 GROUPS = ("lesion", "benign", "malignant")
 
@@ -66,14 +71,11 @@ def main() -> None:
     args = parser.parse_args()
 
     run_dir = Path(args.run_dir)
-    results_path = run_dir / "results.json"
-    if not results_path.is_file() or not (run_dir / training.BEST_MODEL).is_file():
+    if not (run_dir / run_results.RESULTS_JSON).is_file() or not (run_dir / training.BEST_MODEL).is_file():
         sys.exit(f"Expected {training.BEST_MODEL} and results.json in {str(run_dir)!r} (a benchmarks/train_busi.py run).")
-    results = json.loads(results_path.read_text())
+    results = run_results.read_results(run_dir)
     settings = results["settings"]
-    root = args.root or next(
-        (r for r in (settings["root"], os.environ.get("BUSI_ROOT"), str(REPO.parent / "shared/data/BUSI")) if r and Path(r).exists()),
-        None)
+    root = args.root or (settings["data"] if Path(settings["data"]).exists() else dl.find_busi_root())
     if root is None:
         sys.exit("BUSI not found; pass --root.")
     print(f"run {run_dir}: image_size={settings['image_size']} seed={settings['seed']} "
@@ -84,31 +86,31 @@ def main() -> None:
     if settings["max_samples"]:
         index = index.groupby("label", sort=False).head(settings["max_samples"]).reset_index(drop=True)
     images, masks = dl.load_dataset(index, settings["image_size"], cache_dir=args.cache_dir)
-    index = dl.add_duplicate_groups(index, images)
-    train_df, val_df, test_df = dl.split_dataset(index, seed=settings["seed"])
+    index = splits.add_duplicate_groups(index, images)
+    train_df, val_df, test_df = splits.split_dataset(index, seed=settings["seed"])
     sizes = {"train": len(train_df), "val": len(val_df), "test": len(test_df)}
     if sizes != results["split_sizes"]:
         sys.exit(f"Split sizes {sizes} differ from the run's {results['split_sizes']}: not the run's data or code.")
     print(f"split rebuilt: {sizes} (as in results.json); data ready in {time.perf_counter() - start:.1f} s", flush=True)
 
-    model = training.load_model(run_dir / training.BEST_MODEL, compile=False)
+    model = model_io.load_model(run_dir / training.BEST_MODEL, compile=False)
     probabilities, seconds = {}, {}
     for tta in (False, True):
         start = time.perf_counter()
-        probabilities[tta] = {name: training.predict(model, images[part.index], args.batch_size, tta=tta)
+        probabilities[tta] = {name: inference.predict(model, images[part.index], args.batch_size, tta=tta)
                               for name, part in (("val", val_df), ("test", test_df))}
         seconds[tta] = time.perf_counter() - start
     print(f"prediction of {len(val_df) + len(test_df)} images: {seconds[False]:.1f} s plain, {seconds[True]:.1f} s with TTA")
 
     val_true, test_true = masks[val_df.index], masks[test_df.index]
     run_threshold = float(results["threshold"])
-    plain_check, plain_curve = training.choose_threshold(val_true, probabilities[False]["val"])
-    tta_threshold, tta_curve = training.choose_threshold(val_true, probabilities[True]["val"])
+    plain_check, plain_curve = evaluation.choose_threshold(val_true, probabilities[False]["val"])
+    tta_threshold, tta_curve = evaluation.choose_threshold(val_true, probabilities[True]["val"])
     seed = settings["seed"]
     rows, per_image = [], {}
     for setting, tta, threshold in (("plain", False, run_threshold), ("TTA hflip, run's threshold", True, run_threshold),
                                     ("TTA hflip, threshold re-chosen on TTA validation", True, tta_threshold)):
-        table, summary = training.evaluate(test_true, probabilities[tta]["test"], test_df, threshold, seed=seed)
+        table, summary = evaluation.evaluate(test_true, probabilities[tta]["test"], test_df, threshold, seed=seed)
         per_image[setting] = table
         rows.append(_row(setting, threshold, summary))
 
@@ -124,16 +126,16 @@ def main() -> None:
     for row in rows:
         print(_format(row))
 
-    lesion = per_image["plain"]["label"].isin(training.LESION_CLASSES).to_numpy()
+    lesion = per_image["plain"]["label"].isin(dl.LESION_CLASSES).to_numpy()
     plain_dice = per_image["plain"]["dice"].to_numpy()[lesion]
     print()
     for setting in list(per_image)[1:]:
         difference = per_image[setting]["dice"].to_numpy()[lesion] - plain_dice
-        low, high = training.bootstrap_ci(difference, seed=seed)
+        low, high = evaluation.bootstrap_ci(difference, seed=seed)
         print(f"{setting}: paired lesion Dice difference vs plain {difference.mean():+.4f} [{low:+.4f}, {high:+.4f}]; "
               f"better on {int((difference > 1e-9).sum())}, worse on {int((difference < -1e-9).sum())} of {lesion.sum()} images")
     if args.output:
-        dl.write_csv(args.output, pd.DataFrame(rows))
+        atomic_io.write_csv(args.output, pd.DataFrame(rows))
         print(f"wrote {args.output}")
 
 

@@ -14,12 +14,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-BUSI_ROOT = Path(os.environ.get("BUSI_ROOT", REPO_ROOT.parent / "shared" / "data" / "BUSI" / "Dataset_BUSI_with_GT"))
 
 
 @pytest.fixture(scope="session")
 def busi_root() -> Path:
-    """The real BUSI folder; the test is skipped when it is absent."""
-    if not BUSI_ROOT.is_dir():
-        pytest.skip(f"BUSI dataset not found at {BUSI_ROOT} (set BUSI_ROOT to run the busi tests)")
-    return BUSI_ROOT
+    """The real ``Dataset_BUSI_with_GT`` folder (`data_loading.find_busi_root`); skips when absent."""
+    import data_loading
+
+    try:
+        found = data_loading.find_busi_root()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    if found is None:
+        pytest.skip(f"BUSI dataset not found at {data_loading.SHARED_BUSI} (set BUSI_ROOT to run the busi tests)")
+    return data_loading.resolve_root(found)

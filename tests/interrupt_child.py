@@ -33,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 import data_loading as dl  # noqa: E402
+import atomic_io  # noqa: E402
 
 IMAGE_SIZE = 32
 BATCH_SIZE = 4
@@ -47,8 +48,8 @@ def split(n_images: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _kill_during_write(should_kill) -> None:
-    """Makes `dl.atomic_write` die by SIGKILL half-way through writing a file `should_kill` selects."""
-    real_atomic_write = dl.atomic_write
+    """Makes `atomic_io.atomic_write` die by SIGKILL half-way through writing a file `should_kill` selects."""
+    real_atomic_write = atomic_io.atomic_write
 
     def atomic_write(path, write_fn):
         if not should_kill(Path(path)):
@@ -61,7 +62,7 @@ def _kill_during_write(should_kill) -> None:
 
         return real_atomic_write(path, write_half_then_die)
 
-    dl.atomic_write = atomic_write  # load_dataset and training look it up at call time
+    atomic_io.atomic_write = atomic_write  # load_dataset and training look it up at call time
 
 
 def _report_batches() -> None:
@@ -95,6 +96,8 @@ def run(data_root: Path, cache_dir: Path, run_dir: Path, epochs: int) -> dict:
 
     import model as unet
     import training
+    import evaluation
+    import inference
 
     train_rows, val_rows = split(len(df))
     train = dl.make_tf_dataset(images[train_rows], masks[train_rows], BATCH_SIZE, training=True, seed=SEED)
@@ -104,10 +107,10 @@ def run(data_root: Path, cache_dir: Path, run_dir: Path, epochs: int) -> dict:
     net = unet.build_unet((IMAGE_SIZE, IMAGE_SIZE, 1), base_filters=4, depth=2)
     net, history = training.train_model(net, train, val, run_dir, epochs=epochs, learning_rate=1e-2,
                                         early_stopping_patience=epochs, progress="epoch")
-    probabilities = training.predict(net, images[val_rows])
+    probabilities = inference.predict(net, images[val_rows])
     return {
         "history": history.to_dict("records"),
-        "val_dice": float(training.dice_score(masks[val_rows], probabilities).mean()),
+        "val_dice": float(evaluation.dice_score(masks[val_rows], probabilities).mean()),
         "val_loss": float(history["val_loss"].iloc[-1]),
         "probabilities_sum": float(probabilities.sum()),
     }
@@ -126,7 +129,7 @@ def main() -> None:
     elif kill:
         raise ValueError(f"Unknown BUSI_TEST_KILL {kill!r}; expected 'cache', 'checkpoint:<epoch>' or 'report'.")
     outcome = run(Path(data_root), Path(cache_dir), Path(run_dir), int(epochs))
-    dl.write_json(result, outcome)
+    atomic_io.write_json(result, outcome)
 
 
 if __name__ == "__main__":

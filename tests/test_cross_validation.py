@@ -13,8 +13,11 @@ import tensorflow as tf
 
 import cross_validation as cv
 import data_loading as dl
+import splits
+import synthetic_data
 import model as unet
 import training
+import evaluation
 import visualization as viz
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "breast-cancer-ultrasound-unet.ipynb"
@@ -24,11 +27,11 @@ OPTIONS = {"epochs": 1, "learning_rate": 1e-2, "progress": "none"}
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = dl.make_synthetic_busi(tmp_path_factory.mktemp("busi"), n_benign=8, n_malignant=6, n_normal=6,
+    root = synthetic_data.make_synthetic_busi(tmp_path_factory.mktemp("busi"), n_benign=8, n_malignant=6, n_normal=6,
                                   size_range=(40, 56), seed=3)
     index = dl.index_busi(root)
     images, masks = dl.load_dataset(index, 32)
-    return dl.add_duplicate_groups(index, images), images, masks
+    return splits.add_duplicate_groups(index, images), images, masks
 
 
 @pytest.fixture(scope="module")
@@ -45,18 +48,18 @@ def two_folds(data, tmp_path_factory):
 
 def test_fold_roles_hold_every_image_out_once_and_keep_duplicates_together(data):
     index = data[0]
-    splits = cv.make_fold_splits(index, n_folds=3, seed=0)
-    assert len(splits) == 3
-    held_out = np.stack([roles == "test" for roles in splits])
+    fold_roles = cv.make_fold_splits(index, n_folds=3, seed=0)
+    assert len(fold_roles) == 3
+    held_out = np.stack([roles == "test" for roles in fold_roles])
     assert (held_out.sum(axis=0) == 1).all()  # every image is held out exactly once
-    for roles in splits:
+    for roles in fold_roles:
         assert set(roles) == set(cv.ROLES)
         frames = [index[roles == role] for role in cv.ROLES]
-        dl.check_no_leakage(*frames)  # no image id or duplicate group in two roles
+        splits.check_no_leakage(*frames)  # no image id or duplicate group in two roles
         for frame in frames:  # stratified: every class in every role
             assert set(frame["label"]) == {"benign", "malignant", "normal"}
-    assert all((a == b).all() for a, b in zip(splits, cv.make_fold_splits(index, n_folds=3, seed=0)))
-    assert any((a != b).any() for a, b in zip(splits, cv.make_fold_splits(index, n_folds=3, seed=1)))
+    assert all((a == b).all() for a, b in zip(fold_roles, cv.make_fold_splits(index, n_folds=3, seed=0)))
+    assert any((a != b).any() for a, b in zip(fold_roles, cv.make_fold_splits(index, n_folds=3, seed=1)))
 
 
 def test_cross_validate_reports_each_fold_and_mean_and_sd(data, two_folds):
@@ -96,13 +99,13 @@ def test_threshold_is_chosen_on_the_inner_validation_part_only(data, two_folds, 
     index, images, masks = data
     run = two_folds[0]
     seen = []
-    real = training.choose_threshold
+    real = evaluation.choose_threshold
 
     def recording(y_true, probabilities, *args, **kwargs):
         seen.append(len(y_true))
         return real(y_true, probabilities, *args, **kwargs)
 
-    monkeypatch.setattr(training, "choose_threshold", recording)
+    monkeypatch.setattr(evaluation, "choose_threshold", recording)
     (run / "fold-1" / cv.FOLD_RESULT_JSON).rename(run / "fold-1" / "kept.json")  # fold 1 is scored again
     try:
         folds, _, _ = cv.cross_validate(index, images, masks, BUILD, run, n_folds=2, batch_size=4, **OPTIONS)

@@ -9,11 +9,15 @@ import pandas as pd
 import pytest
 
 import data_loading as dl
+import atomic_io
+import augmentation
+import splits
+import synthetic_data
 
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory) -> Path:
-    return dl.make_synthetic_busi(tmp_path_factory.mktemp("busi"), n_benign=12, n_malignant=8, n_normal=6)
+    return synthetic_data.make_synthetic_busi(tmp_path_factory.mktemp("busi"), n_benign=12, n_malignant=8, n_normal=6)
 
 
 @pytest.fixture()
@@ -37,7 +41,7 @@ def test_index_busi_columns_order_and_counts(synthetic_root):
     summary = dl.summarize_index(df)
     assert summary["multi_mask"] == {"benign": 4, "malignant": 1, "normal": 0}
     assert summary["skipped"] == []
-    assert "26 images" in dl.format_summary(summary)
+    assert "26 images" in dl.format_index_summary(summary)
 
 
 def test_root_missing_and_no_class_folders(tmp_path):
@@ -124,60 +128,60 @@ def test_load_dataset_merges_masks_and_caches(synthetic_root, tmp_path):
 
 def test_atomic_write_keeps_previous_file_on_failure(tmp_path):
     path = tmp_path / "result.json"
-    dl.write_json(path, {"a": 1})
+    atomic_io.write_json(path, {"a": 1})
 
     def fail(tmp):
         Path(tmp).write_text("partial")
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        dl.atomic_write(path, fail)
+        atomic_io.atomic_write(path, fail)
     assert path.read_text().strip().replace(" ", "").replace("\n", "") == '{"a":1}'
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
 
 
 def test_atomic_write_keeps_double_suffixes_and_write_csv_round_trips(tmp_path):
     seen = []
-    dl.atomic_write(tmp_path / "epoch-0001.weights.h5", lambda tmp: (seen.append(tmp), Path(tmp).write_bytes(b"x")))
+    atomic_io.atomic_write(tmp_path / "epoch-0001.weights.h5", lambda tmp: (seen.append(tmp), Path(tmp).write_bytes(b"x")))
     assert seen[0].endswith(".weights.h5") and (tmp_path / "epoch-0001.weights.h5").read_bytes() == b"x"
     frame = pd.DataFrame({"image_id": ["a", "b"], "dice": [0.5, 1.0]})
-    dl.write_csv(tmp_path / "t.csv", frame)
+    atomic_io.write_csv(tmp_path / "t.csv", frame)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "t.csv"), frame)
 
 
 def test_duplicates_are_grouped_and_splits_do_not_leak(synthetic_root):
     df = dl.index_busi(synthetic_root)
     images, _ = dl.load_dataset(df, 32)
-    df = dl.add_duplicate_groups(df, images)
-    report = dl.duplicate_report(df)
+    df = splits.add_duplicate_groups(df, images)
+    report = splits.duplicate_report(df)
     planted = {("benign (1)", "malignant (8)"), ("benign (2)", "malignant (7)")}
     found = {tuple(r.split(", ")) for r in report["image_ids"]}
     assert planted <= found
     assert report["cross_class"].sum() >= 2
-    train, val, test = dl.split_dataset(df, 0.2, 0.2, seed=3)
+    train, val, test = splits.split_dataset(df, 0.2, 0.2, seed=3)
     assert len(train) + len(val) + len(test) == len(df)
     for a, b in [(train, val), (train, test), (val, test)]:
         assert not set(a["image_id"]) & set(b["image_id"])
         assert not set(a["duplicate_group"]) & set(b["duplicate_group"])
-    again = dl.split_dataset(df, 0.2, 0.2, seed=3)
+    again = splits.split_dataset(df, 0.2, 0.2, seed=3)
     assert all(x["image_id"].tolist() == y["image_id"].tolist() for x, y in zip((train, val, test), again))
-    folds = dl.kfold_splits(df, n_folds=3, seed=0)
+    folds = splits.kfold_splits(df, n_folds=3, seed=0)
     assert sorted(sum((v["image_id"].tolist() for _, v in folds), [])) == sorted(df["image_id"])
 
 
 def test_split_requires_groups_and_valid_fractions(synthetic_root):
     df = dl.index_busi(synthetic_root, check_pixels=False)
     with pytest.raises(ValueError, match="add_duplicate_groups"):
-        dl.split_dataset(df)
+        splits.split_dataset(df)
     with pytest.raises(ValueError, match=r"val_fraction in \(0, 0.5\]"):
-        dl.split_dataset(df, val_fraction=0.9, group_column=None)
+        splits.split_dataset(df, val_fraction=0.9, group_column=None)
 
 
 def test_hamming_and_groups_by_hand():
     hashes = np.array([0b0000, 0b0011, 0b1111_0000_0000, 0b0111], dtype=np.uint64)
-    d = dl.hamming_distances(hashes)
+    d = splits.hamming_distances(hashes)
     assert d[0, 1] == 2 and d[0, 2] == 4 and d[1, 3] == 1
-    np.testing.assert_array_equal(dl.find_duplicate_groups(hashes, max_distance=2), [0, 0, 1, 0])
+    np.testing.assert_array_equal(splits.find_duplicate_groups(hashes, max_distance=2), [0, 0, 1, 0])
 
 
 def test_tf_dataset_augmentation_keeps_masks_binary_and_is_deterministic():
@@ -193,8 +197,8 @@ def test_tf_dataset_augmentation_keeps_masks_binary_and_is_deterministic():
         assert set(np.unique(y1).tolist()) <= {0.0, 1.0}
         assert 0.0 <= x1.min() and x1.max() <= 1.0
     assert [x.shape[0] for x, _ in first] == [4, 2]
-    evaluation = [y.numpy() for _, y in dl.make_tf_dataset(images, masks, 4)]
-    np.testing.assert_array_equal(np.concatenate(evaluation), masks.astype(np.float32))
+    val_masks = [y.numpy() for _, y in dl.make_tf_dataset(images, masks, 4)]
+    np.testing.assert_array_equal(np.concatenate(val_masks), masks.astype(np.float32))
 
 
 def test_tf_dataset_runs_without_the_autotuning_model():
@@ -210,7 +214,7 @@ def test_augmentation_moves_image_and_mask_together():
     mask = np.zeros((32, 32, 1), np.uint8)
     image[8:16, 4:12] = 1.0
     mask[8:16, 4:12] = 1
-    aug_images, aug_masks = dl.augment_examples(image, mask, n_draws=5, seed=1)
+    aug_images, aug_masks = augmentation.augment_examples(image, mask, n_draws=5, seed=1)
     for x, y in zip(aug_images, aug_masks):
         inside = x[y == 1].mean()
         outside = x[y == 0].mean()

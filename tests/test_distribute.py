@@ -42,13 +42,17 @@ def _child(out_path: str) -> None:
     import keras
 
     import data_loading as dl
+    import synthetic_data
     import model as unet
     import training
+    import evaluation
+    import inference
+    import losses
 
     rng = np.random.default_rng(0)
     images, masks = [], []
     for i in range(19):
-        image, lesion_masks = dl.synthetic_pair(rng, 32, 32, ("benign", "malignant", "normal")[i % 3])
+        image, lesion_masks = synthetic_data.synthetic_pair(rng, 32, 32, ("benign", "malignant", "normal")[i % 3])
         images.append(image[..., None].astype(np.float32) / 255)
         masks.append(lesion_masks[0][..., None])
     images, masks = np.stack(images), np.stack(masks)
@@ -76,7 +80,7 @@ def _child(out_path: str) -> None:
     single, history = training.train_model(build(), *datasets(), root / "single", epochs=EPOCHS,
                                            learning_rate=1e-2, lr_schedule="plateau", progress="none")
     out["single"] = {"loss": history["loss"].tolist(), "val_dice": history["val_dice"].tolist(),
-                     "prediction": training.predict(single, val_x).tolist(),
+                     "prediction": inference.predict(single, val_x).tolist(),
                      "weights": [np.asarray(w).ravel().tolist() for w in single.get_weights()]}
 
     keras.backend.clear_session()
@@ -85,13 +89,13 @@ def _child(out_path: str) -> None:
         model = build()
     mirrored, history = training.train_model(model, *datasets(), root / "mirrored", epochs=EPOCHS,
                                              learning_rate=1e-2, lr_schedule="plateau", progress="none", strategy=strategy)
-    prediction = training.predict(mirrored, val_x)
+    prediction = inference.predict(mirrored, val_x)
     out["mirrored"] = {
         "replicas": strategy.num_replicas_in_sync,
         "loss": history["loss"].tolist(), "val_dice": history["val_dice"].tolist(),
         "prediction": prediction.tolist(),
         "weights": [np.asarray(w).ravel().tolist() for w in mirrored.get_weights()],
-        "val_dice_recomputed": float(training.dice_score(val_y, prediction).mean()),
+        "val_dice_recomputed": float(evaluation.dice_score(val_y, prediction).mean()),
         "variable_type": type(mirrored.weights[0].value).__name__,
     }
 
@@ -104,13 +108,13 @@ def _child(out_path: str) -> None:
 
     # The metric alone, fed per replica: uneven shares (3 + 2 images, then 1 + 0).
     with strategy.scope():
-        metric = training.DiceMetric()
+        metric = losses.DiceMetric()
     metric_data = strategy.experimental_distribute_dataset(
         tf.data.Dataset.from_tensor_slices((masks.astype(np.float32)[:6], images[:6])).batch(5))
     for y, p in metric_data:
         strategy.run(metric.update_state, args=(y, p))
     out["metric"] = {"distributed": float(metric.result()),
-                     "expected": float(training.dice_score(masks[:6], images[:6]).mean())}
+                     "expected": float(evaluation.dice_score(masks[:6], images[:6]).mean())}
 
     # A model built outside the scope is refused, with the fix in the message.
     errors = {}
@@ -175,9 +179,10 @@ def test_a_model_built_outside_the_strategy_is_refused(child_result):
 @pytest.fixture()
 def tiny_data():
     import data_loading as dl
+    import synthetic_data
 
     rng = np.random.default_rng(1)
-    pairs = [dl.synthetic_pair(rng, 32, 32, label) for label in ("benign", "normal", "malignant", "benign")]
+    pairs = [synthetic_data.synthetic_pair(rng, 32, 32, label) for label in ("benign", "normal", "malignant", "benign")]
     images = np.stack([image[..., None] / np.float32(255) for image, _ in pairs]).astype(np.float32)
     masks = np.stack([m[0][..., None] for _, m in pairs])
     return dl.make_tf_dataset(images, masks, 2, training=True), dl.make_tf_dataset(images, masks, 2)

@@ -11,6 +11,8 @@ import tensorflow as tf
 
 import model as unet
 import training
+import losses
+import model_io
 
 
 def _pair(momentum=0.9, **kwargs):
@@ -66,21 +68,21 @@ def test_unet_uses_fused_layers_only_in_float32():
 def test_fused_and_plain_unets_train_alike():
     x = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
     y = (x > 0.6).astype(np.float32)
-    losses = []
+    runs = []
     for fused in (False, True):
         training.set_seeds(0)
         model = unet.build_unet((32, 32, 1), 4, 2, fused_batch_norm=fused)
-        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=training.get_loss("bce_dice"))
-        losses.append([float(model.train_on_batch(x, y)) for _ in range(5)])
-        losses[-1].append(model.predict(x, verbose=0))
-    np.testing.assert_allclose(losses[1][:5], losses[0][:5], rtol=1e-3)
-    np.testing.assert_allclose(losses[1][5], losses[0][5], atol=1e-3)
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=losses.get_loss("bce_dice"))
+        runs.append([float(model.train_on_batch(x, y)) for _ in range(5)])
+        runs[-1].append(model.predict(x, verbose=0))
+    np.testing.assert_allclose(runs[1][:5], runs[0][:5], rtol=1e-3)
+    np.testing.assert_allclose(runs[1][5], runs[0][5], atol=1e-3)
 
 
 def test_portable_model_and_saved_file_hold_plain_layers(tmp_path):
     training.set_seeds(0)
     model = unet.build_unet((32, 32, 1), 4, 2)
-    model.compile(optimizer="adam", loss=training.get_loss("bce_dice"), metrics=[training.DiceMetric()])
+    model.compile(optimizer="adam", loss=losses.get_loss("bce_dice"), metrics=[losses.DiceMetric()])
     x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
     model.train_on_batch(x, (x > 0.5).astype(np.float32))
     portable = unet.portable_model(model)
@@ -88,12 +90,12 @@ def test_portable_model_and_saved_file_hold_plain_layers(tmp_path):
     assert [l.name for l in portable.layers] == [l.name for l in model.layers]
     np.testing.assert_allclose(portable.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
     assert unet.portable_model(portable) is portable
-    path = training.save_model(model, tmp_path / "model.keras")
+    path = model_io.save_model(model, tmp_path / "model.keras")
     with zipfile.ZipFile(path) as archive:
         config = archive.read("config.json").decode()
     assert "FusedBatchNormalization" not in config and config.count('"BatchNormalization"') == sum(
         isinstance(l, unet.FusedBatchNormalization) for l in model.layers) == 10
-    loaded = training.load_model(path)
+    loaded = model_io.load_model(path)
     assert loaded.loss is not None
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
     # Keras alone, without this library on the path

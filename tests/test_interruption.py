@@ -24,10 +24,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import data_loading as dl
+import atomic_io
+import synthetic_data
 import interrupt_child as child
 import model as unet
 import training
+import model_io
 
 EPOCHS = 4
 N_IMAGES = 20  # 16 train (4 batches of 4 per epoch), 4 validation
@@ -43,7 +45,7 @@ CHILD = Path(child.__file__)
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    return dl.make_synthetic_busi(tmp_path_factory.mktemp("data"), n_benign=8, n_malignant=6, n_normal=6,
+    return synthetic_data.make_synthetic_busi(tmp_path_factory.mktemp("data"), n_benign=8, n_malignant=6, n_normal=6,
                                   size_range=(40, 56), n_duplicates=0)
 
 
@@ -90,7 +92,7 @@ def _check_every_file_loads(folder: Path) -> list[str]:
         name = path.name
         assert not name.startswith("."), f"temporary file left behind: {path}"
         if name.endswith(".keras"):
-            training.load_model(path)
+            model_io.load_model(path)
         elif name.endswith(".weights.h5"):
             keras.backend.clear_session()
             net = unet.build_unet((child.IMAGE_SIZE, child.IMAGE_SIZE, 1), base_filters=4, depth=2)
@@ -175,16 +177,16 @@ def test_stale_temporary_files_are_removed_and_live_ones_kept(tmp_path):
     for name in names.values():
         (tmp_path / name).write_bytes(b"partial")
     old = (tmp_path / names["other host, old"])
-    os.utime(old, (old.stat().st_atime - 2 * dl.STALE_TEMP_SECONDS,) * 2)
-    removed = {p.name for p in dl.remove_stale_temp_files(tmp_path)}
+    os.utime(old, (old.stat().st_atime - 2 * atomic_io.STALE_TEMP_SECONDS,) * 2)
+    removed = {p.name for p in atomic_io.remove_stale_temp_files(tmp_path)}
     assert removed == {names["dead"], names["other host, old"]}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [names["alive"], names["other host, fresh"], names["not a temp file"]])
-    assert dl.remove_stale_temp_files(tmp_path / "missing") == []
+    assert atomic_io.remove_stale_temp_files(tmp_path / "missing") == []
 
 
 def test_atomic_write_names_its_temporary_file_after_host_and_process(tmp_path):
     seen = []
-    dl.atomic_write(tmp_path / "x.weights.h5", lambda tmp: (seen.append(Path(tmp).name), Path(tmp).write_bytes(b"1")))
+    atomic_io.atomic_write(tmp_path / "x.weights.h5", lambda tmp: (seen.append(Path(tmp).name), Path(tmp).write_bytes(b"1")))
     assert seen[0].startswith(f".x.weights.h5.tmp-{socket.gethostname()}-{os.getpid()}-")
     assert seen[0].endswith(".weights.h5") and [p.name for p in tmp_path.iterdir()] == ["x.weights.h5"]

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 
 import data_loading as dl
-import training
+import synthetic_data
+import inference
 
 BYTES_PER_PIXEL = 4 + 1  # float32 image + uint8 mask
 
 
 @pytest.mark.parametrize("size", [16, (24, 8)])
 def test_load_dataset_holds_exactly_five_bytes_per_pixel(tmp_path, size):
-    root = dl.make_synthetic_busi(tmp_path, n_benign=3, n_malignant=3, n_normal=3, size_range=(40, 90),
+    root = synthetic_data.make_synthetic_busi(tmp_path, n_benign=3, n_malignant=3, n_normal=3, size_range=(40, 90),
                                   n_duplicates=0)
     df = dl.index_busi(root)
     for cache_dir in (None, tmp_path / "cache", tmp_path / "cache"):  # decoded, cached, from cache
@@ -44,6 +45,6 @@ class _RecordingModel:
 def test_predict_never_passes_more_than_batch_size_images():
     model = _RecordingModel()
     images = np.zeros((37, 8, 8, 1), np.float32)
-    out = training.predict(model, images, batch_size=8)
+    out = inference.predict(model, images, batch_size=8)
     assert model.batches == [8, 8, 8, 8, 5]
     assert out.dtype == np.float32 and out.nbytes == 37 * 8 * 8 * 4

@@ -172,10 +172,10 @@ def test_a_few_fit_steps_give_a_finite_falling_loss():
     unet = model.build_unet(**TINY)
     unet.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
 
-    losses = [float(unet.train_on_batch(images, masks)) for _ in range(6)]
+    loss_values = [float(unet.train_on_batch(images, masks)) for _ in range(6)]
 
-    assert np.all(np.isfinite(losses))
-    assert losses[-1] < losses[0]
+    assert np.all(np.isfinite(loss_values))
+    assert loss_values[-1] < loss_values[0]
 
 
 def test_save_load_round_trip_keeps_predictions_and_policies(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import data_loading as dl
+import synthetic_data
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "breast-cancer-ultrasound-unet.ipynb"
 
@@ -21,7 +21,7 @@ def test_committed_notebook_has_no_outputs_and_one_parameters_cell():
 
 def test_notebook_runs_on_generated_data_and_resumes(tmp_path, monkeypatch):
     papermill = pytest.importorskip("papermill")
-    root = dl.make_synthetic_busi(tmp_path / "data", n_benign=10, n_malignant=10, n_normal=10)
+    root = synthetic_data.make_synthetic_busi(tmp_path / "data", n_benign=10, n_malignant=10, n_normal=10)
     monkeypatch.chdir(NOTEBOOK.parent)
     run = tmp_path / "run"
     # "plateau": a cosine run is planned for its epochs, so only a plateau run can be extended below.

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import data_loading as dl
+import augmentation
 import mask_processing as mp
-import training
+import evaluation
 
 FAST = settings(max_examples=60, deadline=None, database=None)
 SLOW = settings(max_examples=25, deadline=None, database=None)  # TensorFlow ops, eager
@@ -150,11 +151,11 @@ def mask_pairs(draw):
 @given(mask_pairs(), st.floats(0.05, 0.95))
 def test_metrics_are_per_image_in_unit_range_and_consistent(pair, threshold):
     truth, prob = pair
-    dice = training.dice_score(truth, prob, threshold)
-    iou = training.iou_score(truth, prob, threshold)
+    dice = evaluation.dice_score(truth, prob, threshold)
+    iou = evaluation.iou_score(truth, prob, threshold)
     assert dice.shape == (len(truth),) and dice.dtype == np.float64
-    for values in (dice, iou, training.precision_score(truth, prob, threshold),
-                   training.recall_score(truth, prob, threshold)):
+    for values in (dice, iou, evaluation.precision_score(truth, prob, threshold),
+                   evaluation.recall_score(truth, prob, threshold)):
         assert ((values >= 0) & (values <= 1)).all()
     np.testing.assert_allclose(dice, 2 * iou / (1 + iou))
     assert (iou <= dice + 1e-12).all()
@@ -162,7 +163,7 @@ def test_metrics_are_per_image_in_unit_range_and_consistent(pair, threshold):
     identical = (predicted == truth).reshape(len(truth), -1).all(axis=1)
     np.testing.assert_array_equal(dice == 1.0, identical)  # 1 exactly when the binarised masks agree
     np.testing.assert_array_equal(iou == 1.0, identical)
-    pooled = training.pooled_scores(truth[:1], prob[:1], threshold)
+    pooled = evaluation.pooled_scores(truth[:1], prob[:1], threshold)
     assert pooled["dice"] == pytest.approx(dice[0]) and pooled["iou"] == pytest.approx(iou[0])
 
 
@@ -171,10 +172,10 @@ def test_metrics_are_per_image_in_unit_range_and_consistent(pair, threshold):
 def test_dice_is_symmetric_and_precision_recall_swap(pair):
     truth, prob = pair
     predicted = (prob >= 0.5).astype(np.uint8)
-    np.testing.assert_array_equal(training.dice_score(truth, predicted), training.dice_score(predicted, truth))
-    np.testing.assert_array_equal(training.iou_score(truth, predicted), training.iou_score(predicted, truth))
-    np.testing.assert_array_equal(training.precision_score(truth, predicted),
-                                  training.recall_score(predicted, truth))
+    np.testing.assert_array_equal(evaluation.dice_score(truth, predicted), evaluation.dice_score(predicted, truth))
+    np.testing.assert_array_equal(evaluation.iou_score(truth, predicted), evaluation.iou_score(predicted, truth))
+    np.testing.assert_array_equal(evaluation.precision_score(truth, predicted),
+                                  evaluation.recall_score(predicted, truth))
 
 
 # ---------------------------------------------------------------- augmentation
@@ -188,13 +189,13 @@ def test_augment_pair_keeps_shapes_dtypes_ranges_and_is_seeded(height, width, se
     image = data.draw(arrays(np.float32, (height, width, 1), elements=st.floats(0, 1, width=32)))
     mask = data.draw(arrays(np.uint8, (height, width, 1), elements=st.integers(0, 1)))
     seed = tf.constant([seed_a, seed_b], tf.int64)
-    out_image, out_mask = (x.numpy() for x in dl.augment_pair(image, mask, seed))
+    out_image, out_mask = (x.numpy() for x in augmentation.augment_pair(image, mask, seed))
     assert out_image.shape == image.shape and out_image.dtype == np.float32
     assert out_mask.shape == mask.shape and out_mask.dtype == np.uint8
     assert out_image.min() >= 0.0 and out_image.max() <= 1.0
     assert set(np.unique(out_mask).tolist()) <= {0, 1}
-    again_image, again_mask = (x.numpy() for x in dl.augment_pair(image, mask, seed))
+    again_image, again_mask = (x.numpy() for x in augmentation.augment_pair(image, mask, seed))
     np.testing.assert_array_equal(again_image, out_image)
     np.testing.assert_array_equal(again_mask, out_mask)
-    _, empty = dl.augment_pair(image, np.zeros_like(mask), seed)
+    _, empty = augmentation.augment_pair(image, np.zeros_like(mask), seed)
     assert not empty.numpy().any()  # no lesion is invented

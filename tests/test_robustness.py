@@ -18,15 +18,18 @@ import pandas as pd
 import pytest
 
 import data_loading as dl
+import synthetic_data
 import model as unet
 import pngs
 import training
+import inference
+import model_io
 
 
 @pytest.fixture()
 def root(tmp_path) -> Path:
     """A fresh, valid 10-image BUSI-shaped folder; benign (4) has two masks."""
-    return dl.make_synthetic_busi(tmp_path, n_benign=4, n_malignant=3, n_normal=3, size_range=(24, 40),
+    return synthetic_data.make_synthetic_busi(tmp_path, n_benign=4, n_malignant=3, n_normal=3, size_range=(24, 40),
                                   n_duplicates=0)
 
 
@@ -121,7 +124,7 @@ def test_bad_dataset_file_raises_naming_it_or_is_skipped_and_counted(root, bomb,
     skipped = df.attrs["skipped"]
     assert len(skipped) == 1 and skipped[0]["file"] == str(root / "benign" / bad_file)
     assert skipped[0]["reason"].startswith(reason)
-    report = dl.format_summary(dl.summarize_index(df))
+    report = dl.format_index_summary(dl.summarize_index(df))
     assert "skipped: 1\n" in report and f"{root / 'benign' / bad_file}: {reason}" in report
     images, masks = dl.load_dataset(df, 16)  # the rest loads
     assert images.shape == (9, 16, 16, 1) and masks.shape == (9, 16, 16, 1)
@@ -273,7 +276,7 @@ def test_a_folder_symlink_loop_is_ignored_and_listed(root):
 def _saved_tiny_model(path: Path) -> Path:
     keras.backend.clear_session()
     training.set_seeds(0)
-    return training.save_model(unet.build_unet((32, 32, 1), base_filters=2, depth=1), path)
+    return model_io.save_model(unet.build_unet((32, 32, 1), base_filters=2, depth=1), path)
 
 
 @pytest.mark.parametrize("keep", [0.0, 0.5, 0.99], ids=["zero bytes", "half", "all but the end"])
@@ -283,18 +286,18 @@ def test_a_truncated_keras_file_is_named_as_truncated(tmp_path, keep):
     path.write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(ValueError, match=r"Could not load '.*copy\.keras' \(\d+ bytes\): it is not a complete "
                                          r"\.keras archive \(truncated or damaged"):
-        training.load_model(path)
+        model_io.load_model(path)
 
 
 def test_a_model_of_another_input_shape_is_refused_with_both_shapes(tmp_path):
     path = _saved_tiny_model(tmp_path / "model.keras")
     with pytest.raises(ValueError, match=r"'.*model\.keras' takes inputs of shape \(32, 32, 1\); expected \(64, 64, 1\)"):
-        training.load_model(path, input_shape=(64, 64, 1))
-    model = training.load_model(path, input_shape=(32, 32, 1))
+        model_io.load_model(path, input_shape=(64, 64, 1))
+    model = model_io.load_model(path, input_shape=(32, 32, 1))
     with pytest.raises(ValueError, match=r"takes images of shape \(32, 32, 1\); received \(64, 64, 1\).*image_size=32"):
-        training.predict(model, np.zeros((2, 64, 64, 1), np.float32))
+        inference.predict(model, np.zeros((2, 64, 64, 1), np.float32))
     with pytest.raises(ValueError, match=r"Expected a '\.keras' file"):
-        training.load_model(path.rename(tmp_path / "model.h5"))
+        model_io.load_model(path.rename(tmp_path / "model.h5"))
 
 
 def _older_run(run_dir: Path) -> None:
@@ -330,7 +333,7 @@ def test_a_results_folder_from_an_older_run_is_refused_and_left_intact(tmp_path,
                                          r"'last_checkpoint', 'best_checkpoint'\]: it was written by an older busi-unet"):
         training.train_model(_tiny_model(), *tiny_data, run_dir, epochs=3, progress="none")
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before  # nothing overwritten
-    assert training.load_model(run_dir / training.LAST_MODEL).input_shape == (None, 32, 32, 1)
+    assert model_io.load_model(run_dir / training.LAST_MODEL).input_shape == (None, 32, 32, 1)
 
 
 def test_exported_models_without_a_state_are_not_overwritten(tmp_path, tiny_data):

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import data_loading as dl
+import synthetic_data
 import model as unet
-import training
+import model_io
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRARY = ["data_loading.py", "mask_processing.py", "model.py", "training.py", "visualization.py",
@@ -37,7 +38,7 @@ def test_a_keras_file_with_a_lambda_layer_is_refused_naming_the_file(tmp_path):
     model.save(path)
     with pytest.raises(ValueError, match=r"Refusing to load '.*shared_model\.keras': it holds Lambda layer\(s\) "
                                          r"\['double'\], Python code that would run on loading"):
-        training.load_model(path)
+        model_io.load_model(path)
     # Keras' own safe mode, which load_model also turns on, refuses it too.
     with pytest.raises(ValueError, match="Lambda"):
         keras.saving.load_model(path, safe_mode=True)
@@ -45,7 +46,7 @@ def test_a_keras_file_with_a_lambda_layer_is_refused_naming_the_file(tmp_path):
 
 def test_a_keras_config_that_names_a_foreign_function_is_refused(tmp_path):
     keras.backend.clear_session()
-    path = training.save_model(unet.build_unet((16, 16, 1), base_filters=2, depth=1), tmp_path / "model.keras")
+    path = model_io.save_model(unet.build_unet((16, 16, 1), base_filters=2, depth=1), tmp_path / "model.keras")
     with zipfile.ZipFile(path) as archive:
         members = {name: archive.read(name) for name in archive.namelist()}
     config = json.loads(members["config.json"])
@@ -57,11 +58,11 @@ def test_a_keras_config_that_names_a_foreign_function_is_refused(tmp_path):
         for name, data in members.items():
             archive.writestr(name, data)
     with pytest.raises(ValueError, match=r"Could not load '.*evil\.keras' as a busi-unet model \(Keras safe mode\)"):
-        training.load_model(evil)
+        model_io.load_model(evil)
 
 
 def test_a_cache_holding_a_pickle_is_never_unpickled_but_rebuilt(tmp_path, caplog):
-    root = dl.make_synthetic_busi(tmp_path / "data", n_benign=3, n_malignant=3, n_normal=3, size_range=(24, 32),
+    root = synthetic_data.make_synthetic_busi(tmp_path / "data", n_benign=3, n_malignant=3, n_normal=3, size_range=(24, 32),
                                   n_duplicates=0)
     df = dl.index_busi(root)
     images, masks = dl.load_dataset(df, 16, cache_dir=tmp_path / "cache")
@@ -79,7 +80,7 @@ def test_a_cache_holding_a_pickle_is_never_unpickled_but_rebuilt(tmp_path, caplo
 
 
 def test_a_cache_with_other_dtypes_is_rebuilt(tmp_path, caplog):
-    root = dl.make_synthetic_busi(tmp_path / "data", n_benign=3, n_malignant=3, n_normal=3, size_range=(24, 32),
+    root = synthetic_data.make_synthetic_busi(tmp_path / "data", n_benign=3, n_malignant=3, n_normal=3, size_range=(24, 32),
                                   n_duplicates=0)
     df = dl.index_busi(root)
     images, masks = dl.load_dataset(df, 16, cache_dir=tmp_path / "cache")

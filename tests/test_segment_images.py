@@ -9,11 +9,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import data_loading as dl
+import synthetic_data
 import pngs
 import model as unet
 import segment_images as si
+import inference
 import training
+import losses
+import model_io
 
 SIDE = 32  # model input; smallest accepted image side: 32 / MAX_UPSCALE = 8
 
@@ -52,7 +55,7 @@ def test_measure_mask_by_hand():
 
 def test_probabilities_are_resized_bilinearly_then_thresholded():
     probability = np.array([[0.0, 1.0]], np.float32)
-    mask, resized = si.probabilities_to_mask(probability, (1, 4), threshold=0.5)
+    mask, resized = inference.probabilities_to_mask(probability, (1, 4), threshold=0.5)
     # cv2 bilinear (half-pixel centres) from 2 to 4 columns: 0, 0.25, 0.75, 1
     np.testing.assert_allclose(resized[0], [0.0, 0.25, 0.75, 1.0], atol=1e-6)
     assert mask.tolist() == [[0, 0, 1, 1]] and mask.dtype == np.uint8
@@ -62,9 +65,9 @@ def test_min_area_is_in_model_pixels_and_scaled_to_the_image():
     probability = np.zeros((8, 8), np.float32)
     probability[1, 1] = 1.0  # 1 model pixel: 4 image pixels at twice the size
     probability[4:7, 4:7] = 1.0  # 9 model pixels
-    kept, _ = si.probabilities_to_mask(probability, (16, 16), 0.5, min_area=2)  # 2 model px = 8 image px
+    kept, _ = inference.probabilities_to_mask(probability, (16, 16), 0.5, min_area=2)  # 2 model px = 8 image px
     assert si.measure_mask(kept)["n_components"] == 1
-    both, _ = si.probabilities_to_mask(probability, (16, 16), 0.5, min_area=1)
+    both, _ = inference.probabilities_to_mask(probability, (16, 16), 0.5, min_area=1)
     assert si.measure_mask(both)["n_components"] == 2
 
 
@@ -131,7 +134,7 @@ def test_bad_arguments(identity):
 
 def test_read_image_file_names_each_problem(tmp_path):
     rng = np.random.default_rng(0)
-    image, _ = dl.synthetic_pair(rng, 40, 50, "benign")
+    image, _ = synthetic_data.synthetic_pair(rng, 40, 50, "benign")
     cv2.imwrite(str(tmp_path / "good.png"), image)
     good = (tmp_path / "good.png").read_bytes()
     (tmp_path / "empty.png").write_bytes(b"")
@@ -164,8 +167,8 @@ def saved_model(tmp_path_factory):
     keras.backend.clear_session()
     training.set_seeds(0)
     model = unet.build_unet((SIDE, SIDE, 1), base_filters=4, depth=2)
-    model.compile(optimizer="adam", loss=training.get_loss("bce_dice"), metrics=[training.DiceMetric()])
-    path = training.save_model(model, folder / "best.keras")
+    model.compile(optimizer="adam", loss=losses.get_loss("bce_dice"), metrics=[losses.DiceMetric()])
+    path = model_io.save_model(model, folder / "best.keras")
     (folder / "results.json").write_text(json.dumps({"threshold": 0.45}))
     return path
 
@@ -174,7 +177,7 @@ def _input_folder(folder):
     """Good images in four encodings, and one file for each kind of problem; returns (good, bad) names."""
     rng = np.random.default_rng(1)
     folder.mkdir()
-    images = [dl.synthetic_pair(rng, 40 + 6 * k, 56 - 4 * k, "malignant")[0] for k in range(4)]
+    images = [synthetic_data.synthetic_pair(rng, 40 + 6 * k, 56 - 4 * k, "malignant")[0] for k in range(4)]
     cv2.imwrite(str(folder / "grey (1).png"), images[0])
     cv2.imwrite(str(folder / "colour (2).jpg"), cv2.merge([images[1]] * 3))
     cv2.imwrite(str(folder / "deep (10).png"), images[2].astype(np.uint16) * 257)
@@ -258,7 +261,7 @@ def test_threshold_default_and_folder_errors(saved_model, tmp_path):
     (tmp_path / "results.json").write_text("{not json")
     with pytest.raises(ValueError, match="Could not read the threshold from .*results.json"):
         si.default_threshold(tmp_path / "best.keras")
-    model = training.load_model(saved_model, compile=False)
+    model = model_io.load_model(saved_model, compile=False)
     with pytest.raises(FileNotFoundError, match="Input folder not found"):
         si.segment_folder(model, tmp_path / "nowhere", tmp_path / "out")
     with pytest.raises(ValueError, match="output folder other than the input folder"):

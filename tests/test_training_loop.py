@@ -11,8 +11,14 @@ import pandas as pd
 import pytest
 
 import data_loading as dl
+import splits
+import synthetic_data
 import model as unet
 import training
+import evaluation
+import inference
+import losses
+import model_io
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,19 +34,19 @@ def _pair(truth, prob):
 def test_losses_by_hand():
     y, p = _pair([1, 0], [0.8, 0.4])
     bce = -(np.log(0.8) + np.log(0.6)) / 2
-    dice = 1 - (2 * 0.8 + training.DICE_SMOOTH) / (1 + 1.2 + training.DICE_SMOOTH)  # 1 - 2.6/3.2 = 0.1875
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(training.bce_loss(y, p)), [bce], rtol=1e-5)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(training.dice_loss(y, p)), [0.1875], rtol=1e-6)
+    dice = 1 - (2 * 0.8 + losses.DICE_SMOOTH) / (1 + 1.2 + losses.DICE_SMOOTH)  # 1 - 2.6/3.2 = 0.1875
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(losses.bce_loss(y, p)), [bce], rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(losses.dice_loss(y, p)), [0.1875], rtol=1e-6)
     np.testing.assert_allclose(dice, 0.1875)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(training.bce_dice_loss(y, p)), [bce + 0.1875], rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(losses.bce_dice_loss(y, p)), [bce + 0.1875], rtol=1e-5)
 
 
 def test_losses_are_per_image_and_zero_for_perfect_predictions():
     truth = np.zeros((3, 4, 4, 1), np.float32)
     truth[0, :2] = 1
     truth[1] = 1  # third image empty
-    for name in training.LOSSES:
-        values = keras.ops.convert_to_numpy(training.get_loss(name)(truth, truth))
+    for name in losses.LOSSES:
+        values = keras.ops.convert_to_numpy(losses.get_loss(name)(truth, truth))
         assert values.shape == (3,)
         np.testing.assert_allclose(values, 0.0, atol=1e-5)  # clipping leaves ~1e-7 of BCE
 
@@ -48,13 +54,13 @@ def test_losses_are_per_image_and_zero_for_perfect_predictions():
 def test_dice_loss_on_empty_truth_punishes_false_positives():
     y, p = _pair([0, 0, 0, 0], [0.5, 0.5, 0, 0])
     # 1 - s / (sum(p) + s) = 1 - 1/2
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(training.dice_loss(y, p)), [0.5], rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(losses.dice_loss(y, p)), [0.5], rtol=1e-6)
 
 
 def test_bce_clips_certain_mistakes_to_a_finite_value():
     y, p = _pair([1, 0], [0.0, 1.0])
-    value = keras.ops.convert_to_numpy(training.bce_loss(y, p))
-    eps = training.BCE_EPSILON
+    value = keras.ops.convert_to_numpy(losses.bce_loss(y, p))
+    eps = losses.BCE_EPSILON
     # The clip is done in float32, where 1 - eps rounds to 1 - 2**-23 (1.19e-7 from 1).
     expected = (-np.log(np.float32(eps)) - np.log(1 - np.float64(np.float32(1 - eps)))) / 2
     np.testing.assert_allclose(value, [expected], rtol=1e-5)
@@ -62,7 +68,7 @@ def test_bce_clips_certain_mistakes_to_a_finite_value():
 
 def test_unknown_loss_lists_the_options():
     with pytest.raises(ValueError, match=r"Unknown loss 'focal'; expected one of \('bce', 'dice', 'bce_dice'\)"):
-        training.get_loss("focal")
+        losses.get_loss("focal")
 
 
 # ---------------------------------------------------------------- Keras metric
@@ -75,18 +81,18 @@ def test_dice_metric_is_the_mean_per_image_dice_over_batches():
     prob = rng.random((10, 8, 8, 1)).astype(np.float32)
     prob[3] = 0.1  # both empty: 1
     prob[4] = 0.9  # all predicted
-    metric = training.DiceMetric()
+    metric = losses.DiceMetric()
     for start in (0, 4, 8):  # uneven batches: a mean of batch means would differ
         metric.update_state(truth[start:start + 4], prob[start:start + 4])
-    expected = training.dice_score(truth, prob).mean()
+    expected = evaluation.dice_score(truth, prob).mean()
     np.testing.assert_allclose(float(metric.result()), expected, rtol=1e-6)
     metric.reset_state()
     assert float(metric.result()) == 0.0
 
 
 def test_dice_metric_config_round_trip():
-    metric = training.DiceMetric(threshold=0.3, name="val_like")
-    clone = training.DiceMetric.from_config(metric.get_config())
+    metric = losses.DiceMetric(threshold=0.3, name="val_like")
+    clone = losses.DiceMetric.from_config(metric.get_config())
     assert clone.threshold == 0.3 and clone.name == "val_like"
 
 
@@ -97,7 +103,7 @@ def _tiny_data(n=16, size=32, seed=0):
     rng = np.random.default_rng(seed)
     images, masks = [], []
     for i in range(n):
-        image, lesion_masks = dl.synthetic_pair(rng, size, size, ("benign", "malignant", "normal")[i % 3])
+        image, lesion_masks = synthetic_data.synthetic_pair(rng, size, size, ("benign", "malignant", "normal")[i % 3])
         images.append(image[..., None].astype(np.float32) / 255)
         masks.append(lesion_masks[0][..., None])
     return np.stack(images), np.stack(masks)
@@ -154,7 +160,7 @@ def test_training_writes_history_and_checkpoints_and_resumes(tiny, tmp_path, cap
     again, history_again = training.train_model(_tiny_model(), train, val, run, epochs=4, lr_schedule="plateau")
     assert "already finished" in capsys.readouterr().out
     assert len(history_again) == 4
-    np.testing.assert_allclose(training.predict(again, images[:2]), training.predict(resumed, images[:2]), atol=1e-6)
+    np.testing.assert_allclose(inference.predict(again, images[:2]), inference.predict(resumed, images[:2]), atol=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore:Skipping nested container")  # the mismatched model, on purpose
@@ -176,7 +182,7 @@ def test_resume_rejects_another_image_size(tiny, tmp_path):
 def test_interrupt_before_the_state_commit_resumes_from_the_last_committed_epoch(tiny, tmp_path, monkeypatch):
     _, _, train, val = tiny
     run = tmp_path / "run"
-    real_write_json = training.data_loading.write_json
+    real_write_json = training.atomic_io.write_json
     calls = []
 
     def crash_on_second_commit(path, data):
@@ -185,13 +191,13 @@ def test_interrupt_before_the_state_commit_resumes_from_the_last_committed_epoch
             raise KeyboardInterrupt  # history.csv and epoch-2 checkpoint are written, the state is not
         return real_write_json(path, data)
 
-    monkeypatch.setattr(training.data_loading, "write_json", crash_on_second_commit)
+    monkeypatch.setattr(training.atomic_io, "write_json", crash_on_second_commit)
     keras.backend.clear_session()
     with pytest.raises(KeyboardInterrupt):
         training.train_model(_tiny_model(), train, val, run, epochs=3, progress="none")
     assert len(pd.read_csv(run / training.HISTORY_CSV)) == 2
     assert json.loads((run / training.STATE_JSON).read_text())["epochs_done"] == 1
-    monkeypatch.setattr(training.data_loading, "write_json", real_write_json)
+    monkeypatch.setattr(training.atomic_io, "write_json", real_write_json)
 
     keras.backend.clear_session()
     model, history = training.train_model(_tiny_model(), train, val, run, epochs=3, progress="none")
@@ -215,26 +221,26 @@ def test_exports_hold_the_best_and_last_epochs_also_after_an_interrupt(tiny, tmp
     keras.backend.clear_session()
     model, _ = training.train_model(_tiny_model(), train, val, run, epochs=3, progress="none", lr_schedule="plateau")
     state = json.loads((run / training.STATE_JSON).read_text())
-    assert _same_weights(training.load_model(run / training.LAST_MODEL), _checkpoint_model(run, state["last_checkpoint"]))
-    assert _same_weights(training.load_model(run / training.BEST_MODEL), _checkpoint_model(run, state["best_checkpoint"]))
-    assert _same_weights(training.load_model(run / training.LAST_MODEL), model)  # the returned model is the last
+    assert _same_weights(model_io.load_model(run / training.LAST_MODEL), _checkpoint_model(run, state["last_checkpoint"]))
+    assert _same_weights(model_io.load_model(run / training.BEST_MODEL), _checkpoint_model(run, state["best_checkpoint"]))
+    assert _same_weights(model_io.load_model(run / training.LAST_MODEL), model)  # the returned model is the last
 
     # KeyboardInterrupt inside epoch 5 of a resumed run: the exports are those of epoch 4 (completed in this call)
-    real_write_csv = training.data_loading.write_csv
+    real_write_csv = training.atomic_io.write_csv
 
     def interrupt_in_epoch_5(path, frame):
         if len(frame) == 5:
             raise KeyboardInterrupt
         return real_write_csv(path, frame)
 
-    monkeypatch.setattr(training.data_loading, "write_csv", interrupt_in_epoch_5)
+    monkeypatch.setattr(training.atomic_io, "write_csv", interrupt_in_epoch_5)
     keras.backend.clear_session()
     with pytest.raises(KeyboardInterrupt):
         training.train_model(_tiny_model(), train, val, run, epochs=6, progress="none", lr_schedule="plateau")
     state = json.loads((run / training.STATE_JSON).read_text())
     assert state["epochs_done"] == 4 and state["last_checkpoint"]["weights"].endswith("epoch-0004.weights.h5")
-    assert _same_weights(training.load_model(run / training.LAST_MODEL), _checkpoint_model(run, state["last_checkpoint"]))
-    assert _same_weights(training.load_model(run / training.BEST_MODEL), _checkpoint_model(run, state["best_checkpoint"]))
+    assert _same_weights(model_io.load_model(run / training.LAST_MODEL), _checkpoint_model(run, state["last_checkpoint"]))
+    assert _same_weights(model_io.load_model(run / training.BEST_MODEL), _checkpoint_model(run, state["best_checkpoint"]))
     assert not list(run.glob(".*tmp-*"))
 
 
@@ -357,7 +363,7 @@ def test_mixed_bfloat16_trains_with_a_float32_output(tiny, tmp_path):
     model = unet.build_unet((32, 32, 1), base_filters=4, depth=2, dtype_policy="mixed_bfloat16")
     model, history = training.train_model(model, train, val, tmp_path, epochs=1, progress="none")
     assert np.isfinite(history["loss"]).all()
-    assert training.predict(model, images[:2]).dtype == np.float32
+    assert inference.predict(model, images[:2]).dtype == np.float32
     assert model.output.dtype == "float32"
 
 
@@ -368,13 +374,13 @@ def test_save_load_round_trip_in_a_new_process(tiny, tmp_path):
     images, _, train, val = tiny
     keras.backend.clear_session()
     model, _ = training.train_model(_tiny_model(), train, val, tmp_path / "run", epochs=1, progress="none")
-    path = training.save_model(model, tmp_path / "model.keras")
+    path = model_io.save_model(model, tmp_path / "model.keras")
     np.save(tmp_path / "x.npy", images[:3])
-    expected = training.predict(model, images[:3])
+    expected = inference.predict(model, images[:3])
     script = (
-        "import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import training; "
-        "m = training.load_model(sys.argv[2]); "
-        "np.save(sys.argv[4], training.predict(m, np.load(sys.argv[3]))); "
+        "import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import inference, model_io; "
+        "m = model_io.load_model(sys.argv[2]); "
+        "np.save(sys.argv[4], inference.predict(m, np.load(sys.argv[3]))); "
         "assert type(m.loss).__name__ == 'function' or m.loss is not None"
     )
     subprocess.run([sys.executable, "-c", script, str(REPO), str(path), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
@@ -385,7 +391,7 @@ def test_save_load_round_trip_in_a_new_process(tiny, tmp_path):
 def test_interrupted_save_keeps_the_previous_model(tiny, tmp_path, monkeypatch):
     images, _, _, _ = tiny
     model = _tiny_model()
-    path = training.save_model(model, tmp_path / "model.keras")
+    path = model_io.save_model(model, tmp_path / "model.keras")
     before = path.read_bytes()
 
     def broken_save(self, filepath, *args, **kwargs):
@@ -394,16 +400,16 @@ def test_interrupted_save_keeps_the_previous_model(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(keras.Model, "save", broken_save)  # save_model may save a portable clone
     with pytest.raises(KeyboardInterrupt):
-        training.save_model(model, path)
+        model_io.save_model(model, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]
 
 
 def test_save_and_load_errors(tmp_path):
     with pytest.raises(ValueError, match="ending in '.keras'"):
-        training.save_model(_tiny_model(), tmp_path / "model.h5")
+        model_io.save_model(_tiny_model(), tmp_path / "model.h5")
     with pytest.raises(FileNotFoundError, match="No saved model"):
-        training.load_model(tmp_path / "missing.keras")
+        model_io.load_model(tmp_path / "missing.keras")
 
 
 # ---------------------------------------------------------------- prediction and evaluation
@@ -413,7 +419,7 @@ def test_predict_in_batches_equals_one_pass(tiny):
     images = tiny[0]
     model = _tiny_model()
     whole = keras.ops.convert_to_numpy(model(images, training=False))
-    np.testing.assert_allclose(training.predict(model, images, batch_size=5), whole, atol=1e-5)
+    np.testing.assert_allclose(inference.predict(model, images, batch_size=5), whole, atol=1e-5)
 
 
 def test_choose_threshold_by_hand():
@@ -422,13 +428,13 @@ def test_choose_threshold_by_hand():
     prob = np.zeros((1, 1, 8, 1), np.float32)
     prob[..., :4, :] = 0.7
     prob[..., 4:, :] = 0.3
-    threshold, curve = training.choose_threshold(truth, prob, thresholds=(0.2, 0.4, 0.5, 0.6, 0.8))
+    threshold, curve = evaluation.choose_threshold(truth, prob, thresholds=(0.2, 0.4, 0.5, 0.6, 0.8))
     # 0.2: 8 predicted, Dice 8/12; 0.4-0.6: exact, Dice 1 (tie: closest to 0.5); 0.8: nothing, Dice 0.
     assert threshold == 0.5
     np.testing.assert_allclose(curve["dice"], [8 / 12, 1, 1, 1, 0])
     assert list(curve.columns) == ["threshold", "dice"]
     with pytest.raises(ValueError, match=r"thresholds in \(0, 1\)"):
-        training.choose_threshold(truth, prob, thresholds=(0.0, 0.5))
+        evaluation.choose_threshold(truth, prob, thresholds=(0.0, 0.5))
 
 
 def _evaluation_case():
@@ -446,7 +452,7 @@ def _evaluation_case():
 
 def test_evaluate_by_hand():
     truth, prob, frame = _evaluation_case()
-    per_image, summary = training.evaluate(truth, prob, frame, threshold=0.5, n_bootstrap=200)
+    per_image, summary = evaluation.evaluate(truth, prob, frame, threshold=0.5, n_bootstrap=200)
     assert list(per_image.columns) == ["image_id", "label", "dice", "iou", "precision", "recall", "true_area", "pred_area"]
     np.testing.assert_allclose(per_image["dice"], [0.5, 1.0, 0.0])  # 2*2 / (2*2 + 2 + 2)
     np.testing.assert_allclose(per_image["iou"], [1 / 3, 1.0, 0.0])
@@ -461,15 +467,15 @@ def test_evaluate_by_hand():
     assert rows.loc["benign", "dice_ci_low"] == rows.loc["benign", "dice_ci_high"] == pytest.approx(0.5)
     assert rows.loc["normal", "fp_fraction"] == 1.0
     assert np.isnan(rows.loc["lesion", "fp_fraction"])
-    text = training.format_summary(summary)
+    text = evaluation.format_summary(summary)
     assert "lesion    (n=  2): Dice 0.750" in text and "empty-mask images with any predicted pixel 100.0%" in text
 
 
 def test_evaluate_threshold_and_post_processing():
     truth, prob, frame = _evaluation_case()
-    _, summary = training.evaluate(truth, prob, frame, threshold=0.65, n_bootstrap=10)
+    _, summary = evaluation.evaluate(truth, prob, frame, threshold=0.65, n_bootstrap=10)
     assert summary.set_index("group").loc["normal", "fp_fraction"] == 0.0  # 0.6 is below the threshold
-    per_image, summary = training.evaluate(truth, prob, frame, threshold=0.5, min_area=2, n_bootstrap=10)
+    per_image, summary = evaluation.evaluate(truth, prob, frame, threshold=0.5, min_area=2, n_bootstrap=10)
     assert summary.set_index("group").loc["normal", "fp_fraction"] == 0.0  # the 1-pixel blob is removed
     assert list(per_image["pred_area"]) == [4, 8, 0]
 
@@ -477,20 +483,20 @@ def test_evaluate_threshold_and_post_processing():
 def test_evaluate_rejects_mismatched_input():
     truth, prob, frame = _evaluation_case()
     with pytest.raises(ValueError, match="one shape"):
-        training.evaluate(truth, prob[:2], frame)
+        evaluation.evaluate(truth, prob[:2], frame)
     with pytest.raises(ValueError, match="Expected 3 rows"):
-        training.evaluate(truth, prob, frame.iloc[:2])
+        evaluation.evaluate(truth, prob, frame.iloc[:2])
     with pytest.raises(ValueError, match="missing \\['label'\\]"):
-        training.evaluate(truth, prob, frame[["image_id"]])
+        evaluation.evaluate(truth, prob, frame[["image_id"]])
 
 
 def test_bootstrap_ci_is_seeded_and_brackets_the_mean():
     values = np.r_[np.zeros(30), np.ones(70)]
-    low, high = training.bootstrap_ci(values, n_bootstrap=2000, seed=1)
-    assert (low, high) == training.bootstrap_ci(values, n_bootstrap=2000, seed=1)
+    low, high = evaluation.bootstrap_ci(values, n_bootstrap=2000, seed=1)
+    assert (low, high) == evaluation.bootstrap_ci(values, n_bootstrap=2000, seed=1)
     # normal approximation: 0.7 +- 1.96 * sqrt(0.21 / 100) = [0.61, 0.79]
     assert low == pytest.approx(0.61, abs=0.02) and high == pytest.approx(0.79, abs=0.02)
-    assert all(np.isnan(training.bootstrap_ci(np.array([]))))
+    assert all(np.isnan(evaluation.bootstrap_ci(np.array([]))))
 
 
 def test_postprocess_fills_holes_and_removes_small_blobs():
@@ -498,7 +504,7 @@ def test_postprocess_fills_holes_and_removes_small_blobs():
     prob[0, 1:6, 1:6] = 0.9
     prob[0, 3, 3] = 0.1  # hole
     prob[0, 8, 8] = 0.9  # isolated pixel, not touching the lesion even diagonally
-    out = training.postprocess(prob, 0.5, min_area=2)
+    out = evaluation.postprocess(prob, 0.5, min_area=2)
     assert out.shape == prob.shape and out.dtype == np.uint8
     assert out[0, 3, 3, 0] == 1 and out[0, 8, 8, 0] == 0 and out.sum() == 25
 
@@ -508,13 +514,13 @@ def test_segment_returns_a_binary_mask_at_the_original_size():
     identity = keras.Model(inputs, keras.layers.Identity()(inputs))  # "probability" = the image itself
     image = np.zeros((45, 70), np.float32)
     image[10:30, 20:50] = 1.0
-    mask = training.segment(identity, image, threshold=0.5)
+    mask = inference.segment(identity, image, threshold=0.5)
     assert mask.shape == (45, 70) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
     truth = image.astype(bool)
     iou = (truth & mask.astype(bool)).sum() / (truth | mask.astype(bool)).sum()
     assert iou > 0.9
-    with pytest.raises(ValueError, match="grey image"):
-        training.segment(identity, np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match="has 5 channels; expected 1 \\(grey\\), 3 \\(RGB\\) or 4 \\(RGBA\\)"):
+        inference.segment(identity, np.zeros((40, 40, 5), np.float32))
 
 
 @pytest.mark.busi
@@ -522,12 +528,12 @@ def test_one_epoch_on_real_busi_gives_finite_scores(busi_root, tmp_path):
     index = dl.index_busi(busi_root, check_pixels=False)
     index = index.groupby("label", sort=False).head(8).reset_index(drop=True)
     images, masks = dl.load_dataset(index, 32)
-    train_df, val_df, test_df = dl.split_dataset(dl.add_duplicate_groups(index, images), 0.25, 0.25, seed=0)
+    train_df, val_df, test_df = splits.split_dataset(splits.add_duplicate_groups(index, images), 0.25, 0.25, seed=0)
     keras.backend.clear_session()
     model, history = training.train_model(
         _tiny_model(), dl.make_tf_dataset(images[train_df.index], masks[train_df.index], 4, training=True),
         dl.make_tf_dataset(images[val_df.index], masks[val_df.index], 4), tmp_path, epochs=1, progress="none")
-    per_image, summary = training.evaluate(masks[test_df.index], training.predict(model, images[test_df.index]),
+    per_image, summary = evaluation.evaluate(masks[test_df.index], inference.predict(model, images[test_df.index]),
                                            test_df, n_bootstrap=50)
     assert np.isfinite(history["loss"]).all() and len(per_image) == len(test_df)
     assert per_image["dice"].between(0, 1).all() and set(summary["group"]) >= {"lesion", "normal"}

@@ -1,4 +1,4 @@
-"""training.predict with test-time augmentation (horizontal flip), evaluation with and without it, and export."""
+"""inference.predict with test-time augmentation (horizontal flip), evaluation with and without it, and export."""
 
 import subprocess
 import sys
@@ -10,6 +10,10 @@ import pytest
 
 import model as unet
 import training
+import evaluation
+import inference
+import losses
+import model_io
 
 
 def _shift_model(side=4):
@@ -23,10 +27,10 @@ def _shift_model(side=4):
 
 def test_tta_averages_the_prediction_with_its_mirror_by_hand():
     image = np.array([[0.1, 0.2, 0.3, 0.4]] * 4, np.float32)[None, ..., None]
-    plain = training.predict(_shift_model(), image)
+    plain = inference.predict(_shift_model(), image)
     np.testing.assert_allclose(plain[0, 0, :, 0], [0.2, 0.3, 0.4, 0.0], atol=1e-7)
     # the mirror pass reads the left neighbour, [0, 0.1, 0.2, 0.3]; the mean of the two:
-    tta = training.predict(_shift_model(), image, tta=True)
+    tta = inference.predict(_shift_model(), image, tta=True)
     np.testing.assert_allclose(tta[0, :, :, 0], [[0.1, 0.2, 0.3, 0.15]] * 4, atol=1e-7)
     assert tta.shape == image.shape and tta.dtype == np.float32
 
@@ -36,10 +40,10 @@ def test_tta_changes_nothing_for_a_mirror_symmetric_model_and_batches_agree():
     images = rng.random((5, 8, 8, 1), dtype=np.float32)
     inputs = keras.Input((8, 8, 1))
     identity = keras.Model(inputs, keras.layers.Identity()(inputs))
-    np.testing.assert_array_equal(training.predict(identity, images, tta=True), images)
+    np.testing.assert_array_equal(inference.predict(identity, images, tta=True), images)
     shift = _shift_model(8)
-    np.testing.assert_allclose(training.predict(shift, images, batch_size=2, tta=True),
-                               training.predict(shift, images, batch_size=16, tta=True), atol=1e-7)
+    np.testing.assert_allclose(inference.predict(shift, images, batch_size=2, tta=True),
+                               inference.predict(shift, images, batch_size=16, tta=True), atol=1e-7)
 
 
 def test_evaluate_reports_with_and_without_tta():
@@ -49,7 +53,7 @@ def test_evaluate_reports_with_and_without_tta():
     images[0, :, 1:3] = 1.0
     frame = pd.DataFrame({"image_id": ["a", "b"], "label": ["benign", "normal"]})
     model = _shift_model()
-    tables = {tta: training.evaluate(truth, training.predict(model, images, tta=tta), frame, 0.5, n_bootstrap=10)[0]
+    tables = {tta: evaluation.evaluate(truth, inference.predict(model, images, tta=tta), frame, 0.5, n_bootstrap=10)[0]
               for tta in (False, True)}
     # plain: columns 0 and 1 predicted (shifted left) -> Dice 2*4/(2*4 + 4 + 4) = 0.5; TTA: the
     # mirror pass predicts columns 2 and 3, the average is 0.5 everywhere -> Dice 2*8/(2*8 + 8) = 2/3
@@ -63,7 +67,7 @@ def test_segment_accepts_tta(tta):
     identity = keras.Model(inputs, keras.layers.Identity()(inputs))
     image = np.zeros((45, 70), np.float32)
     image[10:30, 20:50] = 1.0
-    assert training.segment(identity, image, tta=tta).sum() > 0
+    assert inference.segment(identity, image, tta=tta).sum() > 0
 
 
 def test_keras_and_savedmodel_exports_run_without_this_library(tmp_path):
@@ -71,19 +75,19 @@ def test_keras_and_savedmodel_exports_run_without_this_library(tmp_path):
     keras.backend.clear_session()
     training.set_seeds(0)
     model = unet.build_unet((32, 32, 1), base_filters=4, depth=2, dropout_rate=0.5)
-    model.compile(optimizer="adam", loss=training.get_loss("bce_dice"), metrics=[training.DiceMetric()])
+    model.compile(optimizer="adam", loss=losses.get_loss("bce_dice"), metrics=[losses.DiceMetric()])
     rng = np.random.default_rng(0)
     for layer in model.layers:  # batch-norm statistics away from 0 and 1, as after training (no fit: faster)
         if isinstance(layer, keras.layers.BatchNormalization):
             gamma, beta, mean, variance = layer.get_weights()
             layer.set_weights([gamma * 1.5, beta + 0.1, rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2, variance.shape)])
     x = rng.random((4, 32, 32, 1), dtype=np.float32)
-    training.save_model(model, tmp_path / "model.keras")
-    saved = training.export_saved_model(model, tmp_path / "saved_model")
-    assert training.export_saved_model(model, saved) == saved  # replacing an export works
+    model_io.save_model(model, tmp_path / "model.keras")
+    saved = model_io.export_saved_model(model, tmp_path / "saved_model")
+    assert model_io.export_saved_model(model, saved) == saved  # replacing an export works
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras", "saved_model"]
     np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "expected.npy", training.predict(model, x))
+    np.save(tmp_path / "expected.npy", inference.predict(model, x))
     script = (
         "import importlib.util, sys, numpy as np\n"
         "for name in ('training', 'model', 'data_loading', 'segment_images'):\n"
@@ -100,11 +104,11 @@ def test_keras_and_savedmodel_exports_run_without_this_library(tmp_path):
     result = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     served_diff, keras_diff, dtype, shape = result.stdout.strip().splitlines()[-4:]
-    assert float(served_diff) <= training.EXPORT_ATOL and float(keras_diff) <= training.EXPORT_ATOL
+    assert float(served_diff) <= model_io.EXPORT_ATOL and float(keras_diff) <= model_io.EXPORT_ATOL
     assert dtype == "float32" and shape == "(4, 32, 32, 1)"
 
 
 def test_export_errors(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="folder path for the SavedModel"):
-        training.export_saved_model(unet.build_unet((32, 32, 1), base_filters=4, depth=2), tmp_path / "file")
+        model_io.export_saved_model(unet.build_unet((32, 32, 1), base_filters=4, depth=2), tmp_path / "file")

@@ -1,0 +1,121 @@
+"""Keras losses and the per-image Dice metric for lesion segmentation.
+
+Each loss returns one value per image, shape ``(N,)``; Keras averages over the batch.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from evaluation import DEFAULT_THRESHOLD
+
+LOSSES = ("bce", "dice", "bce_dice")
+BCE_EPSILON = 1e-7  # probabilities are clipped to [eps, 1 - eps] before the logarithm
+DICE_SMOOTH = 1.0  # added to numerator and denominator of the soft Dice (in pixels)
+BCE_WEIGHT = 1.0
+DICE_WEIGHT = 1.0
+PACKAGE = "busi_unet"
+
+
+def _flatten_pair(y_true, y_pred):
+    y_pred = ops.cast(y_pred, "float32")
+    y_true = ops.cast(y_true, "float32")
+    batch = ops.shape(y_pred)[0]
+    return ops.reshape(y_true, (batch, -1)), ops.reshape(y_pred, (batch, -1))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def bce_loss(y_true, y_pred):
+    """Binary cross-entropy averaged over the pixels of each image.
+
+    Formula:
+        ``bce = -mean_pixels(y log(p) + (1 - y) log(1 - p))``, with ``p`` clipped to
+        ``[BCE_EPSILON, 1 - BCE_EPSILON]``.
+
+    Args:
+        y_true: ``(N, H, W, 1)`` float in {0, 1}.
+        y_pred: ``(N, H, W, 1)`` probabilities in [0, 1] (any float dtype; computed in float32).
+
+    Returns:
+        ``(N,)`` float32 tensor, >= 0.
+    """
+    y, p = _flatten_pair(y_true, y_pred)
+    p = ops.clip(p, BCE_EPSILON, 1.0 - BCE_EPSILON)
+    return -ops.mean(y * ops.log(p) + (1.0 - y) * ops.log(1.0 - p), axis=1)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def dice_loss(y_true, y_pred):
+    """Soft Dice loss per image, on probabilities (no threshold).
+
+    Formula:
+        ``dice_loss = 1 - (2 sum(y p) + s) / (sum(y) + sum(p) + s)`` with ``s = DICE_SMOOTH``,
+        sums over the pixels of one image. An empty truth gives ``1 - s / (sum(p) + s)``, which
+        falls to 0 as the prediction empties, so normal images teach "no lesion".
+
+    Args and returns as `bce_loss`; values in [0, 1].
+    """
+    y, p = _flatten_pair(y_true, y_pred)
+    intersection = ops.sum(y * p, axis=1)
+    total = ops.sum(y, axis=1) + ops.sum(p, axis=1)
+    return 1.0 - (2.0 * intersection + DICE_SMOOTH) / (total + DICE_SMOOTH)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def bce_dice_loss(y_true, y_pred):
+    """Weighted sum ``BCE_WEIGHT * bce_loss + DICE_WEIGHT * dice_loss`` (weights 1 and 1).
+
+    Args and returns as `bce_loss`.
+    """
+    return BCE_WEIGHT * bce_loss(y_true, y_pred) + DICE_WEIGHT * dice_loss(y_true, y_pred)
+_LOSS_FUNCTIONS = {"bce": bce_loss, "dice": dice_loss, "bce_dice": bce_dice_loss}
+
+
+def get_loss(name: str):
+    """Returns the loss function named `name`, one of `LOSSES` ("bce", "dice", "bce_dice")."""
+    if name not in LOSSES:
+        raise ValueError(f"Unknown loss {name!r}; expected one of {LOSSES}.")
+    return _LOSS_FUNCTIONS[name]
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class DiceMetric(keras.metrics.Metric):
+    """Mean per-image Dice for monitoring in Keras, with the policy of `dice_score`.
+
+    Each image's prediction is binarised at `threshold`; an image whose truth and prediction
+    are both empty scores 1. The result is the mean over all images seen since the last reset
+    (not a mean of batch means, not pooled), so it matches ``dice_score(...).mean()``.
+
+    Args:
+        threshold: binarisation threshold for probabilities.
+        name: metric name in logs (``"dice"``, so validation logs ``"val_dice"``).
+    """
+
+    def __init__(self, threshold: float = DEFAULT_THRESHOLD, name: str = "dice", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self.threshold = float(threshold)
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total", dtype="float32")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count", dtype="float32")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError("DiceMetric does not support sample_weight; every image counts once.")
+        y, p = _flatten_pair(y_true, y_pred)
+        y = ops.cast(y >= 0.5, "float32")
+        p = ops.cast(p >= self.threshold, "float32")
+        tp = ops.sum(y * p, axis=1)
+        denominator = ops.sum(y, axis=1) + ops.sum(p, axis=1)
+        dice = ops.where(denominator > 0, 2.0 * tp / ops.maximum(denominator, 1.0), 1.0)
+        self.total.assign_add(ops.sum(dice))
+        self.count.assign_add(ops.cast(ops.shape(dice)[0], "float32"))
+
+    def result(self):
+        return ops.where(self.count > 0, self.total / ops.maximum(self.count, 1.0), 0.0)
+
+    def reset_state(self):
+        self.total.assign(0.0)
+        self.count.assign(0.0)
+
+    def get_config(self):
+        return {"threshold": self.threshold, "name": self.name, "dtype": self.dtype}
