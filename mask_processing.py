@@ -163,7 +163,7 @@ def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
 def clean_mask(mask: np.ndarray, min_area: int = 0, fill: bool = True) -> np.ndarray:
     """Cleans a binary mask: drops small components, then fills enclosed holes.
 
-    Used on ground truth and, in `training.evaluate`, to post-process predictions.
+    Used on ground truth and, in `evaluation.evaluate`, to post-process predictions.
 
     Args:
         mask: ``(H, W)`` or ``(H, W, 1)`` uint8 or bool in ``{0, 1}``.

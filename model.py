@@ -23,7 +23,7 @@ Batch normalisation: with ``dtype_policy="float32"`` (and ``fused_batch_norm=Tru
 the BatchNorm layers are `FusedBatchNormalization`: Keras's ``BatchNormalization`` (same weights,
 same configuration, same results within float rounding) computed by TensorFlow's fused kernel,
 which makes a training step about a third faster on a CPU (``benchmarks/fit_overhead.py``).
-`portable_model` turns such a model into one with plain Keras layers; ``training.save_model``
+`portable_model` turns such a model into one with plain Keras layers; ``model_io.save_model``
 does so before writing, so saved ``.keras`` files load without this library.
 
 Mixed precision is set per model, never globally: every layer receives ``dtype=dtype_policy``
@@ -239,7 +239,7 @@ def build_unet(
         name: name of the model.
         fused_batch_norm: with ``dtype_policy="float32"``, use `FusedBatchNormalization` (the
             same computation, faster on a CPU); False, or a mixed policy, gives Keras's own
-            ``BatchNormalization``. Save with ``training.save_model`` (see `portable_model`).
+            ``BatchNormalization``. Save with ``model_io.save_model`` (see `portable_model`).
 
     Returns:
         A ``keras.Model`` mapping ``(batch, height, width, channels)`` images to
