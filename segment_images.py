@@ -12,7 +12,12 @@ folder, plus ``measurements.csv`` with one row per file: measurements for the se
 ``status`` ``"skipped"`` and the ``reason`` for every file that could not be used (empty,
 truncated, not an image, wrong number of channels, too small, other extension). A bad file never
 stops the run. Every file is written atomically (`atomic_io.atomic_write`), so an existing
-output is replaced whole or not at all.
+output is replaced whole or not at all. Exit status: 0; 1 when no file could be segmented; 2
+for a mistake in the arguments (a missing, damaged or non-``.keras`` model file, an unreadable
+results.json beside it, a missing input folder, an output path that is a file or the input
+folder, a setting out of range, a bad option), which is answered by one line ``error: ...`` on
+standard error before anything is written (`cli.user_errors`). TensorFlow's start-up lines are
+kept out of the output (`quiet.import_tensorflow`).
 
 Method, per image (`segment_images`):
 
@@ -57,12 +62,17 @@ import cv2
 import numpy as np
 import pandas as pd
 
-import atomic_io
-import data_loading
-import inference
-import model_io
-import run_results
-from evaluation import DEFAULT_THRESHOLD
+import quiet
+
+quiet.import_tensorflow()  # before the imports below: keeps TensorFlow's start-up lines out of the output
+
+import atomic_io  # noqa: E402
+import cli  # noqa: E402
+import data_loading  # noqa: E402
+import inference  # noqa: E402
+import model_io  # noqa: E402
+import run_results  # noqa: E402
+from evaluation import DEFAULT_THRESHOLD  # noqa: E402
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 MEASUREMENTS_CSV = "measurements.csv"
@@ -233,18 +243,48 @@ def default_threshold(model_path: str | os.PathLike) -> tuple[float, str]:
         ``(threshold, source)`` with `source` a short description for logs.
 
     Raises:
-        ValueError: a results.json that is not valid JSON or holds a threshold outside (0, 1).
+        ValueError: a results.json that cannot be read, is not valid JSON or holds a threshold
+            outside (0, 1).
     """
     results = Path(model_path).parent / run_results.RESULTS_JSON
     if not results.is_file():
         return DEFAULT_THRESHOLD, f"default (no {run_results.RESULTS_JSON} beside the model)"
     try:
         threshold = run_results.read_results(results).get("threshold")
-    except ValueError as error:
+    except (ValueError, OSError) as error:  # not JSON, a threshold outside (0, 1), not readable
         raise ValueError(f"Could not read the threshold from '{results}': {error} Pass --threshold.") from error
     if threshold is None:
         return DEFAULT_THRESHOLD, f"default ({run_results.RESULTS_JSON} beside the model has no threshold)"
     return float(threshold), f"chosen on validation ({results})"
+
+
+def check_folders(input_dir: str | os.PathLike, output_dir: str | os.PathLike) -> None:
+    """Checks the folders of `segment_folder` before anything is read or written.
+
+    Raises:
+        FileNotFoundError: `input_dir` does not exist.
+        ValueError: `input_dir` is a file, `output_dir` is an existing file, or both name the
+            same folder.
+    """
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if not input_dir.exists():
+        raise FileNotFoundError(f"Input folder not found: '{input_dir}'.")
+    if not input_dir.is_dir():
+        raise ValueError(f"Expected an input folder; '{input_dir}' is a file. Pass the folder that holds the images.")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"Expected an output folder; '{output_dir}' is an existing file. Pass a folder (created if missing).")
+    if output_dir.resolve() == input_dir.resolve():
+        raise ValueError(f"Expected an output folder other than the input folder '{input_dir}' (masks would mix with images).")
+
+
+def check_settings(model, threshold: float, min_area: int | None, batch_size: int) -> None:
+    """Checks the settings and the model's input as `segment_images` does, before any file is read.
+
+    Raises:
+        ValueError: a threshold outside (0, 1), a negative `min_area`, a `batch_size` under 1,
+            or a model without a fixed ``(h, w, 1)`` input.
+    """
+    inference.segment_many(model, [], threshold, min_area, batch_size=batch_size)  # its checks, on no image
 
 
 def _list_inputs(input_dir: Path) -> list[Path]:
@@ -294,14 +334,11 @@ def segment_folder(
         ``tta``.
 
     Raises:
-        FileNotFoundError: `input_dir` is not a folder.
-        ValueError: `output_dir` is `input_dir`, or a bad argument.
+        FileNotFoundError, ValueError: as `check_folders` and `check_settings`.
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    if not input_dir.is_dir():
-        raise FileNotFoundError(f"Input folder not found: '{input_dir}'.")
-    if output_dir.resolve() == input_dir.resolve():
-        raise ValueError(f"Expected an output folder other than the input folder '{input_dir}' (masks would mix with images).")
+    check_folders(input_dir, output_dir)
+    check_settings(model, threshold, min_area, batch_size)
     min_side = inference.min_image_side(inference.model_input_size(model))
     files = _list_inputs(input_dir)
     stems = _output_stems(files)
@@ -344,7 +381,13 @@ def segment_folder(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0, or 1 when no file could be segmented)."""
+    """Command-line entry point; returns the exit status: 0, or 1 when no file could be segmented.
+
+    A mistake in the arguments (a missing, damaged or non-``.keras`` model file, an unreadable
+    results.json beside it, a missing input folder, an output path that is a file or the input
+    folder, a setting out of range) ends the program with one line ``error: ...`` on standard
+    error and exit status 2 (`cli.user_errors`), as a bad option does (argparse).
+    """
     parser = argparse.ArgumentParser(
         description="Segment every image of a folder with a trained busi-unet model; writes masks, overlays "
                     "and measurements.csv.")
@@ -359,12 +402,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tta", action="store_true", help="average over the horizontal flip")
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if args.threshold is None:
-        threshold, source = default_threshold(args.model)
-    else:
-        threshold, source = args.threshold, "given"
-    model = model_io.load_model(args.model, compile=False)
+    with cli.user_errors():  # mistakes in the arguments: one line "error: ...", exit status 2
+        check_folders(args.input, args.output)
+        if args.threshold is None:
+            threshold, source = default_threshold(args.model)
+        else:
+            threshold, source = args.threshold, "given"
+        model = model_io.load_model(args.model, compile=False)
+        check_settings(model, threshold, args.min_area, args.batch_size)
+        Path(args.output).mkdir(parents=True, exist_ok=True)
     height, width = inference.model_input_size(model)
     print(f"model {args.model}: input {height}x{width}; threshold {threshold:.3f} ({source}); "
           f"min_area {args.min_area if args.min_area is not None else 'none'}; tta {'hflip' if args.tta else 'off'}",

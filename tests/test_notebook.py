@@ -1,4 +1,4 @@
-"""The notebook runs top to bottom with tiny parameters, and is committed without outputs."""
+"""The notebook runs top to bottom with tiny parameters (quietly, with its figures, also headless), and is committed without outputs."""
 
 import json
 import shutil
@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import synthetic_data
+from tensorflow_lines import tensorflow_lines
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "breast-cancer-ultrasound-unet.ipynb"
 
@@ -56,13 +57,21 @@ def test_notebook_runs_on_generated_data_and_resumes(tmp_path, monkeypatch):
     assert json.loads((run / "results.json").read_text())["epochs_run"] == 3
 
 
-def test_notebook_without_busi_says_so_and_runs_on_the_demo_set(tmp_path, monkeypatch):
+def test_notebook_on_a_fresh_headless_machine_runs_on_the_demo_set_quietly_with_figures(tmp_path, monkeypatch, capfd):
+    """No BUSI, MPLBACKEND=Agg (as on a headless server), TF_CPP_MIN_LOG_LEVEL unset: the demo set
+    is used and says so, every plotting cell shows its figure, and no TensorFlow start-up line
+    appears in the notebook or on the terminal."""
     papermill = pytest.importorskip("papermill")
     repo = tmp_path / "repo"  # a copy with no ../shared beside it, as on a user's fresh machine
     repo.mkdir()
     for path in list(NOTEBOOK.parent.glob("*.py")) + [NOTEBOOK]:
         shutil.copy(path, repo / path.name)
     monkeypatch.delenv("BUSI_ROOT", raising=False)
+    # The kernel inherits this environment. Without PYTEST_CURRENT_TEST it forwards what C++ code
+    # writes to its file descriptors into the notebook, as under Jupyter (ipykernel skips this under pytest).
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
     out = tmp_path / "executed.ipynb"
     papermill.execute_notebook(
         str(repo / NOTEBOOK.name), str(out), kernel_name="python3", progress_bar=False, cwd=str(repo),
@@ -71,3 +80,25 @@ def test_notebook_without_busi_says_so_and_runs_on_the_demo_set(tmp_path, monkey
     text = out.read_text()
     assert "BUSI NOT FOUND: RUNNING ON A GENERATED DEMO SET" in text
     assert (repo / "runs" / "notebook" / "results.json").is_file()
+
+    cells = [c for c in json.loads(text)["cells"] if c["cell_type"] == "code"]
+    # Every cell that draws a figure shows it once, as a PNG (cross-validation is off: cv_folds = 0).
+    plotting = [c for c in cells if "viz.plot_" in "".join(c["source"]) and "plot_cross_validation" not in "".join(c["source"])]
+    shown = [sum("image/png" in o.get("data", {}) for o in c["outputs"]) for c in plotting]
+    assert len(plotting) == 9 and shown == [1] * 9
+    assert sum("image/png" in o.get("data", {}) for c in cells for o in c["outputs"]) == 9
+    assert len(list((repo / "runs" / "notebook" / "figures").glob("*.png"))) == 9
+
+    outputs = "\n".join(_output_text(o) for c in cells for o in c["outputs"])
+    assert not tensorflow_lines(outputs), tensorflow_lines(outputs)
+    terminal = capfd.readouterr()  # the kernel's own standard error goes to the terminal too
+    assert not tensorflow_lines(terminal.out + terminal.err)
+
+
+def _output_text(output: dict) -> str:
+    """The text of one notebook output: a stream, an error's traceback or a result's text/plain."""
+    if output["output_type"] == "stream":
+        return "".join(output["text"])
+    if output["output_type"] == "error":
+        return "\n".join(output["traceback"])
+    return "".join(output.get("data", {}).get("text/plain", ""))

@@ -1,6 +1,12 @@
 """segment_images: arrays of any size to masks at that size, measurements, the folder command and its bad files."""
 
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import keras
@@ -17,6 +23,7 @@ import inference
 import training
 import losses
 import model_io
+from tensorflow_lines import tensorflow_lines
 
 SIDE = 32  # model input; smallest accepted image side: 32 / MAX_UPSCALE = 8
 
@@ -269,3 +276,96 @@ def test_threshold_default_and_folder_errors(saved_model, tmp_path):
     (tmp_path / "empty_in").mkdir()
     assert si.main(["--model", str(saved_model), "--input", str(tmp_path / "empty_in"),
                     "--output", str(tmp_path / "o")]) == 1
+
+
+# ---------------------------------------------------------------- mistakes on the command line
+
+
+def _mistake_files(folder, saved_model):
+    """A good input folder ``in``, and one bad file of each kind, beside it in `folder`."""
+    (folder / "in").mkdir()
+    cv2.imwrite(str(folder / "in" / "scan.png"), np.zeros((40, 40), np.uint8))
+    (folder / "notes.txt").write_text("notes")
+    shutil.copy(saved_model, folder / "model.h5")
+    (folder / "damaged.keras").write_bytes(saved_model.read_bytes()[:1000])  # an interrupted copy
+    for name, text in (("bad_json", "{not json"), ("bad_threshold", '{"threshold": 1.5}')):
+        (folder / name).mkdir()
+        shutil.copy(saved_model, folder / name / "best.keras")
+        (folder / name / "results.json").write_text(text)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"--model": "{tmp}/missing.keras"}, r"No saved model at '.*missing\.keras'\."),
+    ({"--model": "{tmp}/in"}, r"No saved model at '.*in'\."),
+    ({"--model": "{tmp}/model.h5"}, r"Expected a '\.keras' file \(as written by save_model\); received '.*model\.h5'"),
+    ({"--model": "{tmp}/damaged.keras"}, r"Could not load '.*damaged\.keras' \(1000 bytes\): it is not a complete \.keras archive"),
+    ({"--model": "{tmp}/bad_json/best.keras"}, r"Could not read the threshold from '.*results\.json': .* is not valid JSON.* Pass --threshold\."),
+    ({"--model": "{tmp}/bad_threshold/best.keras"}, r"holds threshold 1\.5, outside \(0, 1\)\. Pass --threshold\."),
+    ({"--output": "{tmp}/notes.txt"}, r"Expected an output folder; '.*notes\.txt' is an existing file"),
+    ({"--input": "{tmp}/nowhere"}, r"Input folder not found: '.*nowhere'\."),
+    ({"--input": "{tmp}/notes.txt"}, r"Expected an input folder; '.*notes\.txt' is a file"),
+    ({"--output": "{tmp}/in/../in"}, r"Expected an output folder other than the input folder"),
+    ({"--threshold": "1.5"}, r"Expected threshold in \(0, 1\); received 1\.5\."),
+    ({"--min-area": "-1"}, r"Expected min_area >= 0 or None; received -1\."),
+    ({"--batch-size": "0"}, r"Expected batch_size >= 1; received 0\."),
+], ids=["missing model", "model is a folder", "not .keras", "damaged .keras", "results.json not JSON",
+        "results.json threshold", "output is a file", "missing input", "input is a file", "output is input",
+        "threshold", "min area", "batch size"])
+def test_user_mistakes_get_one_error_line_and_status_2(saved_model, tmp_path, capsys, changes, message):
+    _mistake_files(tmp_path, saved_model)
+    options = {"--model": str(saved_model), "--input": str(tmp_path / "in"), "--output": str(tmp_path / "out")}
+    options.update({option: value.format(tmp=tmp_path) for option, value in changes.items()})
+    with pytest.raises(SystemExit) as exit_info:
+        si.main([word for pair in options.items() for word in pair])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+    assert re.search(message, captured.err), captured.err
+    assert captured.out == "" and not (tmp_path / "out").exists()  # checked before anything is written
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["scan.png"]
+
+
+def test_unreadable_results_json_is_a_user_error(saved_model, monkeypatch):
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(si.run_results, "read_results", denied)
+    with pytest.raises(ValueError, match=r"Could not read the threshold from .*Permission denied.* Pass --threshold"):
+        si.default_threshold(saved_model)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "x"], "error: argument --batch-size: invalid int value: 'x'"),
+    (["--tresh", "0.3"], "error: unrecognized arguments: --tresh 0.3"),
+    ([], "error: the following arguments are required: --model, --input, --output"),
+])
+def test_bad_options_get_argparse_usage_and_one_error_line(capsys, tmp_path, argv, message):
+    if argv:
+        argv = ["--model", "m.keras", "--input", str(tmp_path), "--output", str(tmp_path / "o"), *argv]
+    with pytest.raises(SystemExit) as exit_info:
+        si.main(argv)
+    lines = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2
+    assert lines[0].startswith("usage: ") and lines[-1].endswith(message)
+    assert sum("error:" in line for line in lines) == 1
+
+
+def test_command_prints_no_traceback_and_no_tensorflow_lines(saved_model, tmp_path):
+    """A run and a mistake, each in a fresh interpreter, TF_CPP_MIN_LOG_LEVEL unset."""
+    _input_folder(tmp_path / "in")
+    (tmp_path / "damaged.keras").write_bytes(saved_model.read_bytes()[:1000])
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+
+    def command(model, output):
+        return subprocess.run([sys.executable, str(Path(si.__file__)), "--model", str(model),
+                               "--input", str(tmp_path / "in"), "--output", str(tmp_path / output)],
+                              env=env, capture_output=True, text=True, check=False, timeout=600)
+
+    run = command(saved_model, "out")
+    assert run.returncode == 0 and "segmented 5 of 12 files" in run.stdout, run.stderr
+    assert run.stderr == ""
+    mistake = command(tmp_path / "damaged.keras", "out2")
+    assert mistake.returncode == 2 and mistake.stdout == ""
+    assert re.fullmatch(r"error: Could not load '.*damaged\.keras' \(1000 bytes\): [^\n]*\n", mistake.stderr)
+    for output in (run.stdout + run.stderr, mistake.stderr):
+        assert "Traceback" not in output and not tensorflow_lines(output)
