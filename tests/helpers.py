@@ -15,7 +15,8 @@ def tiny_data(n=16, size=32, seed=0):
     rng = np.random.default_rng(seed)
     images, masks = [], []
     for i in range(n):
-        image, lesion_masks = synthetic_data.synthetic_pair(rng, size, size, ("benign", "malignant", "normal")[i % 3])
+        label = ("benign", "malignant", "normal")[i % 3]
+        image, lesion_masks = synthetic_data.synthetic_pair(rng, size, size, label)
         images.append(image[..., None].astype(np.float32) / 255)
         masks.append(lesion_masks[0][..., None])
     return np.stack(images), np.stack(masks)

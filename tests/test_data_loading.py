@@ -4,6 +4,7 @@ Property-based (hypothesis): `resize_image` / `resize_mask` give the size asked,
 range and never invent mask values.
 """
 
+import re
 import shutil
 from pathlib import Path
 
@@ -153,6 +154,48 @@ def test_tf_dataset_runs_without_the_autotuning_model():
     masks = np.zeros((4, 16, 16, 1), np.uint8)
     for training in (True, False):
         assert dl.make_tf_dataset(images, masks, 2, training=training).options().autotune.enabled is False
+
+
+def test_find_busi_root_returns_an_explicit_folder_first(tmp_path, monkeypatch):
+    monkeypatch.setenv(dl.BUSI_ROOT_VARIABLE, str(tmp_path / "not consulted"))
+    assert dl.find_busi_root(tmp_path) == tmp_path
+    assert dl.find_busi_root(str(tmp_path)) == tmp_path
+
+
+def test_find_busi_root_refuses_a_missing_explicit_folder_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(dl, "SHARED_BUSI", tmp_path)  # exists, yet is not fallen back to
+    missing = tmp_path / "no BUSI here"
+    message = f"BUSI not found at {str(missing)!r} (from data_dir)"
+    with pytest.raises(FileNotFoundError, match=re.escape(message)):
+        dl.find_busi_root(missing)
+
+
+def test_find_busi_root_uses_busi_root_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setattr(dl, "SHARED_BUSI", tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv(dl.BUSI_ROOT_VARIABLE, str(data))
+    assert dl.find_busi_root() == data
+    assert dl.find_busi_root("") == data  # an empty data_dir counts as unset
+    missing = tmp_path / "gone"
+    monkeypatch.setenv(dl.BUSI_ROOT_VARIABLE, str(missing))
+    message = f"BUSI not found at {str(missing)!r} (from ${dl.BUSI_ROOT_VARIABLE})"
+    with pytest.raises(FileNotFoundError, match=re.escape(message)):
+        dl.find_busi_root()
+
+
+@pytest.mark.parametrize("environment", [None, ""], ids=["unset", "empty"])
+def test_find_busi_root_falls_back_to_the_shared_folder_or_none(tmp_path, monkeypatch, environment):
+    if environment is None:
+        monkeypatch.delenv(dl.BUSI_ROOT_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(dl.BUSI_ROOT_VARIABLE, environment)
+    shared = tmp_path / "shared" / "data" / "BUSI"
+    monkeypatch.setattr(dl, "SHARED_BUSI", shared)
+    assert dl.find_busi_root() is None
+    assert dl.find_busi_root(None) is None
+    shared.mkdir(parents=True)
+    assert dl.find_busi_root() == shared
 
 
 @FAST

@@ -1,6 +1,7 @@
 """Tests for inference: `predict` in batches and with test-time augmentation (horizontal flip),
 evaluation with and without it, and `segment` at the image's own size."""
 
+import cv2
 import keras
 import numpy as np
 import pandas as pd
@@ -90,3 +91,20 @@ def test_segment_returns_a_binary_mask_at_the_original_size():
     assert iou > 0.9
     with pytest.raises(ValueError, match="has 5 channels; expected 1 \\(grey\\), 3 \\(RGB\\) or 4 \\(RGBA\\)"):
         inference.segment(identity, np.zeros((40, 40, 5), np.float32))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"threshold": 0.3, "min_area": 6, "tta": True}], ids=["defaults", "options"]
+)
+def test_segment_equals_segment_many_for_one_image(kwargs):
+    model = _shift_model(32)  # not mirror-symmetric: TTA changes its output
+    rng = np.random.default_rng(0)
+    grey = cv2.GaussianBlur(rng.random((45, 70), dtype=np.float32), (0, 0), 2)  # blobs, not pixel noise
+    grey = (grey - grey.min()) / (grey.max() - grey.min())
+    colour = rng.integers(0, 256, (60, 41, 3), dtype=np.uint8)
+    for image in (grey, colour):
+        masks, probabilities = inference.segment_many(model, [image], **kwargs)
+        mask = inference.segment(model, image, **kwargs)
+        assert mask.shape == image.shape[:2] == probabilities[0].shape and mask.dtype == np.uint8
+        assert 0 < mask.sum() < mask.size  # a comparison of two all-0 or all-1 masks would prove little
+        np.testing.assert_array_equal(mask, masks[0])

@@ -85,6 +85,26 @@ def test_clean_mask_rejects_non_binary():
         mp.clean_mask(np.array([[0, 2]], np.uint8))
 
 
+@pytest.mark.parametrize(
+    "shape, ndim, expected",
+    [
+        ((4, 5, 1), 2, (4, 5)),
+        ((4, 5), 2, (4, 5)),
+        ((3, 4, 5, 1), 3, (3, 4, 5)),
+        ((4, 5, 3), 2, (4, 5, 3)),
+        ((4, 5, 1), 3, (4, 5, 1)),
+        ((3, 4, 5, 1), 2, (3, 4, 5, 1)),
+    ],
+    ids=["hw1", "hw", "nhw1 as a stack", "hw3", "hw1 as a stack of width 1", "nhw1 as one image"],
+)
+def test_drop_channel_axis_by_hand(shape, ndim, expected):
+    array = np.arange(np.prod(shape), dtype=np.uint8).reshape(shape)
+    out = mp.drop_channel_axis(array, ndim)
+    assert out.shape == expected and out.dtype == array.dtype
+    np.testing.assert_array_equal(out.ravel(), array.ravel())  # same values, same order
+    assert np.shares_memory(out, array)  # a view, never a copy
+
+
 @FAST
 @given(binary_masks())
 def test_binarize_mask_maps_every_encoding_to_its_0_1_mask(case):
