@@ -1,18 +1,23 @@
-"""Tests for data_loading on generated BUSI-shaped folders, plus `busi` checks on the real data."""
+"""Tests for data_loading on generated BUSI-shaped folders, plus `busi` checks on the real data.
 
+Property-based (hypothesis): `resize_image` / `resize_mask` give the size asked, keep the value
+range and never invent mask values.
+"""
+
+import re
 import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 import data_loading as dl
-import atomic_io
-import augmentation
-import splits
 import synthetic_data
+from array_strategies import FAST, binary_masks, shapes_2d
 
 
 @pytest.fixture(scope="module")
@@ -126,64 +131,6 @@ def test_load_dataset_merges_masks_and_caches(synthetic_root, tmp_path):
     np.testing.assert_array_equal(images, images3)
 
 
-def test_atomic_write_keeps_previous_file_on_failure(tmp_path):
-    path = tmp_path / "result.json"
-    atomic_io.write_json(path, {"a": 1})
-
-    def fail(tmp):
-        Path(tmp).write_text("partial")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        atomic_io.atomic_write(path, fail)
-    assert path.read_text().strip().replace(" ", "").replace("\n", "") == '{"a":1}'
-    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
-
-
-def test_atomic_write_keeps_double_suffixes_and_write_csv_round_trips(tmp_path):
-    seen = []
-    atomic_io.atomic_write(tmp_path / "epoch-0001.weights.h5", lambda tmp: (seen.append(tmp), Path(tmp).write_bytes(b"x")))
-    assert seen[0].endswith(".weights.h5") and (tmp_path / "epoch-0001.weights.h5").read_bytes() == b"x"
-    frame = pd.DataFrame({"image_id": ["a", "b"], "dice": [0.5, 1.0]})
-    atomic_io.write_csv(tmp_path / "t.csv", frame)
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "t.csv"), frame)
-
-
-def test_duplicates_are_grouped_and_splits_do_not_leak(synthetic_root):
-    df = dl.index_busi(synthetic_root)
-    images, _ = dl.load_dataset(df, 32)
-    df = splits.add_duplicate_groups(df, images)
-    report = splits.duplicate_report(df)
-    planted = {("benign (1)", "malignant (8)"), ("benign (2)", "malignant (7)")}
-    found = {tuple(r.split(", ")) for r in report["image_ids"]}
-    assert planted <= found
-    assert report["cross_class"].sum() >= 2
-    train, val, test = splits.split_dataset(df, 0.2, 0.2, seed=3)
-    assert len(train) + len(val) + len(test) == len(df)
-    for a, b in [(train, val), (train, test), (val, test)]:
-        assert not set(a["image_id"]) & set(b["image_id"])
-        assert not set(a["duplicate_group"]) & set(b["duplicate_group"])
-    again = splits.split_dataset(df, 0.2, 0.2, seed=3)
-    assert all(x["image_id"].tolist() == y["image_id"].tolist() for x, y in zip((train, val, test), again))
-    folds = splits.kfold_splits(df, n_folds=3, seed=0)
-    assert sorted(sum((v["image_id"].tolist() for _, v in folds), [])) == sorted(df["image_id"])
-
-
-def test_split_requires_groups_and_valid_fractions(synthetic_root):
-    df = dl.index_busi(synthetic_root, check_pixels=False)
-    with pytest.raises(ValueError, match="add_duplicate_groups"):
-        splits.split_dataset(df)
-    with pytest.raises(ValueError, match=r"val_fraction in \(0, 0.5\]"):
-        splits.split_dataset(df, val_fraction=0.9, group_column=None)
-
-
-def test_hamming_and_groups_by_hand():
-    hashes = np.array([0b0000, 0b0011, 0b1111_0000_0000, 0b0111], dtype=np.uint64)
-    d = splits.hamming_distances(hashes)
-    assert d[0, 1] == 2 and d[0, 2] == 4 and d[1, 3] == 1
-    np.testing.assert_array_equal(splits.find_duplicate_groups(hashes, max_distance=2), [0, 0, 1, 0])
-
-
 def test_tf_dataset_augmentation_keeps_masks_binary_and_is_deterministic():
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (6, 32, 32, 1)).astype(np.float32)
@@ -209,17 +156,73 @@ def test_tf_dataset_runs_without_the_autotuning_model():
         assert dl.make_tf_dataset(images, masks, 2, training=training).options().autotune.enabled is False
 
 
-def test_augmentation_moves_image_and_mask_together():
-    image = np.zeros((32, 32, 1), np.float32)
-    mask = np.zeros((32, 32, 1), np.uint8)
-    image[8:16, 4:12] = 1.0
-    mask[8:16, 4:12] = 1
-    aug_images, aug_masks = augmentation.augment_examples(image, mask, n_draws=5, seed=1)
-    for x, y in zip(aug_images, aug_masks):
-        inside = x[y == 1].mean()
-        outside = x[y == 0].mean()
-        assert inside > outside + 0.3
-        assert set(np.unique(y).tolist()) <= {0, 1}
+def test_find_busi_root_returns_an_explicit_folder_first(tmp_path, monkeypatch):
+    monkeypatch.setenv(dl.BUSI_ROOT_VARIABLE, str(tmp_path / "not consulted"))
+    assert dl.find_busi_root(tmp_path) == tmp_path
+    assert dl.find_busi_root(str(tmp_path)) == tmp_path
+
+
+def test_find_busi_root_refuses_a_missing_explicit_folder_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(dl, "SHARED_BUSI", tmp_path)  # exists, yet is not fallen back to
+    missing = tmp_path / "no BUSI here"
+    message = f"BUSI not found at {str(missing)!r} (from data_dir)"
+    with pytest.raises(FileNotFoundError, match=re.escape(message)):
+        dl.find_busi_root(missing)
+
+
+def test_find_busi_root_uses_busi_root_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setattr(dl, "SHARED_BUSI", tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv(dl.BUSI_ROOT_VARIABLE, str(data))
+    assert dl.find_busi_root() == data
+    assert dl.find_busi_root("") == data  # an empty data_dir counts as unset
+    missing = tmp_path / "gone"
+    monkeypatch.setenv(dl.BUSI_ROOT_VARIABLE, str(missing))
+    message = f"BUSI not found at {str(missing)!r} (from ${dl.BUSI_ROOT_VARIABLE})"
+    with pytest.raises(FileNotFoundError, match=re.escape(message)):
+        dl.find_busi_root()
+
+
+@pytest.mark.parametrize("environment", [None, ""], ids=["unset", "empty"])
+def test_find_busi_root_falls_back_to_the_shared_folder_or_none(tmp_path, monkeypatch, environment):
+    if environment is None:
+        monkeypatch.delenv(dl.BUSI_ROOT_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(dl.BUSI_ROOT_VARIABLE, environment)
+    shared = tmp_path / "shared" / "data" / "BUSI"
+    monkeypatch.setattr(dl, "SHARED_BUSI", shared)
+    assert dl.find_busi_root() is None
+    assert dl.find_busi_root(None) is None
+    shared.mkdir(parents=True)
+    assert dl.find_busi_root() == shared
+
+
+@FAST
+@given(arrays(np.float32, shapes_2d, elements=st.floats(0, 1, width=32)), shapes_2d)
+def test_resize_image_gives_the_size_asked_in_range(image, size):
+    out = dl.resize_image(image, size)
+    assert out.shape == (*size, 1) and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert image.min() - 1e-6 <= out.min() and out.max() <= image.max() + 1e-6  # area averaging
+
+
+@FAST
+@given(shapes_2d, shapes_2d, st.floats(0, 1, width=32))
+def test_resize_image_keeps_a_constant_image_constant(shape, size, value):
+    out = dl.resize_image(np.full(shape, value, np.float32), size)
+    np.testing.assert_allclose(out, value, atol=1e-6)
+
+
+@FAST
+@given(binary_masks(encodings=("01",)), shapes_2d)
+def test_resize_mask_stays_binary_and_never_invents_values(case, size):
+    _, truth = case
+    out = dl.resize_mask(truth, size)
+    assert out.shape == (*size, 1) and out.dtype == np.uint8
+    assert set(np.unique(out).tolist()) <= set(np.unique(truth).tolist())
+    if truth.shape == size:
+        np.testing.assert_array_equal(out[..., 0], truth)
 
 
 @pytest.mark.busi

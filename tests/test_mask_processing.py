@@ -1,9 +1,17 @@
-"""Tests for mask_processing: binarisation policy, max-projection merge, cleaning."""
+"""Tests for mask_processing: binarisation policy, max-projection merge, cleaning.
+
+Property-based (hypothesis): `binarize_mask`, `merge_masks` and `clean_mask` keep their shapes,
+dtypes and value sets on generated masks in every BUSI encoding.
+"""
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 import mask_processing as mp
+from array_strategies import FAST, binary_masks, shapes_2d
 
 
 @pytest.mark.parametrize(
@@ -75,3 +83,86 @@ def test_fill_holes_keeps_border_connected_background():
 def test_clean_mask_rejects_non_binary():
     with pytest.raises(ValueError, match="values in \\{0, 1\\}"):
         mp.clean_mask(np.array([[0, 2]], np.uint8))
+
+
+@pytest.mark.parametrize(
+    "shape, ndim, expected",
+    [
+        ((4, 5, 1), 2, (4, 5)),
+        ((4, 5), 2, (4, 5)),
+        ((3, 4, 5, 1), 3, (3, 4, 5)),
+        ((4, 5, 3), 2, (4, 5, 3)),
+        ((4, 5, 1), 3, (4, 5, 1)),
+        ((3, 4, 5, 1), 2, (3, 4, 5, 1)),
+    ],
+    ids=["hw1", "hw", "nhw1 as a stack", "hw3", "hw1 as a stack of width 1", "nhw1 as one image"],
+)
+def test_drop_channel_axis_by_hand(shape, ndim, expected):
+    array = np.arange(np.prod(shape), dtype=np.uint8).reshape(shape)
+    out = mp.drop_channel_axis(array, ndim)
+    assert out.shape == expected and out.dtype == array.dtype
+    np.testing.assert_array_equal(out.ravel(), array.ravel())  # same values, same order
+    assert np.shares_memory(out, array)  # a view, never a copy
+
+
+@FAST
+@given(binary_masks())
+def test_binarize_mask_maps_every_encoding_to_its_0_1_mask(case):
+    mask, truth = case
+    out = mp.binarize_mask(mask)
+    assert out.dtype == np.uint8 and out.shape == truth.shape
+    np.testing.assert_array_equal(out, truth)
+    np.testing.assert_array_equal(mp.binarize_mask(out), out)  # idempotent
+
+
+@FAST
+@given(binary_masks(encodings=("0255",)), st.sampled_from([1, 3, 4]))
+def test_binarize_mask_reduces_channels(case, channels):
+    mask, truth = case
+    stacked = np.repeat(mask[..., None], channels, axis=2)
+    if channels == 4:
+        stacked[..., 3] = 255  # opaque
+    np.testing.assert_array_equal(mp.binarize_mask(stacked), truth)
+
+
+@FAST
+@given(arrays(np.uint8, shapes_2d, elements=st.integers(0, 255)))
+def test_binarize_mask_rejects_any_other_value_set_naming_the_mask(mask):
+    values = set(np.unique(mask).tolist())
+    if values <= {0, 1} or values <= {0, 255}:
+        assert set(np.unique(mp.binarize_mask(mask)).tolist()) <= {0, 1}
+    else:
+        with pytest.raises(ValueError, match=r"Expected a binary mask.*in 'm\.png'"):
+            mp.binarize_mask(mask, "m.png")
+
+
+@FAST
+@given(shapes_2d.flatmap(lambda shape: st.lists(binary_masks(shape=shape), min_size=1, max_size=4)),
+       st.randoms(use_true_random=False))
+def test_merge_masks_is_the_union_in_any_order(cases, rnd):
+    masks = [mask for mask, _ in cases]
+    union = np.maximum.reduce([truth for _, truth in cases])
+    merged = mp.merge_masks(masks)
+    assert merged.dtype == np.uint8 and merged.shape == union.shape
+    np.testing.assert_array_equal(merged, union)
+    shuffled = list(masks)
+    rnd.shuffle(shuffled)
+    np.testing.assert_array_equal(mp.merge_masks(shuffled), merged)
+    np.testing.assert_array_equal(mp.merge_masks([masks[0], masks[0]]), mp.binarize_mask(masks[0]))
+
+
+@FAST
+@given(binary_masks(encodings=("01", "bool")), st.integers(0, 10), st.booleans(), st.booleans())
+def test_clean_mask_keeps_shape_values_and_is_idempotent(case, min_area, fill, channel_axis):
+    mask, truth = case
+    if channel_axis:
+        mask, truth = mask[..., None], truth[..., None]
+    out = mp.clean_mask(mask, min_area=min_area, fill=fill)
+    assert out.shape == truth.shape and out.dtype == np.uint8 and set(np.unique(out).tolist()) <= {0, 1}
+    np.testing.assert_array_equal(mp.clean_mask(out, min_area=min_area, fill=fill), out)
+    if not fill:
+        assert not (out & ~truth.astype(bool)).any()  # removing components only removes
+    if min_area == 0:
+        assert not (truth.astype(bool) & ~out.astype(bool)).any()  # filling holes only adds
+    if min_area == 0 and not fill:
+        np.testing.assert_array_equal(out, truth)

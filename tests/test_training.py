@@ -1,78 +1,285 @@
-"""Metric tests: hand-computed values, the empty-mask policy, asymmetric cases, a scikit-learn reference."""
+"""Tests for training: resumable runs (history, checkpoints, exports, early stopping, loss scale),
+learning-rate schedules, the time budget, option checks, and one epoch on the real data (`busi`)."""
 
+import json
+
+import keras
 import numpy as np
+import pandas as pd
 import pytest
-from sklearn.metrics import f1_score, jaccard_score
-from sklearn.metrics import precision_score as sk_precision
-from sklearn.metrics import recall_score as sk_recall
 
+import data_loading as dl
+import splits
+import model as unet
+import training
 import evaluation
+import inference
+import model_io
+from helpers import tiny_datasets
+from helpers import tiny_model as _tiny_model
 
 
-def _masks(*rows):
-    return np.array(rows, dtype=np.float32)[:, None, :]  # (N, 1, W)
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_datasets()
 
 
-def test_both_empty_is_one_and_empty_truth_with_prediction_is_zero():
-    truth = np.zeros((2, 4, 4), np.uint8)
-    pred = np.zeros((2, 4, 4), np.float32)
-    pred[1, 0, 0] = 0.9
-    np.testing.assert_allclose(evaluation.dice_score(truth, pred), [1.0, 0.0])
-    np.testing.assert_allclose(evaluation.iou_score(truth, pred), [1.0, 0.0])
-    np.testing.assert_allclose(evaluation.precision_score(truth, pred), [1.0, 0.0])
-    np.testing.assert_allclose(evaluation.recall_score(truth, pred), [1.0, 0.0])
+def test_training_writes_history_and_checkpoints_and_resumes(tiny, tmp_path, capsys):
+    images, masks, train, val = tiny
+    run = tmp_path / "run"
+    keras.backend.clear_session()
+    model, history = training.train_model(_tiny_model(), train, val, run, epochs=2, learning_rate=1e-2, lr_schedule="plateau")
+    assert list(history["epoch"]) == [1, 2]
+    assert list(history.columns[:5]) == ["epoch", "loss", "dice", "val_loss", "val_dice"]
+    assert {"learning_rate", "seconds"} <= set(history.columns)
+    assert np.isfinite(history[["loss", "val_loss", "dice", "val_dice"]].to_numpy()).all()
+    for name in (training.BEST_MODEL, training.LAST_MODEL, training.HISTORY_CSV, training.STATE_JSON):
+        assert (run / name).is_file()
+    assert not list(run.glob(".*tmp-*")), "temporary files left behind"
+    first_two = pd.read_csv(run / training.HISTORY_CSV)
+    state = json.loads((run / training.STATE_JSON).read_text())
+    assert state["epochs_done"] == 2
+    assert state["best_val_dice"] == pytest.approx(history["val_dice"].max())
+    out = capsys.readouterr().out
+    assert "epoch 1/2 loss" in out and "epoch 2/2" in out
+
+    # Resume with a fresh, untrained model object: the saved one takes over.
+    keras.backend.clear_session()
+    resumed, history = training.train_model(_tiny_model(), train, val, run, epochs=4, learning_rate=1e-2, lr_schedule="plateau")
+    assert "resuming run" in capsys.readouterr().out
+    assert list(history["epoch"]) == [1, 2, 3, 4]
+    pd.testing.assert_frame_equal(history.iloc[:2].reset_index(drop=True), first_two)
+    pd.testing.assert_frame_equal(pd.read_csv(run / training.HISTORY_CSV), history, check_dtype=False)
+    steps_per_epoch = 3  # 12 images, batch 4
+    assert int(resumed.optimizer.iterations) == 4 * steps_per_epoch  # optimizer state carried over
+    state = json.loads((run / training.STATE_JSON).read_text())
+    assert state["epochs_done"] == 4 and state["loss"] == "bce_dice" and state["dtype_policy"] == "float32"
+    kept = {f"{training.CHECKPOINT_DIR}/{p.name}" for p in (run / training.CHECKPOINT_DIR).iterdir()}
+    assert kept == set(state["last_checkpoint"].values()) | set(state["best_checkpoint"].values())
+
+    # A finished run returns at once, unchanged.
+    keras.backend.clear_session()
+    again, history_again = training.train_model(_tiny_model(), train, val, run, epochs=4, lr_schedule="plateau")
+    assert "already finished" in capsys.readouterr().out
+    assert len(history_again) == 4
+    np.testing.assert_allclose(inference.predict(again, images[:2]), inference.predict(resumed, images[:2]), atol=1e-6)
 
 
-def test_asymmetric_case_by_hand():
-    # truth 4 pixels; prediction covers 2 of them plus 1 false positive: TP 2, FP 1, FN 2.
-    truth = _masks([1, 1, 1, 1, 0, 0])
-    pred = _masks([0.9, 0.6, 0.4, 0.1, 0.7, 0.2])
-    np.testing.assert_allclose(evaluation.dice_score(truth, pred), [4 / 7])
-    np.testing.assert_allclose(evaluation.iou_score(truth, pred), [2 / 5])
-    np.testing.assert_allclose(evaluation.precision_score(truth, pred), [2 / 3])
-    np.testing.assert_allclose(evaluation.recall_score(truth, pred), [2 / 4])
-    np.testing.assert_allclose(evaluation.dice_score(truth, pred, threshold=0.05), [8 / 10])
+@pytest.mark.filterwarnings("ignore:Skipping nested container")  # the mismatched model, on purpose
+def test_resume_rejects_another_image_size(tiny, tmp_path):
+    _, _, train, val = tiny
+    keras.backend.clear_session()
+    training.train_model(_tiny_model(), train, val, tmp_path, epochs=1, progress="none", lr_schedule="plateau")
+    with pytest.raises(ValueError, match=r"trained on inputs of shape \[32, 32, 1\], the model given takes \[64, 64, 1\]"):
+        training.train_model(_tiny_model(size=64), train, val, tmp_path, epochs=2, progress="none", lr_schedule="plateau")
+    keras.backend.clear_session()
+    training.set_seeds(0)
+    wider = unet.build_unet((32, 32, 1), base_filters=8, depth=2)
+    with pytest.raises(ValueError, match="does not fit the model given"):
+        training.train_model(wider, train, val, tmp_path, epochs=2, progress="none", lr_schedule="plateau")
+    with pytest.raises(ValueError, match="trained with loss 'bce_dice', not 'dice'"):
+        training.train_model(_tiny_model(), train, val, tmp_path, epochs=2, loss="dice", progress="none", lr_schedule="plateau")
 
 
-def test_all_ones_and_disjoint():
-    ones = np.ones((1, 3, 3, 1), np.float32)
-    np.testing.assert_allclose(evaluation.dice_score(ones, ones), [1.0])
-    truth = _masks([1, 1, 0, 0])
-    pred = _masks([0, 0, 1, 1])
-    np.testing.assert_allclose(evaluation.dice_score(truth, pred), [0.0])
-    np.testing.assert_allclose(evaluation.iou_score(truth, pred), [0.0])
+def test_interrupt_before_the_state_commit_resumes_from_the_last_committed_epoch(tiny, tmp_path, monkeypatch):
+    _, _, train, val = tiny
+    run = tmp_path / "run"
+    real_write_json = training.atomic_io.write_json
+    calls = []
+
+    def crash_on_second_commit(path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # history.csv and epoch-2 checkpoint are written, the state is not
+        return real_write_json(path, data)
+
+    monkeypatch.setattr(training.atomic_io, "write_json", crash_on_second_commit)
+    keras.backend.clear_session()
+    with pytest.raises(KeyboardInterrupt):
+        training.train_model(_tiny_model(), train, val, run, epochs=3, progress="none")
+    assert len(pd.read_csv(run / training.HISTORY_CSV)) == 2
+    assert json.loads((run / training.STATE_JSON).read_text())["epochs_done"] == 1
+    monkeypatch.setattr(training.atomic_io, "write_json", real_write_json)
+
+    keras.backend.clear_session()
+    model, history = training.train_model(_tiny_model(), train, val, run, epochs=3, progress="none")
+    assert list(history["epoch"]) == [1, 2, 3]
+    assert int(model.optimizer.iterations) == 3 * 3  # epoch 2 was trained once, after epoch 1's state
 
 
-def test_against_scikit_learn_on_random_images():
-    rng = np.random.default_rng(0)
-    truth = (rng.uniform(size=(5, 8, 8, 1)) < 0.3).astype(np.uint8)
-    pred = rng.uniform(size=(5, 8, 8, 1)).astype(np.float32)
-    for i in range(5):
-        t, p = truth[i].ravel(), (pred[i].ravel() >= 0.5).astype(int)
-        assert evaluation.dice_score(truth, pred)[i] == pytest.approx(f1_score(t, p), abs=1e-12)
-        assert evaluation.iou_score(truth, pred)[i] == pytest.approx(jaccard_score(t, p), abs=1e-12)
-        assert evaluation.precision_score(truth, pred)[i] == pytest.approx(sk_precision(t, p), abs=1e-12)
-        assert evaluation.recall_score(truth, pred)[i] == pytest.approx(sk_recall(t, p), abs=1e-12)
-    pooled = evaluation.pooled_scores(truth, pred)
-    t, p = truth.ravel(), (pred.ravel() >= 0.5).astype(int)
-    assert pooled["dice"] == pytest.approx(f1_score(t, p), abs=1e-12)
-    assert pooled["iou"] == pytest.approx(jaccard_score(t, p), abs=1e-12)
+def _same_weights(model_a, model_b):
+    return all(np.array_equal(a, b) for a, b in zip(model_a.get_weights(), model_b.get_weights(), strict=True))
 
 
-def test_pooled_differs_from_per_image_mean_where_sizes_differ():
-    truth = np.zeros((2, 1, 10), np.uint8)
-    truth[0, 0, :8] = 1  # large lesion, found
-    truth[1, 0, :2] = 1  # small lesion, missed
-    pred = truth.astype(np.float32).copy()
-    pred[1] = 0
-    np.testing.assert_allclose(evaluation.dice_score(truth, pred), [1.0, 0.0])
-    assert evaluation.pooled_scores(truth, pred)["dice"] == pytest.approx(16 / 18)
-    same = np.stack([truth[0], truth[0]])
-    assert evaluation.pooled_scores(same, same)["dice"] == evaluation.dice_score(same, same).mean() == 1.0
+def _checkpoint_model(run, names):
+    model = _tiny_model()
+    model.load_weights(run / names["weights"])
+    return model
 
 
-def test_bad_shapes_and_values():
-    with pytest.raises(ValueError, match="one shape"):
-        evaluation.dice_score(np.zeros((1, 2, 2)), np.zeros((1, 2, 3)))
-    with pytest.raises(ValueError, match=r"\{0, 1\}"):
-        evaluation.dice_score(np.full((1, 2, 2), 2), np.zeros((1, 2, 2)))
+def test_exports_hold_the_best_and_last_epochs_also_after_an_interrupt(tiny, tmp_path, monkeypatch):
+    _, _, train, val = tiny
+    run = tmp_path / "run"
+    keras.backend.clear_session()
+    model, _ = training.train_model(_tiny_model(), train, val, run, epochs=3, progress="none", lr_schedule="plateau")
+    state = json.loads((run / training.STATE_JSON).read_text())
+    assert _same_weights(model_io.load_model(run / training.LAST_MODEL), _checkpoint_model(run, state["last_checkpoint"]))
+    assert _same_weights(model_io.load_model(run / training.BEST_MODEL), _checkpoint_model(run, state["best_checkpoint"]))
+    assert _same_weights(model_io.load_model(run / training.LAST_MODEL), model)  # the returned model is the last
+
+    # KeyboardInterrupt inside epoch 5 of a resumed run: the exports are those of epoch 4 (completed in this call)
+    real_write_csv = training.atomic_io.write_csv
+
+    def interrupt_in_epoch_5(path, frame):
+        if len(frame) == 5:
+            raise KeyboardInterrupt
+        return real_write_csv(path, frame)
+
+    monkeypatch.setattr(training.atomic_io, "write_csv", interrupt_in_epoch_5)
+    keras.backend.clear_session()
+    with pytest.raises(KeyboardInterrupt):
+        training.train_model(_tiny_model(), train, val, run, epochs=6, progress="none", lr_schedule="plateau")
+    state = json.loads((run / training.STATE_JSON).read_text())
+    assert state["epochs_done"] == 4 and state["last_checkpoint"]["weights"].endswith("epoch-0004.weights.h5")
+    assert _same_weights(model_io.load_model(run / training.LAST_MODEL), _checkpoint_model(run, state["last_checkpoint"]))
+    assert _same_weights(model_io.load_model(run / training.BEST_MODEL), _checkpoint_model(run, state["best_checkpoint"]))
+    assert not list(run.glob(".*tmp-*"))
+
+
+def test_resume_restores_the_early_stopping_counter(tiny, tmp_path):
+    _, _, train, val = tiny
+    keras.backend.clear_session()
+    training.train_model(_tiny_model(), train, val, tmp_path, epochs=1, progress="none", lr_schedule="plateau")
+    state_path = tmp_path / training.STATE_JSON
+    state = json.loads(state_path.read_text())
+    state["early_stopping"] = {"wait": 1, "best": 2.0}  # a Dice nobody reaches: one more stale epoch stops
+    state_path.write_text(json.dumps(state))
+    keras.backend.clear_session()
+    _, history = training.train_model(_tiny_model(), train, val, tmp_path, epochs=10,
+                                      early_stopping_patience=2, progress="none", lr_schedule="plateau")
+    assert list(history["epoch"]) == [1, 2]
+    assert json.loads(state_path.read_text())["stopped_early"] is True
+
+
+def test_mixed_float16_resume_keeps_optimizer_and_loss_scale(tiny, tmp_path):
+    _, _, train, val = tiny
+
+    def build():
+        training.set_seeds(0)
+        return unet.build_unet((32, 32, 1), base_filters=4, depth=2, dtype_policy="mixed_float16")
+
+    keras.backend.clear_session()
+    first, _ = training.train_model(build(), train, val, tmp_path, epochs=1, progress="none", lr_schedule="plateau")
+    scale = float(first.optimizer.dynamic_scale)
+    keras.backend.clear_session()
+    resumed, history = training.train_model(build(), train, val, tmp_path, epochs=2, progress="none", lr_schedule="plateau")
+    assert type(resumed.optimizer).__name__ == "LossScaleOptimizer"
+    assert int(resumed.optimizer.iterations) == 2 * 3
+    assert np.isfinite(history["loss"]).all() and float(resumed.optimizer.dynamic_scale) > 0
+    assert scale > 0
+
+
+def test_a_few_epochs_give_a_finite_falling_loss(tiny, tmp_path):
+    _, _, train, val = tiny
+    keras.backend.clear_session()
+    _, history = training.train_model(_tiny_model(), train, val, tmp_path, epochs=5, learning_rate=1e-2,
+                                      progress="none")
+    assert np.isfinite(history["loss"]).all()
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+
+
+def test_train_model_rejects_bad_options(tiny, tmp_path):
+    _, _, train, val = tiny
+    model = _tiny_model()
+    with pytest.raises(ValueError, match="Unknown loss 'l2'; expected one of"):
+        training.train_model(model, train, val, tmp_path, loss="l2")
+    with pytest.raises(ValueError, match="Unknown progress 'loud'; expected one of"):
+        training.train_model(model, train, val, tmp_path, progress="loud")
+    with pytest.raises(ValueError, match="Expected validation data"):
+        training.train_model(model, train, None, tmp_path)
+    with pytest.raises(ValueError, match="epochs >= 1"):
+        training.train_model(model, train, val, tmp_path, epochs=0)
+
+
+def test_cosine_schedule_by_hand_and_resume(tiny, tmp_path):
+    _, _, train, val = tiny
+    run = tmp_path / "run"
+    keras.backend.clear_session()
+    model, history = training.train_model(_tiny_model(), train, val, run, epochs=2, learning_rate=1e-2,
+                                          lr_schedule="cosine", progress="none")
+    # T = 2 epochs * 3 batches = 6 steps, W = max(1, round(0.05 * 6)) = 1 warm-up step.
+    m, lr, total, warmup = training.MIN_LEARNING_RATE, 1e-2, 6, 1
+
+    def expected(step):
+        if step < warmup:
+            return lr * step / warmup
+        return m + (lr - m) * (1 + np.cos(np.pi * (step - warmup) / (total - warmup))) / 2
+
+    rates = training._cosine_schedule(lr, total)
+    for step in range(total + 1):
+        np.testing.assert_allclose(float(rates(step)), expected(step), rtol=1e-5, atol=1e-9)
+    # The history logs the rate reached at the end of each epoch (steps 3 and 6).
+    np.testing.assert_allclose(history["learning_rate"], [expected(3), expected(6)], rtol=1e-4)
+    state = json.loads((run / training.STATE_JSON).read_text())
+    assert state["lr_schedule"] == "cosine" and state["schedule_epochs"] == 2 and state["reduce_lr"] is None
+
+    with pytest.raises(ValueError, match=r"trained with lr_schedule='cosine', epochs=2; resume it with the same"):
+        training.train_model(_tiny_model(), train, val, run, epochs=3, lr_schedule="cosine", progress="none")
+    with pytest.raises(ValueError, match=r"trained with lr_schedule='cosine'"):
+        training.train_model(_tiny_model(), train, val, run, epochs=2, lr_schedule="plateau", progress="none")
+    # Same settings: the finished run is recognised and its optimizer step restored.
+    keras.backend.clear_session()
+    again, _ = training.train_model(_tiny_model(), train, val, run, epochs=2, learning_rate=1e-2,
+                                    lr_schedule="cosine", progress="none")
+    assert int(again.optimizer.iterations) == total
+
+
+def test_time_budget_stops_and_the_run_continues_later(tiny, tmp_path, capsys):
+    _, _, train, val = tiny
+    keras.backend.clear_session()
+    _, history = training.train_model(_tiny_model(), train, val, tmp_path, epochs=5, time_budget_s=1e-3)
+    assert list(history["epoch"]) == [1]  # one epoch always runs; the next would overrun
+    assert "time budget of 0 s reached after epoch 1" in capsys.readouterr().out
+    state = json.loads((tmp_path / training.STATE_JSON).read_text())
+    assert state["stopped_early"] is False and state["epochs_done"] == 1
+    keras.backend.clear_session()
+    _, history = training.train_model(_tiny_model(), train, val, tmp_path, epochs=5, progress="none")
+    assert list(history["epoch"]) == [1, 2, 3, 4, 5]  # the same cosine schedule, continued
+
+
+def test_schedule_and_budget_options_are_checked(tiny, tmp_path):
+    _, _, train, val = tiny
+    model = _tiny_model()
+    with pytest.raises(ValueError, match=r"Unknown lr_schedule 'step'; expected one of \('plateau', 'cosine'\)"):
+        training.train_model(model, train, val, tmp_path, lr_schedule="step")
+    with pytest.raises(ValueError, match="Expected time_budget_s > 0 seconds or None; received 0"):
+        training.train_model(model, train, val, tmp_path, time_budget_s=0)
+    with pytest.raises(ValueError, match="needs the number of batches per epoch"):
+        training.train_model(model, train.repeat(), val, tmp_path, lr_schedule="cosine")
+
+
+def test_mixed_bfloat16_trains_with_a_float32_output(tiny, tmp_path):
+    images, _, train, val = tiny
+    keras.backend.clear_session()
+    training.set_seeds(0)
+    model = unet.build_unet((32, 32, 1), base_filters=4, depth=2, dtype_policy="mixed_bfloat16")
+    model, history = training.train_model(model, train, val, tmp_path, epochs=1, progress="none")
+    assert np.isfinite(history["loss"]).all()
+    assert inference.predict(model, images[:2]).dtype == np.float32
+    assert model.output.dtype == "float32"
+
+
+@pytest.mark.busi
+def test_one_epoch_on_real_busi_gives_finite_scores(busi_root, tmp_path):
+    index = dl.index_busi(busi_root, check_pixels=False)
+    index = index.groupby("label", sort=False).head(8).reset_index(drop=True)
+    images, masks = dl.load_dataset(index, 32)
+    train_df, val_df, test_df = splits.split_dataset(splits.add_duplicate_groups(index, images), 0.25, 0.25, seed=0)
+    keras.backend.clear_session()
+    model, history = training.train_model(
+        _tiny_model(), dl.make_tf_dataset(images[train_df.index], masks[train_df.index], 4, training=True),
+        dl.make_tf_dataset(images[val_df.index], masks[val_df.index], 4), tmp_path, epochs=1, progress="none")
+    per_image, summary = evaluation.evaluate(masks[test_df.index], inference.predict(model, images[test_df.index]),
+                                           test_df, n_bootstrap=50)
+    assert np.isfinite(history["loss"]).all() and len(per_image) == len(test_df)
+    assert per_image["dice"].between(0, 1).all() and set(summary["group"]) >= {"lesion", "normal"}

@@ -1,73 +1,70 @@
-"""inference.predict with test-time augmentation (horizontal flip), evaluation with and without it, and export."""
+"""Tests for model_io: save and load (also in a new process), interrupted saves, and the Keras and
+SavedModel exports that run without this library."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
-import pandas as pd
 import pytest
 
 import model as unet
 import training
-import evaluation
 import inference
 import losses
 import model_io
+from helpers import tiny_datasets
+from helpers import tiny_model as _tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
 
 
-def _shift_model(side=4):
-    """out[i, j] = x[i, j + 1] (0 past the right edge): a model that is not mirror-symmetric."""
-    inputs = keras.Input((side, side, 1))
-    conv = keras.layers.Conv2D(1, (1, 3), padding="same", use_bias=False)
-    outputs = conv(inputs)
-    conv.set_weights([np.array([0.0, 0.0, 1.0], np.float32).reshape(1, 3, 1, 1)])
-    return keras.Model(inputs, outputs)
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_datasets()
 
 
-def test_tta_averages_the_prediction_with_its_mirror_by_hand():
-    image = np.array([[0.1, 0.2, 0.3, 0.4]] * 4, np.float32)[None, ..., None]
-    plain = inference.predict(_shift_model(), image)
-    np.testing.assert_allclose(plain[0, 0, :, 0], [0.2, 0.3, 0.4, 0.0], atol=1e-7)
-    # the mirror pass reads the left neighbour, [0, 0.1, 0.2, 0.3]; the mean of the two:
-    tta = inference.predict(_shift_model(), image, tta=True)
-    np.testing.assert_allclose(tta[0, :, :, 0], [[0.1, 0.2, 0.3, 0.15]] * 4, atol=1e-7)
-    assert tta.shape == image.shape and tta.dtype == np.float32
+def test_save_load_round_trip_in_a_new_process(tiny, tmp_path):
+    images, _, train, val = tiny
+    keras.backend.clear_session()
+    model, _ = training.train_model(_tiny_model(), train, val, tmp_path / "run", epochs=1, progress="none")
+    path = model_io.save_model(model, tmp_path / "model.keras")
+    np.save(tmp_path / "x.npy", images[:3])
+    expected = inference.predict(model, images[:3])
+    script = (
+        "import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import inference, model_io; "
+        "m = model_io.load_model(sys.argv[2]); "
+        "np.save(sys.argv[4], inference.predict(m, np.load(sys.argv[3]))); "
+        "assert type(m.loss).__name__ == 'function' or m.loss is not None"
+    )
+    subprocess.run([sys.executable, "-c", script, str(REPO), str(path), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                   check=True, capture_output=True)
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, atol=1e-6)
 
 
-def test_tta_changes_nothing_for_a_mirror_symmetric_model_and_batches_agree():
-    rng = np.random.default_rng(0)
-    images = rng.random((5, 8, 8, 1), dtype=np.float32)
-    inputs = keras.Input((8, 8, 1))
-    identity = keras.Model(inputs, keras.layers.Identity()(inputs))
-    np.testing.assert_array_equal(inference.predict(identity, images, tta=True), images)
-    shift = _shift_model(8)
-    np.testing.assert_allclose(inference.predict(shift, images, batch_size=2, tta=True),
-                               inference.predict(shift, images, batch_size=16, tta=True), atol=1e-7)
+def test_interrupted_save_keeps_the_previous_model(tiny, tmp_path, monkeypatch):
+    images, _, _, _ = tiny
+    model = _tiny_model()
+    path = model_io.save_model(model, tmp_path / "model.keras")
+    before = path.read_bytes()
+
+    def broken_save(self, filepath, *args, **kwargs):
+        Path(filepath).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(keras.Model, "save", broken_save)  # save_model may save a portable clone
+    with pytest.raises(KeyboardInterrupt):
+        model_io.save_model(model, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]
 
 
-def test_evaluate_reports_with_and_without_tta():
-    truth = np.zeros((2, 4, 4, 1), np.uint8)
-    truth[0, :, 1:3] = 1  # a lesion in the middle columns; image 1 is normal
-    images = np.zeros((2, 4, 4, 1), np.float32)
-    images[0, :, 1:3] = 1.0
-    frame = pd.DataFrame({"image_id": ["a", "b"], "label": ["benign", "normal"]})
-    model = _shift_model()
-    tables = {tta: evaluation.evaluate(truth, inference.predict(model, images, tta=tta), frame, 0.5, n_bootstrap=10)[0]
-              for tta in (False, True)}
-    # plain: columns 0 and 1 predicted (shifted left) -> Dice 2*4/(2*4 + 4 + 4) = 0.5; TTA: the
-    # mirror pass predicts columns 2 and 3, the average is 0.5 everywhere -> Dice 2*8/(2*8 + 8) = 2/3
-    np.testing.assert_allclose(tables[False]["dice"], [0.5, 1.0])
-    np.testing.assert_allclose(tables[True]["dice"], [2 / 3, 1.0])
-
-
-@pytest.mark.parametrize("tta", [False, True])
-def test_segment_accepts_tta(tta):
-    inputs = keras.Input((32, 32, 1))
-    identity = keras.Model(inputs, keras.layers.Identity()(inputs))
-    image = np.zeros((45, 70), np.float32)
-    image[10:30, 20:50] = 1.0
-    assert inference.segment(identity, image, tta=tta).sum() > 0
+def test_save_and_load_errors(tmp_path):
+    with pytest.raises(ValueError, match="ending in '.keras'"):
+        model_io.save_model(_tiny_model(), tmp_path / "model.h5")
+    with pytest.raises(FileNotFoundError, match="No saved model"):
+        model_io.load_model(tmp_path / "missing.keras")
 
 
 def test_keras_and_savedmodel_exports_run_without_this_library(tmp_path):

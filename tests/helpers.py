@@ -1,0 +1,37 @@
+"""Tiny generated data, a tiny U-Net and batched datasets, shared by the training, model_io and
+inference tests. Not a test module (no ``test_`` prefix); imported by those test modules.
+"""
+
+import numpy as np
+
+import data_loading as dl
+import model as unet
+import synthetic_data
+import training
+
+
+def tiny_data(n=16, size=32, seed=0):
+    """`n` generated ``(size, size, 1)`` images (float32 in [0, 1]) and masks (uint8), classes in turn."""
+    rng = np.random.default_rng(seed)
+    images, masks = [], []
+    for i in range(n):
+        label = ("benign", "malignant", "normal")[i % 3]
+        image, lesion_masks = synthetic_data.synthetic_pair(rng, size, size, label)
+        images.append(image[..., None].astype(np.float32) / 255)
+        masks.append(lesion_masks[0][..., None])
+    return np.stack(images), np.stack(masks)
+
+
+def tiny_model(size=32):
+    """A seeded U-Net with 4 base filters and depth 2."""
+    training.set_seeds(0)
+    return unet.build_unet((size, size, 1), base_filters=4, depth=2)
+
+
+def tiny_datasets():
+    """``(images, masks, train, val)``: `tiny_data`, the first 12 pairs as augmented training batches
+    of 4, the last 4 as one validation batch (the ``tiny`` fixture of the test modules)."""
+    images, masks = tiny_data()
+    train = dl.make_tf_dataset(images[:12], masks[:12], batch_size=4, training=True, seed=0)
+    val = dl.make_tf_dataset(images[12:], masks[12:], batch_size=4)
+    return images, masks, train, val

@@ -1,0 +1,43 @@
+"""Tests for augmentation: image and mask move together; `augment_pair` keeps its contract on
+generated arrays (shapes, dtypes, value ranges, seeding, no invented lesion; hypothesis)."""
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import augmentation
+from array_strategies import SLOW
+
+
+def test_augmentation_moves_image_and_mask_together():
+    image = np.zeros((32, 32, 1), np.float32)
+    mask = np.zeros((32, 32, 1), np.uint8)
+    image[8:16, 4:12] = 1.0
+    mask[8:16, 4:12] = 1
+    aug_images, aug_masks = augmentation.augment_examples(image, mask, n_draws=5, seed=1)
+    for x, y in zip(aug_images, aug_masks):
+        inside = x[y == 1].mean()
+        outside = x[y == 0].mean()
+        assert inside > outside + 0.3
+        assert set(np.unique(y).tolist()) <= {0, 1}
+
+
+@SLOW
+@given(st.integers(4, 24), st.integers(4, 24), st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1), st.data())
+def test_augment_pair_keeps_shapes_dtypes_ranges_and_is_seeded(height, width, seed_a, seed_b, data):
+    import tensorflow as tf
+
+    image = data.draw(arrays(np.float32, (height, width, 1), elements=st.floats(0, 1, width=32)))
+    mask = data.draw(arrays(np.uint8, (height, width, 1), elements=st.integers(0, 1)))
+    seed = tf.constant([seed_a, seed_b], tf.int64)
+    out_image, out_mask = (x.numpy() for x in augmentation.augment_pair(image, mask, seed))
+    assert out_image.shape == image.shape and out_image.dtype == np.float32
+    assert out_mask.shape == mask.shape and out_mask.dtype == np.uint8
+    assert out_image.min() >= 0.0 and out_image.max() <= 1.0
+    assert set(np.unique(out_mask).tolist()) <= {0, 1}
+    again_image, again_mask = (x.numpy() for x in augmentation.augment_pair(image, mask, seed))
+    np.testing.assert_array_equal(again_image, out_image)
+    np.testing.assert_array_equal(again_mask, out_mask)
+    _, empty = augmentation.augment_pair(image, np.zeros_like(mask), seed)
+    assert not empty.numpy().any()  # no lesion is invented
