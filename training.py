@@ -24,6 +24,7 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -175,20 +176,80 @@ def _restore_checkpoint(model: keras.Model, run_dir: Path, names: dict[str, str]
         variable.assign(value)
 
 
-class _RunRecorder(keras.callbacks.Callback):
-    """After each epoch: history CSV, checkpoint files, then the state JSON (the commit point),
-    then old checkpoints are removed. The weights of the last and of the best completed epoch
-    are kept in memory; `export` writes them as ``last.keras`` / ``best.keras`` once, when the
-    call ends (a ``.keras`` export costs about as much as the checkpoint, so not every epoch)."""
+class _CommittedEpoch(NamedTuple):
+    """What `_EpochCommitter` committed for one epoch, read by the callbacks that run after it."""
 
-    def __init__(self, run_dir: Path, rows: list[dict], state: dict, early_stopping, reduce_lr,
-                 epochs: int, progress: str, budget=None):
+    row: dict
+    improved: bool
+    stopped_early: bool
+
+
+def _history_row(epoch: int, logs: dict, optimizer, seconds: float) -> dict:
+    """Returns the ``history.csv`` row of the 0-based `epoch` from its Keras logs."""
+    # The rate used during this epoch (ReduceLROnPlateau logs it before lowering it); with the
+    # cosine schedule, the rate reached at the end of the epoch.
+    used_lr = logs.get("learning_rate", ops.convert_to_numpy(optimizer.learning_rate))
+    lr = float(f"{float(used_lr):.6g}")  # float32 holds 1e-3 as 0.0010000000474974513
+    order = ["loss", "dice", "val_loss", "val_dice"]
+    names = order + sorted(k for k in logs if k not in order and not k.startswith("learning_rate"))
+    return {"epoch": epoch + 1, **{k: float(logs[k]) for k in names if k in logs},
+            "learning_rate": lr, "seconds": seconds}
+
+
+class _EpochCommitter(keras.callbacks.Callback):
+    """After each epoch, each file atomically: the history CSV, the checkpoint files, then the
+    state JSON (the commit point); only then are old checkpoints removed. `committed` holds
+    what the last epoch committed."""
+
+    def __init__(self, run_dir: Path, rows: list[dict], state: dict, early_stopping, reduce_lr):
         super().__init__()
         self.run_dir, self.rows, self.state = run_dir, rows, state
-        self.early_stopping, self.reduce_lr, self.budget = early_stopping, reduce_lr, budget
-        self.epochs, self.progress = epochs, progress
+        self.early_stopping, self.reduce_lr = early_stopping, reduce_lr
         self.started = time.perf_counter()
+        self.committed: _CommittedEpoch | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        seconds = time.perf_counter() - self.started
+        row = _history_row(epoch, logs, self.model.optimizer, seconds)
+        self.rows.append(row)
+        atomic_io.write_csv(self.run_dir / HISTORY_CSV, pd.DataFrame(self.rows))
+
+        current = logs.get(MONITOR)
+        best = self.state.get("best_val_dice")
+        improved = current is not None and (best is None or current > best)
+        checkpoint = _save_checkpoint(self.model, self.run_dir, epoch + 1)
+        stopped_early = bool(self.model.stop_training) and self.early_stopping.stopped_epoch == epoch > 0
+        self.state.update({
+            "epochs_done": epoch + 1, "last_checkpoint": checkpoint, "stopped_early": stopped_early,
+            "early_stopping": self.early_stopping.state(),
+            "reduce_lr": None if self.reduce_lr is None else self.reduce_lr.state(),
+        })
+        if improved:
+            self.state.update({"best_val_dice": float(current), "best_epoch": epoch + 1,
+                               "best_checkpoint": checkpoint})
+        atomic_io.write_json(self.run_dir / STATE_JSON, self.state)  # commit point
+        _remove_stale_checkpoints(self.run_dir, self.state)
+        self.committed = _CommittedEpoch(row, improved, stopped_early)
+
+
+class _BestAndLastExport(keras.callbacks.Callback):
+    """Keeps the weights of this call's last and best committed epochs in memory; `export` writes
+    them as ``last.keras`` / ``best.keras`` once, when the call ends (a ``.keras`` export costs
+    about as much as the checkpoint, so not every epoch). Runs after `committer`."""
+
+    def __init__(self, run_dir: Path, committer: _EpochCommitter):
+        super().__init__()
+        self.run_dir, self.committer = run_dir, committer
         self.last_weights = self.best_weights = None  # of this call's completed epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last_weights = self.model.get_weights()  # numpy copies
+        if self.committer.committed.improved:
+            self.best_weights = self.last_weights
 
     def export(self) -> None:
         """Writes ``last.keras`` (and ``best.keras`` if an epoch of this call was the best so far)
@@ -207,44 +268,24 @@ class _RunRecorder(keras.callbacks.Callback):
             self.model.set_weights(current)
         self.last_weights = self.best_weights = None
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
+
+class _ProgressPrinter(keras.callbacks.Callback):
+    """Prints, after `committer` has committed an epoch, the epoch's line (``progress="epoch"``)
+    and why training stops (early stopping, time budget) unless ``progress="none"``."""
+
+    def __init__(self, committer: _EpochCommitter, epochs: int, progress: str, early_stopping, budget=None):
+        super().__init__()
+        self.committer, self.epochs, self.progress = committer, epochs, progress
+        self.early_stopping, self.budget = early_stopping, budget
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})
-        seconds = time.perf_counter() - self.started
-        # The rate used during this epoch (ReduceLROnPlateau logs it before lowering it); with the
-        # cosine schedule, the rate reached at the end of the epoch.
-        used_lr = logs.get("learning_rate", ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        lr = float(f"{float(used_lr):.6g}")  # float32 holds 1e-3 as 0.0010000000474974513
-        order = ["loss", "dice", "val_loss", "val_dice"]
-        names = order + sorted(k for k in logs if k not in order and not k.startswith("learning_rate"))
-        row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in names if k in logs},
-               "learning_rate": lr, "seconds": seconds}
-        self.rows.append(row)
-        atomic_io.write_csv(self.run_dir / HISTORY_CSV, pd.DataFrame(self.rows))
-
-        current = logs.get(MONITOR)
-        best = self.state.get("best_val_dice")
-        improved = current is not None and (best is None or current > best)
-        checkpoint = _save_checkpoint(self.model, self.run_dir, epoch + 1)
-        stopped_early = bool(self.model.stop_training) and self.early_stopping.stopped_epoch == epoch > 0
-        self.state.update({
-            "epochs_done": epoch + 1, "last_checkpoint": checkpoint, "stopped_early": stopped_early,
-            "early_stopping": self.early_stopping.state(),
-            "reduce_lr": None if self.reduce_lr is None else self.reduce_lr.state(),
-        })
-        if improved:
-            self.state.update({"best_val_dice": float(current), "best_epoch": epoch + 1, "best_checkpoint": checkpoint})
-        atomic_io.write_json(self.run_dir / STATE_JSON, self.state)  # commit point
-        _remove_stale_checkpoints(self.run_dir, self.state)
-        self.last_weights = self.model.get_weights()  # numpy copies
-        if improved:
-            self.best_weights = self.last_weights
+        row, improved, stopped_early = self.committer.committed
         if self.progress == "epoch":
-            metrics = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds", "learning_rate"))
+            skip = ("epoch", "seconds", "learning_rate")
+            metrics = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in skip)
             mark = " *best*" if improved else ""
-            print(f"epoch {epoch + 1}/{self.epochs} {metrics} lr {lr:.2e} {seconds:.1f} s{mark}", flush=True)
+            print(f"epoch {epoch + 1}/{self.epochs} {metrics} lr {row['learning_rate']:.2e} "
+                  f"{row['seconds']:.1f} s{mark}", flush=True)
         if stopped_early and self.progress != "none":
             print(f"early stopping after epoch {epoch + 1}: no {MONITOR} gain for "
                   f"{self.early_stopping.patience} epochs", flush=True)
@@ -533,25 +574,28 @@ def train_model(
     budget = None if time_budget_s is None else _TimeBudget(time_budget_s)
     if budget is not None:
         callbacks.append(budget)
-    recorder = _RunRecorder(run_dir, rows, state, early_stopping, reduce_lr, int(epochs), progress, budget)
+    committer = _EpochCommitter(run_dir, rows, state, early_stopping, reduce_lr)
+    exporter = _BestAndLastExport(run_dir, committer)
+    printer = _ProgressPrinter(committer, int(epochs), progress, early_stopping, budget)
     try:
         model.fit(
             train_data,
             validation_data=val_data,
             epochs=int(epochs),
             initial_epoch=state.get("epochs_done", 0),
-            callbacks=[*callbacks, recorder],  # order matters: the recorder saves the others' state
+            # order matters: the committer saves the others' state; those after it read what it committed
+            callbacks=[*callbacks, committer, exporter, printer],
             verbose=1 if progress == "bar" else 0,
             shuffle=False,  # the tf.data pipeline shuffles
         )
     except BaseException:  # e.g. KeyboardInterrupt in a notebook: still export the completed epochs
         try:
-            recorder.export()
+            exporter.export()
         except Exception as error:  # the original exception matters more; the checkpoints are intact
             warnings.warn(f"Could not export the models of {str(run_dir)!r} after an interruption ({error}); "
                           "resuming the run rewrites them from the checkpoints.", stacklevel=2)
         raise
-    recorder.export()
+    exporter.export()
     return model, pd.DataFrame(rows)
 
 
