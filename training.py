@@ -397,6 +397,137 @@ def _check_strategy(model: keras.Model, strategy):
     return strategy
 
 
+def _check_train_arguments(loss, progress, val_data, epochs, learning_rate, early_stopping_patience,
+                           reduce_lr_patience, lr_schedule, time_budget_s) -> None:
+    """Raises ValueError for an argument of `train_model` outside its documented range."""
+    if loss not in losses.LOSSES:
+        raise ValueError(f"Unknown loss {loss!r}; expected one of {losses.LOSSES}.")
+    if progress not in PROGRESS_OPTIONS:
+        raise ValueError(f"Unknown progress {progress!r}; expected one of {PROGRESS_OPTIONS}.")
+    if val_data is None:
+        raise ValueError("Expected validation data; the best checkpoint and early stopping need it.")
+    if int(epochs) < 1 or learning_rate <= 0 or early_stopping_patience < 1 or reduce_lr_patience < 1:
+        raise ValueError(
+            "Expected epochs >= 1, learning_rate > 0 and patiences >= 1; received "
+            f"epochs={epochs}, learning_rate={learning_rate}, "
+            f"early_stopping_patience={early_stopping_patience}, reduce_lr_patience={reduce_lr_patience}."
+        )
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"Unknown lr_schedule {lr_schedule!r}; expected one of {LR_SCHEDULES}.")
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise ValueError(f"Expected time_budget_s > 0 seconds or None; received {time_budget_s}.")
+
+
+def _prepare_run_dir(run_dir: str | os.PathLike) -> Path:
+    """Creates `run_dir` if missing and removes the partial files a killed run left in it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (run_dir, run_dir / CHECKPOINT_DIR):
+        atomic_io.remove_stale_temp_files(folder)
+    return run_dir
+
+
+def _schedule_epochs(lr_schedule: str, epochs: int) -> int | None:
+    """Returns the number of epochs the schedule is planned for: `epochs` for "cosine", else None."""
+    return int(epochs) if lr_schedule == "cosine" else None
+
+
+def _check_schedule_matches(state: dict, run_dir: Path, lr_schedule: str, epochs: int) -> None:
+    """Raises ValueError when the saved run was trained with another schedule (or cosine epochs)."""
+    saved = state.get("lr_schedule", "plateau")
+    if (saved, state.get("schedule_epochs")) != (lr_schedule, _schedule_epochs(lr_schedule, epochs)):
+        raise ValueError(
+            f"The run in {str(run_dir)!r} was trained with lr_schedule={saved!r}"
+            f"{', epochs=%s' % state['schedule_epochs'] if state.get('schedule_epochs') else ''}; "
+            "resume it with the same schedule (a cosine schedule is planned for a fixed number of "
+            "epochs), or use another run folder."
+        )
+
+
+def _compile(model: keras.Model, strategy, loss: str, learning_rate: float, lr_schedule: str, epochs: int,
+             train_data) -> None:
+    """Compiles `model` with Adam at the scheduled rate, the loss and the Dice metric, under `strategy`."""
+    if lr_schedule == "cosine":
+        rate = _cosine_schedule(learning_rate, int(epochs) * _steps_per_epoch(train_data))
+    else:
+        rate = learning_rate
+    with strategy.scope():  # the optimizer's and the metric's variables live where the model's do
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=rate),
+            loss=losses.get_loss(loss),
+            metrics=[losses.DiceMetric(name="dice")],
+        )
+
+
+def _resume(model: keras.Model, run_dir: Path, state: dict, input_shape: list[int], epochs: int,
+            progress: str) -> bool:
+    """Loads the saved run into `model`, rewrites its exports; returns whether it already finished."""
+    if state.get("input_shape") != input_shape:
+        raise ValueError(
+            f"The run in {str(run_dir)!r} was trained on inputs of shape {state.get('input_shape')}, the "
+            f"model given takes {input_shape}; use the run's image size, or another run folder."
+        )
+    _restore_checkpoint(model, run_dir, state["best_checkpoint"], optimizer=False)
+    model_io.save_model(model, run_dir / BEST_MODEL)
+    _restore_checkpoint(model, run_dir, state["last_checkpoint"], optimizer=True)
+    model_io.save_model(model, run_dir / LAST_MODEL)
+    if state["stopped_early"] or state["epochs_done"] >= epochs:
+        if progress != "none":
+            print(f"run in {run_dir} already finished after epoch {state['epochs_done']}; nothing to train",
+                  flush=True)
+        return True
+    if progress != "none":
+        print(f"resuming run in {run_dir} at epoch {state['epochs_done'] + 1} of {epochs}", flush=True)
+    return False
+
+
+def _make_callbacks(state: dict, run_dir: Path, rows: list[dict], epochs: int, progress: str,
+                    early_stopping_patience: int, reduce_lr_patience: int, lr_schedule: str,
+                    time_budget_s: float | None) -> tuple[list[keras.callbacks.Callback], _BestAndLastExport]:
+    """Returns the callbacks for `model.fit`, in the order they must run, and the exporter among them."""
+    early_stopping = _ResumableEarlyStopping(
+        state.get("early_stopping"), monitor=MONITOR, mode="max", patience=early_stopping_patience
+    )
+    reduce_lr = None
+    if lr_schedule == "plateau":
+        reduce_lr = _ResumableReduceLR(
+            state.get("reduce_lr"), monitor="val_loss", mode="min", factor=LR_FACTOR,
+            patience=reduce_lr_patience, min_lr=MIN_LEARNING_RATE,
+        )
+    budget = None if time_budget_s is None else _TimeBudget(time_budget_s)
+    committer = _EpochCommitter(run_dir, rows, state, early_stopping, reduce_lr)
+    exporter = _BestAndLastExport(run_dir, committer)
+    printer = _ProgressPrinter(committer, int(epochs), progress, early_stopping, budget)
+    # Order matters: the committer saves the state of the callbacks before it; those after it
+    # read what it committed.
+    controls = [callback for callback in (reduce_lr, early_stopping, budget) if callback is not None]
+    return [*controls, committer, exporter, printer], exporter
+
+
+def _fit_and_export(model: keras.Model, train_data, val_data, run_dir: Path, epochs: int, initial_epoch: int,
+                    callbacks: list, exporter: _BestAndLastExport, progress: str) -> None:
+    """Fits `model`, then exports best/last, also when fitting raises (the exception is re-raised)."""
+    try:
+        model.fit(
+            train_data,
+            validation_data=val_data,
+            epochs=int(epochs),
+            initial_epoch=initial_epoch,
+            callbacks=callbacks,
+            verbose=1 if progress == "bar" else 0,
+            shuffle=False,  # the tf.data pipeline shuffles
+        )
+    except BaseException:  # e.g. KeyboardInterrupt in a notebook: still export the completed epochs
+        try:
+            exporter.export()
+        except Exception as error:  # the original exception matters more; the checkpoints are intact
+            # stacklevel 3: the warning points at the caller of train_model
+            warnings.warn(f"Could not export the models of {str(run_dir)!r} after an interruption ({error}); "
+                          "resuming the run rewrites them from the checkpoints.", stacklevel=3)
+        raise
+    exporter.export()
+
+
 def train_model(
     model: keras.Model,
     train_data,
@@ -500,102 +631,24 @@ def train_model(
         ``(model, history)``: the model as after the last epoch, and the whole run's history
         DataFrame (earlier sessions included).
     """
-    if loss not in losses.LOSSES:
-        raise ValueError(f"Unknown loss {loss!r}; expected one of {losses.LOSSES}.")
-    if progress not in PROGRESS_OPTIONS:
-        raise ValueError(f"Unknown progress {progress!r}; expected one of {PROGRESS_OPTIONS}.")
-    if val_data is None:
-        raise ValueError("Expected validation data; the best checkpoint and early stopping need it.")
-    if int(epochs) < 1 or learning_rate <= 0 or early_stopping_patience < 1 or reduce_lr_patience < 1:
-        raise ValueError(
-            "Expected epochs >= 1, learning_rate > 0 and patiences >= 1; received "
-            f"epochs={epochs}, learning_rate={learning_rate}, early_stopping_patience={early_stopping_patience}, "
-            f"reduce_lr_patience={reduce_lr_patience}."
-        )
-    if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"Unknown lr_schedule {lr_schedule!r}; expected one of {LR_SCHEDULES}.")
-    if time_budget_s is not None and not time_budget_s > 0:
-        raise ValueError(f"Expected time_budget_s > 0 seconds or None; received {time_budget_s}.")
+    _check_train_arguments(loss, progress, val_data, epochs, learning_rate, early_stopping_patience,
+                           reduce_lr_patience, lr_schedule, time_budget_s)
     strategy = _check_strategy(model, strategy)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for folder in (run_dir, run_dir / CHECKPOINT_DIR):  # partial files of a killed run
-        atomic_io.remove_stale_temp_files(folder)
+    run_dir = _prepare_run_dir(run_dir)
     state, rows = _read_resume_state(run_dir, loss)
-    if state is not None and (state.get("lr_schedule", "plateau"), state.get("schedule_epochs")) != (
-        lr_schedule, int(epochs) if lr_schedule == "cosine" else None
-    ):
-        raise ValueError(
-            f"The run in {str(run_dir)!r} was trained with lr_schedule={state.get('lr_schedule', 'plateau')!r}"
-            f"{', epochs=%s' % state['schedule_epochs'] if state.get('schedule_epochs') else ''}; resume it with "
-            "the same schedule (a cosine schedule is planned for a fixed number of epochs), or use another run folder."
-        )
-    if lr_schedule == "cosine":
-        rate = _cosine_schedule(learning_rate, int(epochs) * _steps_per_epoch(train_data))
-    else:
-        rate = learning_rate
-    with strategy.scope():  # the optimizer's and the metric's variables live where the model's do
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=rate),
-            loss=losses.get_loss(loss),
-            metrics=[losses.DiceMetric(name="dice")],
-        )
-    input_shape = [int(d) for d in model.input_shape[1:]]
     if state is not None:
-        if state.get("input_shape") != input_shape:
-            raise ValueError(
-                f"The run in {str(run_dir)!r} was trained on inputs of shape {state.get('input_shape')}, the "
-                f"model given takes {input_shape}; use the run's image size, or another run folder."
-            )
-        _restore_checkpoint(model, run_dir, state["best_checkpoint"], optimizer=False)
-        model_io.save_model(model, run_dir / BEST_MODEL)
-        _restore_checkpoint(model, run_dir, state["last_checkpoint"], optimizer=True)
-        model_io.save_model(model, run_dir / LAST_MODEL)
-        if state["stopped_early"] or state["epochs_done"] >= epochs:
-            if progress != "none":
-                print(f"run in {run_dir} already finished after epoch {state['epochs_done']}; nothing to train", flush=True)
-            return model, pd.DataFrame(rows)
-        if progress != "none":
-            print(f"resuming run in {run_dir} at epoch {state['epochs_done'] + 1} of {epochs}", flush=True)
-    else:
+        _check_schedule_matches(state, run_dir, lr_schedule, epochs)
+    _compile(model, strategy, loss, learning_rate, lr_schedule, epochs, train_data)
+    input_shape = [int(d) for d in model.input_shape[1:]]
+    if state is None:
         state = {"loss": loss, "dtype_policy": model.dtype_policy.name, "input_shape": input_shape,
-                 "lr_schedule": lr_schedule, "schedule_epochs": int(epochs) if lr_schedule == "cosine" else None}
-    early_stopping = _ResumableEarlyStopping(
-        state.get("early_stopping"), monitor=MONITOR, mode="max", patience=early_stopping_patience
-    )
-    callbacks = [early_stopping]
-    reduce_lr = None
-    if lr_schedule == "plateau":
-        reduce_lr = _ResumableReduceLR(
-            state.get("reduce_lr"), monitor="val_loss", mode="min", factor=LR_FACTOR,
-            patience=reduce_lr_patience, min_lr=MIN_LEARNING_RATE,
-        )
-        callbacks.insert(0, reduce_lr)
-    budget = None if time_budget_s is None else _TimeBudget(time_budget_s)
-    if budget is not None:
-        callbacks.append(budget)
-    committer = _EpochCommitter(run_dir, rows, state, early_stopping, reduce_lr)
-    exporter = _BestAndLastExport(run_dir, committer)
-    printer = _ProgressPrinter(committer, int(epochs), progress, early_stopping, budget)
-    try:
-        model.fit(
-            train_data,
-            validation_data=val_data,
-            epochs=int(epochs),
-            initial_epoch=state.get("epochs_done", 0),
-            # order matters: the committer saves the others' state; those after it read what it committed
-            callbacks=[*callbacks, committer, exporter, printer],
-            verbose=1 if progress == "bar" else 0,
-            shuffle=False,  # the tf.data pipeline shuffles
-        )
-    except BaseException:  # e.g. KeyboardInterrupt in a notebook: still export the completed epochs
-        try:
-            exporter.export()
-        except Exception as error:  # the original exception matters more; the checkpoints are intact
-            warnings.warn(f"Could not export the models of {str(run_dir)!r} after an interruption ({error}); "
-                          "resuming the run rewrites them from the checkpoints.", stacklevel=2)
-        raise
-    exporter.export()
+                 "lr_schedule": lr_schedule, "schedule_epochs": _schedule_epochs(lr_schedule, epochs)}
+    elif _resume(model, run_dir, state, input_shape, epochs, progress):
+        return model, pd.DataFrame(rows)
+    callbacks, exporter = _make_callbacks(state, run_dir, rows, epochs, progress, early_stopping_patience,
+                                          reduce_lr_patience, lr_schedule, time_budget_s)
+    _fit_and_export(model, train_data, val_data, run_dir, epochs, state.get("epochs_done", 0), callbacks,
+                    exporter, progress)
     return model, pd.DataFrame(rows)
 
 
