@@ -64,6 +64,8 @@ def set_seeds(seed: int) -> None:
 
 
 class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping whose counters are restored from, and saved to, ``train_state.json``."""
+
     def __init__(self, restored: dict | None, **kwargs):
         super().__init__(**kwargs)
         self.restored = restored or {}
@@ -78,6 +80,8 @@ class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
 
 class _ResumableReduceLR(keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau whose counters are restored from, and saved to, ``train_state.json``."""
+
     def __init__(self, restored: dict | None, **kwargs):
         super().__init__(**kwargs)
         self.restored = restored or {}
@@ -119,7 +123,9 @@ class _TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _cosine_schedule(learning_rate: float, total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
+def _cosine_schedule(learning_rate: float,
+                     total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Returns the linear warm-up plus cosine decay of `train_model`'s docstring over `total_steps`."""
     warmup_steps = max(1, int(round(WARMUP_FRACTION * total_steps)))
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0, decay_steps=max(1, total_steps - warmup_steps),
@@ -128,6 +134,7 @@ def _cosine_schedule(learning_rate: float, total_steps: int) -> keras.optimizers
 
 
 def _steps_per_epoch(train_data) -> int:
+    """Returns the number of batches of `train_data`; raises ValueError when unknown or infinite."""
     cardinality = int(train_data.cardinality()) if hasattr(train_data, "cardinality") else -2
     if cardinality < 1:
         raise ValueError(
@@ -139,11 +146,13 @@ def _steps_per_epoch(train_data) -> int:
 
 
 def _checkpoint_names(epoch: int) -> dict[str, str]:
+    """Returns the run-folder-relative names of the weights and optimizer files of `epoch`."""
     stem = f"{CHECKPOINT_DIR}/epoch-{epoch:04d}"
     return {"weights": f"{stem}.weights.h5", "optimizer": f"{stem}.optimizer.npz"}
 
 
 def _save_checkpoint(model: keras.Model, run_dir: Path, epoch: int) -> dict[str, str]:
+    """Writes the weights and optimizer variables of `epoch` atomically; returns their names."""
     names = _checkpoint_names(epoch)
     atomic_io.atomic_write(run_dir / names["weights"], lambda tmp: model.save_weights(tmp))
     values = {f"v{i:04d}": ops.convert_to_numpy(v) for i, v in enumerate(model.optimizer.variables)}
@@ -152,6 +161,7 @@ def _save_checkpoint(model: keras.Model, run_dir: Path, epoch: int) -> dict[str,
 
 
 def _restore_checkpoint(model: keras.Model, run_dir: Path, names: dict[str, str], optimizer: bool) -> None:
+    """Loads a checkpoint's weights (and, with `optimizer`, its optimizer variables) into `model`."""
     if not model.optimizer.built:  # else load_weights skips (and warns about) the optimizer variables
         with model.distribute_strategy.scope():  # optimizer variables are mirrored like the model's
             model.optimizer.build(model.trainable_variables)
@@ -169,8 +179,8 @@ def _restore_checkpoint(model: keras.Model, run_dir: Path, names: dict[str, str]
     variables = model.optimizer.variables
     if len(values) != len(variables):
         raise ValueError(
-            f"The optimizer state {names['optimizer']!r} holds {len(values)} variables, the model's optimizer "
-            f"{len(variables)}: was the run trained with another dtype policy?"
+            f"The optimizer state {names['optimizer']!r} holds {len(values)} variables, "
+            f"the model's optimizer {len(variables)}: was the run trained with another dtype policy?"
         )
     for variable, value in zip(variables, values):
         variable.assign(value)
@@ -295,6 +305,7 @@ class _ProgressPrinter(keras.callbacks.Callback):
 
 
 def _remove_stale_checkpoints(run_dir: Path, state: dict) -> None:
+    """Deletes the checkpoint files that `state` names neither as last nor as best."""
     keep = {name for key in ("last_checkpoint", "best_checkpoint") for name in state.get(key, {}).values()}
     for path in (run_dir / CHECKPOINT_DIR).glob("epoch-*"):
         if f"{CHECKPOINT_DIR}/{path.name}" not in keep:
@@ -302,6 +313,7 @@ def _remove_stale_checkpoints(run_dir: Path, state: dict) -> None:
 
 
 def _read_resume_state(run_dir: Path, loss: str) -> tuple[dict | None, list[dict]]:
+    """Returns the saved state and committed history rows of `run_dir`, or ``(None, [])`` for a new run."""
     path = run_dir / STATE_JSON
     if not path.is_file():
         exported = [name for name in (BEST_MODEL, LAST_MODEL) if (run_dir / name).is_file()]
@@ -319,7 +331,9 @@ def _read_resume_state(run_dir: Path, loss: str) -> tuple[dict | None, list[dict
         )
     history_path = run_dir / HISTORY_CSV
     if not history_path.is_file():
-        raise ValueError(f"The run in {str(run_dir)!r} has {STATE_JSON} but no {HISTORY_CSV}; it cannot be resumed.")
+        raise ValueError(
+            f"The run in {str(run_dir)!r} has {STATE_JSON} but no {HISTORY_CSV}; it cannot be resumed."
+        )
     rows = pd.read_csv(history_path, float_precision="round_trip").to_dict("records")
     rows = [r for r in rows if r["epoch"] <= state["epochs_done"]]  # rows written after the last commit
     if [int(r["epoch"]) for r in rows] != list(range(1, state["epochs_done"] + 1)):
@@ -360,6 +374,7 @@ def _check_state(path: Path) -> dict:
 
 
 def _strategy_name(strategy) -> str:
+    """Describes `strategy` for error messages."""
     if type(strategy).__name__.startswith("_Default"):
         return "the default strategy: one device, no tf.distribute scope"
     return f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)"
@@ -377,7 +392,9 @@ def resolve_strategy(strategy=None):
     if strategy is None:
         return tf.distribute.get_strategy()
     if not isinstance(strategy, tf.distribute.Strategy):
-        raise ValueError(f"Expected strategy to be a tf.distribute.Strategy or None; received {type(strategy).__name__}.")
+        raise ValueError(
+            f"Expected strategy to be a tf.distribute.Strategy or None; received {type(strategy).__name__}."
+        )
     return strategy
 
 
@@ -385,7 +402,8 @@ def _check_strategy(model: keras.Model, strategy):
     """Returns `resolve_strategy(strategy)` after checking that every variable of `model` was
     created under it; raises ValueError otherwise."""
     strategy = resolve_strategy(strategy)
-    foreign = [w for w in model.weights if not strategy.extended.variable_created_in_scope(getattr(w, "value", w))]
+    in_scope = strategy.extended.variable_created_in_scope
+    foreign = [w for w in model.weights if not in_scope(getattr(w, "value", w))]
     if foreign:
         raise ValueError(
             f"Expected a model built under the strategy given to train_model ({_strategy_name(strategy)}); "
