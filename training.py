@@ -35,12 +35,6 @@ import atomic_io
 import losses
 import model_io
 
-
-# --------------------------------------------------------------------------------------------
-# Losses (Keras): each returns one value per image, shape (N,); Keras averages over the batch.
-# --------------------------------------------------------------------------------------------
-
-
 # --------------------------------------------------------------------------------------------
 # Training: atomic checkpoints, CSV history, resume
 # --------------------------------------------------------------------------------------------
@@ -123,13 +117,17 @@ class _TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _cosine_schedule(learning_rate: float,
-                     total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
+def _cosine_schedule(
+    learning_rate: float, total_steps: int
+) -> keras.optimizers.schedules.LearningRateSchedule:
     """Returns the linear warm-up plus cosine decay of `train_model`'s docstring over `total_steps`."""
     warmup_steps = max(1, int(round(WARMUP_FRACTION * total_steps)))
     return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0, decay_steps=max(1, total_steps - warmup_steps),
-        alpha=MIN_LEARNING_RATE / learning_rate, warmup_target=learning_rate, warmup_steps=warmup_steps,
+        initial_learning_rate=0.0,
+        decay_steps=max(1, total_steps - warmup_steps),
+        alpha=MIN_LEARNING_RATE / learning_rate,
+        warmup_target=learning_rate,
+        warmup_steps=warmup_steps,
     )
 
 
@@ -202,8 +200,12 @@ def _history_row(epoch: int, logs: dict, optimizer, seconds: float) -> dict:
     lr = float(f"{float(used_lr):.6g}")  # float32 holds 1e-3 as 0.0010000000474974513
     order = ["loss", "dice", "val_loss", "val_dice"]
     names = order + sorted(k for k in logs if k not in order and not k.startswith("learning_rate"))
-    return {"epoch": epoch + 1, **{k: float(logs[k]) for k in names if k in logs},
-            "learning_rate": lr, "seconds": seconds}
+    return {
+        "epoch": epoch + 1,
+        **{k: float(logs[k]) for k in names if k in logs},
+        "learning_rate": lr,
+        "seconds": seconds,
+    }
 
 
 class _EpochCommitter(keras.callbacks.Callback):
@@ -233,14 +235,19 @@ class _EpochCommitter(keras.callbacks.Callback):
         improved = current is not None and (best is None or current > best)
         checkpoint = _save_checkpoint(self.model, self.run_dir, epoch + 1)
         stopped_early = bool(self.model.stop_training) and self.early_stopping.stopped_epoch == epoch > 0
-        self.state.update({
-            "epochs_done": epoch + 1, "last_checkpoint": checkpoint, "stopped_early": stopped_early,
-            "early_stopping": self.early_stopping.state(),
-            "reduce_lr": None if self.reduce_lr is None else self.reduce_lr.state(),
-        })
+        self.state.update(
+            {
+                "epochs_done": epoch + 1,
+                "last_checkpoint": checkpoint,
+                "stopped_early": stopped_early,
+                "early_stopping": self.early_stopping.state(),
+                "reduce_lr": None if self.reduce_lr is None else self.reduce_lr.state(),
+            }
+        )
         if improved:
-            self.state.update({"best_val_dice": float(current), "best_epoch": epoch + 1,
-                               "best_checkpoint": checkpoint})
+            self.state.update(
+                {"best_val_dice": float(current), "best_epoch": epoch + 1, "best_checkpoint": checkpoint}
+            )
         atomic_io.write_json(self.run_dir / STATE_JSON, self.state)  # commit point
         _remove_stale_checkpoints(self.run_dir, self.state)
         self.committed = _CommittedEpoch(row, improved, stopped_early)
@@ -294,14 +301,23 @@ class _ProgressPrinter(keras.callbacks.Callback):
             skip = ("epoch", "seconds", "learning_rate")
             metrics = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in skip)
             mark = " *best*" if improved else ""
-            print(f"epoch {epoch + 1}/{self.epochs} {metrics} lr {row['learning_rate']:.2e} "
-                  f"{row['seconds']:.1f} s{mark}", flush=True)
+            print(
+                f"epoch {epoch + 1}/{self.epochs} {metrics} lr {row['learning_rate']:.2e} "
+                f"{row['seconds']:.1f} s{mark}",
+                flush=True,
+            )
         if stopped_early and self.progress != "none":
-            print(f"early stopping after epoch {epoch + 1}: no {MONITOR} gain for "
-                  f"{self.early_stopping.patience} epochs", flush=True)
+            print(
+                f"early stopping after epoch {epoch + 1}: no {MONITOR} gain for "
+                f"{self.early_stopping.patience} epochs",
+                flush=True,
+            )
         elif self.budget is not None and self.budget.stopped and self.progress != "none":
-            print(f"time budget of {self.budget.budget_s:.0f} s reached after epoch {epoch + 1}; "
-                  "rerun with the same run folder to continue", flush=True)
+            print(
+                f"time budget of {self.budget.budget_s:.0f} s reached after epoch {epoch + 1}; "
+                "rerun with the same run folder to continue",
+                flush=True,
+            )
 
 
 def _remove_stale_checkpoints(run_dir: Path, state: dict) -> None:
@@ -344,8 +360,17 @@ def _read_resume_state(run_dir: Path, loss: str) -> tuple[dict | None, list[dict
     return state, rows
 
 
-STATE_KEYS = ("loss", "dtype_policy", "input_shape", "epochs_done", "last_checkpoint", "best_checkpoint",
-              "stopped_early", "early_stopping", "reduce_lr")
+STATE_KEYS = (
+    "loss",
+    "dtype_policy",
+    "input_shape",
+    "epochs_done",
+    "last_checkpoint",
+    "best_checkpoint",
+    "stopped_early",
+    "early_stopping",
+    "reduce_lr",
+)
 
 
 def _check_state(path: Path) -> dict:
@@ -415,8 +440,17 @@ def _check_strategy(model: keras.Model, strategy):
     return strategy
 
 
-def _check_train_arguments(loss, progress, val_data, epochs, learning_rate, early_stopping_patience,
-                           reduce_lr_patience, lr_schedule, time_budget_s) -> None:
+def _check_train_arguments(
+    loss,
+    progress,
+    val_data,
+    epochs,
+    learning_rate,
+    early_stopping_patience,
+    reduce_lr_patience,
+    lr_schedule,
+    time_budget_s,
+) -> None:
     """Raises ValueError for an argument of `train_model` outside its documented range."""
     if loss not in losses.LOSSES:
         raise ValueError(f"Unknown loss {loss!r}; expected one of {losses.LOSSES}.")
@@ -462,8 +496,9 @@ def _check_schedule_matches(state: dict, run_dir: Path, lr_schedule: str, epochs
         )
 
 
-def _compile(model: keras.Model, strategy, loss: str, learning_rate: float, lr_schedule: str, epochs: int,
-             train_data) -> None:
+def _compile(
+    model: keras.Model, strategy, loss: str, learning_rate: float, lr_schedule: str, epochs: int, train_data
+) -> None:
     """Compiles `model` with Adam at the scheduled rate, the loss and the Dice metric, under `strategy`."""
     if lr_schedule == "cosine":
         rate = _cosine_schedule(learning_rate, int(epochs) * _steps_per_epoch(train_data))
@@ -477,8 +512,9 @@ def _compile(model: keras.Model, strategy, loss: str, learning_rate: float, lr_s
         )
 
 
-def _resume(model: keras.Model, run_dir: Path, state: dict, input_shape: list[int], epochs: int,
-            progress: str) -> bool:
+def _resume(
+    model: keras.Model, run_dir: Path, state: dict, input_shape: list[int], epochs: int, progress: str
+) -> bool:
     """Loads the saved run into `model`, rewrites its exports; returns whether it already finished."""
     if state.get("input_shape") != input_shape:
         raise ValueError(
@@ -491,17 +527,27 @@ def _resume(model: keras.Model, run_dir: Path, state: dict, input_shape: list[in
     model_io.save_model(model, run_dir / LAST_MODEL)
     if state["stopped_early"] or state["epochs_done"] >= epochs:
         if progress != "none":
-            print(f"run in {run_dir} already finished after epoch {state['epochs_done']}; nothing to train",
-                  flush=True)
+            print(
+                f"run in {run_dir} already finished after epoch {state['epochs_done']}; nothing to train",
+                flush=True,
+            )
         return True
     if progress != "none":
         print(f"resuming run in {run_dir} at epoch {state['epochs_done'] + 1} of {epochs}", flush=True)
     return False
 
 
-def _make_callbacks(state: dict, run_dir: Path, rows: list[dict], epochs: int, progress: str,
-                    early_stopping_patience: int, reduce_lr_patience: int, lr_schedule: str,
-                    time_budget_s: float | None) -> tuple[list[keras.callbacks.Callback], _BestAndLastExport]:
+def _make_callbacks(
+    state: dict,
+    run_dir: Path,
+    rows: list[dict],
+    epochs: int,
+    progress: str,
+    early_stopping_patience: int,
+    reduce_lr_patience: int,
+    lr_schedule: str,
+    time_budget_s: float | None,
+) -> tuple[list[keras.callbacks.Callback], _BestAndLastExport]:
     """Returns the callbacks for `model.fit`, in the order they must run, and the exporter among them."""
     early_stopping = _ResumableEarlyStopping(
         state.get("early_stopping"), monitor=MONITOR, mode="max", patience=early_stopping_patience
@@ -509,8 +555,12 @@ def _make_callbacks(state: dict, run_dir: Path, rows: list[dict], epochs: int, p
     reduce_lr = None
     if lr_schedule == "plateau":
         reduce_lr = _ResumableReduceLR(
-            state.get("reduce_lr"), monitor="val_loss", mode="min", factor=LR_FACTOR,
-            patience=reduce_lr_patience, min_lr=MIN_LEARNING_RATE,
+            state.get("reduce_lr"),
+            monitor="val_loss",
+            mode="min",
+            factor=LR_FACTOR,
+            patience=reduce_lr_patience,
+            min_lr=MIN_LEARNING_RATE,
         )
     budget = None if time_budget_s is None else _TimeBudget(time_budget_s)
     committer = _EpochCommitter(run_dir, rows, state, early_stopping, reduce_lr)
@@ -522,8 +572,17 @@ def _make_callbacks(state: dict, run_dir: Path, rows: list[dict], epochs: int, p
     return [*controls, committer, exporter, printer], exporter
 
 
-def _fit_and_export(model: keras.Model, train_data, val_data, run_dir: Path, epochs: int, initial_epoch: int,
-                    callbacks: list, exporter: _BestAndLastExport, progress: str) -> None:
+def _fit_and_export(
+    model: keras.Model,
+    train_data,
+    val_data,
+    run_dir: Path,
+    epochs: int,
+    initial_epoch: int,
+    callbacks: list,
+    exporter: _BestAndLastExport,
+    progress: str,
+) -> None:
     """Fits `model`, then exports best/last, also when fitting raises (the exception is re-raised)."""
     try:
         model.fit(
@@ -540,8 +599,11 @@ def _fit_and_export(model: keras.Model, train_data, val_data, run_dir: Path, epo
             exporter.export()
         except Exception as error:  # the original exception matters more; the checkpoints are intact
             # stacklevel 3: the warning points at the caller of train_model
-            warnings.warn(f"Could not export the models of {str(run_dir)!r} after an interruption ({error}); "
-                          "resuming the run rewrites them from the checkpoints.", stacklevel=3)
+            warnings.warn(
+                f"Could not export the models of {str(run_dir)!r} after an interruption ({error}); "
+                "resuming the run rewrites them from the checkpoints.",
+                stacklevel=3,
+            )
         raise
     exporter.export()
 
@@ -649,8 +711,17 @@ def train_model(
         ``(model, history)``: the model as after the last epoch, and the whole run's history
         DataFrame (earlier sessions included).
     """
-    _check_train_arguments(loss, progress, val_data, epochs, learning_rate, early_stopping_patience,
-                           reduce_lr_patience, lr_schedule, time_budget_s)
+    _check_train_arguments(
+        loss,
+        progress,
+        val_data,
+        epochs,
+        learning_rate,
+        early_stopping_patience,
+        reduce_lr_patience,
+        lr_schedule,
+        time_budget_s,
+    )
     strategy = _check_strategy(model, strategy)
     run_dir = _prepare_run_dir(run_dir)
     state, rows = _read_resume_state(run_dir, loss)
@@ -659,14 +730,37 @@ def train_model(
     _compile(model, strategy, loss, learning_rate, lr_schedule, epochs, train_data)
     input_shape = [int(d) for d in model.input_shape[1:]]
     if state is None:
-        state = {"loss": loss, "dtype_policy": model.dtype_policy.name, "input_shape": input_shape,
-                 "lr_schedule": lr_schedule, "schedule_epochs": _schedule_epochs(lr_schedule, epochs)}
+        state = {
+            "loss": loss,
+            "dtype_policy": model.dtype_policy.name,
+            "input_shape": input_shape,
+            "lr_schedule": lr_schedule,
+            "schedule_epochs": _schedule_epochs(lr_schedule, epochs),
+        }
     elif _resume(model, run_dir, state, input_shape, epochs, progress):
         return model, pd.DataFrame(rows)
-    callbacks, exporter = _make_callbacks(state, run_dir, rows, epochs, progress, early_stopping_patience,
-                                          reduce_lr_patience, lr_schedule, time_budget_s)
-    _fit_and_export(model, train_data, val_data, run_dir, epochs, state.get("epochs_done", 0), callbacks,
-                    exporter, progress)
+    callbacks, exporter = _make_callbacks(
+        state,
+        run_dir,
+        rows,
+        epochs,
+        progress,
+        early_stopping_patience,
+        reduce_lr_patience,
+        lr_schedule,
+        time_budget_s,
+    )
+    _fit_and_export(
+        model,
+        train_data,
+        val_data,
+        run_dir,
+        epochs,
+        state.get("epochs_done", 0),
+        callbacks,
+        exporter,
+        progress,
+    )
     return model, pd.DataFrame(rows)
 
 
@@ -675,5 +769,3 @@ def train_model(
 # --------------------------------------------------------------------------------------------
 
 LESION_CLASSES = ("benign", "malignant")
-
-
