@@ -24,6 +24,7 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -33,12 +34,6 @@ from keras import ops
 import atomic_io
 import losses
 import model_io
-
-
-# --------------------------------------------------------------------------------------------
-# Losses (Keras): each returns one value per image, shape (N,); Keras averages over the batch.
-# --------------------------------------------------------------------------------------------
-
 
 # --------------------------------------------------------------------------------------------
 # Training: atomic checkpoints, CSV history, resume
@@ -63,6 +58,8 @@ def set_seeds(seed: int) -> None:
 
 
 class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping whose counters are restored from, and saved to, ``train_state.json``."""
+
     def __init__(self, restored: dict | None, **kwargs):
         super().__init__(**kwargs)
         self.restored = restored or {}
@@ -77,6 +74,8 @@ class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
 
 class _ResumableReduceLR(keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau whose counters are restored from, and saved to, ``train_state.json``."""
+
     def __init__(self, restored: dict | None, **kwargs):
         super().__init__(**kwargs)
         self.restored = restored or {}
@@ -118,15 +117,22 @@ class _TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _cosine_schedule(learning_rate: float, total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
+def _cosine_schedule(
+    learning_rate: float, total_steps: int
+) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Returns the linear warm-up plus cosine decay of `train_model`'s docstring over `total_steps`."""
     warmup_steps = max(1, int(round(WARMUP_FRACTION * total_steps)))
     return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0, decay_steps=max(1, total_steps - warmup_steps),
-        alpha=MIN_LEARNING_RATE / learning_rate, warmup_target=learning_rate, warmup_steps=warmup_steps,
+        initial_learning_rate=0.0,
+        decay_steps=max(1, total_steps - warmup_steps),
+        alpha=MIN_LEARNING_RATE / learning_rate,
+        warmup_target=learning_rate,
+        warmup_steps=warmup_steps,
     )
 
 
 def _steps_per_epoch(train_data) -> int:
+    """Returns the number of batches of `train_data`; raises ValueError when unknown or infinite."""
     cardinality = int(train_data.cardinality()) if hasattr(train_data, "cardinality") else -2
     if cardinality < 1:
         raise ValueError(
@@ -138,11 +144,13 @@ def _steps_per_epoch(train_data) -> int:
 
 
 def _checkpoint_names(epoch: int) -> dict[str, str]:
+    """Returns the run-folder-relative names of the weights and optimizer files of `epoch`."""
     stem = f"{CHECKPOINT_DIR}/epoch-{epoch:04d}"
     return {"weights": f"{stem}.weights.h5", "optimizer": f"{stem}.optimizer.npz"}
 
 
 def _save_checkpoint(model: keras.Model, run_dir: Path, epoch: int) -> dict[str, str]:
+    """Writes the weights and optimizer variables of `epoch` atomically; returns their names."""
     names = _checkpoint_names(epoch)
     atomic_io.atomic_write(run_dir / names["weights"], lambda tmp: model.save_weights(tmp))
     values = {f"v{i:04d}": ops.convert_to_numpy(v) for i, v in enumerate(model.optimizer.variables)}
@@ -151,6 +159,7 @@ def _save_checkpoint(model: keras.Model, run_dir: Path, epoch: int) -> dict[str,
 
 
 def _restore_checkpoint(model: keras.Model, run_dir: Path, names: dict[str, str], optimizer: bool) -> None:
+    """Loads a checkpoint's weights (and, with `optimizer`, its optimizer variables) into `model`."""
     if not model.optimizer.built:  # else load_weights skips (and warns about) the optimizer variables
         with model.distribute_strategy.scope():  # optimizer variables are mirrored like the model's
             model.optimizer.build(model.trainable_variables)
@@ -168,27 +177,96 @@ def _restore_checkpoint(model: keras.Model, run_dir: Path, names: dict[str, str]
     variables = model.optimizer.variables
     if len(values) != len(variables):
         raise ValueError(
-            f"The optimizer state {names['optimizer']!r} holds {len(values)} variables, the model's optimizer "
-            f"{len(variables)}: was the run trained with another dtype policy?"
+            f"The optimizer state {names['optimizer']!r} holds {len(values)} variables, "
+            f"the model's optimizer {len(variables)}: was the run trained with another dtype policy?"
         )
     for variable, value in zip(variables, values):
         variable.assign(value)
 
 
-class _RunRecorder(keras.callbacks.Callback):
-    """After each epoch: history CSV, checkpoint files, then the state JSON (the commit point),
-    then old checkpoints are removed. The weights of the last and of the best completed epoch
-    are kept in memory; `export` writes them as ``last.keras`` / ``best.keras`` once, when the
-    call ends (a ``.keras`` export costs about as much as the checkpoint, so not every epoch)."""
+class _CommittedEpoch(NamedTuple):
+    """What `_EpochCommitter` committed for one epoch, read by the callbacks that run after it."""
 
-    def __init__(self, run_dir: Path, rows: list[dict], state: dict, early_stopping, reduce_lr,
-                 epochs: int, progress: str, budget=None):
+    row: dict
+    improved: bool
+    stopped_early: bool
+
+
+def _history_row(epoch: int, logs: dict, optimizer, seconds: float) -> dict:
+    """Returns the ``history.csv`` row of the 0-based `epoch` from its Keras logs."""
+    # The rate used during this epoch (ReduceLROnPlateau logs it before lowering it); with the
+    # cosine schedule, the rate reached at the end of the epoch.
+    used_lr = logs.get("learning_rate", ops.convert_to_numpy(optimizer.learning_rate))
+    lr = float(f"{float(used_lr):.6g}")  # float32 holds 1e-3 as 0.0010000000474974513
+    order = ["loss", "dice", "val_loss", "val_dice"]
+    names = order + sorted(k for k in logs if k not in order and not k.startswith("learning_rate"))
+    return {
+        "epoch": epoch + 1,
+        **{k: float(logs[k]) for k in names if k in logs},
+        "learning_rate": lr,
+        "seconds": seconds,
+    }
+
+
+class _EpochCommitter(keras.callbacks.Callback):
+    """After each epoch, each file atomically: the history CSV, the checkpoint files, then the
+    state JSON (the commit point); only then are old checkpoints removed. `committed` holds
+    what the last epoch committed."""
+
+    def __init__(self, run_dir: Path, rows: list[dict], state: dict, early_stopping, reduce_lr):
         super().__init__()
         self.run_dir, self.rows, self.state = run_dir, rows, state
-        self.early_stopping, self.reduce_lr, self.budget = early_stopping, reduce_lr, budget
-        self.epochs, self.progress = epochs, progress
+        self.early_stopping, self.reduce_lr = early_stopping, reduce_lr
         self.started = time.perf_counter()
+        self.committed: _CommittedEpoch | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        seconds = time.perf_counter() - self.started
+        row = _history_row(epoch, logs, self.model.optimizer, seconds)
+        self.rows.append(row)
+        atomic_io.write_csv(self.run_dir / HISTORY_CSV, pd.DataFrame(self.rows))
+
+        current = logs.get(MONITOR)
+        best = self.state.get("best_val_dice")
+        improved = current is not None and (best is None or current > best)
+        checkpoint = _save_checkpoint(self.model, self.run_dir, epoch + 1)
+        stopped_early = bool(self.model.stop_training) and self.early_stopping.stopped_epoch == epoch > 0
+        self.state.update(
+            {
+                "epochs_done": epoch + 1,
+                "last_checkpoint": checkpoint,
+                "stopped_early": stopped_early,
+                "early_stopping": self.early_stopping.state(),
+                "reduce_lr": None if self.reduce_lr is None else self.reduce_lr.state(),
+            }
+        )
+        if improved:
+            self.state.update(
+                {"best_val_dice": float(current), "best_epoch": epoch + 1, "best_checkpoint": checkpoint}
+            )
+        atomic_io.write_json(self.run_dir / STATE_JSON, self.state)  # commit point
+        _remove_stale_checkpoints(self.run_dir, self.state)
+        self.committed = _CommittedEpoch(row, improved, stopped_early)
+
+
+class _BestAndLastExport(keras.callbacks.Callback):
+    """Keeps the weights of this call's last and best committed epochs in memory; `export` writes
+    them as ``last.keras`` / ``best.keras`` once, when the call ends (a ``.keras`` export costs
+    about as much as the checkpoint, so not every epoch). Runs after `committer`."""
+
+    def __init__(self, run_dir: Path, committer: _EpochCommitter):
+        super().__init__()
+        self.run_dir, self.committer = run_dir, committer
         self.last_weights = self.best_weights = None  # of this call's completed epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last_weights = self.model.get_weights()  # numpy copies
+        if self.committer.committed.improved:
+            self.best_weights = self.last_weights
 
     def export(self) -> None:
         """Writes ``last.keras`` (and ``best.keras`` if an epoch of this call was the best so far)
@@ -207,53 +285,43 @@ class _RunRecorder(keras.callbacks.Callback):
             self.model.set_weights(current)
         self.last_weights = self.best_weights = None
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
+
+class _ProgressPrinter(keras.callbacks.Callback):
+    """Prints, after `committer` has committed an epoch, the epoch's line (``progress="epoch"``)
+    and why training stops (early stopping, time budget) unless ``progress="none"``."""
+
+    def __init__(self, committer: _EpochCommitter, epochs: int, progress: str, early_stopping, budget=None):
+        super().__init__()
+        self.committer, self.epochs, self.progress = committer, epochs, progress
+        self.early_stopping, self.budget = early_stopping, budget
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})
-        seconds = time.perf_counter() - self.started
-        # The rate used during this epoch (ReduceLROnPlateau logs it before lowering it); with the
-        # cosine schedule, the rate reached at the end of the epoch.
-        used_lr = logs.get("learning_rate", ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        lr = float(f"{float(used_lr):.6g}")  # float32 holds 1e-3 as 0.0010000000474974513
-        order = ["loss", "dice", "val_loss", "val_dice"]
-        names = order + sorted(k for k in logs if k not in order and not k.startswith("learning_rate"))
-        row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in names if k in logs},
-               "learning_rate": lr, "seconds": seconds}
-        self.rows.append(row)
-        atomic_io.write_csv(self.run_dir / HISTORY_CSV, pd.DataFrame(self.rows))
-
-        current = logs.get(MONITOR)
-        best = self.state.get("best_val_dice")
-        improved = current is not None and (best is None or current > best)
-        checkpoint = _save_checkpoint(self.model, self.run_dir, epoch + 1)
-        stopped_early = bool(self.model.stop_training) and self.early_stopping.stopped_epoch == epoch > 0
-        self.state.update({
-            "epochs_done": epoch + 1, "last_checkpoint": checkpoint, "stopped_early": stopped_early,
-            "early_stopping": self.early_stopping.state(),
-            "reduce_lr": None if self.reduce_lr is None else self.reduce_lr.state(),
-        })
-        if improved:
-            self.state.update({"best_val_dice": float(current), "best_epoch": epoch + 1, "best_checkpoint": checkpoint})
-        atomic_io.write_json(self.run_dir / STATE_JSON, self.state)  # commit point
-        _remove_stale_checkpoints(self.run_dir, self.state)
-        self.last_weights = self.model.get_weights()  # numpy copies
-        if improved:
-            self.best_weights = self.last_weights
+        row, improved, stopped_early = self.committer.committed
         if self.progress == "epoch":
-            metrics = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds", "learning_rate"))
+            skip = ("epoch", "seconds", "learning_rate")
+            metrics = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in skip)
             mark = " *best*" if improved else ""
-            print(f"epoch {epoch + 1}/{self.epochs} {metrics} lr {lr:.2e} {seconds:.1f} s{mark}", flush=True)
+            print(
+                f"epoch {epoch + 1}/{self.epochs} {metrics} lr {row['learning_rate']:.2e} "
+                f"{row['seconds']:.1f} s{mark}",
+                flush=True,
+            )
         if stopped_early and self.progress != "none":
-            print(f"early stopping after epoch {epoch + 1}: no {MONITOR} gain for "
-                  f"{self.early_stopping.patience} epochs", flush=True)
+            print(
+                f"early stopping after epoch {epoch + 1}: no {MONITOR} gain for "
+                f"{self.early_stopping.patience} epochs",
+                flush=True,
+            )
         elif self.budget is not None and self.budget.stopped and self.progress != "none":
-            print(f"time budget of {self.budget.budget_s:.0f} s reached after epoch {epoch + 1}; "
-                  "rerun with the same run folder to continue", flush=True)
+            print(
+                f"time budget of {self.budget.budget_s:.0f} s reached after epoch {epoch + 1}; "
+                "rerun with the same run folder to continue",
+                flush=True,
+            )
 
 
 def _remove_stale_checkpoints(run_dir: Path, state: dict) -> None:
+    """Deletes the checkpoint files that `state` names neither as last nor as best."""
     keep = {name for key in ("last_checkpoint", "best_checkpoint") for name in state.get(key, {}).values()}
     for path in (run_dir / CHECKPOINT_DIR).glob("epoch-*"):
         if f"{CHECKPOINT_DIR}/{path.name}" not in keep:
@@ -261,6 +329,7 @@ def _remove_stale_checkpoints(run_dir: Path, state: dict) -> None:
 
 
 def _read_resume_state(run_dir: Path, loss: str) -> tuple[dict | None, list[dict]]:
+    """Returns the saved state and committed history rows of `run_dir`, or ``(None, [])`` for a new run."""
     path = run_dir / STATE_JSON
     if not path.is_file():
         exported = [name for name in (BEST_MODEL, LAST_MODEL) if (run_dir / name).is_file()]
@@ -278,7 +347,9 @@ def _read_resume_state(run_dir: Path, loss: str) -> tuple[dict | None, list[dict
         )
     history_path = run_dir / HISTORY_CSV
     if not history_path.is_file():
-        raise ValueError(f"The run in {str(run_dir)!r} has {STATE_JSON} but no {HISTORY_CSV}; it cannot be resumed.")
+        raise ValueError(
+            f"The run in {str(run_dir)!r} has {STATE_JSON} but no {HISTORY_CSV}; it cannot be resumed."
+        )
     rows = pd.read_csv(history_path, float_precision="round_trip").to_dict("records")
     rows = [r for r in rows if r["epoch"] <= state["epochs_done"]]  # rows written after the last commit
     if [int(r["epoch"]) for r in rows] != list(range(1, state["epochs_done"] + 1)):
@@ -289,8 +360,17 @@ def _read_resume_state(run_dir: Path, loss: str) -> tuple[dict | None, list[dict
     return state, rows
 
 
-STATE_KEYS = ("loss", "dtype_policy", "input_shape", "epochs_done", "last_checkpoint", "best_checkpoint",
-              "stopped_early", "early_stopping", "reduce_lr")
+STATE_KEYS = (
+    "loss",
+    "dtype_policy",
+    "input_shape",
+    "epochs_done",
+    "last_checkpoint",
+    "best_checkpoint",
+    "stopped_early",
+    "early_stopping",
+    "reduce_lr",
+)
 
 
 def _check_state(path: Path) -> dict:
@@ -319,6 +399,7 @@ def _check_state(path: Path) -> dict:
 
 
 def _strategy_name(strategy) -> str:
+    """Describes `strategy` for error messages."""
     if type(strategy).__name__.startswith("_Default"):
         return "the default strategy: one device, no tf.distribute scope"
     return f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)"
@@ -336,7 +417,9 @@ def resolve_strategy(strategy=None):
     if strategy is None:
         return tf.distribute.get_strategy()
     if not isinstance(strategy, tf.distribute.Strategy):
-        raise ValueError(f"Expected strategy to be a tf.distribute.Strategy or None; received {type(strategy).__name__}.")
+        raise ValueError(
+            f"Expected strategy to be a tf.distribute.Strategy or None; received {type(strategy).__name__}."
+        )
     return strategy
 
 
@@ -344,7 +427,8 @@ def _check_strategy(model: keras.Model, strategy):
     """Returns `resolve_strategy(strategy)` after checking that every variable of `model` was
     created under it; raises ValueError otherwise."""
     strategy = resolve_strategy(strategy)
-    foreign = [w for w in model.weights if not strategy.extended.variable_created_in_scope(getattr(w, "value", w))]
+    in_scope = strategy.extended.variable_created_in_scope
+    foreign = [w for w in model.weights if not in_scope(getattr(w, "value", w))]
     if foreign:
         raise ValueError(
             f"Expected a model built under the strategy given to train_model ({_strategy_name(strategy)}); "
@@ -354,6 +438,174 @@ def _check_strategy(model: keras.Model, strategy):
             f"cross_validation.cross_validate(build_model=...) does this for you."
         )
     return strategy
+
+
+def _check_train_arguments(
+    loss,
+    progress,
+    val_data,
+    epochs,
+    learning_rate,
+    early_stopping_patience,
+    reduce_lr_patience,
+    lr_schedule,
+    time_budget_s,
+) -> None:
+    """Raises ValueError for an argument of `train_model` outside its documented range."""
+    if loss not in losses.LOSSES:
+        raise ValueError(f"Unknown loss {loss!r}; expected one of {losses.LOSSES}.")
+    if progress not in PROGRESS_OPTIONS:
+        raise ValueError(f"Unknown progress {progress!r}; expected one of {PROGRESS_OPTIONS}.")
+    if val_data is None:
+        raise ValueError("Expected validation data; the best checkpoint and early stopping need it.")
+    if int(epochs) < 1 or learning_rate <= 0 or early_stopping_patience < 1 or reduce_lr_patience < 1:
+        raise ValueError(
+            "Expected epochs >= 1, learning_rate > 0 and patiences >= 1; received "
+            f"epochs={epochs}, learning_rate={learning_rate}, "
+            f"early_stopping_patience={early_stopping_patience}, reduce_lr_patience={reduce_lr_patience}."
+        )
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"Unknown lr_schedule {lr_schedule!r}; expected one of {LR_SCHEDULES}.")
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise ValueError(f"Expected time_budget_s > 0 seconds or None; received {time_budget_s}.")
+
+
+def _prepare_run_dir(run_dir: str | os.PathLike) -> Path:
+    """Creates `run_dir` if missing and removes the partial files a killed run left in it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (run_dir, run_dir / CHECKPOINT_DIR):
+        atomic_io.remove_stale_temp_files(folder)
+    return run_dir
+
+
+def _schedule_epochs(lr_schedule: str, epochs: int) -> int | None:
+    """Returns the number of epochs the schedule is planned for: `epochs` for "cosine", else None."""
+    return int(epochs) if lr_schedule == "cosine" else None
+
+
+def _check_schedule_matches(state: dict, run_dir: Path, lr_schedule: str, epochs: int) -> None:
+    """Raises ValueError when the saved run was trained with another schedule (or cosine epochs)."""
+    saved = state.get("lr_schedule", "plateau")
+    if (saved, state.get("schedule_epochs")) != (lr_schedule, _schedule_epochs(lr_schedule, epochs)):
+        raise ValueError(
+            f"The run in {str(run_dir)!r} was trained with lr_schedule={saved!r}"
+            f"{', epochs=%s' % state['schedule_epochs'] if state.get('schedule_epochs') else ''}; "
+            "resume it with the same schedule (a cosine schedule is planned for a fixed number of "
+            "epochs), or use another run folder."
+        )
+
+
+def _compile(
+    model: keras.Model, strategy, loss: str, learning_rate: float, lr_schedule: str, epochs: int, train_data
+) -> None:
+    """Compiles `model` with Adam at the scheduled rate, the loss and the Dice metric, under `strategy`."""
+    if lr_schedule == "cosine":
+        rate = _cosine_schedule(learning_rate, int(epochs) * _steps_per_epoch(train_data))
+    else:
+        rate = learning_rate
+    with strategy.scope():  # the optimizer's and the metric's variables live where the model's do
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=rate),
+            loss=losses.get_loss(loss),
+            metrics=[losses.DiceMetric(name="dice")],
+        )
+
+
+def _resume(
+    model: keras.Model, run_dir: Path, state: dict, input_shape: list[int], epochs: int, progress: str
+) -> bool:
+    """Loads the saved run into `model`, rewrites its exports; returns whether it already finished."""
+    if state.get("input_shape") != input_shape:
+        raise ValueError(
+            f"The run in {str(run_dir)!r} was trained on inputs of shape {state.get('input_shape')}, the "
+            f"model given takes {input_shape}; use the run's image size, or another run folder."
+        )
+    _restore_checkpoint(model, run_dir, state["best_checkpoint"], optimizer=False)
+    model_io.save_model(model, run_dir / BEST_MODEL)
+    _restore_checkpoint(model, run_dir, state["last_checkpoint"], optimizer=True)
+    model_io.save_model(model, run_dir / LAST_MODEL)
+    if state["stopped_early"] or state["epochs_done"] >= epochs:
+        if progress != "none":
+            print(
+                f"run in {run_dir} already finished after epoch {state['epochs_done']}; nothing to train",
+                flush=True,
+            )
+        return True
+    if progress != "none":
+        print(f"resuming run in {run_dir} at epoch {state['epochs_done'] + 1} of {epochs}", flush=True)
+    return False
+
+
+def _make_callbacks(
+    state: dict,
+    run_dir: Path,
+    rows: list[dict],
+    epochs: int,
+    progress: str,
+    early_stopping_patience: int,
+    reduce_lr_patience: int,
+    lr_schedule: str,
+    time_budget_s: float | None,
+) -> tuple[list[keras.callbacks.Callback], _BestAndLastExport]:
+    """Returns the callbacks for `model.fit`, in the order they must run, and the exporter among them."""
+    early_stopping = _ResumableEarlyStopping(
+        state.get("early_stopping"), monitor=MONITOR, mode="max", patience=early_stopping_patience
+    )
+    reduce_lr = None
+    if lr_schedule == "plateau":
+        reduce_lr = _ResumableReduceLR(
+            state.get("reduce_lr"),
+            monitor="val_loss",
+            mode="min",
+            factor=LR_FACTOR,
+            patience=reduce_lr_patience,
+            min_lr=MIN_LEARNING_RATE,
+        )
+    budget = None if time_budget_s is None else _TimeBudget(time_budget_s)
+    committer = _EpochCommitter(run_dir, rows, state, early_stopping, reduce_lr)
+    exporter = _BestAndLastExport(run_dir, committer)
+    printer = _ProgressPrinter(committer, int(epochs), progress, early_stopping, budget)
+    # Order matters: the committer saves the state of the callbacks before it; those after it
+    # read what it committed.
+    controls = [callback for callback in (reduce_lr, early_stopping, budget) if callback is not None]
+    return [*controls, committer, exporter, printer], exporter
+
+
+def _fit_and_export(
+    model: keras.Model,
+    train_data,
+    val_data,
+    run_dir: Path,
+    epochs: int,
+    initial_epoch: int,
+    callbacks: list,
+    exporter: _BestAndLastExport,
+    progress: str,
+) -> None:
+    """Fits `model`, then exports best/last, also when fitting raises (the exception is re-raised)."""
+    try:
+        model.fit(
+            train_data,
+            validation_data=val_data,
+            epochs=int(epochs),
+            initial_epoch=initial_epoch,
+            callbacks=callbacks,
+            verbose=1 if progress == "bar" else 0,
+            shuffle=False,  # the tf.data pipeline shuffles
+        )
+    except BaseException:  # e.g. KeyboardInterrupt in a notebook: still export the completed epochs
+        try:
+            exporter.export()
+        except Exception as error:  # the original exception matters more; the checkpoints are intact
+            # stacklevel 3: the warning points at the caller of train_model
+            warnings.warn(
+                f"Could not export the models of {str(run_dir)!r} after an interruption ({error}); "
+                "resuming the run rewrites them from the checkpoints.",
+                stacklevel=3,
+            )
+        raise
+    exporter.export()
 
 
 def train_model(
@@ -459,99 +711,56 @@ def train_model(
         ``(model, history)``: the model as after the last epoch, and the whole run's history
         DataFrame (earlier sessions included).
     """
-    if loss not in losses.LOSSES:
-        raise ValueError(f"Unknown loss {loss!r}; expected one of {losses.LOSSES}.")
-    if progress not in PROGRESS_OPTIONS:
-        raise ValueError(f"Unknown progress {progress!r}; expected one of {PROGRESS_OPTIONS}.")
-    if val_data is None:
-        raise ValueError("Expected validation data; the best checkpoint and early stopping need it.")
-    if int(epochs) < 1 or learning_rate <= 0 or early_stopping_patience < 1 or reduce_lr_patience < 1:
-        raise ValueError(
-            "Expected epochs >= 1, learning_rate > 0 and patiences >= 1; received "
-            f"epochs={epochs}, learning_rate={learning_rate}, early_stopping_patience={early_stopping_patience}, "
-            f"reduce_lr_patience={reduce_lr_patience}."
-        )
-    if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"Unknown lr_schedule {lr_schedule!r}; expected one of {LR_SCHEDULES}.")
-    if time_budget_s is not None and not time_budget_s > 0:
-        raise ValueError(f"Expected time_budget_s > 0 seconds or None; received {time_budget_s}.")
-    strategy = _check_strategy(model, strategy)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for folder in (run_dir, run_dir / CHECKPOINT_DIR):  # partial files of a killed run
-        atomic_io.remove_stale_temp_files(folder)
-    state, rows = _read_resume_state(run_dir, loss)
-    if state is not None and (state.get("lr_schedule", "plateau"), state.get("schedule_epochs")) != (
-        lr_schedule, int(epochs) if lr_schedule == "cosine" else None
-    ):
-        raise ValueError(
-            f"The run in {str(run_dir)!r} was trained with lr_schedule={state.get('lr_schedule', 'plateau')!r}"
-            f"{', epochs=%s' % state['schedule_epochs'] if state.get('schedule_epochs') else ''}; resume it with "
-            "the same schedule (a cosine schedule is planned for a fixed number of epochs), or use another run folder."
-        )
-    if lr_schedule == "cosine":
-        rate = _cosine_schedule(learning_rate, int(epochs) * _steps_per_epoch(train_data))
-    else:
-        rate = learning_rate
-    with strategy.scope():  # the optimizer's and the metric's variables live where the model's do
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=rate),
-            loss=losses.get_loss(loss),
-            metrics=[losses.DiceMetric(name="dice")],
-        )
-    input_shape = [int(d) for d in model.input_shape[1:]]
-    if state is not None:
-        if state.get("input_shape") != input_shape:
-            raise ValueError(
-                f"The run in {str(run_dir)!r} was trained on inputs of shape {state.get('input_shape')}, the "
-                f"model given takes {input_shape}; use the run's image size, or another run folder."
-            )
-        _restore_checkpoint(model, run_dir, state["best_checkpoint"], optimizer=False)
-        model_io.save_model(model, run_dir / BEST_MODEL)
-        _restore_checkpoint(model, run_dir, state["last_checkpoint"], optimizer=True)
-        model_io.save_model(model, run_dir / LAST_MODEL)
-        if state["stopped_early"] or state["epochs_done"] >= epochs:
-            if progress != "none":
-                print(f"run in {run_dir} already finished after epoch {state['epochs_done']}; nothing to train", flush=True)
-            return model, pd.DataFrame(rows)
-        if progress != "none":
-            print(f"resuming run in {run_dir} at epoch {state['epochs_done'] + 1} of {epochs}", flush=True)
-    else:
-        state = {"loss": loss, "dtype_policy": model.dtype_policy.name, "input_shape": input_shape,
-                 "lr_schedule": lr_schedule, "schedule_epochs": int(epochs) if lr_schedule == "cosine" else None}
-    early_stopping = _ResumableEarlyStopping(
-        state.get("early_stopping"), monitor=MONITOR, mode="max", patience=early_stopping_patience
+    _check_train_arguments(
+        loss,
+        progress,
+        val_data,
+        epochs,
+        learning_rate,
+        early_stopping_patience,
+        reduce_lr_patience,
+        lr_schedule,
+        time_budget_s,
     )
-    callbacks = [early_stopping]
-    reduce_lr = None
-    if lr_schedule == "plateau":
-        reduce_lr = _ResumableReduceLR(
-            state.get("reduce_lr"), monitor="val_loss", mode="min", factor=LR_FACTOR,
-            patience=reduce_lr_patience, min_lr=MIN_LEARNING_RATE,
-        )
-        callbacks.insert(0, reduce_lr)
-    budget = None if time_budget_s is None else _TimeBudget(time_budget_s)
-    if budget is not None:
-        callbacks.append(budget)
-    recorder = _RunRecorder(run_dir, rows, state, early_stopping, reduce_lr, int(epochs), progress, budget)
-    try:
-        model.fit(
-            train_data,
-            validation_data=val_data,
-            epochs=int(epochs),
-            initial_epoch=state.get("epochs_done", 0),
-            callbacks=[*callbacks, recorder],  # order matters: the recorder saves the others' state
-            verbose=1 if progress == "bar" else 0,
-            shuffle=False,  # the tf.data pipeline shuffles
-        )
-    except BaseException:  # e.g. KeyboardInterrupt in a notebook: still export the completed epochs
-        try:
-            recorder.export()
-        except Exception as error:  # the original exception matters more; the checkpoints are intact
-            warnings.warn(f"Could not export the models of {str(run_dir)!r} after an interruption ({error}); "
-                          "resuming the run rewrites them from the checkpoints.", stacklevel=2)
-        raise
-    recorder.export()
+    strategy = _check_strategy(model, strategy)
+    run_dir = _prepare_run_dir(run_dir)
+    state, rows = _read_resume_state(run_dir, loss)
+    if state is not None:
+        _check_schedule_matches(state, run_dir, lr_schedule, epochs)
+    _compile(model, strategy, loss, learning_rate, lr_schedule, epochs, train_data)
+    input_shape = [int(d) for d in model.input_shape[1:]]
+    if state is None:
+        state = {
+            "loss": loss,
+            "dtype_policy": model.dtype_policy.name,
+            "input_shape": input_shape,
+            "lr_schedule": lr_schedule,
+            "schedule_epochs": _schedule_epochs(lr_schedule, epochs),
+        }
+    elif _resume(model, run_dir, state, input_shape, epochs, progress):
+        return model, pd.DataFrame(rows)
+    callbacks, exporter = _make_callbacks(
+        state,
+        run_dir,
+        rows,
+        epochs,
+        progress,
+        early_stopping_patience,
+        reduce_lr_patience,
+        lr_schedule,
+        time_budget_s,
+    )
+    _fit_and_export(
+        model,
+        train_data,
+        val_data,
+        run_dir,
+        epochs,
+        state.get("epochs_done", 0),
+        callbacks,
+        exporter,
+        progress,
+    )
     return model, pd.DataFrame(rows)
 
 
@@ -560,5 +769,3 @@ def train_model(
 # --------------------------------------------------------------------------------------------
 
 LESION_CLASSES = ("benign", "malignant")
-
-
