@@ -19,7 +19,7 @@ folder, a setting out of range, a bad option), which is answered by one line ``e
 standard error before anything is written (`cli.user_errors`). TensorFlow's start-up lines are
 kept out of the output (`quiet.import_tensorflow`).
 
-Method, per image (`segment_images`):
+Method, per image (`inference.segment_many`, the one way busi-unet segments an image of any size):
 
 1. Decode as stored (grey, RGB, RGBA; 8 or 16 bit) and convert to grey in [0, 1]
    (`data_loading.to_grey`: luma for colour; alpha ignored). Accepted channel counts are 1, 3
@@ -29,7 +29,7 @@ Method, per image (`segment_images`):
    model): stretching a thumbnail more than `MAX_UPSCALE` times gives the model blur it never
    saw in training. BUSI's smallest side is 190 px.
 3. Area-resize to the model's input (as in training), predict in batches, optionally averaged
-   over the horizontal flip (``tta``; see `training.predict`).
+   over the horizontal flip (``tta``; see `inference.predict`).
 4. Resize the probability map back to the image's size **bilinearly**, then threshold: the
    boundary follows the interpolated probability instead of the model grid's staircase, which
    nearest-neighbour resizing of a model-size mask would give. (Masks themselves are only ever
@@ -40,12 +40,11 @@ Method, per image (`segment_images`):
    (`mask_processing.clean_mask`).
 
 Threshold default: ``threshold`` from ``results.json`` beside the model file when present (the
-one chosen on validation by `benchmarks/train_busi.py`), else `training.DEFAULT_THRESHOLD`
+one chosen on validation by `benchmarks/train_busi.py`), else `evaluation.DEFAULT_THRESHOLD`
 (0.5). The command prints which one it used. No clean-up unless ``--min-area`` is given.
 
 Why a module of its own: this is an application layer (file discovery, per-file error listing,
-writing PNGs and a CSV, a command line) on top of `training.predict`; `training.py` stays the
-library of training and evaluation, and `data_loading.py` reads the BUSI dataset layout. The
+writing PNGs and a CSV, measurements, a command line) on top of `inference.segment_many`. The
 reader here accepts any decodable file and lists problems instead of raising on the first.
 """
 
@@ -161,13 +160,13 @@ def segment_images(
     optional clean-up). Every image is validated before any prediction.
 
     Args:
-        model: a trained U-Net with a fixed ``(h, w, 1)`` input (e.g. `training.load_model`).
+        model: a trained U-Net with a fixed ``(h, w, 1)`` input (e.g. `model_io.load_model`).
         images: each ``(H, W)`` or ``(H, W, C)``, ``C`` in (1, 3, 4) (BGR(A) channel order as
             OpenCV decodes, which only matters for the luma weights), uint8, uint16, or float
             in [0, 1]; sizes may differ.
         threshold: lesion where the probability is ``>= threshold``, in (0, 1).
         min_area: if not None, clean-up with this minimum component area in model-input pixels.
-        tta: average over the horizontal flip (see `training.predict`).
+        tta: average over the horizontal flip (see `inference.predict`).
         batch_size: images per forward pass.
         names: one name per image for error messages and the table (default ``"image <i>"``).
 

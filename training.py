@@ -1,20 +1,12 @@
-"""Losses, metrics, the resumable training loop and honest evaluation for lesion segmentation.
+"""Training a segmentation model: `train_model`, resumable, with atomic per-epoch checkpoints.
 
-Contents: numpy metrics (below), Keras losses (`losses.LOSSES`, `losses.get_loss`), the Keras per-image
-`losses.DiceMetric`, `train_model` (atomic, resumable checkpoints), `predict`, `choose_threshold`,
-`evaluate` (per-image table + summary with bootstrap confidence intervals), `save_model` and
-`load_model`.
-
-Metric policy (numpy functions below):
-
-- Predictions are probabilities, binarised with ``p >= threshold`` (default 0.5).
-- Per-image metrics return one value per image, shape ``(N,)``; the headline number is their
-  mean. Pooled ("global") variants sum true/false positives/negatives over all pixels of all
-  images first, so large lesions weigh more.
-- Empty masks: when truth and prediction are both empty, Dice, IoU, precision and recall are
-  1 (a correct "no lesion"); when exactly one of them is empty, they are 0 — except precision
-  with no predicted pixel (defined as 1 only if the truth is empty too) and recall with an
-  empty truth (1 only if nothing was predicted). No smoothing constant enters the metrics.
+`train_model` compiles a model with Adam, a learning-rate schedule (cosine with warm-up, or
+halving on plateaus), a loss from `losses` and the per-image `losses.DiceMetric`, then fits it
+with early stopping on validation Dice and an optional time budget. After every epoch it
+commits the history, a checkpoint and the run state, so an interrupted run resumes from its last
+finished epoch; when the call ends it exports ``best.keras`` and ``last.keras`` through
+`model_io.save_model`. Losses live in `losses`, metrics and evaluation in `evaluation`,
+prediction in `inference`.
 """
 
 from __future__ import annotations
@@ -762,10 +754,3 @@ def train_model(
         progress,
     )
     return model, pd.DataFrame(rows)
-
-
-# --------------------------------------------------------------------------------------------
-# Prediction, threshold selection and evaluation
-# --------------------------------------------------------------------------------------------
-
-LESION_CLASSES = ("benign", "malignant")
