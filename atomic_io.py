@@ -61,6 +61,8 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], Any]) -> Pat
             os.remove(tmp)
         raise
     return path
+
+
 _TEMP_NAME_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+(?:\..*)?$")
 
 
@@ -100,8 +102,12 @@ def remove_stale_temp_files(folder: str | os.PathLike, max_age_s: float = STALE_
             age = now - path.lstat().st_mtime
         except FileNotFoundError:  # its writer just finished
             continue
-        abandoned = (match is not None and match["host"] == host and int(match["pid"]) != os.getpid()
-                     and not _process_alive(int(match["pid"])))
+        abandoned = (
+            match is not None
+            and match["host"] == host
+            and int(match["pid"]) != os.getpid()
+            and not _process_alive(int(match["pid"]))
+        )
         if abandoned or age > max_age_s:
             path.unlink(missing_ok=True)
             removed.append(path)

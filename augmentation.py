@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 MAX_ROTATION_DEG = 10.0
 MAX_SCALE = 0.10
 MAX_SHIFT = 0.05
@@ -56,8 +55,12 @@ def augment_pair(image, mask, seed):
 
     def warp(x, interpolation):
         return tf.raw_ops.ImageProjectiveTransformV3(
-            images=x[None], transforms=transform, output_shape=shape[:2], fill_value=0.0,
-            interpolation=interpolation, fill_mode="CONSTANT",
+            images=x[None],
+            transforms=transform,
+            output_shape=shape[:2],
+            fill_value=0.0,
+            interpolation=interpolation,
+            fill_mode="CONSTANT",
         )[0]
 
     image = warp(tf.cast(image, tf.float32), "BILINEAR")

@@ -51,13 +51,13 @@ import keras
 import numpy as np
 import pandas as pd
 
-import data_loading
 import atomic_io
-import training
+import data_loading
 import evaluation
 import inference
 import model_io
 import splits
+import training
 
 FOLD_DIR = "fold-{fold}"
 SPLIT_CSV = "split.csv"
@@ -143,7 +143,9 @@ def cross_validate(
         result_path = fold_dir / FOLD_RESULT_JSON
         if result_path.is_file():
             if verbose:
-                print(f"fold {fold}/{n_folds}: done in an earlier run; results read from {fold_dir}", flush=True)
+                print(
+                    f"fold {fold}/{n_folds}: done in an earlier run; results read from {fold_dir}", flush=True
+                )
             results.append(json.loads(result_path.read_text()))
             per_image_parts.append(pd.read_csv(fold_dir / PER_IMAGE_CSV, dtype={"image_id": str}))
             continue
@@ -155,16 +157,21 @@ def cross_validate(
         with strategy.scope():
             model = build_model()
         train_data = data_loading.make_tf_dataset(
-            images[part["train"]], masks[part["train"]], batch_size, training=True, seed=seed + fold)
+            images[part["train"]], masks[part["train"]], batch_size, training=True, seed=seed + fold
+        )
         val_data = data_loading.make_tf_dataset(images[part["val"]], masks[part["val"]], batch_size)
-        _, history = training.train_model(model, train_data, val_data, fold_dir, strategy=strategy, **train_options)
+        _, history = training.train_model(
+            model, train_data, val_data, fold_dir, strategy=strategy, **train_options
+        )
         result, per_image = _score_fold(fold, fold_dir, history, index, images, masks, part, seed)
         atomic_io.write_csv(fold_dir / PER_IMAGE_CSV, per_image)
         atomic_io.write_json(result_path, result)  # commit point of the fold
         if verbose:
-            print(f"fold {fold}/{n_folds}: held-out lesion Dice {result['lesion_dice']:.3f}, "
-                  f"normal FP fraction {result['normal_fp_fraction']:.3f} (threshold {result['threshold']:.2f})",
-                  flush=True)
+            print(
+                f"fold {fold}/{n_folds}: held-out lesion Dice {result['lesion_dice']:.3f}, "
+                f"normal FP fraction {result['normal_fp_fraction']:.3f} (threshold {result['threshold']:.2f})",
+                flush=True,
+            )
         results.append(result)
         per_image_parts.append(per_image)
     folds = fold_results(results)
@@ -225,10 +232,22 @@ def fold_results(results: list[dict]) -> pd.DataFrame:
         ``normal_fp_fraction`` is the share of held-out normal images with any predicted
         pixel; NaN where a fold has no image of a group).
     """
-    columns = ["fold", "n_train", "n_val", "n_test", "n_lesion", "n_normal", "epochs_run", "best_epoch",
-               "threshold", "val_dice", *METRIC_COLUMNS]
-    frame = pd.DataFrame([{column: result.get(column, np.nan) for column in columns} for result in results],
-                         columns=columns)
+    columns = [
+        "fold",
+        "n_train",
+        "n_val",
+        "n_test",
+        "n_lesion",
+        "n_normal",
+        "epochs_run",
+        "best_epoch",
+        "threshold",
+        "val_dice",
+        *METRIC_COLUMNS,
+    ]
+    frame = pd.DataFrame(
+        [{column: result.get(column, np.nan) for column in columns} for result in results], columns=columns
+    )
     return frame.sort_values("fold", ignore_index=True)
 
 
@@ -252,8 +271,16 @@ def summarize_folds(folds: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for column in METRIC_COLUMNS:
         values = folds[column].astype(float).dropna()
-        rows.append({"metric": column, "mean": values.mean(), "sd": values.std(ddof=1) if len(values) > 1 else np.nan,
-                     "min": values.min(), "max": values.max(), "n_folds": len(values)})
+        rows.append(
+            {
+                "metric": column,
+                "mean": values.mean(),
+                "sd": values.std(ddof=1) if len(values) > 1 else np.nan,
+                "min": values.min(),
+                "max": values.max(),
+                "n_folds": len(values),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -269,8 +296,10 @@ def format_cross_validation(folds: pd.DataFrame, summary: pd.DataFrame) -> str:
         lesion Dice and IoU, benign and malignant Dice, normal false-positive fraction), then
         ``mean ± sd over k folds`` and one line per metric: ``lesion_dice  0.652 ± 0.021 ...``.
     """
-    header = (f"{'fold':>4} {'train':>5} {'val':>4} {'test':>4} {'epochs':>6} {'best':>4} {'thr':>5}  "
-              f"{'lesion Dice':>11} {'lesion IoU':>10} {'benign Dice':>11} {'malig. Dice':>11} {'normal FP':>9}")
+    header = (
+        f"{'fold':>4} {'train':>5} {'val':>4} {'test':>4} {'epochs':>6} {'best':>4} {'thr':>5}  "
+        f"{'lesion Dice':>11} {'lesion IoU':>10} {'benign Dice':>11} {'malig. Dice':>11} {'normal FP':>9}"
+    )
     lines = ["held-out fold results (threshold and best epoch chosen on the inner validation part)", header]
     for row in folds.itertuples(index=False):
         lines.append(
@@ -280,7 +309,9 @@ def format_cross_validation(folds: pd.DataFrame, summary: pd.DataFrame) -> str:
         )
     lines.append(f"mean ± sd over {len(folds)} folds (sd: fold-to-fold spread, not a confidence interval):")
     for row in summary.itertuples(index=False):
-        lines.append(f"  {row.metric:<19} {row.mean:.3f} ± {row.sd:.3f}   (min {row.min:.3f}, max {row.max:.3f})")
+        lines.append(
+            f"  {row.metric:<19} {row.mean:.3f} ± {row.sd:.3f}   (min {row.min:.3f}, max {row.max:.3f})"
+        )
     return "\n".join(lines)
 
 
@@ -346,17 +377,23 @@ def _score_fold(fold, fold_dir, history, index, images, masks, part, seed) -> tu
     val_rows, test_rows = part["val"], part["test"]
     threshold, curve = evaluation.choose_threshold(masks[val_rows], inference.predict(best, images[val_rows]))
     test_frame = index.iloc[test_rows]
-    per_image, summary = evaluation.evaluate(masks[test_rows], inference.predict(best, images[test_rows]),
-                                           test_frame, threshold, seed=seed)
+    per_image, summary = evaluation.evaluate(
+        masks[test_rows], inference.predict(best, images[test_rows]), test_frame, threshold, seed=seed
+    )
     atomic_io.write_csv(fold_dir / SUMMARY_CSV, summary)
     per_image.insert(0, "fold", fold)
     groups = summary.set_index("group")
     result = {
-        "fold": fold, "n_train": len(part["train"]), "n_val": len(val_rows), "n_test": len(test_rows),
+        "fold": fold,
+        "n_train": len(part["train"]),
+        "n_val": len(val_rows),
+        "n_test": len(test_rows),
         "n_lesion": int(test_frame["label"].isin(data_loading.LESION_CLASSES).sum()),
         "n_normal": int((test_frame["label"] == "normal").sum()),
-        "epochs_run": len(history), "best_epoch": int(history.loc[history["val_dice"].idxmax(), "epoch"]),
-        "threshold": threshold, "val_dice": float(curve["dice"].max()),
+        "epochs_run": len(history),
+        "best_epoch": int(history.loc[history["val_dice"].idxmax(), "epoch"]),
+        "threshold": threshold,
+        "val_dice": float(curve["dice"].max()),
     }
     for column, group, statistic in METRICS:
         result[column] = float(groups.loc[group, statistic]) if group in groups.index else float("nan")

@@ -65,18 +65,27 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int = 16, tta: b
         )
     out = np.empty(images.shape[:3] + (1,), dtype=np.float32)
     for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
+        batch = images[start : start + batch_size]
         if tta:
             both = np.concatenate([batch, batch[:, :, ::-1]])
             probabilities = ops.convert_to_numpy(model(both, training=False)).astype(np.float32)
-            out[start:start + len(batch)] = (probabilities[:len(batch)] + probabilities[len(batch):, :, ::-1]) / 2
+            out[start : start + len(batch)] = (
+                probabilities[: len(batch)] + probabilities[len(batch) :, :, ::-1]
+            ) / 2
             continue
-        out[start:start + len(batch)] = ops.convert_to_numpy(model(batch, training=False)).astype(np.float32)
+        out[start : start + len(batch)] = ops.convert_to_numpy(model(batch, training=False)).astype(
+            np.float32
+        )
     return out
 
 
-def segment(model: keras.Model, image: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
-            min_area: int | None = None, tta: bool = False) -> np.ndarray:
+def segment(
+    model: keras.Model,
+    image: np.ndarray,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_area: int | None = None,
+    tta: bool = False,
+) -> np.ndarray:
     """Segments one image of any size and returns the mask at that size (`segment_many` for one image).
 
     Args:
@@ -141,13 +150,15 @@ def segment_many(
         raise ValueError(f"Expected batch_size >= 1; received {batch_size}.")
     names = [f"image {i}" for i in range(len(images))] if names is None else list(names)
     if len(names) != len(images):
-        raise ValueError(f"Expected one name per image; received {len(names)} names for {len(images)} images.")
+        raise ValueError(
+            f"Expected one name per image; received {len(names)} names for {len(images)} images."
+        )
     input_size = model_input_size(model)
     min_side = min_image_side(input_size)
     greys = [to_grey_checked(image, name, min_side) for image, name in zip(images, names)]
     masks, probabilities = [], []
     for start in range(0, len(greys), batch_size):
-        chunk = greys[start:start + batch_size]
+        chunk = greys[start : start + batch_size]
         batch = np.stack([data_loading.resize_image(grey, input_size) for grey in chunk])
         for grey, probability in zip(chunk, predict(model, batch, batch_size=batch_size, tta=tta)):
             mask, resized = probabilities_to_mask(probability, grey.shape, threshold, min_area)
@@ -195,7 +206,9 @@ def to_grey_checked(image: np.ndarray, name: str, min_side: int = 1) -> np.ndarr
     """
     image = np.asarray(image)
     if image.ndim not in (2, 3):
-        raise ValueError(f"Image {name!r} has shape {image.shape}; expected (height, width) or (height, width, channels).")
+        raise ValueError(
+            f"Image {name!r} has shape {image.shape}; expected (height, width) or (height, width, channels)."
+        )
     channels = 1 if image.ndim == 2 else image.shape[2]
     if channels not in ACCEPTED_CHANNELS:
         raise ValueError(
@@ -218,8 +231,9 @@ def to_grey_checked(image: np.ndarray, name: str, min_side: int = 1) -> np.ndarr
     raise ValueError(f"Image {name!r} has dtype {image.dtype}; expected uint8, uint16 or float in [0, 1].")
 
 
-def probabilities_to_mask(probability: np.ndarray, size: Sequence[int], threshold: float,
-                          min_area: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def probabilities_to_mask(
+    probability: np.ndarray, size: Sequence[int], threshold: float, min_area: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Maps a model-size probability map to an image's size and binarises it.
 
     Args:

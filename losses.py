@@ -69,6 +69,8 @@ def bce_dice_loss(y_true, y_pred):
     Args and returns as `bce_loss`.
     """
     return BCE_WEIGHT * bce_loss(y_true, y_pred) + DICE_WEIGHT * dice_loss(y_true, y_pred)
+
+
 _LOSS_FUNCTIONS = {"bce": bce_loss, "dice": dice_loss, "bce_dice": bce_dice_loss}
 
 

@@ -68,7 +68,11 @@ def _is_int(value: object) -> bool:
 
 def _validate_architecture(input_shape: Sequence[int], base_filters: int, depth: int) -> tuple[int, int, int]:
     """Checks the shape arguments shared by `build_unet` and `unet_flops`; returns ``(H, W, C)``."""
-    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or len(input_shape) != 3:
+    if (
+        isinstance(input_shape, (str, bytes))
+        or not isinstance(input_shape, Sequence)
+        or len(input_shape) != 3
+    ):
         raise ValueError(
             f"Expected input_shape as a 3-tuple (height, width, channels), e.g. (256, 256, 1); "
             f"received {input_shape!r}. Leave out the batch dimension and give grayscale images "
@@ -123,8 +127,14 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     """
 
     def _fused(self, inputs, mask) -> bool:
-        return (mask is None and not self.renorm and not self.synchronized and len(inputs.shape) == 4
-                and self._reduction_axes == [0, 1, 2] and self.compute_dtype == "float32")
+        return (
+            mask is None
+            and not self.renorm
+            and not self.synchronized
+            and len(inputs.shape) == 4
+            and self._reduction_axes == [0, 1, 2]
+            and self.compute_dtype == "float32"
+        )
 
     def call(self, inputs, training=None, mask=None):
         if not self._fused(inputs, mask):
@@ -139,11 +149,19 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             n = tf.cast(tf.size(inputs) // channels, inputs.dtype)
             variance = unbiased_variance * tf.math.divide_no_nan(n - 1.0, n)
             self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-            self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+            self.moving_variance.assign(
+                self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
+            )
             return outputs
         outputs = tf.compat.v1.nn.fused_batch_norm(
-            inputs, gamma, beta, mean=self.moving_mean, variance=self.moving_variance, epsilon=self.epsilon,
-            is_training=False, data_format="NHWC",
+            inputs,
+            gamma,
+            beta,
+            mean=self.moving_mean,
+            variance=self.moving_variance,
+            epsilon=self.epsilon,
+            is_training=False,
+            data_format="NHWC",
         )[0]
         return outputs
 
@@ -179,7 +197,11 @@ def portable_model(model: keras.Model) -> keras.Model:
 
 
 def _conv_block(
-    inputs: keras.KerasTensor, filters: int, prefix: str, batch_norm: bool, dtype_policy: str,
+    inputs: keras.KerasTensor,
+    filters: int,
+    prefix: str,
+    batch_norm: bool,
+    dtype_policy: str,
     fused_batch_norm: bool = False,
 ) -> keras.KerasTensor:
     """Two 3x3 'same' convolutions, each followed by optional BatchNorm and a ReLU."""
@@ -273,7 +295,9 @@ def build_unet(
     x = inputs
     skips = []
     for stage in range(1, depth + 1):
-        x = _conv_block(x, base_filters * 2 ** (stage - 1), f"encoder_stage{stage}", batch_norm, dtype_policy, fused)
+        x = _conv_block(
+            x, base_filters * 2 ** (stage - 1), f"encoder_stage{stage}", batch_norm, dtype_policy, fused
+        )
         skips.append(x)
         x = keras.layers.MaxPooling2D(POOL_SIZE, dtype=dtype_policy, name=f"encoder_stage{stage}_pool")(x)
 
@@ -292,7 +316,9 @@ def build_unet(
             dtype=dtype_policy,
             name=f"decoder_stage{stage}_upsample",
         )(x)
-        x = keras.layers.Concatenate(dtype=dtype_policy, name=f"decoder_stage{stage}_concat")([x, skips[stage - 1]])
+        x = keras.layers.Concatenate(dtype=dtype_policy, name=f"decoder_stage{stage}_concat")(
+            [x, skips[stage - 1]]
+        )
         x = _conv_block(x, filters, f"decoder_stage{stage}", batch_norm, dtype_policy, fused)
 
     outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", dtype=OUTPUT_DTYPE, name="head")(x)

@@ -21,7 +21,6 @@ import model as unet
 from losses import DiceMetric, bce_dice_loss, bce_loss, dice_loss
 
 
-
 def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
     """Saves `model` as ``.keras``, atomically: architecture, weights and compile settings.
 
@@ -50,8 +49,9 @@ def _layer_classes(config: Any) -> list[tuple[str, str]]:
     return found
 
 
-def load_model(path: str | os.PathLike, compile: bool = True,
-               input_shape: Sequence[int] | None = None) -> keras.Model:
+def load_model(
+    path: str | os.PathLike, compile: bool = True, input_shape: Sequence[int] | None = None
+) -> keras.Model:
     """Loads a model saved by `save_model`, with this module's losses and metric available.
 
     Nothing in the file is executed: Keras' safe mode is on, and before Keras sees the file its
@@ -89,7 +89,9 @@ def load_model(path: str | os.PathLike, compile: bool = True,
             f"{error}). Copy it again, or use the run folder's best.keras / last.keras."
         ) from error
     if damaged is not None:
-        raise ValueError(f"Could not load {str(path)!r}: its member {damaged!r} is damaged (CRC error). Copy it again.")
+        raise ValueError(
+            f"Could not load {str(path)!r}: its member {damaged!r} is damaged (CRC error). Copy it again."
+        )
     lambdas = [name for class_name, name in _layer_classes(config) if class_name == "Lambda"]
     if lambdas:
         raise ValueError(
@@ -97,7 +99,12 @@ def load_model(path: str | os.PathLike, compile: bool = True,
             f"run on loading. busi-unet models never contain one; only models built by model.build_unet "
             f"are loaded (Keras safe mode)."
         )
-    custom = {"bce_loss": bce_loss, "dice_loss": dice_loss, "bce_dice_loss": bce_dice_loss, "DiceMetric": DiceMetric}
+    custom = {
+        "bce_loss": bce_loss,
+        "dice_loss": dice_loss,
+        "bce_dice_loss": bce_dice_loss,
+        "DiceMetric": DiceMetric,
+    }
     try:
         model = keras.saving.load_model(path, custom_objects=custom, compile=compile, safe_mode=True)
     except Exception as error:  # Keras raises ValueError, TypeError, ... with long configs
@@ -113,6 +120,8 @@ def load_model(path: str | os.PathLike, compile: bool = True,
             f"the model trained for this size."
         )
     return model
+
+
 SAVED_MODEL_ENDPOINT = "serve"
 EXPORT_ATOL = 1e-5  # largest difference from the Keras model allowed by the export tests (float32)
 

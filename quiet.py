@@ -95,8 +95,11 @@ def stderr_without(fragments: Sequence[str]) -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            kept = [line for line in captured.read().splitlines(keepends=True)
-                    if not any(fragment.encode() in line for fragment in fragments)]
+            kept = [
+                line
+                for line in captured.read().splitlines(keepends=True)
+                if not any(fragment.encode() in line for fragment in fragments)
+            ]
             data = b"".join(kept)
             while data:
-                data = data[os.write(2, data):]
+                data = data[os.write(2, data) :]

@@ -20,9 +20,23 @@ import atomic_io
 RESULTS_JSON = "results.json"
 # Settings a run's record must hold, so that the run can be repeated from it.
 SETTINGS_KEYS = (
-    "data", "image_size", "base_filters", "depth", "epochs", "early_stopping_patience", "batch_size", "loss",
-    "learning_rate", "lr_schedule", "time_budget_minutes", "dtype_policy", "seed", "val_fraction",
-    "test_fraction", "max_samples", "cv_folds",
+    "data",
+    "image_size",
+    "base_filters",
+    "depth",
+    "epochs",
+    "early_stopping_patience",
+    "batch_size",
+    "loss",
+    "learning_rate",
+    "lr_schedule",
+    "time_budget_minutes",
+    "dtype_policy",
+    "seed",
+    "val_fraction",
+    "test_fraction",
+    "max_samples",
+    "cv_folds",
 )
 
 

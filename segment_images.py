@@ -81,8 +81,16 @@ OVERLAY_COLOR_RGB = (255, 40, 40)
 OVERLAY_ALPHA = 0.35  # weight of the colour over lesion pixels
 PNG_GREY_ALPHA = 4  # PNG IHDR colour type for grey + alpha (2 channels)
 MEASUREMENT_COLUMNS = (
-    "height", "width", "area_px", "area_fraction", "n_components",
-    "bbox_x", "bbox_y", "bbox_width", "bbox_height", "max_probability",
+    "height",
+    "width",
+    "area_px",
+    "area_fraction",
+    "n_components",
+    "bbox_x",
+    "bbox_y",
+    "bbox_width",
+    "bbox_height",
+    "max_probability",
 )
 
 
@@ -116,10 +124,20 @@ def measure_mask(mask: np.ndarray) -> dict[str, Any]:
     rows, cols = np.nonzero(mask)
     box = {"bbox_x": None, "bbox_y": None, "bbox_width": None, "bbox_height": None}
     if len(rows):
-        box = {"bbox_x": int(cols.min()), "bbox_y": int(rows.min()),
-               "bbox_width": int(cols.max() - cols.min() + 1), "bbox_height": int(rows.max() - rows.min() + 1)}
-    return {"height": int(mask.shape[0]), "width": int(mask.shape[1]), "area_px": int(mask.sum()),
-            "area_fraction": float(mask.mean()), "n_components": int(count - 1), **box}
+        box = {
+            "bbox_x": int(cols.min()),
+            "bbox_y": int(rows.min()),
+            "bbox_width": int(cols.max() - cols.min() + 1),
+            "bbox_height": int(rows.max() - rows.min() + 1),
+        }
+    return {
+        "height": int(mask.shape[0]),
+        "width": int(mask.shape[1]),
+        "area_px": int(mask.sum()),
+        "area_fraction": float(mask.mean()),
+        "n_components": int(count - 1),
+        **box,
+    }
 
 
 def overlay(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -181,8 +199,10 @@ def segment_images(
     """
     names = [f"image {i}" for i in range(len(images))] if names is None else list(names)
     masks, probabilities = inference.segment_many(model, images, threshold, min_area, tta, batch_size, names)
-    rows = [{"name": name, **measure_mask(mask), "max_probability": float(probability.max())}
-            for name, mask, probability in zip(names, masks, probabilities)]
+    rows = [
+        {"name": name, **measure_mask(mask), "max_probability": float(probability.max())}
+        for name, mask, probability in zip(names, masks, probabilities)
+    ]
     return masks, pd.DataFrame(rows, columns=["name", *MEASUREMENT_COLUMNS])
 
 
@@ -231,7 +251,9 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"'{path.name}' is a truncated JPEG ({len(data)} bytes, no end marker).")
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None:
-        raise ValueError(f"'{path.name}' could not be decoded as a PNG, JPEG or BMP image ({len(data)} bytes).")
+        raise ValueError(
+            f"'{path.name}' could not be decoded as a PNG, JPEG or BMP image ({len(data)} bytes)."
+        )
     return array
 
 
@@ -251,7 +273,9 @@ def default_threshold(model_path: str | os.PathLike) -> tuple[float, str]:
     try:
         threshold = run_results.read_results(results).get("threshold")
     except (ValueError, OSError) as error:  # not JSON, a threshold outside (0, 1), not readable
-        raise ValueError(f"Could not read the threshold from '{results}': {error} Pass --threshold.") from error
+        raise ValueError(
+            f"Could not read the threshold from '{results}': {error} Pass --threshold."
+        ) from error
     if threshold is None:
         return DEFAULT_THRESHOLD, f"default ({run_results.RESULTS_JSON} beside the model has no threshold)"
     return float(threshold), f"chosen on validation ({results})"
@@ -269,11 +293,17 @@ def check_folders(input_dir: str | os.PathLike, output_dir: str | os.PathLike) -
     if not input_dir.exists():
         raise FileNotFoundError(f"Input folder not found: '{input_dir}'.")
     if not input_dir.is_dir():
-        raise ValueError(f"Expected an input folder; '{input_dir}' is a file. Pass the folder that holds the images.")
+        raise ValueError(
+            f"Expected an input folder; '{input_dir}' is a file. Pass the folder that holds the images."
+        )
     if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"Expected an output folder; '{output_dir}' is an existing file. Pass a folder (created if missing).")
+        raise ValueError(
+            f"Expected an output folder; '{output_dir}' is an existing file. Pass a folder (created if missing)."
+        )
     if output_dir.resolve() == input_dir.resolve():
-        raise ValueError(f"Expected an output folder other than the input folder '{input_dir}' (masks would mix with images).")
+        raise ValueError(
+            f"Expected an output folder other than the input folder '{input_dir}' (masks would mix with images)."
+        )
 
 
 def check_settings(model, threshold: float, min_area: int | None, batch_size: int) -> None:
@@ -287,7 +317,9 @@ def check_settings(model, threshold: float, min_area: int | None, batch_size: in
 
 
 def _list_inputs(input_dir: Path) -> list[Path]:
-    files = [p for p in input_dir.iterdir() if not p.is_dir() and not p.name.startswith(".")]  # broken links listed
+    files = [
+        p for p in input_dir.iterdir() if not p.is_dir() and not p.name.startswith(".")
+    ]  # broken links listed
     return sorted(files, key=lambda p: data_loading.natural_key(p.name))
 
 
@@ -349,15 +381,22 @@ def segment_folder(
         if not pending:
             return
         greys = [grey for _, grey in pending]
-        masks, table = segment_images(model, greys, threshold, min_area, tta, batch_size,
-                                      names=[p.name for p, _ in pending])
+        masks, table = segment_images(
+            model, greys, threshold, min_area, tta, batch_size, names=[p.name for p, _ in pending]
+        )
         for (path, grey), mask, measured in zip(pending, masks, table.to_dict("records")):
             mask_file, overlay_file = stems[path] + MASK_SUFFIX, stems[path] + OVERLAY_SUFFIX
             _write_png(output_dir / mask_file, mask * np.uint8(255))
             _write_png(output_dir / overlay_file, cv2.cvtColor(overlay(grey, mask), cv2.COLOR_RGB2BGR))
             measured.pop("name")
-            rows[path.name] = {"file": path.name, "status": "ok", "reason": "", **measured,
-                               "mask_file": mask_file, "overlay_file": overlay_file}
+            rows[path.name] = {
+                "file": path.name,
+                "status": "ok",
+                "reason": "",
+                **measured,
+                "mask_file": mask_file,
+                "overlay_file": overlay_file,
+            }
         pending.clear()
 
     for path in files:
@@ -372,7 +411,16 @@ def segment_folder(
     flush()
     columns = ["file", "status", "reason", *MEASUREMENT_COLUMNS, "mask_file", "overlay_file"]
     table = pd.DataFrame([rows[path.name] for path in files], columns=columns)
-    for column in ("height", "width", "area_px", "n_components", "bbox_x", "bbox_y", "bbox_width", "bbox_height"):
+    for column in (
+        "height",
+        "width",
+        "area_px",
+        "n_components",
+        "bbox_x",
+        "bbox_y",
+        "bbox_width",
+        "bbox_height",
+    ):
         table[column] = table[column].astype("Int64")
     table["threshold"], table["min_area"], table["tta"] = threshold, min_area, tta
     atomic_io.write_csv(output_dir / MEASUREMENTS_CSV, table)
@@ -389,15 +437,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(
         description="Segment every image of a folder with a trained busi-unet model; writes masks, overlays "
-                    "and measurements.csv.")
-    parser.add_argument("--model", required=True, help="a .keras file saved by training (e.g. runs/x/best.keras)")
+        "and measurements.csv."
+    )
+    parser.add_argument(
+        "--model", required=True, help="a .keras file saved by training (e.g. runs/x/best.keras)"
+    )
     parser.add_argument("--input", required=True, help="folder of PNG/JPEG/BMP images")
     parser.add_argument("--output", required=True, help="folder for the outputs (created if missing)")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help=f"default: 'threshold' of {run_results.RESULTS_JSON} beside the model, else 0.5")
-    parser.add_argument("--min-area", type=int, default=None,
-                        help="remove components under this many pixels of the model input and fill holes "
-                             "(default: no clean-up)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help=f"default: 'threshold' of {run_results.RESULTS_JSON} beside the model, else 0.5",
+    )
+    parser.add_argument(
+        "--min-area",
+        type=int,
+        default=None,
+        help="remove components under this many pixels of the model input and fill holes "
+        "(default: no clean-up)",
+    )
     parser.add_argument("--tta", action="store_true", help="average over the horizontal flip")
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
@@ -411,14 +470,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_settings(model, threshold, args.min_area, args.batch_size)
         Path(args.output).mkdir(parents=True, exist_ok=True)
     height, width = inference.model_input_size(model)
-    print(f"model {args.model}: input {height}x{width}; threshold {threshold:.3f} ({source}); "
-          f"min_area {args.min_area if args.min_area is not None else 'none'}; tta {'hflip' if args.tta else 'off'}",
-          flush=True)
-    table = segment_folder(model, args.input, args.output, threshold, args.min_area, args.tta, args.batch_size)
+    print(
+        f"model {args.model}: input {height}x{width}; threshold {threshold:.3f} ({source}); "
+        f"min_area {args.min_area if args.min_area is not None else 'none'}; tta {'hflip' if args.tta else 'off'}",
+        flush=True,
+    )
+    table = segment_folder(
+        model, args.input, args.output, threshold, args.min_area, args.tta, args.batch_size
+    )
     done = table[table["status"] == "ok"]
     skipped = table[table["status"] == "skipped"]
-    print(f"segmented {len(done)} of {len(table)} files into {args.output} "
-          f"({int((done['area_px'] > 0).sum())} with a predicted lesion); skipped {len(skipped)}:")
+    print(
+        f"segmented {len(done)} of {len(table)} files into {args.output} "
+        f"({int((done['area_px'] > 0).sum())} with a predicted lesion); skipped {len(skipped)}:"
+    )
     for row in skipped.itertuples(index=False):
         print(f"  - {row.file}: {row.reason}")
     print(f"wrote {Path(args.output) / MEASUREMENTS_CSV}")

@@ -16,7 +16,6 @@ import pandas as pd
 
 import mask_processing
 
-
 # Hamming distance (out of 64 bits) up to which two difference hashes count as near duplicates.
 # Chosen by looking at BUSI pairs (128 px hashes): pairs at distance <= 7 were the same scan, 8 to
 # 10 mostly the same scan with other calipers or text; from 11 on, chains merge unrelated scans
@@ -46,7 +45,7 @@ def difference_hashes(images: np.ndarray, hash_size: int = HASH_SIZE) -> np.ndar
     if hash_size * hash_size > 64:
         raise ValueError(f"Expected hash_size ** 2 <= 64; received hash_size={hash_size}.")
     hashes = np.zeros(len(images), dtype=np.uint64)
-    weights = (np.uint64(1) << np.arange(hash_size * hash_size, dtype=np.uint64))
+    weights = np.uint64(1) << np.arange(hash_size * hash_size, dtype=np.uint64)
     for i, image in enumerate(images):
         small = cv2.resize(image, (hash_size + 1, hash_size), interpolation=cv2.INTER_AREA)
         bits = (small[:, 1:] > small[:, :-1]).ravel()
@@ -118,12 +117,14 @@ def duplicate_report(df: pd.DataFrame) -> pd.DataFrame:
         (str) and ``cross_class`` (bool: the group spans more than one class), largest first.
     """
     groups = df[df["group_size"] > 1].groupby("duplicate_group", sort=True)
-    report = pd.DataFrame({
-        "size": groups.size(),
-        "image_ids": groups["image_id"].agg(", ".join),
-        "labels": groups["label"].agg(lambda s: ", ".join(sorted(set(s)))),
-        "cross_class": groups["label"].agg(lambda s: s.nunique() > 1),
-    }).reset_index()
+    report = pd.DataFrame(
+        {
+            "size": groups.size(),
+            "image_ids": groups["image_id"].agg(", ".join),
+            "labels": groups["label"].agg(lambda s: ", ".join(sorted(set(s)))),
+            "cross_class": groups["label"].agg(lambda s: s.nunique() > 1),
+        }
+    ).reset_index()
     return report.sort_values(["size", "duplicate_group"], ascending=[False, True], ignore_index=True)
 
 

@@ -14,8 +14,6 @@ import numpy as np
 from data_loading import CLASSES, DATASET_FOLDER
 
 
-
-
 def _speckle_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     noise = rng.rayleigh(scale=1.0, size=(height, width)).astype(np.float32)
     texture = cv2.GaussianBlur(noise, (0, 0), sigmaX=1.2)

@@ -160,8 +160,13 @@ def plot_dataset_overview(index_df: pd.DataFrame, path: str | os.PathLike | None
     for label in classes:
         rows = index_df[index_df["label"] == label]
         ax_size.scatter(
-            rows["width"], rows["height"], s=16, alpha=0.55, color=CLASS_COLORS[label],
-            edgecolors="none", label=f"{label} (n={len(rows)})",
+            rows["width"],
+            rows["height"],
+            s=16,
+            alpha=0.55,
+            color=CLASS_COLORS[label],
+            edgecolors="none",
+            label=f"{label} (n={len(rows)})",
         )
     _label_axes(ax_size, "Original image size", "width (px)", "height (px)")
     _legend(ax_size, loc="best", markerscale=1.5)
@@ -292,9 +297,7 @@ def plot_augmentation_preview(
     _check_same_shape(augmented_images.shape, "augmented_images", augmented_masks.shape, "augmented_masks")
     _check_positive_int(n_cols, "n_cols")
     titles = ["original"] + [f"augmented {i + 1}" for i in range(len(augmented_images))]
-    fig = _outlined_grid(
-        [image, *augmented_images], [mask, *augmented_masks], titles, n_cols, title
-    )
+    fig = _outlined_grid([image, *augmented_images], [mask, *augmented_masks], titles, n_cols, title)
     _save(fig, path)
     return fig
 
@@ -351,7 +354,13 @@ def plot_training_curves(history_df: pd.DataFrame, path: str | os.PathLike | Non
     ax_dice.set_ylim(0, 1.05)
     _label_axes(ax_dice, "Dice", "epoch", "Dice")
     ax_dice.plot(
-        best_epoch, best_dice, marker="*", markersize=12, color=BEST_COLOR, linestyle="none", zorder=5,
+        best_epoch,
+        best_dice,
+        marker="*",
+        markersize=12,
+        color=BEST_COLOR,
+        linestyle="none",
+        zorder=5,
         label=f"best: epoch {int(best_epoch)}, val Dice {best_dice:.3f}",
     )
 
@@ -386,7 +395,9 @@ def overlay_title(image_id: str, label: str, dice: float) -> str:
     return f"{image_id} | {label} | Dice {dice_text}"
 
 
-def confusion_overlay(mask_true: np.ndarray, mask_pred: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+def confusion_overlay(
+    mask_true: np.ndarray, mask_pred: np.ndarray, alpha: float = OVERLAY_ALPHA
+) -> np.ndarray:
     """An RGBA layer colouring true positives, false positives and false negatives.
 
     Args:
@@ -560,7 +571,11 @@ def plot_dice_distribution(per_image_df: pd.DataFrame, path: str | os.PathLike |
     fig = _new_figure(max(4.5, 1.7 * len(classes) + 2.0), 4.3)
     ax = fig.subplots()
     boxes = ax.boxplot(
-        values, positions=positions, widths=BOX_WIDTH, showfliers=False, patch_artist=True,
+        values,
+        positions=positions,
+        widths=BOX_WIDTH,
+        showfliers=False,
+        patch_artist=True,
         medianprops={"color": "black", "linewidth": 1.5},
     )
     rng = np.random.default_rng(JITTER_SEED)
@@ -571,8 +586,12 @@ def plot_dice_distribution(per_image_df: pd.DataFrame, path: str | os.PathLike |
         mean = float(dice.mean())
         ax.scatter(x, mean, marker="D", s=42, facecolor="white", edgecolor="black", linewidth=1.2, zorder=4)
         ax.annotate(
-            f"{mean:.2f}", xy=(x + BOX_WIDTH / 2, mean), xytext=(4, 0), textcoords="offset points",
-            va="center", fontsize=ANNOTATION_FONTSIZE,
+            f"{mean:.2f}",
+            xy=(x + BOX_WIDTH / 2, mean),
+            xytext=(4, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=ANNOTATION_FONTSIZE,
         )
     ax.set_xticks(positions, [f"{c}\n(n={len(v)})" for c, v in zip(classes, values)])
     ax.set_xlim(positions[0] - 0.6, positions[-1] + 0.75)
@@ -581,7 +600,15 @@ def plot_dice_distribution(per_image_df: pd.DataFrame, path: str | os.PathLike |
     _label_axes(ax, "Per-image Dice by class", None, "Dice")
     handles = [
         Line2D([], [], color="black", linewidth=1.5, label="median"),
-        Line2D([], [], marker="D", linestyle="none", markerfacecolor="white", markeredgecolor="black", label="mean"),
+        Line2D(
+            [],
+            [],
+            marker="D",
+            linestyle="none",
+            markerfacecolor="white",
+            markeredgecolor="black",
+            label="mean",
+        ),
     ]
     ax.legend(handles=handles, loc="lower left", fontsize=LEGEND_FONTSIZE, framealpha=0.9)
     _save(fig, path)
@@ -628,12 +655,17 @@ def plot_threshold_curve(
     style = {"marker": "o", "markersize": 3.5} if len(curve) <= MARKER_MAX_POINTS else {}
     ax.plot(thresholds, dice, color=LINE_COLOR, label="mean per-image Dice", **style)
     ax.axvline(
-        chosen_threshold, color=BEST_COLOR, linestyle="--", linewidth=1.2,
+        chosen_threshold,
+        color=BEST_COLOR,
+        linestyle="--",
+        linewidth=1.2,
         label=f"chosen on validation (t = {chosen_threshold:.2f}, Dice {chosen_dice:.3f})",
     )
     ax.plot(chosen_threshold, chosen_dice, marker="o", markersize=7, color=BEST_COLOR, zorder=4)
     ax.grid(alpha=0.3)
-    _label_axes(ax, "Threshold selection (validation)", "probability threshold", "mean per-image Dice (all images)")
+    _label_axes(
+        ax, "Threshold selection (validation)", "probability threshold", "mean per-image Dice (all images)"
+    )
     _legend(ax, loc="best")
     _save(fig, path)
     return fig
@@ -680,7 +712,11 @@ def _grid_figure(
 
 
 def _outlined_grid(
-    images: list[np.ndarray], masks: list[np.ndarray], titles: Sequence[str] | None, n_cols: int, title: str | None
+    images: list[np.ndarray],
+    masks: list[np.ndarray],
+    titles: Sequence[str] | None,
+    n_cols: int,
+    title: str | None,
 ) -> Figure:
     """Grid of grey images with mask outlines (shared by the mask grid and augmentation preview)."""
     titles = _fit_titles(titles) if titles is not None else None
@@ -714,8 +750,12 @@ def _draw_outline(ax: Axes, mask: np.ndarray, color: str, linewidth: float = OUT
     height, width = mask.shape
     padded = np.pad(mask.astype(np.float32), 1)
     ax.contour(
-        np.arange(-1, width + 1), np.arange(-1, height + 1), padded,
-        levels=[MASK_LEVEL], colors=[color], linewidths=linewidth,
+        np.arange(-1, width + 1),
+        np.arange(-1, height + 1),
+        padded,
+        levels=[MASK_LEVEL],
+        colors=[color],
+        linewidths=linewidth,
     )
 
 
@@ -727,17 +767,28 @@ def _draw_confusion(ax: Axes, image: np.ndarray, truth: np.ndarray, pred: np.nda
 
 def _add_overlay_legend(fig: Figure) -> None:
     handles = [
-        Patch(facecolor=_swatch_color(OVERLAY_COLORS[key]), edgecolor="black", linewidth=0.5, label=OVERLAY_LABELS[key])
+        Patch(
+            facecolor=_swatch_color(OVERLAY_COLORS[key]),
+            edgecolor="black",
+            linewidth=0.5,
+            label=OVERLAY_LABELS[key],
+        )
         for key in ("TP", "FP", "FN")
     ]
     fig.legend(
-        handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=LEGEND_FONTSIZE + 1
+        handles=handles,
+        loc="outside lower center",
+        ncols=len(handles),
+        frameon=False,
+        fontsize=LEGEND_FONTSIZE + 1,
     )
 
 
 def _swatch_color(color: str) -> tuple[float, float, float]:
     """The overlay colour as it looks at OVERLAY_ALPHA over a LEGEND_SWATCH_BACKGROUND grey."""
-    return tuple(OVERLAY_ALPHA * c + (1 - OVERLAY_ALPHA) * LEGEND_SWATCH_BACKGROUND for c in _hex_to_rgb(color))
+    return tuple(
+        OVERLAY_ALPHA * c + (1 - OVERLAY_ALPHA) * LEGEND_SWATCH_BACKGROUND for c in _hex_to_rgb(color)
+    )
 
 
 def _fit_titles(titles: Sequence[str]) -> list[str]:
@@ -785,9 +836,10 @@ def _save(fig: Figure, path: str | os.PathLike | None) -> None:
     if suffix not in SAVE_SUFFIXES:
         raise ValueError(f"Expected a path ending in one of {SAVE_SUFFIXES}; received {str(path)!r}.")
     atomic_io.atomic_write(
-        path, lambda tmp: fig.savefig(
+        path,
+        lambda tmp: fig.savefig(
             tmp, dpi=SAVE_DPI, format=suffix[1:], facecolor="white", bbox_inches="tight", pad_inches=0.05
-        )
+        ),
     )
 
 
@@ -964,7 +1016,9 @@ def plot_cross_validation(folds_df: pd.DataFrame, path: str | os.PathLike | None
         raise ValueError(
             f"Expected fold metrics in [0, 1]; received range [{finite.min():g}, {finite.max():g}] in folds_df."
         )
-    empty = [column for column, column_values in zip(columns, values.T) if not np.isfinite(column_values).any()]
+    empty = [
+        column for column, column_values in zip(columns, values.T) if not np.isfinite(column_values).any()
+    ]
     if empty:
         raise ValueError(f"Expected at least one finite value per metric; received only NaN in {empty}.")
     folds = folds_df["fold"].to_numpy()
@@ -978,25 +1032,45 @@ def plot_cross_validation(folds_df: pd.DataFrame, path: str | os.PathLike | None
         column_values = values[:, x]
         for k in range(n_folds):
             marker = CV_FOLD_MARKERS[k % len(CV_FOLD_MARKERS)]
-            ax.scatter(x + offsets[k], column_values[k], marker=marker, s=34, color=color, alpha=0.8,
-                       edgecolors="none", zorder=5)
+            ax.scatter(
+                x + offsets[k],
+                column_values[k],
+                marker=marker,
+                s=34,
+                color=color,
+                alpha=0.8,
+                edgecolors="none",
+                zorder=5,
+            )
         present = column_values[np.isfinite(column_values)]
         mean = float(present.mean())
         sd = float(present.std(ddof=1)) if len(present) > 1 else 0.0
         ax.errorbar(x, mean, yerr=sd, color="black", linewidth=1.3, capsize=6, zorder=4)
         ax.plot([x - 0.28, x + 0.28], [mean, mean], color="black", linewidth=2.2, zorder=4)
-        ax.annotate(f"{mean:.3f}\n± {sd:.3f}", xy=(x, 1.035), ha="center", va="bottom", fontsize=ANNOTATION_FONTSIZE)
+        ax.annotate(
+            f"{mean:.3f}\n± {sd:.3f}", xy=(x, 1.035), ha="center", va="bottom", fontsize=ANNOTATION_FONTSIZE
+        )
     ax.axvline(len(CV_METRICS) - 1.5, color="#B0B0B0", linestyle=":", linewidth=1.0)
     ax.set_xticks(range(len(CV_METRICS)), [label for _, label in CV_METRICS])
     ax.set_xlim(-0.6, len(CV_METRICS) - 0.4)
     ax.set_ylim(-0.03, 1.16)
     ax.set_yticks(np.linspace(0, 1, 6))
     ax.grid(axis="y", alpha=0.3)
-    _label_axes(ax, f"Cross-validation: held-out scores of {n_folds} folds (mean ± sd)", None,
-                "score on the fold's held-out images")
+    _label_axes(
+        ax,
+        f"Cross-validation: held-out scores of {n_folds} folds (mean ± sd)",
+        None,
+        "score on the fold's held-out images",
+    )
     handles = [
-        Line2D([], [], marker=CV_FOLD_MARKERS[k % len(CV_FOLD_MARKERS)], linestyle="none", color=LINE_COLOR,
-               label=f"fold {int(fold)}")
+        Line2D(
+            [],
+            [],
+            marker=CV_FOLD_MARKERS[k % len(CV_FOLD_MARKERS)],
+            linestyle="none",
+            color=LINE_COLOR,
+            label=f"fold {int(fold)}",
+        )
         for k, fold in enumerate(folds)
     ] + [Line2D([], [], color="black", linewidth=2.2, label="mean ± sd")]
     fig.legend(handles=handles, loc="outside right upper", fontsize=LEGEND_FONTSIZE, frameon=False)

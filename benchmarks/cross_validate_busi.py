@@ -36,22 +36,30 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import atomic_io  # noqa: E402
 import cross_validation as cv  # noqa: E402
 import data_loading as dl  # noqa: E402
-import atomic_io  # noqa: E402
-import splits  # noqa: E402
-import model as unet  # noqa: E402
-import training  # noqa: E402
 import losses  # noqa: E402
+import model as unet  # noqa: E402
+import splits  # noqa: E402
+import training  # noqa: E402
 import visualization as viz  # noqa: E402
 
-QUICK = {"max_samples": 12, "image_size": 64, "base_filters": 8, "depth": 3, "epochs": 2,
-         "run_dir": str(REPO / "runs" / "cv_busi_quick")}
+QUICK = {
+    "max_samples": 12,
+    "image_size": 64,
+    "base_filters": 8,
+    "depth": 3,
+    "epochs": 2,
+    "run_dir": str(REPO / "runs" / "cv_busi_quick"),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="", help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)")
+    parser.add_argument(
+        "--root", default="", help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)"
+    )
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--base-filters", type=int, default=16)
@@ -65,7 +73,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default=str(REPO / "runs" / "cv_busi"))
     parser.add_argument("--max-samples", type=int, default=0, help="0: all; N: first N images per class")
-    parser.add_argument("--quick", action="store_true", help="smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items())
+    )
     args = parser.parse_args()
     args.root = dl.find_busi_root(args.root)  # None when BUSI is absent
     if args.quick:
@@ -83,16 +93,33 @@ def main() -> None:
         index = index.groupby("label", sort=False).head(args.max_samples).reset_index(drop=True)
     images, masks = dl.load_dataset(index, args.image_size, cache_dir=run_dir.parent / "cache")
     index = splits.add_duplicate_groups(index, images)
-    print(f"{len(index)} images {index['label'].value_counts().to_dict()}; data ready in "
-          f"{time.perf_counter() - start:.1f} s", flush=True)
+    print(
+        f"{len(index)} images {index['label'].value_counts().to_dict()}; data ready in "
+        f"{time.perf_counter() - start:.1f} s",
+        flush=True,
+    )
 
-    build = functools.partial(unet.build_unet, (args.image_size, args.image_size, 1),
-                              base_filters=args.base_filters, depth=args.depth)
+    build = functools.partial(
+        unet.build_unet,
+        (args.image_size, args.image_size, 1),
+        base_filters=args.base_filters,
+        depth=args.depth,
+    )
     print(f"U-Net: {build().count_params():,} parameters", flush=True)
     start = time.perf_counter()
     folds, summary, per_image = cv.cross_validate(
-        index, images, masks, build, run_dir, n_folds=args.folds, batch_size=args.batch_size, seed=args.seed,
-        epochs=args.epochs, loss=args.loss, learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
+        index,
+        images,
+        masks,
+        build,
+        run_dir,
+        n_folds=args.folds,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        epochs=args.epochs,
+        loss=args.loss,
+        learning_rate=args.learning_rate,
+        lr_schedule=args.lr_schedule,
         early_stopping_patience=args.early_stopping_patience,
     )
     seconds = time.perf_counter() - start
@@ -100,19 +127,33 @@ def main() -> None:
     print(cv.format_cross_validation(folds, summary))
     lesion = per_image[per_image["label"].ne("normal")]
     normal = per_image[per_image["label"].eq("normal")]
-    print(f"\nall {len(per_image)} images, each scored by the fold that held it out: lesion Dice "
-          f"{lesion['dice'].mean():.3f} (n={len(lesion)}), normal images with any predicted pixel "
-          f"{(normal['pred_area'] > 0).mean():.1%} (n={len(normal)})")
-    epoch_seconds = pd.concat([pd.read_csv(run_dir / cv.FOLD_DIR.format(fold=fold) / training.HISTORY_CSV)["seconds"]
-                               for fold in folds["fold"]])
-    print(f"cross-validation wall time this session: {seconds:.0f} s; {len(epoch_seconds)} epochs in all, "
-          f"median {epoch_seconds.median():.1f} s per epoch")
+    print(
+        f"\nall {len(per_image)} images, each scored by the fold that held it out: lesion Dice "
+        f"{lesion['dice'].mean():.3f} (n={len(lesion)}), normal images with any predicted pixel "
+        f"{(normal['pred_area'] > 0).mean():.1%} (n={len(normal)})"
+    )
+    epoch_seconds = pd.concat(
+        [
+            pd.read_csv(run_dir / cv.FOLD_DIR.format(fold=fold) / training.HISTORY_CSV)["seconds"]
+            for fold in folds["fold"]
+        ]
+    )
+    print(
+        f"cross-validation wall time this session: {seconds:.0f} s; {len(epoch_seconds)} epochs in all, "
+        f"median {epoch_seconds.median():.1f} s per epoch"
+    )
     viz.plot_cross_validation(folds, path=run_dir / "cross_validation.png")
-    atomic_io.write_json(run_dir / "cv_results.json", {
-        "settings": settings, "seconds_this_session": seconds, "epochs_total": len(epoch_seconds),
-        "seconds_per_epoch_median": float(epoch_seconds.median()),
-        "folds": folds.to_dict("records"), "summary": summary.to_dict("records"),
-    })
+    atomic_io.write_json(
+        run_dir / "cv_results.json",
+        {
+            "settings": settings,
+            "seconds_this_session": seconds,
+            "epochs_total": len(epoch_seconds),
+            "seconds_per_epoch_median": float(epoch_seconds.median()),
+            "folds": folds.to_dict("records"),
+            "summary": summary.to_dict("records"),
+        },
+    )
     print(f"wrote {run_dir / 'cv_results.json'} and {run_dir / 'cross_validation.png'}")
 
 

@@ -25,7 +25,9 @@ import synthetic_data  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="", help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)")
+    parser.add_argument(
+        "--root", default="", help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)"
+    )
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=3)
@@ -36,7 +38,9 @@ def main() -> None:
     if root is not None:
         source = f"BUSI at {root}"
     else:
-        root = synthetic_data.make_synthetic_busi(work / "demo", n_benign=200, n_malignant=100, n_normal=60, size_range=(300, 700))
+        root = synthetic_data.make_synthetic_busi(
+            work / "demo", n_benign=200, n_malignant=100, n_normal=60, size_range=(300, 700)
+        )
         source = "GENERATED DEMO SET (BUSI not found)"
     start = time.perf_counter()
     df = dl.index_busi(root)
@@ -63,9 +67,13 @@ def main() -> None:
     print(f"| index + validate (decode every file) | {index_s:.2f} | {n / index_s:.0f} |")
     print(f"| cold load: decode + merge + resize + write cache | {decode_s:.2f} | {n / decode_s:.0f} |")
     print(f"| cold total (index + load) | {index_s + decode_s:.2f} | {n / (index_s + decode_s):.0f} |")
-    print(f"| warm load from cache (median of 3) | {statistics.median(warm):.3f} | {n / statistics.median(warm):.0f} |")
-    print(f"| tf.data train epoch with augmentation, batch {args.batch_size} (median of {args.epochs}) "
-          f"| {n / statistics.median(rates):.2f} | {statistics.median(rates):.0f} |")
+    print(
+        f"| warm load from cache (median of 3) | {statistics.median(warm):.3f} | {n / statistics.median(warm):.0f} |"
+    )
+    print(
+        f"| tf.data train epoch with augmentation, batch {args.batch_size} (median of {args.epochs}) "
+        f"| {n / statistics.median(rates):.2f} | {statistics.median(rates):.0f} |"
+    )
     print(f"warm/cold load speed-up: {decode_s / statistics.median(warm):.0f}x")
 
 

@@ -50,9 +50,9 @@ import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import data_loading as dl  # noqa: E402
+import losses  # noqa: E402
 import model as unet  # noqa: E402
 import training  # noqa: E402
-import losses  # noqa: E402
 
 DEPTH = 4
 N_VAL = 112  # validation images (BUSI's validation split size)
@@ -73,16 +73,26 @@ def _arrays(args) -> tuple[np.ndarray, np.ndarray, str]:
 
 def _build(args, metric: bool, fused_batch_norm: bool = True) -> keras.Model:
     training.set_seeds(0)
-    model = unet.build_unet((args.image_size, args.image_size, 1), base_filters=args.base_filters, depth=DEPTH,
-                            dtype_policy=args.dtype_policy, fused_batch_norm=fused_batch_norm)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses.get_loss("bce_dice"),
-                  metrics=[losses.DiceMetric(name="dice")] if metric else [])
+    model = unet.build_unet(
+        (args.image_size, args.image_size, 1),
+        base_filters=args.base_filters,
+        depth=DEPTH,
+        dtype_policy=args.dtype_policy,
+        fused_batch_norm=fused_batch_norm,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=losses.get_loss("bce_dice"),
+        metrics=[losses.DiceMetric(name="dice")] if metric else [],
+    )
     return model
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="", help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)")
+    parser.add_argument(
+        "--root", default="", help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)"
+    )
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -103,8 +113,11 @@ def main() -> None:
     autotune_on.autotune.enabled = True
     train_ds_autotuned = train_ds.with_options(autotune_on)
     loss_fn = losses.get_loss("bce_dice")
-    print(f"data: {source}; {args.image_size} px, base {args.base_filters}, batch {args.batch_size}, "
-          f"{args.dtype_policy}, {args.steps} batches per pass, median of {args.repeats}", flush=True)
+    print(
+        f"data: {source}; {args.image_size} px, base {args.base_filters}, batch {args.batch_size}, "
+        f"{args.dtype_policy}, {args.steps} batches per pass, median of {args.repeats}",
+        flush=True,
+    )
 
     keras.backend.clear_session()
     model = _build(args, metric=False)
@@ -166,8 +179,12 @@ def main() -> None:
 
     def train_model_seconds(epochs: int) -> float:
         training.set_seeds(0)
-        fresh = unet.build_unet((args.image_size, args.image_size, 1), base_filters=args.base_filters,
-                                depth=DEPTH, dtype_policy=args.dtype_policy)
+        fresh = unet.build_unet(
+            (args.image_size, args.image_size, 1),
+            base_filters=args.base_filters,
+            depth=DEPTH,
+            dtype_policy=args.dtype_policy,
+        )
         with tempfile.TemporaryDirectory() as run_dir:
             start = time.perf_counter()
             training.train_model(fresh, train_ds, val_ds, run_dir, epochs=epochs, progress="none")
@@ -203,14 +220,32 @@ def main() -> None:
     table = pd.DataFrame(
         [
             ("bare step (in-memory batches)", bare, n_train / bare, 1.0),
-            ("bare step, Keras BatchNormalization instead of fused",
-             rows["bare step, keras bn"], n_train / rows["bare step, keras bn"], rows["bare step, keras bn"] / bare),
-            ("fit, no metric (tf.data)", rows["fit, no metric"], n_train / rows["fit, no metric"], rows["fit, no metric"] / bare),
+            (
+                "bare step, Keras BatchNormalization instead of fused",
+                rows["bare step, keras bn"],
+                n_train / rows["bare step, keras bn"],
+                rows["bare step, keras bn"] / bare,
+            ),
+            (
+                "fit, no metric (tf.data)",
+                rows["fit, no metric"],
+                n_train / rows["fit, no metric"],
+                rows["fit, no metric"] / bare,
+            ),
             ("fit with DiceMetric", rows["fit"], n_train / rows["fit"], rows["fit"] / bare),
-            ("fit, no metric, tf.data autotuning on (TF default)", rows["fit, autotune"],
-             n_train / rows["fit, autotune"], rows["fit, autotune"] / bare),
+            (
+                "fit, no metric, tf.data autotuning on (TF default)",
+                rows["fit, autotune"],
+                n_train / rows["fit, autotune"],
+                rows["fit, autotune"] / bare,
+            ),
             ("DiceMetric update alone", rows["metric alone"], float("nan"), float("nan")),
-            ("bare step + bare validation pass", bare + bare_val_seconds, n_train / (bare + bare_val_seconds), 1.0),
+            (
+                "bare step + bare validation pass",
+                bare + bare_val_seconds,
+                n_train / (bare + bare_val_seconds),
+                1.0,
+            ),
             ("train_model epoch (fit, validation, files)", tm, n_train / tm, tm / (bare + bare_val_seconds)),
             ("input pipeline alone (augmented)", pipeline, n_train / pipeline, float("nan")),
         ],
@@ -218,14 +253,18 @@ def main() -> None:
     ).set_index("what")
     with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
         print(table.to_string())
-    print(f"\nfit / bare step: {rows['fit'] / bare:.3f}; DiceMetric share of a fit epoch: "
-          f"{rows['metric alone'] / rows['fit']:.1%} measured alone, "
-          f"{(rows['fit'] - rows['fit, no metric']) / rows['fit']:+.1%} as fit minus fit without it (noisier); "
-          f"train_model epoch / (bare step + bare "
-          f"validation): {tm / (bare + bare_val_seconds):.3f}; validation pass share of the bare epoch: "
-          f"{bare_val_seconds / (bare + bare_val_seconds):.1%}")
-    print(f"input pipeline delivers {n_train / pipeline:.0f} img/s, training consumes {n_train / rows['fit']:.1f} "
-          f"img/s: {rows['fit'] / pipeline:.0f}x headroom")
+    print(
+        f"\nfit / bare step: {rows['fit'] / bare:.3f}; DiceMetric share of a fit epoch: "
+        f"{rows['metric alone'] / rows['fit']:.1%} measured alone, "
+        f"{(rows['fit'] - rows['fit, no metric']) / rows['fit']:+.1%} as fit minus fit without it (noisier); "
+        f"train_model epoch / (bare step + bare "
+        f"validation): {tm / (bare + bare_val_seconds):.3f}; validation pass share of the bare epoch: "
+        f"{bare_val_seconds / (bare + bare_val_seconds):.1%}"
+    )
+    print(
+        f"input pipeline delivers {n_train / pipeline:.0f} img/s, training consumes {n_train / rows['fit']:.1f} "
+        f"img/s: {rows['fit'] / pipeline:.0f}x headroom"
+    )
 
 
 if __name__ == "__main__":

@@ -32,12 +32,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import data_loading as dl  # noqa: E402
-import splits  # noqa: E402
-import model as unet  # noqa: E402
-import training  # noqa: E402
 import evaluation  # noqa: E402
 import inference  # noqa: E402
+import model as unet  # noqa: E402
 import model_io  # noqa: E402
+import splits  # noqa: E402
+import training  # noqa: E402
 
 BATCH_SIZE = 16
 DEPTH = 4
@@ -55,8 +55,12 @@ def _median_seconds(function, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="", help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)")
-    parser.add_argument("--out", default=str(REPO / "runs" / "time_to_quality"), help="time_to_quality.py's --out")
+    parser.add_argument(
+        "--root", default="", help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)"
+    )
+    parser.add_argument(
+        "--out", default=str(REPO / "runs" / "time_to_quality"), help="time_to_quality.py's --out"
+    )
     parser.add_argument("--name", default="b16_128_cos", help="configuration name in that folder")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-calls", type=int, default=20)
@@ -75,27 +79,40 @@ def main() -> None:
     lesion = test_df["label"].ne("normal").to_numpy()
 
     float32 = model_io.load_model(out / args.name / training.BEST_MODEL, compile=False)
-    bfloat16 = unet.build_unet((size, size, 1), base_filters=result["base_filters"], depth=DEPTH,
-                               dtype_policy="mixed_bfloat16")
+    bfloat16 = unet.build_unet(
+        (size, size, 1), base_filters=result["base_filters"], depth=DEPTH, dtype_policy="mixed_bfloat16"
+    )
     bfloat16.set_weights(float32.get_weights())
     rows = []
     for policy, model in (("float32", float32), ("mixed_bfloat16", bfloat16)):
         probabilities = inference.predict(model, test_images, batch_size=BATCH_SIZE)
-        seconds = _median_seconds(lambda: inference.predict(model, test_images, batch_size=BATCH_SIZE), args.repeats)
+        seconds = _median_seconds(
+            lambda: inference.predict(model, test_images, batch_size=BATCH_SIZE), args.repeats
+        )
         one = test_images[:1]
         latency = _median_seconds(lambda: [model.predict_on_batch(one) for _ in range(args.latency_calls)], 1)
         dice = evaluation.dice_score(test_masks[lesion], probabilities[lesion], threshold)
-        rows.append({"dtype_policy": policy, "img/s (batch 16)": len(test_images) / seconds,
-                     "latency_ms (1 image)": 1000 * latency / args.latency_calls,
-                     "test_lesion_dice": float(dice.mean()), "_probabilities": probabilities})
+        rows.append(
+            {
+                "dtype_policy": policy,
+                "img/s (batch 16)": len(test_images) / seconds,
+                "latency_ms (1 image)": 1000 * latency / args.latency_calls,
+                "test_lesion_dice": float(dice.mean()),
+                "_probabilities": probabilities,
+            }
+        )
     table = pd.DataFrame(rows).set_index("dtype_policy")
     base = table.loc["float32"]
     table["speed_ratio"] = table["img/s (batch 16)"] / base["img/s (batch 16)"]
     table["dice_diff"] = table["test_lesion_dice"] - base["test_lesion_dice"]
-    max_prob_diff = float(np.abs(table.loc["mixed_bfloat16", "_probabilities"] - base["_probabilities"]).max())
+    max_prob_diff = float(
+        np.abs(table.loc["mixed_bfloat16", "_probabilities"] - base["_probabilities"]).max()
+    )
     table = table.drop(columns="_probabilities")
-    print(f"model {out / args.name / training.BEST_MODEL}: {size} px, base {result['base_filters']}; "
-          f"test split {len(test_images)} images ({int(lesion.sum())} lesions), threshold {threshold:.2f}")
+    print(
+        f"model {out / args.name / training.BEST_MODEL}: {size} px, base {result['base_filters']}; "
+        f"test split {len(test_images)} images ({int(lesion.sum())} lesions), threshold {threshold:.2f}"
+    )
     with pd.option_context("display.width", 200, "display.float_format", "{:.4f}".format):
         print(table.to_string())
     print(f"largest probability difference bfloat16 - float32: {max_prob_diff:.4f}")

@@ -59,14 +59,19 @@ def _child(task: str, root: str, size: int, batch_size: int, base_filters: int) 
     else:
         raise ValueError(f"Unknown task {task!r}.")
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    result.update(seconds=time.perf_counter() - start, cpu_seconds=usage.ru_utime + usage.ru_stime,
-                  peak_rss_mib=_peak_rss_mib())
+    result.update(
+        seconds=time.perf_counter() - start,
+        cpu_seconds=usage.ru_utime + usage.ru_stime,
+        peak_rss_mib=_peak_rss_mib(),
+    )
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="", help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)")
+    parser.add_argument(
+        "--root", default="", help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)"
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--base-filters", type=int, default=8)
@@ -80,7 +85,6 @@ def main() -> None:
 
     args.root = dl.find_busi_root(args.root)  # None when BUSI is absent
 
-
     root = args.root
     if root is not None:
         source = f"BUSI at {root}"
@@ -88,23 +92,42 @@ def main() -> None:
         import synthetic_data
 
         work = Path(tempfile.mkdtemp(prefix="busi-memory-"))
-        root = synthetic_data.make_synthetic_busi(work / "demo", n_benign=200, n_malignant=100, n_normal=60, size_range=(300, 700))
+        root = synthetic_data.make_synthetic_busi(
+            work / "demo", n_benign=200, n_malignant=100, n_normal=60, size_range=(300, 700)
+        )
         source = "GENERATED DEMO SET (BUSI not found)"
     rows = [("import data_loading", 0), ("import training (TensorFlow)", 0)]
     rows += [("index + load_dataset", size) for size in args.sizes]
     rows += [("load + predict + evaluate", args.sizes[0])]
-    print(f"data: {source}; batch size {args.batch_size}; untrained U-Net base_filters={args.base_filters}, "
-          f"depth 4, float32; cpus {os.cpu_count()}")
+    print(
+        f"data: {source}; batch size {args.batch_size}; untrained U-Net base_filters={args.base_filters}, "
+        f"depth 4, float32; cpus {os.cpu_count()}"
+    )
     print("| step | image size | images | arrays held (MiB) | peak RSS (MiB) | CPU s | wall s |")
     print("|---|---|---|---|---|---|---|")
     for task, size in rows:
-        command = [sys.executable, __file__, "--child", task, "--root", str(root), "--size", str(size),
-                   "--batch-size", str(args.batch_size), "--base-filters", str(args.base_filters)]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            task,
+            "--root",
+            str(root),
+            "--size",
+            str(size),
+            "--batch-size",
+            str(args.batch_size),
+            "--base-filters",
+            str(args.base_filters),
+        ]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         result = json.loads(output.strip().splitlines()[-1])
         arrays = f"{result['arrays_mib']:.1f}" if "arrays_mib" in result else ""
-        print(f"| {task} | {size or ''} | {result.get('n_images', '')} | {arrays} | "
-              f"{result['peak_rss_mib']:.0f} | {result['cpu_seconds']:.1f} | {result['seconds']:.1f} |", flush=True)
+        print(
+            f"| {task} | {size or ''} | {result.get('n_images', '')} | {arrays} | "
+            f"{result['peak_rss_mib']:.0f} | {result['cpu_seconds']:.1f} | {result['seconds']:.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

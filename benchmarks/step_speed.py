@@ -31,25 +31,40 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+import losses  # noqa: E402
 import model as unet  # noqa: E402
 import training  # noqa: E402
-import losses  # noqa: E402
 
 DEPTH = 4
 DEFAULT = (8, 16, "fused")  # (batch, base_filters, batch norm)
 SETTINGS = (
-    (8, 16, "fused"), (8, 16, "keras"), (8, 16, "none"),
-    (16, 16, "fused"), (32, 16, "fused"), (16, 16, "keras"), (32, 16, "keras"),
-    (8, 12, "fused"), (8, 24, "fused"), (8, 32, "fused"),
+    (8, 16, "fused"),
+    (8, 16, "keras"),
+    (8, 16, "none"),
+    (16, 16, "fused"),
+    (32, 16, "fused"),
+    (16, 16, "keras"),
+    (32, 16, "keras"),
+    (8, 12, "fused"),
+    (8, 24, "fused"),
+    (8, 32, "fused"),
 )
 
 
 def _model(image_size: int, base_filters: int, norm: str) -> keras.Model:
     training.set_seeds(0)
-    net = unet.build_unet((image_size, image_size, 1), base_filters=base_filters, depth=DEPTH,
-                          batch_norm=norm != "none", fused_batch_norm=norm == "fused")
-    net.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses.get_loss("bce_dice"),
-                metrics=[losses.DiceMetric(name="dice")])
+    net = unet.build_unet(
+        (image_size, image_size, 1),
+        base_filters=base_filters,
+        depth=DEPTH,
+        batch_norm=norm != "none",
+        fused_batch_norm=norm == "fused",
+    )
+    net.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=losses.get_loss("bce_dice"),
+        metrics=[losses.DiceMetric(name="dice")],
+    )
     return net
 
 
@@ -88,8 +103,10 @@ def main() -> None:
     ).set_index(["batch", "base_filters", "batch_norm"])
     reference = table.loc[DEFAULT, "train_img/s"] if DEFAULT in table.index else table["train_img/s"].iloc[0]
     table["ratio_to_default"] = table["train_img/s"] / reference
-    print(f"{args.image_size} px, depth {DEPTH}, float32, bce_dice + Adam + DiceMetric, train_on_batch on a fixed "
-          f"batch; median of {args.repeats} round-robin passes of {args.images_per_timing} images")
+    print(
+        f"{args.image_size} px, depth {DEPTH}, float32, bce_dice + Adam + DiceMetric, train_on_batch on a fixed "
+        f"batch; median of {args.repeats} round-robin passes of {args.images_per_timing} images"
+    )
     print(table.to_string(float_format=lambda v: f"{v:.2f}"))
 
 

@@ -42,41 +42,115 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pandas as pd  # noqa: E402
 
-import data_loading as dl  # noqa: E402
 import atomic_io  # noqa: E402
+import data_loading as dl  # noqa: E402
 import splits  # noqa: E402
 import synthetic_data  # noqa: E402
 
 BASELINE = "baseline"
 # name: settings. Cosine configurations plan their epochs from the probe (or take a fixed
-# "epochs"); plateau ones run until the budget stops them. fused_batch_norm: model.FusedBatchNormalization (the library's default)
-# or Keras's own BatchNormalization (what a typical notebook uses).
+# "epochs"); plateau ones run until the budget stops them. fused_batch_norm:
+# model.FusedBatchNormalization (the library's default) or Keras's own BatchNormalization (what a
+# typical notebook uses).
 CONFIGS = {
     # The typical Keras notebook: classic width (64), 256 px, float32, constant rate halved on plateaus.
-    BASELINE: dict(image_size=256, base_filters=64, batch_size=8, dtype_policy="float32",
-                   lr_schedule="plateau", learning_rate=1e-3, loss="bce_dice", fused_batch_norm=False),
-    "b32_128_plateau": dict(image_size=128, base_filters=32, batch_size=8, dtype_policy="float32",
-                            lr_schedule="plateau", learning_rate=1e-3, loss="bce_dice"),
-    "b32_128_cos": dict(image_size=128, base_filters=32, batch_size=8, dtype_policy="float32",
-                        lr_schedule="cosine", learning_rate=2e-3, loss="bce_dice"),
-    "b16_128_cos": dict(image_size=128, base_filters=16, batch_size=8, dtype_policy="float32",
-                        lr_schedule="cosine", learning_rate=2e-3, loss="bce_dice"),
+    BASELINE: dict(
+        image_size=256,
+        base_filters=64,
+        batch_size=8,
+        dtype_policy="float32",
+        lr_schedule="plateau",
+        learning_rate=1e-3,
+        loss="bce_dice",
+        fused_batch_norm=False,
+    ),
+    "b32_128_plateau": dict(
+        image_size=128,
+        base_filters=32,
+        batch_size=8,
+        dtype_policy="float32",
+        lr_schedule="plateau",
+        learning_rate=1e-3,
+        loss="bce_dice",
+    ),
+    "b32_128_cos": dict(
+        image_size=128,
+        base_filters=32,
+        batch_size=8,
+        dtype_policy="float32",
+        lr_schedule="cosine",
+        learning_rate=2e-3,
+        loss="bce_dice",
+    ),
+    "b16_128_cos": dict(
+        image_size=128,
+        base_filters=16,
+        batch_size=8,
+        dtype_policy="float32",
+        lr_schedule="cosine",
+        learning_rate=2e-3,
+        loss="bce_dice",
+    ),
     # The default schedule length of the earlier invocation (54 epochs, what 30 minutes allowed before
     # the fused batch norm), with the fused layer: the same Dice sooner?
-    "b16_128_cos_54ep": dict(image_size=128, base_filters=16, batch_size=8, dtype_policy="float32",
-                             lr_schedule="cosine", learning_rate=2e-3, loss="bce_dice", epochs=54),
-    "b16_160_cos": dict(image_size=160, base_filters=16, batch_size=8, dtype_policy="float32",
-                        lr_schedule="cosine", learning_rate=2e-3, loss="bce_dice"),
-    "b16_192_cos": dict(image_size=192, base_filters=16, batch_size=8, dtype_policy="float32",
-                        lr_schedule="cosine", learning_rate=2e-3, loss="bce_dice"),
-    "b32_128_cos_bf16": dict(image_size=128, base_filters=32, batch_size=8, dtype_policy="mixed_bfloat16",
-                             lr_schedule="cosine", learning_rate=2e-3, loss="bce_dice"),
+    "b16_128_cos_54ep": dict(
+        image_size=128,
+        base_filters=16,
+        batch_size=8,
+        dtype_policy="float32",
+        lr_schedule="cosine",
+        learning_rate=2e-3,
+        loss="bce_dice",
+        epochs=54,
+    ),
+    "b16_160_cos": dict(
+        image_size=160,
+        base_filters=16,
+        batch_size=8,
+        dtype_policy="float32",
+        lr_schedule="cosine",
+        learning_rate=2e-3,
+        loss="bce_dice",
+    ),
+    "b16_192_cos": dict(
+        image_size=192,
+        base_filters=16,
+        batch_size=8,
+        dtype_policy="float32",
+        lr_schedule="cosine",
+        learning_rate=2e-3,
+        loss="bce_dice",
+    ),
+    "b32_128_cos_bf16": dict(
+        image_size=128,
+        base_filters=32,
+        batch_size=8,
+        dtype_policy="mixed_bfloat16",
+        lr_schedule="cosine",
+        learning_rate=2e-3,
+        loss="bce_dice",
+    ),
     # Batch 16 trains ~12% more images per second than batch 8 with the fused layer (step_speed.py);
     # half the steps per epoch, so a sqrt(2)-scaled peak rate and a few more epochs in the same time.
-    "b16_128_cos_b16_60ep": dict(image_size=128, base_filters=16, batch_size=16, dtype_policy="float32",
-                                 lr_schedule="cosine", learning_rate=3e-3, loss="bce_dice", epochs=60),
-    "b32_128_cos_b16": dict(image_size=128, base_filters=32, batch_size=16, dtype_policy="float32",
-                            lr_schedule="cosine", learning_rate=3e-3, loss="bce_dice"),
+    "b16_128_cos_b16_60ep": dict(
+        image_size=128,
+        base_filters=16,
+        batch_size=16,
+        dtype_policy="float32",
+        lr_schedule="cosine",
+        learning_rate=3e-3,
+        loss="bce_dice",
+        epochs=60,
+    ),
+    "b32_128_cos_b16": dict(
+        image_size=128,
+        base_filters=32,
+        batch_size=16,
+        dtype_policy="float32",
+        lr_schedule="cosine",
+        learning_rate=3e-3,
+        loss="bce_dice",
+    ),
 }
 DEFAULT_CONFIGS = (BASELINE, "b32_128_cos", "b16_128_cos")
 QUICK_CONFIGS = ("b16_128_cos", "b32_128_plateau")
@@ -95,17 +169,28 @@ def _probe_epoch_seconds(config: dict, images, masks, train_idx, val_idx, seed: 
     """Seconds one epoch (training + validation) should take, from a throwaway model."""
     import keras
 
-    import model as unet
     import losses
+    import model as unet
 
     keras.backend.clear_session()
     size = config["image_size"]
-    probe = unet.build_unet((size, size, 1), base_filters=config["base_filters"], depth=DEPTH,
-                            dtype_policy=config["dtype_policy"], fused_batch_norm=_fused(config))
-    probe.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses.get_loss(config["loss"]),
-                  metrics=[losses.DiceMetric(name="dice")])
-    batches = list(dl.make_tf_dataset(images[train_idx], masks[train_idx], config["batch_size"],
-                                      training=True, seed=seed).take(PROBE_STEPS + 1))
+    probe = unet.build_unet(
+        (size, size, 1),
+        base_filters=config["base_filters"],
+        depth=DEPTH,
+        dtype_policy=config["dtype_policy"],
+        fused_batch_norm=_fused(config),
+    )
+    probe.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=losses.get_loss(config["loss"]),
+        metrics=[losses.DiceMetric(name="dice")],
+    )
+    batches = list(
+        dl.make_tf_dataset(
+            images[train_idx], masks[train_idx], config["batch_size"], training=True, seed=seed
+        ).take(PROBE_STEPS + 1)
+    )
     probe.train_on_batch(*batches[0])
     start = time.perf_counter()
     for x, y in batches[1:]:
@@ -162,16 +247,29 @@ def run_config(name: str, config: dict, args) -> dict:
         remaining = budget_s - done
     training.set_seeds(args.seed)
     size = config["image_size"]
-    model = unet.build_unet((size, size, 1), base_filters=config["base_filters"], depth=DEPTH,
-                            dtype_policy=config["dtype_policy"], fused_batch_norm=_fused(config))
-    train_ds = dl.make_tf_dataset(images[train_idx], masks[train_idx], config["batch_size"], training=True,
-                                  seed=args.seed)
+    model = unet.build_unet(
+        (size, size, 1),
+        base_filters=config["base_filters"],
+        depth=DEPTH,
+        dtype_policy=config["dtype_policy"],
+        fused_batch_norm=_fused(config),
+    )
+    train_ds = dl.make_tf_dataset(
+        images[train_idx], masks[train_idx], config["batch_size"], training=True, seed=args.seed
+    )
     val_ds = dl.make_tf_dataset(images[val_idx], masks[val_idx], config["batch_size"])
     # At least one epoch, even when the probe used the whole budget (the budget then stops it).
     training.train_model(
-        model, train_ds, val_ds, run_dir, epochs=plan["epochs"], loss=config["loss"],
-        learning_rate=config["learning_rate"], lr_schedule=config["lr_schedule"],
-        early_stopping_patience=EARLY_STOPPING_PATIENCE, time_budget_s=max(remaining, 1.0),
+        model,
+        train_ds,
+        val_ds,
+        run_dir,
+        epochs=plan["epochs"],
+        loss=config["loss"],
+        learning_rate=config["learning_rate"],
+        lr_schedule=config["lr_schedule"],
+        early_stopping_patience=EARLY_STOPPING_PATIENCE,
+        time_budget_s=max(remaining, 1.0),
     )
     history = pd.read_csv(run_dir / training.HISTORY_CSV)
     train_seconds = float(history["seconds"].sum()) + plan["probe_seconds"]
@@ -186,23 +284,32 @@ def run_config(name: str, config: dict, args) -> dict:
     best_row = history.loc[history["val_dice"].idxmax()]
     cumulative = history["seconds"].cumsum() + plan["probe_seconds"]
     result = {
-        "config": name, **config, "fused_batch_norm": _fused(config),
+        "config": name,
+        **config,
+        "fused_batch_norm": _fused(config),
         "train_img_per_s": len(train_idx) / float(history["seconds"].median()),
         "s_per_epoch": float(history["seconds"].median()),
-        "epochs_planned": plan["epochs"], "epochs_run": int(len(history)),
+        "epochs_planned": plan["epochs"],
+        "epochs_run": int(len(history)),
         "train_minutes": train_seconds / 60,
-        "best_val_dice": float(best_row["val_dice"]), "best_epoch": int(best_row["epoch"]),
+        "best_val_dice": float(best_row["val_dice"]),
+        "best_epoch": int(best_row["epoch"]),
         "minutes_to_best": float(cumulative[history["val_dice"].idxmax()]) / 60,
         "threshold": float(threshold),
-        "test_lesion_dice": float(lesion["dice_mean"]), "test_lesion_ci_low": float(lesion["dice_ci_low"]),
-        "test_lesion_ci_high": float(lesion["dice_ci_high"]), "test_lesion_iou": float(lesion["iou_mean"]),
+        "test_lesion_dice": float(lesion["dice_mean"]),
+        "test_lesion_ci_low": float(lesion["dice_ci_low"]),
+        "test_lesion_ci_high": float(lesion["dice_ci_high"]),
+        "test_lesion_iou": float(lesion["iou_mean"]),
         "test_normal_fp_fraction": float(normal["fp_fraction"]),
         "data_seconds": data_seconds,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "val_curve_minutes": [float(v) / 60 for v in cumulative],
         "val_curve_dice": [float(v) for v in history["val_dice"]],
-        "n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(test_idx),
-        "seed": args.seed, "budget_minutes": args.budget_minutes,
+        "n_train": len(train_idx),
+        "n_val": len(val_idx),
+        "n_test": len(test_idx),
+        "seed": args.seed,
+        "budget_minutes": args.budget_minutes,
     }
     return result
 
@@ -226,23 +333,35 @@ def _index(args):
 def _table(results: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(results).set_index("config")
     base = frame.loc[BASELINE] if BASELINE in frame.index else None
-    table = pd.DataFrame({
-        "size": frame["image_size"], "base": frame["base_filters"], "batch": frame["batch_size"],
-        "dtype": frame["dtype_policy"].str.replace("mixed_", ""),
-        # results written before the fused layer existed have no such key: Keras's BatchNormalization
-        "bn": ["fused" if f is True else "keras" for f in frame.get("fused_batch_norm", pd.Series(None, frame.index))],
-        "schedule": frame["lr_schedule"],
-        "lr": frame["learning_rate"],
-        "img/s": frame["train_img_per_s"].round(2), "s/epoch": frame["s_per_epoch"].round(1),
-        "epochs": frame["epochs_run"].astype(str) + "/" + frame["epochs_planned"].astype(str),
-        "train_min": frame["train_minutes"].round(1),
-        "best_val_dice": frame["best_val_dice"].round(3), "min_to_best": frame["minutes_to_best"].round(1),
-        "test_lesion_dice": frame["test_lesion_dice"].round(3),
-        "test_95ci": "[" + frame["test_lesion_ci_low"].round(3).astype(str) + ", "
-                     + frame["test_lesion_ci_high"].round(3).astype(str) + "]",
-        "normal_fp": frame["test_normal_fp_fraction"].round(2),
-        "peak_GiB": frame["peak_rss_gib"].round(2),
-    })
+    table = pd.DataFrame(
+        {
+            "size": frame["image_size"],
+            "base": frame["base_filters"],
+            "batch": frame["batch_size"],
+            "dtype": frame["dtype_policy"].str.replace("mixed_", ""),
+            # results written before the fused layer existed have no such key: Keras's BatchNormalization
+            "bn": [
+                "fused" if f is True else "keras"
+                for f in frame.get("fused_batch_norm", pd.Series(None, frame.index))
+            ],
+            "schedule": frame["lr_schedule"],
+            "lr": frame["learning_rate"],
+            "img/s": frame["train_img_per_s"].round(2),
+            "s/epoch": frame["s_per_epoch"].round(1),
+            "epochs": frame["epochs_run"].astype(str) + "/" + frame["epochs_planned"].astype(str),
+            "train_min": frame["train_minutes"].round(1),
+            "best_val_dice": frame["best_val_dice"].round(3),
+            "min_to_best": frame["minutes_to_best"].round(1),
+            "test_lesion_dice": frame["test_lesion_dice"].round(3),
+            "test_95ci": "["
+            + frame["test_lesion_ci_low"].round(3).astype(str)
+            + ", "
+            + frame["test_lesion_ci_high"].round(3).astype(str)
+            + "]",
+            "normal_fp": frame["test_normal_fp_fraction"].round(2),
+            "peak_GiB": frame["peak_rss_gib"].round(2),
+        }
+    )
     if base is not None:
         table["speedup"] = (frame["train_img_per_s"] / base["train_img_per_s"]).round(1)
         table["dice_gain"] = (frame["test_lesion_dice"] - base["test_lesion_dice"]).round(3)
@@ -257,8 +376,10 @@ def _figure(results: list[dict], path: Path, budget_minutes: float) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=150)
     for result in results:
-        label = (f"{result['config']} ({result['image_size']} px, base {result['base_filters']}, "
-                 f"{result['lr_schedule']}): test {result['test_lesion_dice']:.3f}")
+        label = (
+            f"{result['config']} ({result['image_size']} px, base {result['base_filters']}, "
+            f"{result['lr_schedule']}): test {result['test_lesion_dice']:.3f}"
+        )
         ax.plot(result["val_curve_minutes"], result["val_curve_dice"], marker="o", markersize=3, label=label)
     ax.axvline(budget_minutes, color="grey", linestyle="--", linewidth=1)
     ax.text(budget_minutes, 0.95, "budget ", color="grey", fontsize=8, ha="right")
@@ -276,13 +397,21 @@ def _figure(results: list[dict], path: Path, budget_minutes: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="", help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)")
-    parser.add_argument("--budget-minutes", type=float, default=30.0, help="training wall-clock budget per config")
-    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="comma-separated names (see --list)")
+    parser.add_argument(
+        "--root", default="", help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)"
+    )
+    parser.add_argument(
+        "--budget-minutes", type=float, default=30.0, help="training wall-clock budget per config"
+    )
+    parser.add_argument(
+        "--configs", default=",".join(DEFAULT_CONFIGS), help="comma-separated names (see --list)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(REPO / "runs" / "time_to_quality"))
     parser.add_argument("--max-samples", type=int, default=0, help="0: all; N: first N images per class")
-    parser.add_argument("--quick", action="store_true", help="smoke run: small configs, 16 images per class, 1 min each")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: small configs, 16 images per class, 1 min each"
+    )
     parser.add_argument("--list", action="store_true", help="print the configurations and exit")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: run one config
     args = parser.parse_args()
@@ -308,31 +437,58 @@ def main() -> None:
         atomic_io.write_json(out / f"{args.worker}.result.json", result)
         return
 
-    print(f"budget {args.budget_minutes:g} min of training per configuration; seed {args.seed}; out {out}", flush=True)
+    print(
+        f"budget {args.budget_minutes:g} min of training per configuration; seed {args.seed}; out {out}",
+        flush=True,
+    )
     results = []
     for name in names:
         result_path = out / f"{name}.result.json"
         if not result_path.is_file():
             print(f"\n=== {name}: {CONFIGS[name]}", flush=True)
-            command = [sys.executable, __file__, "--worker", name, "--root", str(args.root or ""), "--seed", str(args.seed),
-                       "--out", str(out), "--budget-minutes", str(args.budget_minutes),
-                       "--max-samples", str(args.max_samples), "--configs", name]
+            command = [
+                sys.executable,
+                __file__,
+                "--worker",
+                name,
+                "--root",
+                str(args.root or ""),
+                "--seed",
+                str(args.seed),
+                "--out",
+                str(out),
+                "--budget-minutes",
+                str(args.budget_minutes),
+                "--max-samples",
+                str(args.max_samples),
+                "--configs",
+                name,
+            ]
             if args.quick:
                 command.append("--quick")
             start = time.perf_counter()
             subprocess.run(command, check=True)
-            print(f"=== {name} done in {(time.perf_counter() - start) / 60:.1f} min (process wall clock)", flush=True)
+            print(
+                f"=== {name} done in {(time.perf_counter() - start) / 60:.1f} min (process wall clock)",
+                flush=True,
+            )
         results.append(json.loads(result_path.read_text()))
 
     table = _table(results)
     atomic_io.write_csv(out / "time_to_quality.csv", table.reset_index())
     _figure(results, out / "time_to_quality.png", args.budget_minutes)
     first = results[0]
-    print(f"\nBUSI split (seed {args.seed}, grouped by near-duplicates): train {first['n_train']}, "
-          f"val {first['n_val']}, test {first['n_test']}; budget {args.budget_minutes:g} min of training each.")
-    print("Test: mean per-image Dice over benign + malignant images [95% bootstrap CI], best-validation checkpoint,")
+    print(
+        f"\nBUSI split (seed {args.seed}, grouped by near-duplicates): train {first['n_train']}, "
+        f"val {first['n_val']}, test {first['n_test']}; budget {args.budget_minutes:g} min of training each."
+    )
+    print(
+        "Test: mean per-image Dice over benign + malignant images [95% bootstrap CI], best-validation checkpoint,"
+    )
     print("threshold chosen on validation; normal_fp: share of normal test images with any predicted pixel.")
-    print("img/s and s/epoch: median epoch (training + validation + metric); speedup: img/s against the baseline.\n")
+    print(
+        "img/s and s/epoch: median epoch (training + validation + metric); speedup: img/s against the baseline.\n"
+    )
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         print(table.to_string())
     print(f"\nwrote {out / 'time_to_quality.csv'} and {out / 'time_to_quality.png'}")

@@ -60,8 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--steps-base64", type=int, default=3, help="timed steps for base_filters 64 (4x the work of base 32)"
     )
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (tracing, allocation)")
-    parser.add_argument("--matmul-size", type=int, default=4096, help="n of the n x n matmul that measures peak")
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="untimed steps before timing (tracing, allocation)"
+    )
+    parser.add_argument(
+        "--matmul-size", type=int, default=4096, help="n of the n x n matmul that measures peak"
+    )
     parser.add_argument("--matmul-reps", type=int, default=3, help="timed reps of the peak matmul")
     parser.add_argument(
         "--quick", action="store_true", help=f"tiny smoke run; overrides the above with {QUICK_SETTINGS}"
@@ -104,7 +108,9 @@ def matmul_peak_gflops(size: int, dtype: str, reps: int) -> float:
     return 2 * size**3 / seconds / GIGA
 
 
-def benchmark_unet(args: argparse.Namespace, dtype_policy: str, base_filters: int) -> dict[str, float | int | str]:
+def benchmark_unet(
+    args: argparse.Namespace, dtype_policy: str, base_filters: int
+) -> dict[str, float | int | str]:
     """Times training and inference of one U-Net configuration on a fixed random batch."""
     keras.backend.clear_session()
     keras.utils.set_random_seed(SEED)
@@ -147,7 +153,9 @@ def print_environment(args: argparse.Namespace) -> None:
         f"  python {platform.python_version()}, tensorflow {tf.__version__}, keras {keras.__version__}, "
         f"numpy {np.__version__}"
     )
-    print(f"  cpu_count {os.cpu_count()}, usable cpus {usable_cpus}, machine {platform.machine()}, devices: {devices}")
+    print(
+        f"  cpu_count {os.cpu_count()}, usable cpus {usable_cpus}, machine {platform.machine()}, devices: {devices}"
+    )
     print(
         f"  tf threads: intra_op {tf.config.threading.get_intra_op_parallelism_threads()}, "
         f"inter_op {tf.config.threading.get_inter_op_parallelism_threads()} (0 = all cores)"
@@ -170,7 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     for dtype in COMPUTE_DTYPES.values():
         peak_gflops[dtype] = matmul_peak_gflops(args.matmul_size, dtype, args.matmul_reps)
         print(f"peak matmul {dtype}: {peak_gflops[dtype]:.1f} GFLOP/s", flush=True)
-    print(f"peak ratio bfloat16/float32: {peak_gflops['bfloat16'] / peak_gflops['float32']:.2f}\n", flush=True)
+    print(
+        f"peak ratio bfloat16/float32: {peak_gflops['bfloat16'] / peak_gflops['float32']:.2f}\n", flush=True
+    )
 
     rows = []
     for base_filters in BASE_FILTERS:
@@ -195,11 +205,13 @@ def main(argv: list[str] | None = None) -> None:
     ratios = pd.DataFrame(
         {
             "train_bf16/f32": [
-                table.loc[(base, "mixed_bfloat16"), "train_img/s"] / table.loc[(base, "float32"), "train_img/s"]
+                table.loc[(base, "mixed_bfloat16"), "train_img/s"]
+                / table.loc[(base, "float32"), "train_img/s"]
                 for base in BASE_FILTERS
             ],
             "infer_bf16/f32": [
-                table.loc[(base, "mixed_bfloat16"), "infer_img/s"] / table.loc[(base, "float32"), "infer_img/s"]
+                table.loc[(base, "mixed_bfloat16"), "infer_img/s"]
+                / table.loc[(base, "float32"), "infer_img/s"]
                 for base in BASE_FILTERS
             ],
         },

@@ -15,7 +15,6 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 
-
 @pytest.fixture(scope="session")
 def busi_root() -> Path:
     """The real ``Dataset_BUSI_with_GT`` folder (`data_loading.find_busi_root`); skips when absent."""
@@ -26,5 +25,7 @@ def busi_root() -> Path:
     except FileNotFoundError as error:
         pytest.skip(str(error))
     if found is None:
-        pytest.skip(f"BUSI dataset not found at {data_loading.SHARED_BUSI} (set BUSI_ROOT to run the busi tests)")
+        pytest.skip(
+            f"BUSI dataset not found at {data_loading.SHARED_BUSI} (set BUSI_ROOT to run the busi tests)"
+        )
     return data_loading.resolve_root(found)

@@ -32,8 +32,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-import data_loading as dl  # noqa: E402
 import atomic_io  # noqa: E402
+import data_loading as dl  # noqa: E402
 
 IMAGE_SIZE = 32
 BATCH_SIZE = 4
@@ -94,10 +94,10 @@ def run(data_root: Path, cache_dir: Path, run_dir: Path, epochs: int) -> dict:
     images, masks = dl.load_dataset(df, IMAGE_SIZE, cache_dir=cache_dir)
     import keras  # after the data, so that a run killed while caching stays cheap
 
-    import model as unet
-    import training
     import evaluation
     import inference
+    import model as unet
+    import training
 
     train_rows, val_rows = split(len(df))
     train = dl.make_tf_dataset(images[train_rows], masks[train_rows], BATCH_SIZE, training=True, seed=SEED)
@@ -105,8 +105,16 @@ def run(data_root: Path, cache_dir: Path, run_dir: Path, epochs: int) -> dict:
     keras.backend.clear_session()
     training.set_seeds(SEED)
     net = unet.build_unet((IMAGE_SIZE, IMAGE_SIZE, 1), base_filters=4, depth=2)
-    net, history = training.train_model(net, train, val, run_dir, epochs=epochs, learning_rate=1e-2,
-                                        early_stopping_patience=epochs, progress="epoch")
+    net, history = training.train_model(
+        net,
+        train,
+        val,
+        run_dir,
+        epochs=epochs,
+        learning_rate=1e-2,
+        early_stopping_patience=epochs,
+        progress="epoch",
+    )
     probabilities = inference.predict(net, images[val_rows])
     return {
         "history": history.to_dict("records"),
@@ -127,7 +135,9 @@ def main() -> None:
     elif kill == "report":
         _report_batches()
     elif kill:
-        raise ValueError(f"Unknown BUSI_TEST_KILL {kill!r}; expected 'cache', 'checkpoint:<epoch>' or 'report'.")
+        raise ValueError(
+            f"Unknown BUSI_TEST_KILL {kill!r}; expected 'cache', 'checkpoint:<epoch>' or 'report'."
+        )
     outcome = run(Path(data_root), Path(cache_dir), Path(run_dir), int(epochs))
     atomic_io.write_json(result, outcome)
 

@@ -47,6 +47,11 @@ def bomb_bytes(width: int = 20000, height: int = 20000, rows_per_block: int = 50
     block = compressor.compress(bytes(width + 1) * rows_per_block) + compressor.flush(zlib.Z_FULL_FLUSH)
     final = compressor.flush()
     n_bytes = (width + 1) * height
-    stream = b"\x78\xda" + block * (height // rows_per_block) + final + struct.pack(">I", ((n_bytes % 65521) << 16) | 1)
+    stream = (
+        b"\x78\xda"
+        + block * (height // rows_per_block)
+        + final
+        + struct.pack(">I", ((n_bytes % 65521) << 16) | 1)
+    )
     header = struct.pack(">IIBBBBB", width, height, 8, GREY, 0, 0, 0)
     return SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", stream) + chunk(b"IEND", b"")

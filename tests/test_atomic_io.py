@@ -24,7 +24,9 @@ def test_atomic_write_keeps_previous_file_on_failure(tmp_path):
 
 def test_atomic_write_keeps_double_suffixes_and_write_csv_round_trips(tmp_path):
     seen = []
-    atomic_io.atomic_write(tmp_path / "epoch-0001.weights.h5", lambda tmp: (seen.append(tmp), Path(tmp).write_bytes(b"x")))
+    atomic_io.atomic_write(
+        tmp_path / "epoch-0001.weights.h5", lambda tmp: (seen.append(tmp), Path(tmp).write_bytes(b"x"))
+    )
     assert seen[0].endswith(".weights.h5") and (tmp_path / "epoch-0001.weights.h5").read_bytes() == b"x"
     frame = pd.DataFrame({"image_id": ["a", "b"], "dice": [0.5, 1.0]})
     atomic_io.write_csv(tmp_path / "t.csv", frame)

@@ -2,12 +2,12 @@
 generated arrays (shapes, dtypes, value ranges, seeding, no invented lesion; hypothesis)."""
 
 import numpy as np
+from array_strategies import SLOW
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import augmentation
-from array_strategies import SLOW
 
 
 def test_augmentation_moves_image_and_mask_together():
@@ -24,7 +24,9 @@ def test_augmentation_moves_image_and_mask_together():
 
 
 @SLOW
-@given(st.integers(4, 24), st.integers(4, 24), st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1), st.data())
+@given(
+    st.integers(4, 24), st.integers(4, 24), st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1), st.data()
+)
 def test_augment_pair_keeps_shapes_dtypes_ranges_and_is_seeded(height, width, seed_a, seed_b, data):
     import tensorflow as tf
 

@@ -5,12 +5,21 @@ import pytest
 import cli
 
 
-@pytest.mark.parametrize("error, line", [
-    (FileNotFoundError("No saved model at 'best.keras'."), "error: No saved model at 'best.keras'.\n"),
-    (ValueError("Expected threshold in (0, 1);\n  received 1.5."), "error: Expected threshold in (0, 1); received 1.5.\n"),
-    (PermissionError(13, "Permission denied", "results.json"), "error: [Errno 13] Permission denied: 'results.json'\n"),
-    (ValueError(), "error: ValueError\n"),
-])
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (FileNotFoundError("No saved model at 'best.keras'."), "error: No saved model at 'best.keras'.\n"),
+        (
+            ValueError("Expected threshold in (0, 1);\n  received 1.5."),
+            "error: Expected threshold in (0, 1); received 1.5.\n",
+        ),
+        (
+            PermissionError(13, "Permission denied", "results.json"),
+            "error: [Errno 13] Permission denied: 'results.json'\n",
+        ),
+        (ValueError(), "error: ValueError\n"),
+    ],
+)
 def test_user_errors_become_one_line_and_status_2(capsys, error, line):
     with pytest.raises(SystemExit) as exit_info, cli.user_errors():
         raise error

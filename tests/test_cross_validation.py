@@ -13,11 +13,11 @@ import tensorflow as tf
 
 import cross_validation as cv
 import data_loading as dl
+import evaluation
+import model as unet
 import splits
 import synthetic_data
-import model as unet
 import training
-import evaluation
 import visualization as viz
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "breast-cancer-ultrasound-unet.ipynb"
@@ -27,8 +27,9 @@ OPTIONS = {"epochs": 1, "learning_rate": 1e-2, "progress": "none"}
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = synthetic_data.make_synthetic_busi(tmp_path_factory.mktemp("busi"), n_benign=8, n_malignant=6, n_normal=6,
-                                  size_range=(40, 56), seed=3)
+    root = synthetic_data.make_synthetic_busi(
+        tmp_path_factory.mktemp("busi"), n_benign=8, n_malignant=6, n_normal=6, size_range=(40, 56), seed=3
+    )
     index = dl.index_busi(root)
     images, masks = dl.load_dataset(index, 32)
     return splits.add_duplicate_groups(index, images), images, masks
@@ -41,8 +42,9 @@ def two_folds(data, tmp_path_factory):
     run = tmp_path_factory.mktemp("cv") / "run"
     keras.backend.clear_session()
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    folds, summary, per_image = cv.cross_validate(index, images, masks, BUILD, run, n_folds=2, batch_size=4,
-                                                  seed=0, strategy=strategy, **OPTIONS)
+    folds, summary, per_image = cv.cross_validate(
+        index, images, masks, BUILD, run, n_folds=2, batch_size=4, seed=0, strategy=strategy, **OPTIONS
+    )
     return run, folds, summary, per_image
 
 
@@ -66,7 +68,7 @@ def test_cross_validate_reports_each_fold_and_mean_and_sd(data, two_folds):
     index = data[0]
     run, folds, summary, per_image = two_folds
     assert list(folds["fold"]) == [1, 2]
-    assert list(folds.columns[-len(cv.METRIC_COLUMNS):]) == list(cv.METRIC_COLUMNS)
+    assert list(folds.columns[-len(cv.METRIC_COLUMNS) :]) == list(cv.METRIC_COLUMNS)
     assert (folds["n_train"] + folds["n_val"] + folds["n_test"] == len(index)).all()
     assert folds["n_test"].sum() == len(index) and (folds["epochs_run"] == 1).all()
     assert folds[list(cv.METRIC_COLUMNS)].apply(lambda c: c.between(0, 1)).all().all()
@@ -86,13 +88,16 @@ def test_cross_validate_reports_each_fold_and_mean_and_sd(data, two_folds):
         assert set(per_image.loc[per_image["fold"] == fold, "image_id"]) == held_out
         result = json.loads((run / f"fold-{fold}" / cv.FOLD_RESULT_JSON).read_text())
         assert result["lesion_dice"] == pytest.approx(
-            per_image[(per_image["fold"] == fold) & per_image["label"].ne("normal")]["dice"].mean())
+            per_image[(per_image["fold"] == fold) & per_image["label"].ne("normal")]["dice"].mean()
+        )
         assert (run / f"fold-{fold}" / training.BEST_MODEL).is_file()
     for name in (cv.CV_FOLDS_CSV, cv.CV_SUMMARY_CSV, cv.CV_PER_IMAGE_CSV):
         assert (run / name).is_file()
     assert not list(run.rglob(".*tmp-*")), "temporary files left behind"
     text = cv.format_cross_validation(folds, summary)
-    assert "mean ± sd over 2 folds" in text and "lesion_dice" in text and text.count("\n") == 2 + 2 + 1 + 7 - 1
+    assert (
+        "mean ± sd over 2 folds" in text and "lesion_dice" in text and text.count("\n") == 2 + 2 + 1 + 7 - 1
+    )
 
 
 def test_threshold_is_chosen_on_the_inner_validation_part_only(data, two_folds, monkeypatch):
@@ -114,7 +119,9 @@ def test_threshold_is_chosen_on_the_inner_validation_part_only(data, two_folds, 
     assert seen == [int(folds.loc[0, "n_val"])]
 
 
-def test_finished_folds_are_not_retrained_and_an_unfinished_one_resumes(data, two_folds, tmp_path, monkeypatch):
+def test_finished_folds_are_not_retrained_and_an_unfinished_one_resumes(
+    data, two_folds, tmp_path, monkeypatch
+):
     index, images, masks = data
     run, folds, _, _ = two_folds
     copy = tmp_path / "run"
@@ -129,7 +136,9 @@ def test_finished_folds_are_not_retrained_and_an_unfinished_one_resumes(data, tw
         return real(model, *args, **kwargs)
 
     monkeypatch.setattr(training, "train_model", counting)
-    again, _, per_image = cv.cross_validate(index, images, masks, BUILD, copy, n_folds=2, batch_size=4, **OPTIONS)
+    again, _, per_image = cv.cross_validate(
+        index, images, masks, BUILD, copy, n_folds=2, batch_size=4, **OPTIONS
+    )
     assert calls == [str(copy / "fold-2")]  # fold 1 was read back; fold 2's run resumed (already finished)
     pd.testing.assert_frame_equal(again, folds)
     assert len(per_image) == len(index)
@@ -146,15 +155,25 @@ def test_cross_validate_rejects_bad_input(data, tmp_path):
     run = tmp_path / "run"
 
     def call(**changes):
-        arguments = {"index": index, "images": images, "masks": masks, "build_model": BUILD, "run_dir": run,
-                     "n_folds": 2, **OPTIONS}
+        arguments = {
+            "index": index,
+            "images": images,
+            "masks": masks,
+            "build_model": BUILD,
+            "run_dir": run,
+            "n_folds": 2,
+            **OPTIONS,
+        }
         arguments.update(changes)
         return cv.cross_validate(**arguments)
 
     with pytest.raises(ValueError, match=r"Expected n_folds >= 2 for k-fold cross-validation; received 1"):
         call(n_folds=1)
-    with pytest.raises(ValueError, match=r"Expected at least n_folds=7 images of every class, one per fold; "
-                                         r"class '(malignant|normal)' has 6"):
+    with pytest.raises(
+        ValueError,
+        match=r"Expected at least n_folds=7 images of every class, one per fold; "
+        r"class '(malignant|normal)' has 6",
+    ):
         call(n_folds=7)
     with pytest.raises(ValueError, match=r"Expected one image per index row \(20\); received 19 images"):
         call(images=images[:19], masks=masks[:19])
@@ -162,9 +181,13 @@ def test_cross_validate_rejects_bad_input(data, tmp_path):
         call(masks=masks[..., 0])
     with pytest.raises(ValueError, match="Expected build_model to be a callable .* received Functional"):
         call(build_model=BUILD())
-    with pytest.raises(ValueError, match=r"Unknown training option\(s\) \['epoch'\]; expected train_model arguments"):
+    with pytest.raises(
+        ValueError, match=r"Unknown training option\(s\) \['epoch'\]; expected train_model arguments"
+    ):
         call(epoch=3)
-    with pytest.raises(ValueError, match="Expected strategy to be a tf.distribute.Strategy or None; received str"):
+    with pytest.raises(
+        ValueError, match="Expected strategy to be a tf.distribute.Strategy or None; received str"
+    ):
         call(strategy="mirrored")
     with pytest.raises(ValueError, match="Call add_duplicate_groups"):
         call(index=index.drop(columns="duplicate_group"))
@@ -176,8 +199,11 @@ def test_an_inner_split_needs_enough_images_per_class(data):
     # too few to carve a stratified inner validation part (2 inner folds) from.
     small = data[0].groupby("label", sort=False).head(3).reset_index(drop=True)
     small["duplicate_group"] = np.arange(len(small))
-    with pytest.raises(ValueError, match=r"Expected at least 2 images of every class in fold [12]'s training part, "
-                                         r"to carve an inner validation part from it; received \{"):
+    with pytest.raises(
+        ValueError,
+        match=r"Expected at least 2 images of every class in fold [12]'s training part, "
+        r"to carve an inner validation part from it; received \{",
+    ):
         cv.make_fold_splits(small, n_folds=2)
 
 
@@ -238,16 +264,34 @@ def test_the_notebooks_cross_validation_cell_runs(data, two_folds, tmp_path, cap
     """
     index, images, masks = data
     nb = json.loads(NOTEBOOK.read_text())
-    parameters = "".join(next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))["source"])
+    parameters = "".join(
+        next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))["source"]
+    )
     assert "\ncv_folds = 0 " in parameters  # the new parameter, off by default
     cell = next(c for c in nb["cells"] if "cv.cross_validate(" in "".join(c["source"]))
     shutil.copytree(two_folds[0], tmp_path / "cv")
     (tmp_path / "cv" / "fold-2" / cv.FOLD_RESULT_JSON).unlink()
     shown = []
-    namespace = {"cv_folds": 2, "index": index, "images": images, "masks": masks, "unet": unet, "viz": viz,
-                 "output": tmp_path, "image_size": 32, "base_filters": 4, "depth": 2, "dtype_policy": "float32",
-                 "batch_size": 4, "seed": 0, "epochs": 1, "loss": "bce_dice", "learning_rate": 1e-2,
-                 "early_stopping_patience": 10, "display": shown.append}
+    namespace = {
+        "cv_folds": 2,
+        "index": index,
+        "images": images,
+        "masks": masks,
+        "unet": unet,
+        "viz": viz,
+        "output": tmp_path,
+        "image_size": 32,
+        "base_filters": 4,
+        "depth": 2,
+        "dtype_policy": "float32",
+        "batch_size": 4,
+        "seed": 0,
+        "epochs": 1,
+        "loss": "bce_dice",
+        "learning_rate": 1e-2,
+        "early_stopping_patience": 10,
+        "display": shown.append,
+    }
     exec("".join(cell["source"]), namespace)
     out = capsys.readouterr().out
     assert "fold 1/2: done in an earlier run" in out and "mean ± sd over 2 folds" in out

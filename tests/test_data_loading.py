@@ -11,18 +11,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from array_strategies import FAST, binary_masks, shapes_2d
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import data_loading as dl
 import synthetic_data
-from array_strategies import FAST, binary_masks, shapes_2d
 
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory) -> Path:
-    return synthetic_data.make_synthetic_busi(tmp_path_factory.mktemp("busi"), n_benign=12, n_malignant=8, n_normal=6)
+    return synthetic_data.make_synthetic_busi(
+        tmp_path_factory.mktemp("busi"), n_benign=12, n_malignant=8, n_normal=6
+    )
 
 
 @pytest.fixture()
@@ -42,7 +44,10 @@ def test_index_busi_columns_order_and_counts(synthetic_root):
     row = df.set_index("image_id").loc["benign (9)"]
     assert row["n_masks"] == 3
     assert [Path(p).name for p in row["mask_paths"]] == [
-        "benign (9)_mask.png", "benign (9)_mask_1.png", "benign (9)_mask_2.png"]
+        "benign (9)_mask.png",
+        "benign (9)_mask_1.png",
+        "benign (9)_mask_2.png",
+    ]
     summary = dl.summarize_index(df)
     assert summary["multi_mask"] == {"benign": 4, "malignant": 1, "normal": 0}
     assert summary["skipped"] == []
@@ -52,7 +57,9 @@ def test_index_busi_columns_order_and_counts(synthetic_root):
 def test_root_missing_and_no_class_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match="BUSI root not found"):
         dl.index_busi(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match=r"Expected class folders \['benign', 'malignant', 'normal'\]"):
+    with pytest.raises(
+        FileNotFoundError, match=r"Expected class folders \['benign', 'malignant', 'normal'\]"
+    ):
         dl.index_busi(tmp_path)
 
 
@@ -136,7 +143,12 @@ def test_tf_dataset_augmentation_keeps_masks_binary_and_is_deterministic():
     images = rng.uniform(0, 1, (6, 32, 32, 1)).astype(np.float32)
     masks = np.zeros((6, 32, 32, 1), np.uint8)
     masks[:, 8:20, 10:24] = 1
-    batches = lambda: [(x.numpy(), y.numpy()) for x, y in dl.make_tf_dataset(images, masks, 4, training=True, seed=7)]
+
+    def batches():
+        return [
+            (x.numpy(), y.numpy()) for x, y in dl.make_tf_dataset(images, masks, 4, training=True, seed=7)
+        ]
+
     first, second = batches(), batches()
     for (x1, y1), (x2, y2) in zip(first, second):
         np.testing.assert_array_equal(x1, x2)

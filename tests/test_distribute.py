@@ -42,17 +42,19 @@ def _child(out_path: str) -> None:
     import keras
 
     import data_loading as dl
-    import synthetic_data
-    import model as unet
-    import training
     import evaluation
     import inference
     import losses
+    import model as unet
+    import synthetic_data
+    import training
 
     rng = np.random.default_rng(0)
     images, masks = [], []
     for i in range(19):
-        image, lesion_masks = synthetic_data.synthetic_pair(rng, 32, 32, ("benign", "malignant", "normal")[i % 3])
+        image, lesion_masks = synthetic_data.synthetic_pair(
+            rng, 32, 32, ("benign", "malignant", "normal")[i % 3]
+        )
         images.append(image[..., None].astype(np.float32) / 255)
         masks.append(lesion_masks[0][..., None])
     images, masks = np.stack(images), np.stack(masks)
@@ -67,8 +69,10 @@ def _child(out_path: str) -> None:
         # A fixed order: with shuffling, Keras's distributed fit takes one batch to build the
         # model first (its `_maybe_symbolic_build`), which starts an extra pass of the reshuffled
         # dataset, so the runs would see the epochs in different orders.
-        return (dl.make_tf_dataset(train_x, train_y, batch_size=4),
-                dl.make_tf_dataset(val_x, val_y, batch_size=4))
+        return (
+            dl.make_tf_dataset(train_x, train_y, batch_size=4),
+            dl.make_tf_dataset(val_x, val_y, batch_size=4),
+        )
 
     def build():
         training.set_seeds(0)
@@ -77,22 +81,41 @@ def _child(out_path: str) -> None:
     out: dict = {}
     root = Path(out_path).parent
     keras.backend.clear_session()
-    single, history = training.train_model(build(), *datasets(), root / "single", epochs=EPOCHS,
-                                           learning_rate=1e-2, lr_schedule="plateau", progress="none")
-    out["single"] = {"loss": history["loss"].tolist(), "val_dice": history["val_dice"].tolist(),
-                     "prediction": inference.predict(single, val_x).tolist(),
-                     "weights": [np.asarray(w).ravel().tolist() for w in single.get_weights()]}
+    single, history = training.train_model(
+        build(),
+        *datasets(),
+        root / "single",
+        epochs=EPOCHS,
+        learning_rate=1e-2,
+        lr_schedule="plateau",
+        progress="none",
+    )
+    out["single"] = {
+        "loss": history["loss"].tolist(),
+        "val_dice": history["val_dice"].tolist(),
+        "prediction": inference.predict(single, val_x).tolist(),
+        "weights": [np.asarray(w).ravel().tolist() for w in single.get_weights()],
+    }
 
     keras.backend.clear_session()
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         model = build()
-    mirrored, history = training.train_model(model, *datasets(), root / "mirrored", epochs=EPOCHS,
-                                             learning_rate=1e-2, lr_schedule="plateau", progress="none", strategy=strategy)
+    mirrored, history = training.train_model(
+        model,
+        *datasets(),
+        root / "mirrored",
+        epochs=EPOCHS,
+        learning_rate=1e-2,
+        lr_schedule="plateau",
+        progress="none",
+        strategy=strategy,
+    )
     prediction = inference.predict(mirrored, val_x)
     out["mirrored"] = {
         "replicas": strategy.num_replicas_in_sync,
-        "loss": history["loss"].tolist(), "val_dice": history["val_dice"].tolist(),
+        "loss": history["loss"].tolist(),
+        "val_dice": history["val_dice"].tolist(),
         "prediction": prediction.tolist(),
         "weights": [np.asarray(w).ravel().tolist() for w in mirrored.get_weights()],
         "val_dice_recomputed": float(evaluation.dice_score(val_y, prediction).mean()),
@@ -102,19 +125,33 @@ def _child(out_path: str) -> None:
     # Resume under the strategy: a fresh model built in the scope takes over the run folder.
     with strategy.scope():
         model = build()
-    resumed, history = training.train_model(model, *datasets(), root / "mirrored", epochs=EPOCHS + 1,
-                                            learning_rate=1e-2, lr_schedule="plateau", progress="none", strategy=strategy)
-    out["resumed"] = {"epochs": history["epoch"].tolist(), "iterations": int(keras.ops.convert_to_numpy(resumed.optimizer.iterations))}
+    resumed, history = training.train_model(
+        model,
+        *datasets(),
+        root / "mirrored",
+        epochs=EPOCHS + 1,
+        learning_rate=1e-2,
+        lr_schedule="plateau",
+        progress="none",
+        strategy=strategy,
+    )
+    out["resumed"] = {
+        "epochs": history["epoch"].tolist(),
+        "iterations": int(keras.ops.convert_to_numpy(resumed.optimizer.iterations)),
+    }
 
     # The metric alone, fed per replica: uneven shares (3 + 2 images, then 1 + 0).
     with strategy.scope():
         metric = losses.DiceMetric()
     metric_data = strategy.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensor_slices((masks.astype(np.float32)[:6], images[:6])).batch(5))
+        tf.data.Dataset.from_tensor_slices((masks.astype(np.float32)[:6], images[:6])).batch(5)
+    )
     for y, p in metric_data:
         strategy.run(metric.update_state, args=(y, p))
-    out["metric"] = {"distributed": float(metric.result()),
-                     "expected": float(evaluation.dice_score(masks[:6], images[:6]).mean())}
+    out["metric"] = {
+        "distributed": float(metric.result()),
+        "expected": float(evaluation.dice_score(masks[:6], images[:6]).mean()),
+    }
 
     # A model built outside the scope is refused, with the fix in the message.
     errors = {}
@@ -125,7 +162,9 @@ def _child(out_path: str) -> None:
         else:
             candidate = make()
         try:
-            training.train_model(candidate, *datasets(), root / name, epochs=1, progress="none", strategy=given)
+            training.train_model(
+                candidate, *datasets(), root / name, epochs=1, progress="none", strategy=given
+            )
         except ValueError as error:
             errors[name] = str(error)
     out["errors"] = errors
@@ -136,7 +175,9 @@ def _child(out_path: str) -> None:
 def child_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("distribute") / "result.json"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run([sys.executable, __file__, str(out)], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [sys.executable, __file__, str(out)], capture_output=True, text=True, env=env, timeout=600
+    )
     if done.returncode != 0:
         pytest.fail(f"the distributed child process failed:\n{done.stderr[-4000:]}")
     return json.loads(out.read_text())
@@ -182,7 +223,10 @@ def tiny_data():
     import synthetic_data
 
     rng = np.random.default_rng(1)
-    pairs = [synthetic_data.synthetic_pair(rng, 32, 32, label) for label in ("benign", "normal", "malignant", "benign")]
+    pairs = [
+        synthetic_data.synthetic_pair(rng, 32, 32, label)
+        for label in ("benign", "normal", "malignant", "benign")
+    ]
     images = np.stack([image[..., None] / np.float32(255) for image, _ in pairs]).astype(np.float32)
     masks = np.stack([m[0][..., None] for _, m in pairs])
     return dl.make_tf_dataset(images, masks, 2, training=True), dl.make_tf_dataset(images, masks, 2)
@@ -202,17 +246,29 @@ def test_train_model_checks_the_model_was_built_under_the_strategy(tiny_data, tm
     import training
 
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    with pytest.raises(ValueError, match=r"built under the strategy given to train_model \(OneDeviceStrategy with "
-                                         r"1 replica\(s\)\); received one with \d+ of its \d+ variables created elsewhere"):
-        training.train_model(_build(), *tiny_data, tmp_path / "a", epochs=1, progress="none", strategy=strategy)
+    with pytest.raises(
+        ValueError,
+        match=r"built under the strategy given to train_model \(OneDeviceStrategy with "
+        r"1 replica\(s\)\); received one with \d+ of its \d+ variables created elsewhere",
+    ):
+        training.train_model(
+            _build(), *tiny_data, tmp_path / "a", epochs=1, progress="none", strategy=strategy
+        )
     with strategy.scope():
         inside = _build()
-    with pytest.raises(ValueError, match=r"\(the default strategy: one device, no tf.distribute scope\).*"
-                                         r"with strategy.scope\(\): model = build_unet"):
+    with pytest.raises(
+        ValueError,
+        match=r"\(the default strategy: one device, no tf.distribute scope\).*"
+        r"with strategy.scope\(\): model = build_unet",
+    ):
         training.train_model(inside, *tiny_data, tmp_path / "b", epochs=1, progress="none")
     assert not (tmp_path / "b").exists()  # refused before anything is written
-    with pytest.raises(ValueError, match="Expected strategy to be a tf.distribute.Strategy or None; received str"):
-        training.train_model(inside, *tiny_data, tmp_path / "c", epochs=1, progress="none", strategy="mirrored")
+    with pytest.raises(
+        ValueError, match="Expected strategy to be a tf.distribute.Strategy or None; received str"
+    ):
+        training.train_model(
+            inside, *tiny_data, tmp_path / "c", epochs=1, progress="none", strategy="mirrored"
+        )
 
 
 def test_train_model_under_a_one_device_strategy_scope_takes_it_by_default(tiny_data, tmp_path):

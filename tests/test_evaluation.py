@@ -10,6 +10,7 @@ recall swap when truth and prediction swap.
 import numpy as np
 import pandas as pd
 import pytest
+from array_strategies import FAST
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -18,7 +19,6 @@ from sklearn.metrics import precision_score as sk_precision
 from sklearn.metrics import recall_score as sk_recall
 
 import evaluation
-from array_strategies import FAST
 
 
 def _masks(*rows):
@@ -121,7 +121,16 @@ def _evaluation_case():
 def test_evaluate_by_hand():
     truth, prob, frame = _evaluation_case()
     per_image, summary = evaluation.evaluate(truth, prob, frame, threshold=0.5, n_bootstrap=200)
-    assert list(per_image.columns) == ["image_id", "label", "dice", "iou", "precision", "recall", "true_area", "pred_area"]
+    assert list(per_image.columns) == [
+        "image_id",
+        "label",
+        "dice",
+        "iou",
+        "precision",
+        "recall",
+        "true_area",
+        "pred_area",
+    ]
     np.testing.assert_allclose(per_image["dice"], [0.5, 1.0, 0.0])  # 2*2 / (2*2 + 2 + 2)
     np.testing.assert_allclose(per_image["iou"], [1 / 3, 1.0, 0.0])
     np.testing.assert_allclose(per_image["precision"], [0.5, 1.0, 0.0])
@@ -136,7 +145,10 @@ def test_evaluate_by_hand():
     assert rows.loc["normal", "fp_fraction"] == 1.0
     assert np.isnan(rows.loc["lesion", "fp_fraction"])
     text = evaluation.format_summary(summary)
-    assert "lesion    (n=  2): Dice 0.750" in text and "empty-mask images with any predicted pixel 100.0%" in text
+    assert (
+        "lesion    (n=  2): Dice 0.750" in text
+        and "empty-mask images with any predicted pixel 100.0%" in text
+    )
 
 
 def test_evaluate_threshold_and_post_processing():
@@ -192,8 +204,12 @@ def test_metrics_are_per_image_in_unit_range_and_consistent(pair, threshold):
     dice = evaluation.dice_score(truth, prob, threshold)
     iou = evaluation.iou_score(truth, prob, threshold)
     assert dice.shape == (len(truth),) and dice.dtype == np.float64
-    for values in (dice, iou, evaluation.precision_score(truth, prob, threshold),
-                   evaluation.recall_score(truth, prob, threshold)):
+    for values in (
+        dice,
+        iou,
+        evaluation.precision_score(truth, prob, threshold),
+        evaluation.recall_score(truth, prob, threshold),
+    ):
         assert ((values >= 0) & (values <= 1)).all()
     np.testing.assert_allclose(dice, 2 * iou / (1 + iou))
     assert (iou <= dice + 1e-12).all()
@@ -210,7 +226,12 @@ def test_metrics_are_per_image_in_unit_range_and_consistent(pair, threshold):
 def test_dice_is_symmetric_and_precision_recall_swap(pair):
     truth, prob = pair
     predicted = (prob >= 0.5).astype(np.uint8)
-    np.testing.assert_array_equal(evaluation.dice_score(truth, predicted), evaluation.dice_score(predicted, truth))
-    np.testing.assert_array_equal(evaluation.iou_score(truth, predicted), evaluation.iou_score(predicted, truth))
-    np.testing.assert_array_equal(evaluation.precision_score(truth, predicted),
-                                  evaluation.recall_score(predicted, truth))
+    np.testing.assert_array_equal(
+        evaluation.dice_score(truth, predicted), evaluation.dice_score(predicted, truth)
+    )
+    np.testing.assert_array_equal(
+        evaluation.iou_score(truth, predicted), evaluation.iou_score(predicted, truth)
+    )
+    np.testing.assert_array_equal(
+        evaluation.precision_score(truth, predicted), evaluation.recall_score(predicted, truth)
+    )

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import model as unet
-import training
 import losses
+import model as unet
 import model_io
+import training
 
 
 def _pair(momentum=0.9, **kwargs):
@@ -53,16 +53,20 @@ def test_training_and_inference_outputs_moving_statistics_and_gradients_match(kw
     _, fresh = _pair(**kwargs)
     start = dict(zip([w.path.split("/")[-1] for w in fresh.weights], fresh.get_weights()))
     np.testing.assert_allclose(weights["moving_mean"], 0.9 * start["moving_mean"] + 0.1 * mean, rtol=1e-5)
-    np.testing.assert_allclose(weights["moving_variance"], 0.9 * start["moving_variance"] + 0.1 * variance, rtol=1e-5)
+    np.testing.assert_allclose(
+        weights["moving_variance"], 0.9 * start["moving_variance"] + 0.1 * variance, rtol=1e-5
+    )
     np.testing.assert_allclose(fused(x, training=False), plain(x, training=False), atol=2e-5)
 
 
 def test_unet_uses_fused_layers_only_in_float32():
-    assert any(isinstance(l, unet.FusedBatchNormalization) for l in unet.build_unet((32, 32, 1), 4, 2).layers)
+    assert any(
+        isinstance(layer, unet.FusedBatchNormalization) for layer in unet.build_unet((32, 32, 1), 4, 2).layers
+    )
     for kwargs in ({"fused_batch_norm": False}, {"dtype_policy": "mixed_bfloat16"}):
         model = unet.build_unet((32, 32, 1), 4, 2, **kwargs)
-        assert not any(isinstance(l, unet.FusedBatchNormalization) for l in model.layers)
-        assert any(type(l) is keras.layers.BatchNormalization for l in model.layers)
+        assert not any(isinstance(layer, unet.FusedBatchNormalization) for layer in model.layers)
+        assert any(type(layer) is keras.layers.BatchNormalization for layer in model.layers)
 
 
 def test_fused_and_plain_unets_train_alike():
@@ -86,22 +90,31 @@ def test_portable_model_and_saved_file_hold_plain_layers(tmp_path):
     x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
     model.train_on_batch(x, (x > 0.5).astype(np.float32))
     portable = unet.portable_model(model)
-    assert not any(isinstance(l, unet.FusedBatchNormalization) for l in portable.layers)
-    assert [l.name for l in portable.layers] == [l.name for l in model.layers]
+    assert not any(isinstance(layer, unet.FusedBatchNormalization) for layer in portable.layers)
+    assert [layer.name for layer in portable.layers] == [layer.name for layer in model.layers]
     np.testing.assert_allclose(portable.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
     assert unet.portable_model(portable) is portable
     path = model_io.save_model(model, tmp_path / "model.keras")
     with zipfile.ZipFile(path) as archive:
         config = archive.read("config.json").decode()
-    assert "FusedBatchNormalization" not in config and config.count('"BatchNormalization"') == sum(
-        isinstance(l, unet.FusedBatchNormalization) for l in model.layers) == 10
+    assert (
+        "FusedBatchNormalization" not in config
+        and config.count('"BatchNormalization"')
+        == sum(isinstance(layer, unet.FusedBatchNormalization) for layer in model.layers)
+        == 10
+    )
     loaded = model_io.load_model(path)
     assert loaded.loss is not None
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
     # Keras alone, without this library on the path
     np.save(tmp_path / "x.npy", x)
-    script = ("import keras, numpy as np; m = keras.saving.load_model('model.keras', compile=False); "
-              "print(repr(m.predict(np.load('x.npy'), verbose=0).sum()))")
-    out = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True)
+    script = (
+        "import keras, numpy as np; m = keras.saving.load_model('model.keras', compile=False); "
+        "print(repr(m.predict(np.load('x.npy'), verbose=0).sum()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
     assert float(out.stdout.strip().splitlines()[-1].replace("np.float32(", "").rstrip(")")) == pytest.approx(
-        float(model.predict(x, verbose=0).sum()), rel=1e-5)
+        float(model.predict(x, verbose=0).sum()), rel=1e-5
+    )

@@ -6,11 +6,11 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import tiny_datasets
+from helpers import tiny_model as _tiny_model
 
 import evaluation
 import inference
-from helpers import tiny_datasets
-from helpers import tiny_model as _tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,11 @@ def test_tta_changes_nothing_for_a_mirror_symmetric_model_and_batches_agree():
     identity = keras.Model(inputs, keras.layers.Identity()(inputs))
     np.testing.assert_array_equal(inference.predict(identity, images, tta=True), images)
     shift = _shift_model(8)
-    np.testing.assert_allclose(inference.predict(shift, images, batch_size=2, tta=True),
-                               inference.predict(shift, images, batch_size=16, tta=True), atol=1e-7)
+    np.testing.assert_allclose(
+        inference.predict(shift, images, batch_size=2, tta=True),
+        inference.predict(shift, images, batch_size=16, tta=True),
+        atol=1e-7,
+    )
 
 
 def test_evaluate_reports_with_and_without_tta():
@@ -62,8 +65,12 @@ def test_evaluate_reports_with_and_without_tta():
     images[0, :, 1:3] = 1.0
     frame = pd.DataFrame({"image_id": ["a", "b"], "label": ["benign", "normal"]})
     model = _shift_model()
-    tables = {tta: evaluation.evaluate(truth, inference.predict(model, images, tta=tta), frame, 0.5, n_bootstrap=10)[0]
-              for tta in (False, True)}
+    tables = {
+        tta: evaluation.evaluate(
+            truth, inference.predict(model, images, tta=tta), frame, 0.5, n_bootstrap=10
+        )[0]
+        for tta in (False, True)
+    }
     # plain: columns 0 and 1 predicted (shifted left) -> Dice 2*4/(2*4 + 4 + 4) = 0.5; TTA: the
     # mirror pass predicts columns 2 and 3, the average is 0.5 everywhere -> Dice 2*8/(2*8 + 8) = 2/3
     np.testing.assert_allclose(tables[False]["dice"], [0.5, 1.0])
@@ -89,7 +96,9 @@ def test_segment_returns_a_binary_mask_at_the_original_size():
     truth = image.astype(bool)
     iou = (truth & mask.astype(bool)).sum() / (truth | mask.astype(bool)).sum()
     assert iou > 0.9
-    with pytest.raises(ValueError, match="has 5 channels; expected 1 \\(grey\\), 3 \\(RGB\\) or 4 \\(RGBA\\)"):
+    with pytest.raises(
+        ValueError, match="has 5 channels; expected 1 \\(grey\\), 3 \\(RGB\\) or 4 \\(RGBA\\)"
+    ):
         inference.segment(identity, np.zeros((40, 40, 5), np.float32))
 
 

@@ -19,17 +19,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import interrupt_child as child
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 
 import atomic_io
-import synthetic_data
-import interrupt_child as child
 import model as unet
-import training
 import model_io
+import synthetic_data
+import training
 
 EPOCHS = 4
 N_IMAGES = 20  # 16 train (4 batches of 4 per epoch), 4 validation
@@ -45,8 +45,14 @@ CHILD = Path(child.__file__)
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    return synthetic_data.make_synthetic_busi(tmp_path_factory.mktemp("data"), n_benign=8, n_malignant=6, n_normal=6,
-                                  size_range=(40, 56), n_duplicates=0)
+    return synthetic_data.make_synthetic_busi(
+        tmp_path_factory.mktemp("data"),
+        n_benign=8,
+        n_malignant=6,
+        n_normal=6,
+        size_range=(40, 56),
+        n_duplicates=0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +63,15 @@ def uninterrupted(data_root, tmp_path_factory) -> dict:
 
 
 def _command(data_root: Path, folder: Path) -> list[str]:
-    return [sys.executable, str(CHILD), str(data_root), str(folder / "cache"), str(folder / "run"), str(EPOCHS),
-            str(folder / "result.json")]
+    return [
+        sys.executable,
+        str(CHILD),
+        str(data_root),
+        str(folder / "cache"),
+        str(folder / "run"),
+        str(EPOCHS),
+        str(folder / "result.json"),
+    ]
 
 
 def _run_child(data_root: Path, folder: Path, kill: str) -> subprocess.CompletedProcess:
@@ -70,8 +83,9 @@ def _kill_at_batch(data_root: Path, folder: Path, batch: int) -> list[str]:
     """Runs the child and sends it SIGKILL once it reports `batch`; returns its stdout lines."""
     env = {**os.environ, "BUSI_TEST_KILL": "report", "TF_CPP_MIN_LOG_LEVEL": "3"}
     with open(folder / "stderr.txt", "w") as stderr:
-        process = subprocess.Popen(_command(data_root, folder), env=env, stdout=subprocess.PIPE, stderr=stderr,
-                                   text=True)
+        process = subprocess.Popen(
+            _command(data_root, folder), env=env, stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
         lines = []
         for line in process.stdout:
             lines.append(line.strip())
@@ -119,8 +133,10 @@ def _check_finished_run(folder: Path, outcome: dict, uninterrupted: dict) -> Non
     checked = _check_every_file_loads(folder)
     assert {"run/best.keras", "run/last.keras", "run/history.csv", "run/train_state.json"} <= set(checked)
     assert sum(name.startswith("cache/busi_") for name in checked) == 1
-    print(f"resumed: val_loss {outcome['val_loss']:.6f} val_dice {outcome['val_dice']:.4f}; uninterrupted: "
-          f"val_loss {uninterrupted['val_loss']:.6f} val_dice {uninterrupted['val_dice']:.4f}")
+    print(
+        f"resumed: val_loss {outcome['val_loss']:.6f} val_dice {outcome['val_dice']:.4f}; uninterrupted: "
+        f"val_loss {uninterrupted['val_loss']:.6f} val_dice {uninterrupted['val_dice']:.4f}"
+    )
     np.testing.assert_allclose(outcome["val_loss"], uninterrupted["val_loss"], rtol=VAL_LOSS_RTOL)
     assert abs(outcome["val_dice"] - uninterrupted["val_dice"]) <= VAL_DICE_ATOL
 
@@ -142,7 +158,10 @@ def test_sigkill_while_caching_then_at_a_random_batch_then_resume(data_root, tmp
     state = json.loads((tmp_path / "run" / training.STATE_JSON).read_text())
     # The epoch in progress is lost, no more (the kill may land a few batches after `batch`).
     assert (batch - 1) // STEPS_PER_EPOCH <= state["epochs_done"] < EPOCHS
-    assert len(pd.read_csv(tmp_path / "run" / training.HISTORY_CSV)) in (state["epochs_done"], state["epochs_done"] + 1)
+    assert len(pd.read_csv(tmp_path / "run" / training.HISTORY_CSV)) in (
+        state["epochs_done"],
+        state["epochs_done"] + 1,
+    )
 
     # 3. Resumed in a fresh Keras session (this process), it finishes the run.
     outcome = child.run(data_root, tmp_path / "cache", tmp_path / "run", EPOCHS)
@@ -164,7 +183,9 @@ def test_sigkill_while_writing_a_checkpoint_then_resume(data_root, tmp_path, uni
 
 
 def test_stale_temporary_files_are_removed_and_live_ones_kept(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     dead_pid = int(dead.stdout)  # that process has exited
     host = socket.gethostname()
     names = {
@@ -176,17 +197,20 @@ def test_stale_temporary_files_are_removed_and_live_ones_kept(tmp_path):
     }
     for name in names.values():
         (tmp_path / name).write_bytes(b"partial")
-    old = (tmp_path / names["other host, old"])
+    old = tmp_path / names["other host, old"]
     os.utime(old, (old.stat().st_atime - 2 * atomic_io.STALE_TEMP_SECONDS,) * 2)
     removed = {p.name for p in atomic_io.remove_stale_temp_files(tmp_path)}
     assert removed == {names["dead"], names["other host, old"]}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [names["alive"], names["other host, fresh"], names["not a temp file"]])
+        [names["alive"], names["other host, fresh"], names["not a temp file"]]
+    )
     assert atomic_io.remove_stale_temp_files(tmp_path / "missing") == []
 
 
 def test_atomic_write_names_its_temporary_file_after_host_and_process(tmp_path):
     seen = []
-    atomic_io.atomic_write(tmp_path / "x.weights.h5", lambda tmp: (seen.append(Path(tmp).name), Path(tmp).write_bytes(b"1")))
+    atomic_io.atomic_write(
+        tmp_path / "x.weights.h5", lambda tmp: (seen.append(Path(tmp).name), Path(tmp).write_bytes(b"1"))
+    )
     assert seen[0].startswith(f".x.weights.h5.tmp-{socket.gethostname()}-{os.getpid()}-")
     assert seen[0].endswith(".weights.h5") and [p.name for p in tmp_path.iterdir()] == ["x.weights.h5"]

@@ -20,7 +20,9 @@ def test_losses_by_hand():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(losses.bce_loss(y, p)), [bce], rtol=1e-5)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(losses.dice_loss(y, p)), [0.1875], rtol=1e-6)
     np.testing.assert_allclose(dice, 0.1875)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(losses.bce_dice_loss(y, p)), [bce + 0.1875], rtol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(losses.bce_dice_loss(y, p)), [bce + 0.1875], rtol=1e-5
+    )
 
 
 def test_losses_are_per_image_and_zero_for_perfect_predictions():
@@ -49,7 +51,9 @@ def test_bce_clips_certain_mistakes_to_a_finite_value():
 
 
 def test_unknown_loss_lists_the_options():
-    with pytest.raises(ValueError, match=r"Unknown loss 'focal'; expected one of \('bce', 'dice', 'bce_dice'\)"):
+    with pytest.raises(
+        ValueError, match=r"Unknown loss 'focal'; expected one of \('bce', 'dice', 'bce_dice'\)"
+    ):
         losses.get_loss("focal")
 
 
@@ -62,7 +66,7 @@ def test_dice_metric_is_the_mean_per_image_dice_over_batches():
     prob[4] = 0.9  # all predicted
     metric = losses.DiceMetric()
     for start in (0, 4, 8):  # uneven batches: a mean of batch means would differ
-        metric.update_state(truth[start:start + 4], prob[start:start + 4])
+        metric.update_state(truth[start : start + 4], prob[start : start + 4])
     expected = evaluation.dice_score(truth, prob).mean()
     np.testing.assert_allclose(float(metric.result()), expected, rtol=1e-6)
     metric.reset_state()

@@ -6,12 +6,12 @@ dtypes and value sets on generated masks in every BUSI encoding.
 
 import numpy as np
 import pytest
+from array_strategies import FAST, binary_masks, shapes_2d
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import mask_processing as mp
-from array_strategies import FAST, binary_masks, shapes_2d
 
 
 @pytest.mark.parametrize(
@@ -137,8 +137,10 @@ def test_binarize_mask_rejects_any_other_value_set_naming_the_mask(mask):
 
 
 @FAST
-@given(shapes_2d.flatmap(lambda shape: st.lists(binary_masks(shape=shape), min_size=1, max_size=4)),
-       st.randoms(use_true_random=False))
+@given(
+    shapes_2d.flatmap(lambda shape: st.lists(binary_masks(shape=shape), min_size=1, max_size=4)),
+    st.randoms(use_true_random=False),
+)
 def test_merge_masks_is_the_union_in_any_order(cases, rnd):
     masks = [mask for mask, _ in cases]
     union = np.maximum.reduce([truth for _, truth in cases])

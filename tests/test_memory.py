@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 
 import data_loading as dl
-import synthetic_data
 import inference
+import synthetic_data
 
 BYTES_PER_PIXEL = 4 + 1  # float32 image + uint8 mask
 
 
 @pytest.mark.parametrize("size", [16, (24, 8)])
 def test_load_dataset_holds_exactly_five_bytes_per_pixel(tmp_path, size):
-    root = synthetic_data.make_synthetic_busi(tmp_path, n_benign=3, n_malignant=3, n_normal=3, size_range=(40, 90),
-                                  n_duplicates=0)
+    root = synthetic_data.make_synthetic_busi(
+        tmp_path, n_benign=3, n_malignant=3, n_normal=3, size_range=(40, 90), n_duplicates=0
+    )
     df = dl.index_busi(root)
     for cache_dir in (None, tmp_path / "cache", tmp_path / "cache"):  # decoded, cached, from cache
         images, masks = dl.load_dataset(df, size, cache_dir=cache_dir)

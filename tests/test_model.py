@@ -75,7 +75,9 @@ def layer_flops(unet: keras.Model) -> int:
     [((32, 32, 1), True, 0.0), ((32, 32, 1), False, 0.5), ((16, 48, 3), True, 0.3)],
 )
 def test_forward_pass_keeps_spatial_shape_and_outputs_probabilities(input_shape, batch_norm, dropout_rate):
-    unet = model.build_unet(input_shape, base_filters=4, depth=2, batch_norm=batch_norm, dropout_rate=dropout_rate)
+    unet = model.build_unet(
+        input_shape, base_filters=4, depth=2, batch_norm=batch_norm, dropout_rate=dropout_rate
+    )
     images = np.random.default_rng(SEED).random((3, *input_shape), dtype=np.float32)
 
     probabilities = unet.predict_on_batch(images)
@@ -135,8 +137,12 @@ def test_layers_are_named_by_stage(dropout_rate):
     names = {layer.name for layer in unet.layers}
     expected = {"head", "bottleneck_conv1", "bottleneck_bn1", "bottleneck_relu2"}
     for stage in (1, 2):
-        expected |= {f"encoder_stage{stage}_{part}" for part in ("conv1", "bn1", "relu1", "conv2", "bn2", "pool")}
-        expected |= {f"decoder_stage{stage}_{part}" for part in ("upsample", "concat", "conv1", "bn1", "conv2")}
+        expected |= {
+            f"encoder_stage{stage}_{part}" for part in ("conv1", "bn1", "relu1", "conv2", "bn2", "pool")
+        }
+        expected |= {
+            f"decoder_stage{stage}_{part}" for part in ("upsample", "concat", "conv1", "bn1", "conv2")
+        }
 
     assert expected <= names
     assert ("bottleneck_dropout" in names) == (dropout_rate > 0)
@@ -159,7 +165,10 @@ def test_layers_are_named_by_stage(dropout_rate):
         ({"base_filters": 0}, r"base_filters to be an integer >= 1; received 0"),
         ({"dropout_rate": 1.0}, r"dropout_rate in \[0, 1\); received 1.0"),
         ({"dropout_rate": -0.1}, r"dropout_rate in \[0, 1\); received -0.1"),
-        ({"dtype_policy": "float16"}, r"one of \('float32', 'mixed_bfloat16', 'mixed_float16'\); received 'float16'"),
+        (
+            {"dtype_policy": "float16"},
+            r"one of \('float32', 'mixed_bfloat16', 'mixed_float16'\); received 'float16'",
+        ),
     ],
 )
 def test_build_unet_rejects_invalid_arguments(kwargs, match):
@@ -186,7 +195,9 @@ def test_save_load_round_trip_keeps_predictions_and_policies(tmp_path):
     unet.save(path)
     reloaded = keras.models.load_model(path)
 
-    np.testing.assert_allclose(reloaded.predict_on_batch(images), unet.predict_on_batch(images), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        reloaded.predict_on_batch(images), unet.predict_on_batch(images), rtol=0, atol=1e-6
+    )
     assert reloaded.get_layer("encoder_stage1_conv1").dtype_policy.name == "mixed_bfloat16"
     assert reloaded.get_layer("head").dtype_policy.name == "float32"
 

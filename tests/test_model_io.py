@@ -8,14 +8,14 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-
-import model as unet
-import training
-import inference
-import losses
-import model_io
 from helpers import tiny_datasets
 from helpers import tiny_model as _tiny_model
+
+import inference
+import losses
+import model as unet
+import model_io
+import training
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,8 +38,19 @@ def test_save_load_round_trip_in_a_new_process(tiny, tmp_path):
         "np.save(sys.argv[4], inference.predict(m, np.load(sys.argv[3]))); "
         "assert type(m.loss).__name__ == 'function' or m.loss is not None"
     )
-    subprocess.run([sys.executable, "-c", script, str(REPO), str(path), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(REPO),
+            str(path),
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "y.npy"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, atol=1e-6)
 
 
@@ -77,7 +88,9 @@ def test_keras_and_savedmodel_exports_run_without_this_library(tmp_path):
     for layer in model.layers:  # batch-norm statistics away from 0 and 1, as after training (no fit: faster)
         if isinstance(layer, keras.layers.BatchNormalization):
             gamma, beta, mean, variance = layer.get_weights()
-            layer.set_weights([gamma * 1.5, beta + 0.1, rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2, variance.shape)])
+            layer.set_weights(
+                [gamma * 1.5, beta + 0.1, rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2, variance.shape)]
+            )
     x = rng.random((4, 32, 32, 1), dtype=np.float32)
     model_io.save_model(model, tmp_path / "model.keras")
     saved = model_io.export_saved_model(model, tmp_path / "saved_model")
@@ -104,10 +117,13 @@ def test_keras_and_savedmodel_exports_run_without_this_library(tmp_path):
         "served = exported.serve(tf.constant(x)).numpy()\n"
         "loaded = keras.saving.load_model('model.keras', compile=False)\n"
         "reloaded = keras.ops.convert_to_numpy(loaded(x, training=False))\n"
-        "print(np.abs(served - expected).max(), np.abs(reloaded - expected).max(), served.dtype, served.shape, sep='\\n')\n"
+        "print(np.abs(served - expected).max(), np.abs(reloaded - expected).max(),\n"
+        "      served.dtype, served.shape, sep='\\n')\n"
     )
     # -I: isolated mode, neither the repository, the working directory nor PYTHONPATH on sys.path
-    result = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     served_diff, keras_diff, dtype, shape = result.stdout.strip().splitlines()[-4:]
     assert float(served_diff) <= model_io.EXPORT_ATOL and float(keras_diff) <= model_io.EXPORT_ATOL

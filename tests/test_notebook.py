@@ -1,13 +1,16 @@
-"""The notebook runs top to bottom with tiny parameters (quietly, with its figures, also headless), and is committed without outputs."""
+"""The notebook runs top to bottom with tiny parameters (quietly, with its figures, also headless).
+
+It is committed without outputs.
+"""
 
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from tensorflow_lines import tensorflow_lines
 
 import synthetic_data
-from tensorflow_lines import tensorflow_lines
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "breast-cancer-ultrasound-unet.ipynb"
 
@@ -26,38 +29,73 @@ def test_notebook_runs_on_generated_data_and_resumes(tmp_path, monkeypatch):
     monkeypatch.chdir(NOTEBOOK.parent)
     run = tmp_path / "run"
     # "plateau": a cosine run is planned for its epochs, so only a plateau run can be extended below.
-    parameters = {"data_dir": str(root), "image_size": 32, "base_filters": 4, "depth": 2, "epochs": 2,
-                  "batch_size": 4, "output_dir": str(run), "lr_schedule": "plateau"}
+    parameters = {
+        "data_dir": str(root),
+        "image_size": 32,
+        "base_filters": 4,
+        "depth": 2,
+        "epochs": 2,
+        "batch_size": 4,
+        "output_dir": str(run),
+        "lr_schedule": "plateau",
+    }
     out = tmp_path / "executed.ipynb"
-    papermill.execute_notebook(str(NOTEBOOK), str(out), kernel_name="python3", progress_bar=False,
-                               parameters=parameters)
+    papermill.execute_notebook(
+        str(NOTEBOOK), str(out), kernel_name="python3", progress_bar=False, parameters=parameters
+    )
     text = out.read_text()
     assert "30 images: benign 10, malignant 10, normal 10" in text
     assert "epoch 2/2 loss" in text
     assert list((run / "cache").glob("busi_*.npz"))
-    for name in ("best.keras", "last.keras", "history.csv", "train_state.json", "per_image_test.csv",
-                 "summary_test.csv", "results.json"):
+    for name in (
+        "best.keras",
+        "last.keras",
+        "history.csv",
+        "train_state.json",
+        "per_image_test.csv",
+        "summary_test.csv",
+        "results.json",
+    ):
         assert (run / name).is_file(), name
     figures = {p.name for p in (run / "figures").glob("*.png")}
-    assert {"dataset_overview.png", "multi_mask.png", "augmentation.png", "training_curves.png",
-            "threshold_curve.png", "dice_distribution.png", "best_worst.png", "test_overlays.png", "own_image.png"} <= figures
+    assert {
+        "dataset_overview.png",
+        "multi_mask.png",
+        "augmentation.png",
+        "training_curves.png",
+        "threshold_curve.png",
+        "dice_distribution.png",
+        "best_worst.png",
+        "test_overlays.png",
+        "own_image.png",
+    } <= figures
     results = json.loads((run / "results.json").read_text())
     lesion = next(r for r in results["test_summary"] if r["group"] == "lesion")
-    assert 0.0 <= lesion["dice_mean"] <= 1.0 and lesion["dice_ci_low"] <= lesion["dice_mean"] <= lesion["dice_ci_high"]
+    assert (
+        0.0 <= lesion["dice_mean"] <= 1.0
+        and lesion["dice_ci_low"] <= lesion["dice_mean"] <= lesion["dice_ci_high"]
+    )
     assert results["epochs_run"] == 2
     executed = json.loads(text)
     images = sum("image/png" in o.get("data", {}) for c in executed["cells"] for o in c.get("outputs", []))
     assert images >= 9
 
     # Same run folder, more epochs: training resumes at epoch 3 instead of starting over.
-    papermill.execute_notebook(str(NOTEBOOK), str(out), kernel_name="python3", progress_bar=False,
-                               parameters={**parameters, "epochs": 3})
+    papermill.execute_notebook(
+        str(NOTEBOOK),
+        str(out),
+        kernel_name="python3",
+        progress_bar=False,
+        parameters={**parameters, "epochs": 3},
+    )
     text = out.read_text()
     assert "resuming run" in text and "epoch 3/3" in text and "epoch 1/3" not in text
     assert json.loads((run / "results.json").read_text())["epochs_run"] == 3
 
 
-def test_notebook_on_a_fresh_headless_machine_runs_on_the_demo_set_quietly_with_figures(tmp_path, monkeypatch, capfd):
+def test_notebook_on_a_fresh_headless_machine_runs_on_the_demo_set_quietly_with_figures(
+    tmp_path, monkeypatch, capfd
+):
     """No BUSI, MPLBACKEND=Agg (as on a headless server), TF_CPP_MIN_LOG_LEVEL unset: the demo set
     is used and says so, every plotting cell shows its figure, and no TensorFlow start-up line
     appears in the notebook or on the terminal."""
@@ -74,7 +112,11 @@ def test_notebook_on_a_fresh_headless_machine_runs_on_the_demo_set_quietly_with_
     monkeypatch.setenv("MPLBACKEND", "Agg")
     out = tmp_path / "executed.ipynb"
     papermill.execute_notebook(
-        str(repo / NOTEBOOK.name), str(out), kernel_name="python3", progress_bar=False, cwd=str(repo),
+        str(repo / NOTEBOOK.name),
+        str(out),
+        kernel_name="python3",
+        progress_bar=False,
+        cwd=str(repo),
         parameters={"image_size": 32, "base_filters": 4, "depth": 2, "epochs": 1, "batch_size": 8},
     )
     text = out.read_text()
@@ -83,7 +125,11 @@ def test_notebook_on_a_fresh_headless_machine_runs_on_the_demo_set_quietly_with_
 
     cells = [c for c in json.loads(text)["cells"] if c["cell_type"] == "code"]
     # Every cell that draws a figure shows it once, as a PNG (cross-validation is off: cv_folds = 0).
-    plotting = [c for c in cells if "viz.plot_" in "".join(c["source"]) and "plot_cross_validation" not in "".join(c["source"])]
+    plotting = [
+        c
+        for c in cells
+        if "viz.plot_" in "".join(c["source"]) and "plot_cross_validation" not in "".join(c["source"])
+    ]
     shown = [sum("image/png" in o.get("data", {}) for o in c["outputs"]) for c in plotting]
     assert len(plotting) == 9 and shown == [1] * 9
     assert sum("image/png" in o.get("data", {}) for c in cells for o in c["outputs"]) == 9

@@ -5,13 +5,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import quiet
 from tensorflow_lines import tensorflow_lines
+
+import quiet
 
 REPO = Path(__file__).resolve().parents[1]
 # Import, then a first operation (TensorFlow looks for a GPU then): prints 4.0 on standard output.
-FIRST_USE = ("import quiet; quiet.import_tensorflow(); import keras; "
-             "print(float(keras.ops.sum(keras.ops.ones((2, 2)))))")
+FIRST_USE = (
+    "import quiet; quiet.import_tensorflow(); import keras; "
+    "print(float(keras.ops.sum(keras.ops.ones((2, 2)))))"
+)
 
 
 def _python(code: str, log_level: str | None = None) -> subprocess.CompletedProcess:
@@ -19,8 +22,15 @@ def _python(code: str, log_level: str | None = None) -> subprocess.CompletedProc
     env = {key: value for key, value in os.environ.items() if key != quiet.LOG_LEVEL_VARIABLE}
     if log_level is not None:
         env[quiet.LOG_LEVEL_VARIABLE] = log_level
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                          check=False, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
 
 
 def test_tensorflow_starts_without_a_line_on_stderr():

@@ -15,22 +15,23 @@ import cv2
 import keras
 import numpy as np
 import pandas as pd
+import pngs
 import pytest
 
 import data_loading as dl
-import synthetic_data
-import model as unet
-import pngs
-import training
 import inference
+import model as unet
 import model_io
+import synthetic_data
+import training
 
 
 @pytest.fixture()
 def root(tmp_path) -> Path:
     """A fresh, valid 10-image BUSI-shaped folder; benign (4) has two masks."""
-    return synthetic_data.make_synthetic_busi(tmp_path, n_benign=4, n_malignant=3, n_normal=3, size_range=(24, 40),
-                                  n_duplicates=0)
+    return synthetic_data.make_synthetic_busi(
+        tmp_path, n_benign=4, n_malignant=3, n_normal=3, size_range=(24, 40), n_duplicates=0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -95,25 +96,48 @@ def _bomb(folder: Path, bomb: bytes) -> None:
 DATASET_ERRORS = [
     ("image without mask", _no_mask, "benign (1).png", "image without any mask"),
     ("orphan mask", _orphan_mask, "benign (2)_mask.png", "mask without its image"),
-    ("_mask_3 without _mask_1", _mask_gap, "benign (4)_mask_3.png",
-     "mask numbering is not _mask, _mask_1, _mask_2, ...: found _mask, _mask_3; missing _mask_1, _mask_2"),
+    (
+        "_mask_3 without _mask_1",
+        _mask_gap,
+        "benign (4)_mask_3.png",
+        "mask numbering is not _mask, _mask_1, _mask_2, ...: found _mask, _mask_3; missing _mask_1, _mask_2",
+    ),
     ("zero-byte PNG", _zero_bytes, "benign (1).png", "empty file (0 bytes)"),
     ("truncated PNG", _truncated, "benign (1).png", "unreadable or truncated PNG"),
     ("JPEG renamed .png", _jpeg_as_png, "benign (1).png", "not a PNG file (its content is JPEG)"),
     ("mask of another size", _mask_other_size, "benign (3)_mask.png", "mask size 9x7 differs from its image"),
-    ("non-binary mask (anti-aliased, 0..255)", _anti_aliased_mask, "benign (3)_mask.png",
-     "mask is not binary after binarisation: Expected a binary mask"),
+    (
+        "non-binary mask (anti-aliased, 0..255)",
+        _anti_aliased_mask,
+        "benign (3)_mask.png",
+        "mask is not binary after binarisation: Expected a binary mask",
+    ),
     ("symlink loop", _symlink_loop, "benign (1).png", "symbolic link that cannot be followed"),
-    ("20000x20000 image (decompression bomb)", _bomb, "benign (1).png",
-     "image of 20000x20000 pixels (width x height) is larger than MAX_IMAGE_PIXELS (25,000,000)"),
+    (
+        "20000x20000 image (decompression bomb)",
+        _bomb,
+        "benign (1).png",
+        "image of 20000x20000 pixels (width x height) is larger than MAX_IMAGE_PIXELS (25,000,000)",
+    ),
 ]
 # Found from the PNG header alone, so also with check_pixels=False.
-HEADER_CASES = {"zero-byte PNG", "JPEG renamed .png", "symlink loop", "20000x20000 image (decompression bomb)",
-                "image without mask", "orphan mask", "_mask_3 without _mask_1"}
+HEADER_CASES = {
+    "zero-byte PNG",
+    "JPEG renamed .png",
+    "symlink loop",
+    "20000x20000 image (decompression bomb)",
+    "image without mask",
+    "orphan mask",
+    "_mask_3 without _mask_1",
+}
 
 
-@pytest.mark.parametrize("case, corrupt, bad_file, reason", DATASET_ERRORS, ids=[c[0] for c in DATASET_ERRORS])
-def test_bad_dataset_file_raises_naming_it_or_is_skipped_and_counted(root, bomb, case, corrupt, bad_file, reason):
+@pytest.mark.parametrize(
+    "case, corrupt, bad_file, reason", DATASET_ERRORS, ids=[c[0] for c in DATASET_ERRORS]
+)
+def test_bad_dataset_file_raises_naming_it_or_is_skipped_and_counted(
+    root, bomb, case, corrupt, bad_file, reason
+):
     corrupt(root / "benign", bomb)
     named = f"'{root / 'benign' / bad_file}': {reason}"
     with pytest.raises(ValueError, match=r"Found 1 problem\(s\) in .*\n  - " + _escape(named)):
@@ -187,21 +211,29 @@ def test_a_mask_that_is_a_broken_link_is_skipped_not_a_crash(root):
 
 def test_a_duplicate_mask_number_is_an_error(root):
     folder = root / "benign"
-    shutil.copy(folder / "benign (3)_mask.png", folder / "benign (3)_mask_0.png")  # _mask and _mask_0: both number 0
+    shutil.copy(
+        folder / "benign (3)_mask.png", folder / "benign (3)_mask_0.png"
+    )  # _mask and _mask_0: both number 0
     with pytest.raises(ValueError, match=r"found _mask, _mask; a number is used twice"):
         dl.index_busi(root)
 
 
-@pytest.mark.parametrize("layout, found", [
-    ([], []),  # an empty root
-    (["Benign", "Malignant", "Normal"], ["Benign", "Malignant", "Normal"]),
-    (["benign_cases", "malignant", "normal"], ["benign_cases", "malignant", "normal"]),
-], ids=["empty root", "capitalised class folders", "renamed class folder"])
+@pytest.mark.parametrize(
+    "layout, found",
+    [
+        ([], []),  # an empty root
+        (["Benign", "Malignant", "Normal"], ["Benign", "Malignant", "Normal"]),
+        (["benign_cases", "malignant", "normal"], ["benign_cases", "malignant", "normal"]),
+    ],
+    ids=["empty root", "capitalised class folders", "renamed class folder"],
+)
 def test_a_root_without_the_class_folders_names_what_it_found(tmp_path, layout, found):
     for name in layout:
         (tmp_path / name).mkdir()
     missing = [c for c in dl.CLASSES if c not in layout]
-    with pytest.raises(FileNotFoundError, match=_escape(f"in '{tmp_path}'; missing {missing}, found {found}")):
+    with pytest.raises(
+        FileNotFoundError, match=_escape(f"in '{tmp_path}'; missing {missing}, found {found}")
+    ):
         dl.index_busi(tmp_path)
 
 
@@ -216,7 +248,10 @@ def test_16_bit_image_and_mask_load_like_their_8_bit_versions(root):
     assert dl.read_png(folder / "benign (3).png").dtype == np.uint16
     df = dl.index_busi(root)
     assert df.attrs["skipped"] == []
-    image, mask = dl.load_image(folder / "benign (3).png", 16), dl.load_mask([folder / "benign (3)_mask.png"], 16)
+    image, mask = (
+        dl.load_image(folder / "benign (3).png", 16),
+        dl.load_mask([folder / "benign (3)_mask.png"], 16),
+    )
     np.testing.assert_allclose(image, dl.resize_image(image8.astype(np.float32) / 255, 16), atol=1e-6)
     np.testing.assert_array_equal(mask, dl.resize_mask((mask8 > 0).astype(np.uint8), 16))
 
@@ -234,7 +269,9 @@ def test_rgba_image_and_mask_use_colour_and_alpha_as_documented(root):
     assert dl.index_busi(root).attrs["skipped"] == []
     np.testing.assert_allclose(dl.to_grey(dl.read_png(folder / "benign (3).png")), grey / 255, atol=1e-6)
     expected = (mask > 0) & (hidden == 0)
-    np.testing.assert_array_equal(dl.load_mask([folder / "benign (3)_mask.png"], mask.shape)[..., 0], expected)
+    np.testing.assert_array_equal(
+        dl.load_mask([folder / "benign (3)_mask.png"], mask.shape)[..., 0], expected
+    )
 
 
 def test_palette_image_and_mask_load_as_grey_and_binary(root):
@@ -243,9 +280,12 @@ def test_palette_image_and_mask_load_as_grey_and_binary(root):
     levels, indices = np.unique(grey, return_inverse=True)
     palette = [(int(v), int(v), int(v)) for v in levels]
     (folder / "benign (3).png").write_bytes(
-        pngs.png_bytes(indices.reshape(grey.shape).astype(np.uint8), pngs.PALETTE, palette))
+        pngs.png_bytes(indices.reshape(grey.shape).astype(np.uint8), pngs.PALETTE, palette)
+    )
     mask = (_grey(folder / "benign (3)_mask.png") > 0).astype(np.uint8)
-    (folder / "benign (3)_mask.png").write_bytes(pngs.png_bytes(mask, pngs.PALETTE, [(0, 0, 0), (255, 255, 255)]))
+    (folder / "benign (3)_mask.png").write_bytes(
+        pngs.png_bytes(mask, pngs.PALETTE, [(0, 0, 0), (255, 255, 255)])
+    )
     assert dl.index_busi(root).attrs["skipped"] == []
     np.testing.assert_allclose(dl.to_grey(dl.read_png(folder / "benign (3).png")), grey / 255, atol=1e-6)
     np.testing.assert_array_equal(dl.load_mask([folder / "benign (3)_mask.png"], mask.shape)[..., 0], mask)
@@ -284,17 +324,24 @@ def test_a_truncated_keras_file_is_named_as_truncated(tmp_path, keep):
     data = _saved_tiny_model(tmp_path / "model.keras").read_bytes()
     path = tmp_path / "copy.keras"
     path.write_bytes(data[: int(len(data) * keep)])
-    with pytest.raises(ValueError, match=r"Could not load '.*copy\.keras' \(\d+ bytes\): it is not a complete "
-                                         r"\.keras archive \(truncated or damaged"):
+    with pytest.raises(
+        ValueError,
+        match=r"Could not load '.*copy\.keras' \(\d+ bytes\): it is not a complete "
+        r"\.keras archive \(truncated or damaged",
+    ):
         model_io.load_model(path)
 
 
 def test_a_model_of_another_input_shape_is_refused_with_both_shapes(tmp_path):
     path = _saved_tiny_model(tmp_path / "model.keras")
-    with pytest.raises(ValueError, match=r"'.*model\.keras' takes inputs of shape \(32, 32, 1\); expected \(64, 64, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"'.*model\.keras' takes inputs of shape \(32, 32, 1\); expected \(64, 64, 1\)"
+    ):
         model_io.load_model(path, input_shape=(64, 64, 1))
     model = model_io.load_model(path, input_shape=(32, 32, 1))
-    with pytest.raises(ValueError, match=r"takes images of shape \(32, 32, 1\); received \(64, 64, 1\).*image_size=32"):
+    with pytest.raises(
+        ValueError, match=r"takes images of shape \(32, 32, 1\); received \(64, 64, 1\).*image_size=32"
+    ):
         inference.predict(model, np.zeros((2, 64, 64, 1), np.float32))
     with pytest.raises(ValueError, match=r"Expected a '\.keras' file"):
         model_io.load_model(path.rename(tmp_path / "model.h5"))
@@ -303,12 +350,26 @@ def test_a_model_of_another_input_shape_is_refused_with_both_shapes(tmp_path):
 def _older_run(run_dir: Path) -> None:
     """A run folder as busi-unet wrote it before per-epoch checkpoints (commit 1f58781)."""
     run_dir.mkdir()
-    state = {"epochs_done": 2, "best_val_dice": 0.4, "best_epoch": 2, "stopped_early": False,
-             "early_stopping": {"wait": 0, "best": 0.4}, "reduce_lr": {"wait": 0, "cooldown_counter": 0, "best": 0.9}}
+    state = {
+        "epochs_done": 2,
+        "best_val_dice": 0.4,
+        "best_epoch": 2,
+        "stopped_early": False,
+        "early_stopping": {"wait": 0, "best": 0.4},
+        "reduce_lr": {"wait": 0, "cooldown_counter": 0, "best": 0.9},
+    }
     (run_dir / training.STATE_JSON).write_text(json.dumps(state))
-    pd.DataFrame({"epoch": [1, 2], "loss": [1.0, 0.9], "dice": [0.1, 0.2], "val_loss": [1.0, 0.9],
-                  "val_dice": [0.3, 0.4], "learning_rate": [1e-3, 1e-3], "seconds": [1.0, 1.0]}).to_csv(
-        run_dir / training.HISTORY_CSV, index=False)
+    pd.DataFrame(
+        {
+            "epoch": [1, 2],
+            "loss": [1.0, 0.9],
+            "dice": [0.1, 0.2],
+            "val_loss": [1.0, 0.9],
+            "val_dice": [0.3, 0.4],
+            "learning_rate": [1e-3, 1e-3],
+            "seconds": [1.0, 1.0],
+        }
+    ).to_csv(run_dir / training.HISTORY_CSV, index=False)
     _saved_tiny_model(run_dir / training.LAST_MODEL)
 
 
@@ -329,8 +390,11 @@ def test_a_results_folder_from_an_older_run_is_refused_and_left_intact(tmp_path,
     run_dir = tmp_path / "run"
     _older_run(run_dir)
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
-    with pytest.raises(ValueError, match=r"train_state\.json' lacks \['loss', 'dtype_policy', 'input_shape', "
-                                         r"'last_checkpoint', 'best_checkpoint'\]: it was written by an older busi-unet"):
+    with pytest.raises(
+        ValueError,
+        match=r"train_state\.json' lacks \['loss', 'dtype_policy', 'input_shape', "
+        r"'last_checkpoint', 'best_checkpoint'\]: it was written by an older busi-unet",
+    ):
         training.train_model(_tiny_model(), *tiny_data, run_dir, epochs=3, progress="none")
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before  # nothing overwritten
     assert model_io.load_model(run_dir / training.LAST_MODEL).input_shape == (None, 32, 32, 1)
@@ -340,7 +404,9 @@ def test_exported_models_without_a_state_are_not_overwritten(tmp_path, tiny_data
     run_dir = tmp_path / "run"
     _saved_tiny_model(run_dir / training.BEST_MODEL)
     before = (run_dir / training.BEST_MODEL).read_bytes()
-    with pytest.raises(ValueError, match=r"holds \['best\.keras'\] but no train_state\.json: files of another run"):
+    with pytest.raises(
+        ValueError, match=r"holds \['best\.keras'\] but no train_state\.json: files of another run"
+    ):
         training.train_model(_tiny_model(), *tiny_data, run_dir, epochs=1, progress="none")
     assert (run_dir / training.BEST_MODEL).read_bytes() == before
 
@@ -354,7 +420,10 @@ def test_a_damaged_state_file_is_named(tmp_path, tiny_data, problem):
         state_path.write_text('{"epochs_done": 2, "loss": ')  # cut short by hand-copying
         pattern = r"train_state\.json' is not valid JSON"
     else:
-        checkpoint = {"weights": "checkpoints/epoch-0002.weights.h5", "optimizer": "checkpoints/epoch-0002.optimizer.npz"}
+        checkpoint = {
+            "weights": "checkpoints/epoch-0002.weights.h5",
+            "optimizer": "checkpoints/epoch-0002.optimizer.npz",
+        }
         state = {key: None for key in training.STATE_KEYS}
         state.update(loss="bce_dice", epochs_done=2, last_checkpoint=checkpoint, best_checkpoint=checkpoint)
         state_path.write_text(json.dumps(state))

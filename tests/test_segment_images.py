@@ -12,18 +12,18 @@ import cv2
 import keras
 import numpy as np
 import pandas as pd
+import pngs
 import pytest
 from PIL import Image
-
-import synthetic_data
-import pngs
-import model as unet
-import segment_images as si
-import inference
-import training
-import losses
-import model_io
 from tensorflow_lines import tensorflow_lines
+
+import inference
+import losses
+import model as unet
+import model_io
+import segment_images as si
+import synthetic_data
+import training
 
 SIDE = 32  # model input; smallest accepted image side: 32 / MAX_UPSCALE = 8
 
@@ -50,8 +50,17 @@ def test_measure_mask_by_hand():
     mask[1, 1:3] = 1  # component of 2 pixels
     mask[3:5, 6] = 1  # component of 2 pixels, only diagonal-free neighbours
     got = si.measure_mask(mask)
-    assert got == {"height": 5, "width": 7, "area_px": 4, "area_fraction": 4 / 35, "n_components": 2,
-                   "bbox_x": 1, "bbox_y": 1, "bbox_width": 6, "bbox_height": 4}
+    assert got == {
+        "height": 5,
+        "width": 7,
+        "area_px": 4,
+        "area_fraction": 4 / 35,
+        "n_components": 2,
+        "bbox_x": 1,
+        "bbox_y": 1,
+        "bbox_width": 6,
+        "bbox_height": 4,
+    }
     diagonal = np.eye(3, dtype=np.uint8)  # 8-connectivity: one component
     assert si.measure_mask(diagonal)["n_components"] == 1
     empty = si.measure_mask(np.zeros((2, 3), np.uint8))
@@ -72,7 +81,9 @@ def test_min_area_is_in_model_pixels_and_scaled_to_the_image():
     probability = np.zeros((8, 8), np.float32)
     probability[1, 1] = 1.0  # 1 model pixel: 4 image pixels at twice the size
     probability[4:7, 4:7] = 1.0  # 9 model pixels
-    kept, _ = inference.probabilities_to_mask(probability, (16, 16), 0.5, min_area=2)  # 2 model px = 8 image px
+    kept, _ = inference.probabilities_to_mask(
+        probability, (16, 16), 0.5, min_area=2
+    )  # 2 model px = 8 image px
     assert si.measure_mask(kept)["n_components"] == 1
     both, _ = inference.probabilities_to_mask(probability, (16, 16), 0.5, min_area=1)
     assert si.measure_mask(both)["n_components"] == 2
@@ -81,13 +92,18 @@ def test_min_area_is_in_model_pixels_and_scaled_to_the_image():
 # ---------------------------------------------------------------- segment_images
 
 
-@pytest.mark.parametrize("make", [
-    pytest.param(lambda: _rectangle(), id="grey uint8"),
-    pytest.param(lambda: cv2.merge([_rectangle()] * 3), id="rgb uint8"),
-    pytest.param(lambda: cv2.merge([_rectangle()] * 3 + [np.full((64, 96), 255, np.uint8)]), id="rgba uint8"),
-    pytest.param(lambda: _rectangle(value=65535, dtype=np.uint16), id="grey uint16"),
-    pytest.param(lambda: _rectangle(value=1.0, dtype=np.float32)[..., None], id="float (H, W, 1)"),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: _rectangle(), id="grey uint8"),
+        pytest.param(lambda: cv2.merge([_rectangle()] * 3), id="rgb uint8"),
+        pytest.param(
+            lambda: cv2.merge([_rectangle()] * 3 + [np.full((64, 96), 255, np.uint8)]), id="rgba uint8"
+        ),
+        pytest.param(lambda: _rectangle(value=65535, dtype=np.uint16), id="grey uint16"),
+        pytest.param(lambda: _rectangle(value=1.0, dtype=np.float32)[..., None], id="float (H, W, 1)"),
+    ],
+)
 def test_masks_come_back_at_each_image_size(identity, make):
     masks, table = si.segment_images(identity, [make(), _rectangle(45, 70, (10, 30, 20, 50))], threshold=0.4)
     assert [m.shape for m in masks] == [(64, 96), (45, 70)]
@@ -112,14 +128,17 @@ def test_batches_and_tta_do_not_change_a_symmetric_model(identity):
     pd.testing.assert_frame_equal(table, table_b)
 
 
-@pytest.mark.parametrize("image, message", [
-    (np.zeros((40, 40, 2), np.uint8), r"'scan 1' has 2 channels; expected 1 \(grey\), 3 \(RGB\) or 4"),
-    (np.zeros((40, 40, 5), np.uint8), r"'scan 1' has 5 channels"),
-    (np.zeros((40, 7), np.uint8), r"'scan 1' is 7x40 pixels \(width x height\), smaller than the 8 px"),
-    (np.zeros((40,), np.uint8), r"'scan 1' has shape \(40,\)"),
-    (np.full((40, 40), 2.0, np.float32), r"'scan 1' is float with values outside \[0, 1\]"),
-    (np.zeros((40, 40), np.int32), r"'scan 1' has dtype int32"),
-])
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.zeros((40, 40, 2), np.uint8), r"'scan 1' has 2 channels; expected 1 \(grey\), 3 \(RGB\) or 4"),
+        (np.zeros((40, 40, 5), np.uint8), r"'scan 1' has 5 channels"),
+        (np.zeros((40, 7), np.uint8), r"'scan 1' is 7x40 pixels \(width x height\), smaller than the 8 px"),
+        (np.zeros((40,), np.uint8), r"'scan 1' has shape \(40,\)"),
+        (np.full((40, 40), 2.0, np.float32), r"'scan 1' is float with values outside \[0, 1\]"),
+        (np.zeros((40, 40), np.int32), r"'scan 1' has dtype int32"),
+    ],
+)
 def test_bad_images_are_refused_by_name_before_any_prediction(identity, image, message):
     with pytest.raises(ValueError, match=message):
         si.segment_images(identity, [np.zeros((40, 40), np.uint8), image], names=["scan 0", "scan 1"])
@@ -147,20 +166,24 @@ def test_read_image_file_names_each_problem(tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "truncated.png").write_bytes(good[: len(good) // 2])
     (tmp_path / "text.png").write_text("not an image\n")
-    Image.fromarray(np.stack([image, np.full_like(image, 255)], axis=2), mode="LA").save(tmp_path / "grey_alpha.png")
+    Image.fromarray(np.stack([image, np.full_like(image, 255)], axis=2), mode="LA").save(
+        tmp_path / "grey_alpha.png"
+    )
     cv2.imwrite(str(tmp_path / "photo.jpg"), image)
     (tmp_path / "cut.jpg").write_bytes((tmp_path / "photo.jpg").read_bytes()[:300])
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "bomb.png").write_bytes(pngs.bomb_bytes(20000, 20000))  # 0.4 MB claiming 400 MP
     assert si.read_image_file(tmp_path / "good.png").shape == (40, 50)
     assert si.read_image_file(tmp_path / "photo.jpg").shape == (40, 50)
-    for name, message in [("empty.png", r"'empty.png' is empty \(0 bytes\)"),
-                          ("truncated.png", "'truncated.png' is a truncated PNG"),
-                          ("text.png", "'text.png' could not be decoded"),
-                          ("grey_alpha.png", r"'grey_alpha.png' has 2 channels \(grey \+ alpha\)"),
-                          ("cut.jpg", "'cut.jpg' is a truncated JPEG"),
-                          ("notes.txt", "'notes.txt': extension '.txt' is not one of"),
-                          ("bomb.png", r"'bomb.png': image of 20000x20000 pixels .* is larger than MAX_IMAGE_PIXELS")]:
+    for name, message in [
+        ("empty.png", r"'empty.png' is empty \(0 bytes\)"),
+        ("truncated.png", "'truncated.png' is a truncated PNG"),
+        ("text.png", "'text.png' could not be decoded"),
+        ("grey_alpha.png", r"'grey_alpha.png' has 2 channels \(grey \+ alpha\)"),
+        ("cut.jpg", "'cut.jpg' is a truncated JPEG"),
+        ("notes.txt", "'notes.txt': extension '.txt' is not one of"),
+        ("bomb.png", r"'bomb.png': image of 20000x20000 pixels .* is larger than MAX_IMAGE_PIXELS"),
+    ]:
         with pytest.raises(ValueError, match=message):
             si.read_image_file(tmp_path / name)
     with pytest.raises(FileNotFoundError, match="missing.png"):
@@ -199,23 +222,46 @@ def _input_folder(folder):
     (folder / ".hidden.png").write_bytes(b"")
     (folder / "gone.png").symlink_to(folder / "deleted.png")  # a broken link
     good = ["grey (1).png", "colour (2).jpg", "deep (10).png", "scan.bmp", "scan.png"]
-    bad = {"zero.png": "empty", "half.png": "truncated PNG", "readme.png": "could not be decoded",
-           "two_channels.png": "2 channels", "tiny.png": "smaller than the 8 px", "notes.txt": "extension '.txt'",
-           "gone.png": "Image file not found"}
+    bad = {
+        "zero.png": "empty",
+        "half.png": "truncated PNG",
+        "readme.png": "could not be decoded",
+        "two_channels.png": "2 channels",
+        "tiny.png": "smaller than the 8 px",
+        "notes.txt": "extension '.txt'",
+        "gone.png": "Image file not found",
+    }
     return good, bad
 
 
 def test_folder_command_writes_every_output_and_lists_every_bad_file(saved_model, tmp_path, capsys):
     good, bad = _input_folder(tmp_path / "in")
     out = tmp_path / "out"
-    status = si.main(["--model", str(saved_model), "--input", str(tmp_path / "in"), "--output", str(out),
-                      "--batch-size", "2", "--min-area", "5"])
+    status = si.main(
+        [
+            "--model",
+            str(saved_model),
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            str(out),
+            "--batch-size",
+            "2",
+            "--min-area",
+            "5",
+        ]
+    )
     printed = capsys.readouterr().out
     assert status == 0
     assert "threshold 0.450 (chosen on validation" in printed and "segmented 5 of 12 files" in printed
     table = pd.read_csv(out / si.MEASUREMENTS_CSV, keep_default_na=False)
     assert len(table) == 12 and ".hidden.png" not in set(table["file"])
-    assert list(table["file"])[:4] == ["colour (2).jpg", "deep (10).png", "gone.png", "grey (1).png"]  # natural order
+    assert list(table["file"])[:4] == [
+        "colour (2).jpg",
+        "deep (10).png",
+        "gone.png",
+        "grey (1).png",
+    ]  # natural order
     ok = table[table["status"] == "ok"].set_index("file")
     assert sorted(ok.index) == sorted(good)
     assert set(table["threshold"]) == {0.45} and set(table["min_area"]) == {5}
@@ -226,7 +272,10 @@ def test_folder_command_writes_every_output_and_lists_every_bad_file(saved_model
         assert mask.shape == source.shape[:2] and set(np.unique(mask)) <= {0, 255}
         assert overlay.shape == source.shape[:2] + (3,)
         assert int(row["area_px"]) == int((mask == 255).sum()) and int(row["height"]) == source.shape[0]
-    assert ok.loc["scan.bmp", "mask_file"] == "scan_bmp_mask.png" and ok.loc["grey (1).png", "mask_file"] == "grey (1)_mask.png"
+    assert (
+        ok.loc["scan.bmp", "mask_file"] == "scan_bmp_mask.png"
+        and ok.loc["grey (1).png", "mask_file"] == "grey (1)_mask.png"
+    )
     skipped = table[table["status"] == "skipped"].set_index("file")
     assert sorted(skipped.index) == sorted(bad)
     for name, fragment in bad.items():
@@ -264,7 +313,10 @@ def test_rerun_replaces_outputs_whole_and_flags_are_used(saved_model, tmp_path, 
 
 def test_threshold_default_and_folder_errors(saved_model, tmp_path):
     assert si.default_threshold(saved_model)[0] == 0.45
-    assert si.default_threshold(tmp_path / "elsewhere" / "best.keras") == (0.5, "default (no results.json beside the model)")
+    assert si.default_threshold(tmp_path / "elsewhere" / "best.keras") == (
+        0.5,
+        "default (no results.json beside the model)",
+    )
     (tmp_path / "results.json").write_text("{not json")
     with pytest.raises(ValueError, match="Could not read the threshold from .*results.json"):
         si.default_threshold(tmp_path / "best.keras")
@@ -274,8 +326,19 @@ def test_threshold_default_and_folder_errors(saved_model, tmp_path):
     with pytest.raises(ValueError, match="output folder other than the input folder"):
         si.segment_folder(model, tmp_path, tmp_path)
     (tmp_path / "empty_in").mkdir()
-    assert si.main(["--model", str(saved_model), "--input", str(tmp_path / "empty_in"),
-                    "--output", str(tmp_path / "o")]) == 1
+    assert (
+        si.main(
+            [
+                "--model",
+                str(saved_model),
+                "--input",
+                str(tmp_path / "empty_in"),
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 1
+    )
 
 
 # ---------------------------------------------------------------- mistakes on the command line
@@ -294,26 +357,58 @@ def _mistake_files(folder, saved_model):
         (folder / name / "results.json").write_text(text)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"--model": "{tmp}/missing.keras"}, r"No saved model at '.*missing\.keras'\."),
-    ({"--model": "{tmp}/in"}, r"No saved model at '.*in'\."),
-    ({"--model": "{tmp}/model.h5"}, r"Expected a '\.keras' file \(as written by save_model\); received '.*model\.h5'"),
-    ({"--model": "{tmp}/damaged.keras"}, r"Could not load '.*damaged\.keras' \(1000 bytes\): it is not a complete \.keras archive"),
-    ({"--model": "{tmp}/bad_json/best.keras"}, r"Could not read the threshold from '.*results\.json': .* is not valid JSON.* Pass --threshold\."),
-    ({"--model": "{tmp}/bad_threshold/best.keras"}, r"holds threshold 1\.5, outside \(0, 1\)\. Pass --threshold\."),
-    ({"--output": "{tmp}/notes.txt"}, r"Expected an output folder; '.*notes\.txt' is an existing file"),
-    ({"--input": "{tmp}/nowhere"}, r"Input folder not found: '.*nowhere'\."),
-    ({"--input": "{tmp}/notes.txt"}, r"Expected an input folder; '.*notes\.txt' is a file"),
-    ({"--output": "{tmp}/in/../in"}, r"Expected an output folder other than the input folder"),
-    ({"--threshold": "1.5"}, r"Expected threshold in \(0, 1\); received 1\.5\."),
-    ({"--min-area": "-1"}, r"Expected min_area >= 0 or None; received -1\."),
-    ({"--batch-size": "0"}, r"Expected batch_size >= 1; received 0\."),
-], ids=["missing model", "model is a folder", "not .keras", "damaged .keras", "results.json not JSON",
-        "results.json threshold", "output is a file", "missing input", "input is a file", "output is input",
-        "threshold", "min area", "batch size"])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"--model": "{tmp}/missing.keras"}, r"No saved model at '.*missing\.keras'\."),
+        ({"--model": "{tmp}/in"}, r"No saved model at '.*in'\."),
+        (
+            {"--model": "{tmp}/model.h5"},
+            r"Expected a '\.keras' file \(as written by save_model\); received '.*model\.h5'",
+        ),
+        (
+            {"--model": "{tmp}/damaged.keras"},
+            r"Could not load '.*damaged\.keras' \(1000 bytes\): it is not a complete \.keras archive",
+        ),
+        (
+            {"--model": "{tmp}/bad_json/best.keras"},
+            r"Could not read the threshold from '.*results\.json': .* is not valid JSON.* Pass --threshold\.",
+        ),
+        (
+            {"--model": "{tmp}/bad_threshold/best.keras"},
+            r"holds threshold 1\.5, outside \(0, 1\)\. Pass --threshold\.",
+        ),
+        ({"--output": "{tmp}/notes.txt"}, r"Expected an output folder; '.*notes\.txt' is an existing file"),
+        ({"--input": "{tmp}/nowhere"}, r"Input folder not found: '.*nowhere'\."),
+        ({"--input": "{tmp}/notes.txt"}, r"Expected an input folder; '.*notes\.txt' is a file"),
+        ({"--output": "{tmp}/in/../in"}, r"Expected an output folder other than the input folder"),
+        ({"--threshold": "1.5"}, r"Expected threshold in \(0, 1\); received 1\.5\."),
+        ({"--min-area": "-1"}, r"Expected min_area >= 0 or None; received -1\."),
+        ({"--batch-size": "0"}, r"Expected batch_size >= 1; received 0\."),
+    ],
+    ids=[
+        "missing model",
+        "model is a folder",
+        "not .keras",
+        "damaged .keras",
+        "results.json not JSON",
+        "results.json threshold",
+        "output is a file",
+        "missing input",
+        "input is a file",
+        "output is input",
+        "threshold",
+        "min area",
+        "batch size",
+    ],
+)
 def test_user_mistakes_get_one_error_line_and_status_2(saved_model, tmp_path, capsys, changes, message):
     _mistake_files(tmp_path, saved_model)
-    options = {"--model": str(saved_model), "--input": str(tmp_path / "in"), "--output": str(tmp_path / "out")}
+    options = {
+        "--model": str(saved_model),
+        "--input": str(tmp_path / "in"),
+        "--output": str(tmp_path / "out"),
+    }
     options.update({option: value.format(tmp=tmp_path) for option, value in changes.items()})
     with pytest.raises(SystemExit) as exit_info:
         si.main([word for pair in options.items() for word in pair])
@@ -330,15 +425,20 @@ def test_unreadable_results_json_is_a_user_error(saved_model, monkeypatch):
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(si.run_results, "read_results", denied)
-    with pytest.raises(ValueError, match=r"Could not read the threshold from .*Permission denied.* Pass --threshold"):
+    with pytest.raises(
+        ValueError, match=r"Could not read the threshold from .*Permission denied.* Pass --threshold"
+    ):
         si.default_threshold(saved_model)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--batch-size", "x"], "error: argument --batch-size: invalid int value: 'x'"),
-    (["--tresh", "0.3"], "error: unrecognized arguments: --tresh 0.3"),
-    ([], "error: the following arguments are required: --model, --input, --output"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch-size", "x"], "error: argument --batch-size: invalid int value: 'x'"),
+        (["--tresh", "0.3"], "error: unrecognized arguments: --tresh 0.3"),
+        ([], "error: the following arguments are required: --model, --input, --output"),
+    ],
+)
 def test_bad_options_get_argparse_usage_and_one_error_line(capsys, tmp_path, argv, message):
     if argv:
         argv = ["--model", "m.keras", "--input", str(tmp_path), "--output", str(tmp_path / "o"), *argv]
@@ -357,9 +457,23 @@ def test_command_prints_no_traceback_and_no_tensorflow_lines(saved_model, tmp_pa
     env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
 
     def command(model, output):
-        return subprocess.run([sys.executable, str(Path(si.__file__)), "--model", str(model),
-                               "--input", str(tmp_path / "in"), "--output", str(tmp_path / output)],
-                              env=env, capture_output=True, text=True, check=False, timeout=600)
+        return subprocess.run(
+            [
+                sys.executable,
+                str(Path(si.__file__)),
+                "--model",
+                str(model),
+                "--input",
+                str(tmp_path / "in"),
+                "--output",
+                str(tmp_path / output),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
 
     run = command(saved_model, "out")
     assert run.returncode == 0 and "segmented 5 of 12 files" in run.stdout, run.stderr

@@ -12,7 +12,9 @@ import synthetic_data
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory) -> Path:
-    return synthetic_data.make_synthetic_busi(tmp_path_factory.mktemp("busi"), n_benign=12, n_malignant=8, n_normal=6)
+    return synthetic_data.make_synthetic_busi(
+        tmp_path_factory.mktemp("busi"), n_benign=12, n_malignant=8, n_normal=6
+    )
 
 
 def test_duplicates_are_grouped_and_splits_do_not_leak(synthetic_root):

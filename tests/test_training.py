@@ -7,16 +7,16 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-
-import data_loading as dl
-import splits
-import model as unet
-import training
-import evaluation
-import inference
-import model_io
 from helpers import tiny_datasets
 from helpers import tiny_model as _tiny_model
+
+import data_loading as dl
+import evaluation
+import inference
+import model as unet
+import model_io
+import splits
+import training
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,9 @@ def test_training_writes_history_and_checkpoints_and_resumes(tiny, tmp_path, cap
     images, masks, train, val = tiny
     run = tmp_path / "run"
     keras.backend.clear_session()
-    model, history = training.train_model(_tiny_model(), train, val, run, epochs=2, learning_rate=1e-2, lr_schedule="plateau")
+    model, history = training.train_model(
+        _tiny_model(), train, val, run, epochs=2, learning_rate=1e-2, lr_schedule="plateau"
+    )
     assert list(history["epoch"]) == [1, 2]
     assert list(history.columns[:5]) == ["epoch", "loss", "dice", "val_loss", "val_dice"]
     assert {"learning_rate", "seconds"} <= set(history.columns)
@@ -45,7 +47,9 @@ def test_training_writes_history_and_checkpoints_and_resumes(tiny, tmp_path, cap
 
     # Resume with a fresh, untrained model object: the saved one takes over.
     keras.backend.clear_session()
-    resumed, history = training.train_model(_tiny_model(), train, val, run, epochs=4, learning_rate=1e-2, lr_schedule="plateau")
+    resumed, history = training.train_model(
+        _tiny_model(), train, val, run, epochs=4, learning_rate=1e-2, lr_schedule="plateau"
+    )
     assert "resuming run" in capsys.readouterr().out
     assert list(history["epoch"]) == [1, 2, 3, 4]
     pd.testing.assert_frame_equal(history.iloc[:2].reset_index(drop=True), first_two)
@@ -59,26 +63,38 @@ def test_training_writes_history_and_checkpoints_and_resumes(tiny, tmp_path, cap
 
     # A finished run returns at once, unchanged.
     keras.backend.clear_session()
-    again, history_again = training.train_model(_tiny_model(), train, val, run, epochs=4, lr_schedule="plateau")
+    again, history_again = training.train_model(
+        _tiny_model(), train, val, run, epochs=4, lr_schedule="plateau"
+    )
     assert "already finished" in capsys.readouterr().out
     assert len(history_again) == 4
-    np.testing.assert_allclose(inference.predict(again, images[:2]), inference.predict(resumed, images[:2]), atol=1e-6)
+    np.testing.assert_allclose(
+        inference.predict(again, images[:2]), inference.predict(resumed, images[:2]), atol=1e-6
+    )
 
 
 @pytest.mark.filterwarnings("ignore:Skipping nested container")  # the mismatched model, on purpose
 def test_resume_rejects_another_image_size(tiny, tmp_path):
     _, _, train, val = tiny
     keras.backend.clear_session()
-    training.train_model(_tiny_model(), train, val, tmp_path, epochs=1, progress="none", lr_schedule="plateau")
-    with pytest.raises(ValueError, match=r"trained on inputs of shape \[32, 32, 1\], the model given takes \[64, 64, 1\]"):
-        training.train_model(_tiny_model(size=64), train, val, tmp_path, epochs=2, progress="none", lr_schedule="plateau")
+    training.train_model(
+        _tiny_model(), train, val, tmp_path, epochs=1, progress="none", lr_schedule="plateau"
+    )
+    with pytest.raises(
+        ValueError, match=r"trained on inputs of shape \[32, 32, 1\], the model given takes \[64, 64, 1\]"
+    ):
+        training.train_model(
+            _tiny_model(size=64), train, val, tmp_path, epochs=2, progress="none", lr_schedule="plateau"
+        )
     keras.backend.clear_session()
     training.set_seeds(0)
     wider = unet.build_unet((32, 32, 1), base_filters=8, depth=2)
     with pytest.raises(ValueError, match="does not fit the model given"):
         training.train_model(wider, train, val, tmp_path, epochs=2, progress="none", lr_schedule="plateau")
     with pytest.raises(ValueError, match="trained with loss 'bce_dice', not 'dice'"):
-        training.train_model(_tiny_model(), train, val, tmp_path, epochs=2, loss="dice", progress="none", lr_schedule="plateau")
+        training.train_model(
+            _tiny_model(), train, val, tmp_path, epochs=2, loss="dice", progress="none", lr_schedule="plateau"
+        )
 
 
 def test_interrupt_before_the_state_commit_resumes_from_the_last_committed_epoch(tiny, tmp_path, monkeypatch):
@@ -108,7 +124,9 @@ def test_interrupt_before_the_state_commit_resumes_from_the_last_committed_epoch
 
 
 def _same_weights(model_a, model_b):
-    return all(np.array_equal(a, b) for a, b in zip(model_a.get_weights(), model_b.get_weights(), strict=True))
+    return all(
+        np.array_equal(a, b) for a, b in zip(model_a.get_weights(), model_b.get_weights(), strict=True)
+    )
 
 
 def _checkpoint_model(run, names):
@@ -121,11 +139,19 @@ def test_exports_hold_the_best_and_last_epochs_also_after_an_interrupt(tiny, tmp
     _, _, train, val = tiny
     run = tmp_path / "run"
     keras.backend.clear_session()
-    model, _ = training.train_model(_tiny_model(), train, val, run, epochs=3, progress="none", lr_schedule="plateau")
+    model, _ = training.train_model(
+        _tiny_model(), train, val, run, epochs=3, progress="none", lr_schedule="plateau"
+    )
     state = json.loads((run / training.STATE_JSON).read_text())
-    assert _same_weights(model_io.load_model(run / training.LAST_MODEL), _checkpoint_model(run, state["last_checkpoint"]))
-    assert _same_weights(model_io.load_model(run / training.BEST_MODEL), _checkpoint_model(run, state["best_checkpoint"]))
-    assert _same_weights(model_io.load_model(run / training.LAST_MODEL), model)  # the returned model is the last
+    assert _same_weights(
+        model_io.load_model(run / training.LAST_MODEL), _checkpoint_model(run, state["last_checkpoint"])
+    )
+    assert _same_weights(
+        model_io.load_model(run / training.BEST_MODEL), _checkpoint_model(run, state["best_checkpoint"])
+    )
+    assert _same_weights(
+        model_io.load_model(run / training.LAST_MODEL), model
+    )  # the returned model is the last
 
     # KeyboardInterrupt inside epoch 5 of a resumed run: the exports are those of epoch 4 (completed in this call)
     real_write_csv = training.atomic_io.write_csv
@@ -141,22 +167,36 @@ def test_exports_hold_the_best_and_last_epochs_also_after_an_interrupt(tiny, tmp
         training.train_model(_tiny_model(), train, val, run, epochs=6, progress="none", lr_schedule="plateau")
     state = json.loads((run / training.STATE_JSON).read_text())
     assert state["epochs_done"] == 4 and state["last_checkpoint"]["weights"].endswith("epoch-0004.weights.h5")
-    assert _same_weights(model_io.load_model(run / training.LAST_MODEL), _checkpoint_model(run, state["last_checkpoint"]))
-    assert _same_weights(model_io.load_model(run / training.BEST_MODEL), _checkpoint_model(run, state["best_checkpoint"]))
+    assert _same_weights(
+        model_io.load_model(run / training.LAST_MODEL), _checkpoint_model(run, state["last_checkpoint"])
+    )
+    assert _same_weights(
+        model_io.load_model(run / training.BEST_MODEL), _checkpoint_model(run, state["best_checkpoint"])
+    )
     assert not list(run.glob(".*tmp-*"))
 
 
 def test_resume_restores_the_early_stopping_counter(tiny, tmp_path):
     _, _, train, val = tiny
     keras.backend.clear_session()
-    training.train_model(_tiny_model(), train, val, tmp_path, epochs=1, progress="none", lr_schedule="plateau")
+    training.train_model(
+        _tiny_model(), train, val, tmp_path, epochs=1, progress="none", lr_schedule="plateau"
+    )
     state_path = tmp_path / training.STATE_JSON
     state = json.loads(state_path.read_text())
     state["early_stopping"] = {"wait": 1, "best": 2.0}  # a Dice nobody reaches: one more stale epoch stops
     state_path.write_text(json.dumps(state))
     keras.backend.clear_session()
-    _, history = training.train_model(_tiny_model(), train, val, tmp_path, epochs=10,
-                                      early_stopping_patience=2, progress="none", lr_schedule="plateau")
+    _, history = training.train_model(
+        _tiny_model(),
+        train,
+        val,
+        tmp_path,
+        epochs=10,
+        early_stopping_patience=2,
+        progress="none",
+        lr_schedule="plateau",
+    )
     assert list(history["epoch"]) == [1, 2]
     assert json.loads(state_path.read_text())["stopped_early"] is True
 
@@ -169,10 +209,14 @@ def test_mixed_float16_resume_keeps_optimizer_and_loss_scale(tiny, tmp_path):
         return unet.build_unet((32, 32, 1), base_filters=4, depth=2, dtype_policy="mixed_float16")
 
     keras.backend.clear_session()
-    first, _ = training.train_model(build(), train, val, tmp_path, epochs=1, progress="none", lr_schedule="plateau")
+    first, _ = training.train_model(
+        build(), train, val, tmp_path, epochs=1, progress="none", lr_schedule="plateau"
+    )
     scale = float(first.optimizer.dynamic_scale)
     keras.backend.clear_session()
-    resumed, history = training.train_model(build(), train, val, tmp_path, epochs=2, progress="none", lr_schedule="plateau")
+    resumed, history = training.train_model(
+        build(), train, val, tmp_path, epochs=2, progress="none", lr_schedule="plateau"
+    )
     assert type(resumed.optimizer).__name__ == "LossScaleOptimizer"
     assert int(resumed.optimizer.iterations) == 2 * 3
     assert np.isfinite(history["loss"]).all() and float(resumed.optimizer.dynamic_scale) > 0
@@ -182,8 +226,9 @@ def test_mixed_float16_resume_keeps_optimizer_and_loss_scale(tiny, tmp_path):
 def test_a_few_epochs_give_a_finite_falling_loss(tiny, tmp_path):
     _, _, train, val = tiny
     keras.backend.clear_session()
-    _, history = training.train_model(_tiny_model(), train, val, tmp_path, epochs=5, learning_rate=1e-2,
-                                      progress="none")
+    _, history = training.train_model(
+        _tiny_model(), train, val, tmp_path, epochs=5, learning_rate=1e-2, progress="none"
+    )
     assert np.isfinite(history["loss"]).all()
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
 
@@ -205,8 +250,9 @@ def test_cosine_schedule_by_hand_and_resume(tiny, tmp_path):
     _, _, train, val = tiny
     run = tmp_path / "run"
     keras.backend.clear_session()
-    model, history = training.train_model(_tiny_model(), train, val, run, epochs=2, learning_rate=1e-2,
-                                          lr_schedule="cosine", progress="none")
+    model, history = training.train_model(
+        _tiny_model(), train, val, run, epochs=2, learning_rate=1e-2, lr_schedule="cosine", progress="none"
+    )
     # T = 2 epochs * 3 batches = 6 steps, W = max(1, round(0.05 * 6)) = 1 warm-up step.
     m, lr, total, warmup = training.MIN_LEARNING_RATE, 1e-2, 6, 1
 
@@ -223,14 +269,17 @@ def test_cosine_schedule_by_hand_and_resume(tiny, tmp_path):
     state = json.loads((run / training.STATE_JSON).read_text())
     assert state["lr_schedule"] == "cosine" and state["schedule_epochs"] == 2 and state["reduce_lr"] is None
 
-    with pytest.raises(ValueError, match=r"trained with lr_schedule='cosine', epochs=2; resume it with the same"):
+    with pytest.raises(
+        ValueError, match=r"trained with lr_schedule='cosine', epochs=2; resume it with the same"
+    ):
         training.train_model(_tiny_model(), train, val, run, epochs=3, lr_schedule="cosine", progress="none")
     with pytest.raises(ValueError, match=r"trained with lr_schedule='cosine'"):
         training.train_model(_tiny_model(), train, val, run, epochs=2, lr_schedule="plateau", progress="none")
     # Same settings: the finished run is recognised and its optimizer step restored.
     keras.backend.clear_session()
-    again, _ = training.train_model(_tiny_model(), train, val, run, epochs=2, learning_rate=1e-2,
-                                    lr_schedule="cosine", progress="none")
+    again, _ = training.train_model(
+        _tiny_model(), train, val, run, epochs=2, learning_rate=1e-2, lr_schedule="cosine", progress="none"
+    )
     assert int(again.optimizer.iterations) == total
 
 
@@ -250,7 +299,9 @@ def test_time_budget_stops_and_the_run_continues_later(tiny, tmp_path, capsys):
 def test_schedule_and_budget_options_are_checked(tiny, tmp_path):
     _, _, train, val = tiny
     model = _tiny_model()
-    with pytest.raises(ValueError, match=r"Unknown lr_schedule 'step'; expected one of \('plateau', 'cosine'\)"):
+    with pytest.raises(
+        ValueError, match=r"Unknown lr_schedule 'step'; expected one of \('plateau', 'cosine'\)"
+    ):
         training.train_model(model, train, val, tmp_path, lr_schedule="step")
     with pytest.raises(ValueError, match="Expected time_budget_s > 0 seconds or None; received 0"):
         training.train_model(model, train, val, tmp_path, time_budget_s=0)
@@ -274,12 +325,20 @@ def test_one_epoch_on_real_busi_gives_finite_scores(busi_root, tmp_path):
     index = dl.index_busi(busi_root, check_pixels=False)
     index = index.groupby("label", sort=False).head(8).reset_index(drop=True)
     images, masks = dl.load_dataset(index, 32)
-    train_df, val_df, test_df = splits.split_dataset(splits.add_duplicate_groups(index, images), 0.25, 0.25, seed=0)
+    train_df, val_df, test_df = splits.split_dataset(
+        splits.add_duplicate_groups(index, images), 0.25, 0.25, seed=0
+    )
     keras.backend.clear_session()
     model, history = training.train_model(
-        _tiny_model(), dl.make_tf_dataset(images[train_df.index], masks[train_df.index], 4, training=True),
-        dl.make_tf_dataset(images[val_df.index], masks[val_df.index], 4), tmp_path, epochs=1, progress="none")
-    per_image, summary = evaluation.evaluate(masks[test_df.index], inference.predict(model, images[test_df.index]),
-                                           test_df, n_bootstrap=50)
+        _tiny_model(),
+        dl.make_tf_dataset(images[train_df.index], masks[train_df.index], 4, training=True),
+        dl.make_tf_dataset(images[val_df.index], masks[val_df.index], 4),
+        tmp_path,
+        epochs=1,
+        progress="none",
+    )
+    per_image, summary = evaluation.evaluate(
+        masks[test_df.index], inference.predict(model, images[test_df.index]), test_df, n_bootstrap=50
+    )
     assert np.isfinite(history["loss"]).all() and len(per_image) == len(test_df)
     assert per_image["dice"].between(0, 1).all() and set(summary["group"]) >= {"lesion", "normal"}

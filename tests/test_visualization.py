@@ -73,7 +73,14 @@ def make_history(with_lr: bool = True) -> pd.DataFrame:
 def make_per_image() -> pd.DataFrame:
     return pd.DataFrame(
         {
-            "image_id": ["benign (1)", "benign (2)", "malignant (1)", "malignant (2)", "normal (1)", "benign (3)"],
+            "image_id": [
+                "benign (1)",
+                "benign (2)",
+                "malignant (1)",
+                "malignant (2)",
+                "normal (1)",
+                "benign (3)",
+            ],
             "label": ["benign", "benign", "malignant", "malignant", "normal", "benign"],
             "dice": [0.9, 0.2, 0.7, 0.4, 1.0, np.nan],
         }
@@ -95,12 +102,16 @@ def call_overview(path=None):
 
 
 def call_mask_grid(path=None):
-    return viz.plot_mask_grid(make_images(5), make_masks(5), titles=[f"image {i}" for i in range(5)], path=path)
+    return viz.plot_mask_grid(
+        make_images(5), make_masks(5), titles=[f"image {i}" for i in range(5)], path=path
+    )
 
 
 def call_multi_mask(path=None):
     masks = [m[..., 0] for m in make_masks(3)]
-    return viz.plot_multi_mask(make_images(1)[0], masks, np.maximum.reduce(masks), title="benign (1)", path=path)
+    return viz.plot_multi_mask(
+        make_images(1)[0], masks, np.maximum.reduce(masks), title="benign (1)", path=path
+    )
 
 
 def call_augmentation(path=None):
@@ -183,7 +194,9 @@ def test_rejects_unknown_file_suffix(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("n_panels, n_cols, geometry", [(5, 4, (2, 3)), (6, 5, (2, 3)), (3, 4, (1, 3)), (8, 4, (2, 4))])
+@pytest.mark.parametrize(
+    "n_panels, n_cols, geometry", [(5, 4, (2, 3)), (6, 5, (2, 3)), (3, 4, (1, 3)), (8, 4, (2, 4))]
+)
 def test_grid_rows_are_balanced_and_unused_cells_removed(n_panels, n_cols, geometry):
     fig = viz.plot_mask_grid(make_images(n_panels), make_masks(n_panels), n_cols=n_cols)
     assert len(fig.axes) == n_panels
@@ -241,7 +254,9 @@ def test_prediction_overlays_have_one_figure_legend():
     fig = call_overlays()
     assert len(fig.legends) == 1
     assert [text.get_text() for text in fig.legends[0].get_texts()] == [
-        "true positive", "false positive", "false negative"
+        "true positive",
+        "false positive",
+        "false negative",
     ]
     assert all(ax.get_legend() is None for ax in fig.axes)
 
@@ -268,7 +283,9 @@ def test_training_curves_mark_best_validation_epoch():
     fig = call_training()
     best_epoch = 3  # val_dice peaks at 0.55
     for ax in fig.axes:
-        vertical = [line for line in ax.lines if len(set(line.get_xdata())) == 1 and len(line.get_xdata()) == 2]
+        vertical = [
+            line for line in ax.lines if len(set(line.get_xdata())) == 1 and len(line.get_xdata()) == 2
+        ]
         assert [line.get_xdata()[0] for line in vertical] == [best_epoch]
     legend_texts = [text.get_text() for text in fig.axes[1].get_legend().get_texts()]
     assert "best: epoch 3, val Dice 0.550" in legend_texts
@@ -303,7 +320,8 @@ def test_dataset_overview_annotates_counts():
 
 BAD_INPUTS = {
     "overview missing column": (
-        lambda: viz.plot_dataset_overview(make_index().drop(columns="n_masks")), r"missing \['n_masks'\]"
+        lambda: viz.plot_dataset_overview(make_index().drop(columns="n_masks")),
+        r"missing \['n_masks'\]",
     ),
     "overview empty": (lambda: viz.plot_dataset_overview(make_index().iloc[:0]), "non-empty `index_df`"),
     "overview not a frame": (lambda: viz.plot_dataset_overview([1, 2]), "pandas DataFrame; received list"),
@@ -312,24 +330,30 @@ BAD_INPUTS = {
         r"unknown labels \['cyst'\]",
     ),
     "grid mismatched shapes": (
-        lambda: viz.plot_mask_grid(make_images(2), np.zeros((2, 8, 8, 1), np.uint8)), r"same shape .* \(2, 8, 8\)"
+        lambda: viz.plot_mask_grid(make_images(2), np.zeros((2, 8, 8, 1), np.uint8)),
+        r"same shape .* \(2, 8, 8\)",
     ),
     "grid wrong ndim": (
         lambda: viz.plot_mask_grid(make_images(1)[0, ..., 0], make_masks(1)[0, ..., 0]),
         r"\(N, H, W, 1\) or \(N, H, W\); received shape \(16, 16\)",
     ),
     "grid empty": (
-        lambda: viz.plot_mask_grid(np.zeros((0, SIZE, SIZE, 1)), np.zeros((0, SIZE, SIZE, 1))), "non-empty `images`"
+        lambda: viz.plot_mask_grid(np.zeros((0, SIZE, SIZE, 1)), np.zeros((0, SIZE, SIZE, 1))),
+        "non-empty `images`",
     ),
     "grid 8-bit image": (
-        lambda: viz.plot_mask_grid(make_images(1) * 255, make_masks(1)), r"values in \[0, 1\].*Divide 8-bit"
+        lambda: viz.plot_mask_grid(make_images(1) * 255, make_masks(1)),
+        r"values in \[0, 1\].*Divide 8-bit",
     ),
     "grid wrong title count": (
-        lambda: viz.plot_mask_grid(make_images(2), make_masks(2), titles=["a"]), "Expected 2 titles"
+        lambda: viz.plot_mask_grid(make_images(2), make_masks(2), titles=["a"]),
+        "Expected 2 titles",
     ),
     "grid bad n_cols": (lambda: viz.plot_mask_grid(make_images(2), make_masks(2), n_cols=0), "n_cols"),
     "multi mismatched annotation": (
-        lambda: viz.plot_multi_mask(make_images(1)[0], [np.zeros((8, 8), np.uint8)], np.zeros((SIZE, SIZE), np.uint8)),
+        lambda: viz.plot_multi_mask(
+            make_images(1)[0], [np.zeros((8, 8), np.uint8)], np.zeros((SIZE, SIZE), np.uint8)
+        ),
         r"`masks\[0\]`",
     ),
     "multi mismatched merged": (
@@ -339,7 +363,8 @@ BAD_INPUTS = {
         "`merged`",
     ),
     "multi no annotation": (
-        lambda: viz.plot_multi_mask(make_images(1)[0], [], np.zeros((SIZE, SIZE), np.uint8)), "at least one annotation"
+        lambda: viz.plot_multi_mask(make_images(1)[0], [], np.zeros((SIZE, SIZE), np.uint8)),
+        "at least one annotation",
     ),
     "multi single array": (
         lambda: viz.plot_multi_mask(
@@ -348,14 +373,18 @@ BAD_INPUTS = {
         "list of",
     ),
     "augmentation mismatched": (
-        lambda: viz.plot_augmentation_preview(make_images(1)[0], make_masks(1)[0], make_images(3), make_masks(2)),
+        lambda: viz.plot_augmentation_preview(
+            make_images(1)[0], make_masks(1)[0], make_images(3), make_masks(2)
+        ),
         "`augmented_masks`",
     ),
     "training missing column": (
-        lambda: viz.plot_training_curves(make_history().drop(columns="val_dice")), r"missing \['val_dice'\]"
+        lambda: viz.plot_training_curves(make_history().drop(columns="val_dice")),
+        r"missing \['val_dice'\]",
     ),
     "training no finite val_dice": (
-        lambda: viz.plot_training_curves(make_history().assign(val_dice=np.nan)), "at least one finite value"
+        lambda: viz.plot_training_curves(make_history().assign(val_dice=np.nan)),
+        "at least one finite value",
     ),
     "overlays probabilities": (
         lambda: viz.plot_prediction_overlays(
@@ -364,32 +393,40 @@ BAD_INPUTS = {
         r"`y_pred` binary values .* Threshold probabilities",
     ),
     "overlays mismatched": (
-        lambda: viz.plot_prediction_overlays(make_images(2), make_masks(2), make_masks(1), ["a", "b"]), "`y_pred`"
+        lambda: viz.plot_prediction_overlays(make_images(2), make_masks(2), make_masks(1), ["a", "b"]),
+        "`y_pred`",
     ),
     "overlays missing titles": (
-        lambda: viz.plot_prediction_overlays(make_images(1), make_masks(1), make_masks(1), None), "list of 1 strings"
+        lambda: viz.plot_prediction_overlays(make_images(1), make_masks(1), make_masks(1), None),
+        "list of 1 strings",
     ),
     "best_worst misaligned frame": (
-        lambda: viz.plot_best_worst(*predictions(5), make_per_image()), "one row per image"
+        lambda: viz.plot_best_worst(*predictions(5), make_per_image()),
+        "one row per image",
     ),
     "best_worst only normal": (
         lambda: viz.plot_best_worst(
-            *predictions(2), pd.DataFrame({"image_id": ["n1", "n2"], "label": ["normal"] * 2, "dice": [1.0, 0.0]})
+            *predictions(2),
+            pd.DataFrame({"image_id": ["n1", "n2"], "label": ["normal"] * 2, "dice": [1.0, 0.0]}),
         ),
         "at least one lesion case",
     ),
     "dice missing column": (
-        lambda: viz.plot_dice_distribution(make_per_image().drop(columns="dice")), r"missing \['dice'\]"
+        lambda: viz.plot_dice_distribution(make_per_image().drop(columns="dice")),
+        r"missing \['dice'\]",
     ),
     "dice all NaN": (
-        lambda: viz.plot_dice_distribution(make_per_image().assign(dice=np.nan)), "at least one finite value"
+        lambda: viz.plot_dice_distribution(make_per_image().assign(dice=np.nan)),
+        "at least one finite value",
     ),
     "threshold outside curve": (
-        lambda: viz.plot_threshold_curve(make_curve(), 0.9), r"within the curve's thresholds \[0.3, 0.6\]"
+        lambda: viz.plot_threshold_curve(make_curve(), 0.9),
+        r"within the curve's thresholds \[0.3, 0.6\]",
     ),
     "threshold not finite": (lambda: viz.plot_threshold_curve(make_curve(), math.nan), "finite number"),
     "threshold missing column": (
-        lambda: viz.plot_threshold_curve(make_curve().drop(columns="dice"), 0.5), r"missing \['dice'\]"
+        lambda: viz.plot_threshold_curve(make_curve().drop(columns="dice"), 0.5),
+        r"missing \['dice'\]",
     ),
     "confusion alpha": (
         lambda: viz.confusion_overlay(np.zeros((2, 2), np.uint8), np.zeros((2, 2), np.uint8), alpha=2),
