@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,33 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _OTHER_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP", b"II*\x00": "TIFF",
                      b"MM\x00*": "TIFF", b"RIFF": "RIFF (WebP?)", b"PK\x03\x04": "a zip archive"}
 
-_FILE_RE = re.compile(r"^(?P<stem>.+?)(?P<mask>_mask(?:_(?P<index>\d+))?)?\.png$", re.IGNORECASE)
+# Images far too small to be an ultrasound scan. A scan shows centimetres of tissue finely
+# sampled, so each side spans hundreds of pixels; a side under this is a thumbnail, an icon or a
+# crop, not a scan. Such images are flagged (not refused): a person should look at them.
+MIN_SCAN_SIDE = 64
+# Flags of an index row (its ``flags`` column), by name: the image is kept, but looks wrong.
+FLAGS = {
+    "empty_lesion_mask": "benign or malignant image whose merged mask is empty",
+    "normal_with_lesion": "normal image whose mask is not empty",
+    "tiny_image": f"a side under MIN_SCAN_SIDE ({MIN_SCAN_SIDE} px), far too small for an ultrasound scan",
+}
+# Columns of every index (`index_busi`, `folder_index.index_folder`), in order.
+INDEX_ROW_COLUMNS = ("image_id", "label", "image_path", "mask_paths", "n_masks", "height", "width", "flags")
+# Syntax of a colour map given as text (the --mask-colours option), RGB order.
+MASK_COLOURS_EXAMPLE = "benign=0,255,0;malignant=255,0,0"
+
+
+def mask_name_pattern(suffix: str = "_mask") -> re.Pattern:
+    """Names of images and masks: ``<stem>.png``, ``<stem><suffix>.png``, ``<stem><suffix>_<n>.png``.
+
+    Groups: ``stem``, ``mask`` (the suffix and number, None for an image) and ``index`` (the
+    number, None for the first mask). Case-insensitive.
+    """
+    mask = rf"(?P<mask>{re.escape(suffix)}(?:_(?P<index>\d+))?)"
+    return re.compile(rf"^(?P<stem>.+?){mask}?\.png$", re.IGNORECASE)
+
+
+_FILE_RE = mask_name_pattern("_mask")
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,15 +239,136 @@ def load_image(path: str | os.PathLike, image_size: int | Sequence[int]) -> np.n
     return resize_image(to_grey(read_png(path)), image_size)
 
 
-def load_mask(mask_paths: Sequence[str | os.PathLike], image_size: int | Sequence[int]) -> np.ndarray:
+def load_mask(
+    mask_paths: Sequence[str | os.PathLike],
+    image_size: int | Sequence[int],
+    mask_colours: str | Mapping[str, Sequence[int]] | None = None,
+) -> np.ndarray:
     """Reads every mask file of one image, merges them (maximum), then resizes (nearest).
+
+    Args:
+        mask_paths: the image's mask files.
+        image_size: output side, or ``(height, width)``.
+        mask_colours: None or "" for binary masks; else the colour map of colour-coded masks
+            (see `read_mask`).
 
     Returns:
         ``(height, width, 1)`` uint8 in {0, 1}.
     """
-    arrays = [read_png(p) for p in mask_paths]
-    merged = mask_processing.merge_masks(arrays, names=[Path(p).name for p in mask_paths])
-    return resize_mask(merged, image_size)
+    return resize_mask(read_mask(mask_paths, mask_colours), image_size)
+
+
+def read_mask(
+    mask_paths: Sequence[str | os.PathLike], mask_colours: str | Mapping[str, Sequence[int]] | None = None
+) -> np.ndarray:
+    """Reads every mask file of one image at its own size and merges them (their union).
+
+    Args:
+        mask_paths: the image's mask files, all of one size.
+        mask_colours: None or "" for binary masks (`mask_processing.binarize_mask`: 0/1, 0/255,
+            16-bit, RGBA); else a colour map, ``{"benign": (0, 255, 0), ...}`` or its text form
+            (`parse_mask_colours`), for colour-coded masks (`mask_processing.decode_colour_mask`).
+
+    Returns:
+        ``(H, W)`` uint8 in {0, 1}.
+
+    Raises:
+        ValueError: an unreadable file, a non-binary mask, unknown colours, or masks of
+            different sizes; the message names the file.
+    """
+    colours = parse_mask_colours(mask_colours) if mask_colours else None
+    names = [Path(p).name for p in mask_paths]
+    decoded = [decode_mask(read_png(path), name, colours)[0] for path, name in zip(mask_paths, names)]
+    return mask_processing.merge_masks(decoded, names=names)
+
+
+def decode_mask(
+    mask: np.ndarray, name: str, colours: Mapping[str, Sequence[int]] | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Decodes one mask as `read_png` returns it: binary, or colour-coded through `colours`.
+
+    Args:
+        mask: ``(H, W)`` or ``(H, W, C)`` uint8 or uint16, colour in OpenCV's BGR(A) order.
+        name: what to call the mask in errors (its file name).
+        colours: None for a binary mask; else label -> ``(r, g, b)`` (RGB order). A 16-bit
+            colour mask must hold 8-bit levels scaled by 257 (0, 257, ..., 65535).
+
+    Returns:
+        ``(mask, labels)``: ``(H, W)`` uint8 in {0, 1}, and the labels whose colours occur
+        (always empty for a binary mask).
+
+    Raises:
+        ValueError: a non-binary mask, or unknown colours; the message names the mask.
+    """
+    if colours is None:
+        return mask_processing.binarize_mask(mask, name), []
+    mask = np.asarray(mask)
+    if mask.dtype == np.uint16:
+        if np.any(mask % 257):
+            raise ValueError(
+                f"Expected a 16-bit colour mask with 8-bit levels (multiples of 257); received other values "
+                f"in {name!r}."
+            )
+        mask = (mask // 257).astype(np.uint8)
+    if mask.ndim == 3 and mask.shape[2] in (3, 4):
+        mask = mask[..., [2, 1, 0, 3][: mask.shape[2]]]  # OpenCV's BGR(A) -> RGB(A)
+    return mask_processing.decode_colour_mask(mask, colours, name)
+
+
+def parse_mask_colours(spec: str | Mapping[str, Sequence[int]]) -> dict[str, tuple[int, int, int]]:
+    """Checks a colour map of colour-coded masks, given as a mapping or as text.
+
+    Text form: ``"benign=0,255,0;malignant=255,0,0"``, ``label=R,G,B`` in RGB order separated
+    by ``;`` (spaces and letter case do not matter). Labels are lesion classes (`LESION_CLASSES`):
+    a normal image is one whose mask is all black.
+
+    Args:
+        spec: the text, or a mapping label -> ``(r, g, b)``.
+
+    Returns:
+        label -> ``(r, g, b)`` ints in [0, 255], in the given order.
+
+    Raises:
+        ValueError: bad syntax, an unknown or repeated label, a value outside [0, 255], black
+            (the background), or one colour for two labels.
+
+    Example:
+        >>> parse_mask_colours("Benign = 0,255,0; malignant=255,0,0")
+        {'benign': (0, 255, 0), 'malignant': (255, 0, 0)}
+    """
+    if isinstance(spec, str):
+        pairs = []
+        for part in (p for p in spec.split(";") if p.strip()):
+            label, equals, rgb = part.partition("=")
+            values = [v.strip() for v in rgb.split(",")]
+            if not equals or len(values) != 3 or not all(v.isdigit() for v in values):
+                raise ValueError(
+                    f"Expected mask colours like {MASK_COLOURS_EXAMPLE!r} (label=R,G,B in RGB order, "
+                    f"separated by ';'); received {spec!r} (bad part {part.strip()!r})."
+                )
+            pairs.append((label.strip().lower(), tuple(int(v) for v in values)))
+    else:
+        pairs = [(str(key).strip().lower(), tuple(int(v) for v in rgb)) for key, rgb in dict(spec).items()]
+    labels = [label for label, _ in pairs]
+    if not pairs or any(label not in LESION_CLASSES for label in labels) or len(set(labels)) != len(labels):
+        raise ValueError(
+            f"Expected mask colours for labels from {LESION_CLASSES}, each once (a normal image has an "
+            f"all-black mask); received labels {labels} in {spec!r}."
+        )
+    for label, rgb in pairs:
+        if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb) or rgb == (0, 0, 0):
+            raise ValueError(
+                f"Expected an RGB colour of three values in [0, 255], not black (the background), for "
+                f"{label!r}; received {rgb} in {spec!r}."
+            )
+    if len({rgb for _, rgb in pairs}) != len(pairs):
+        raise ValueError(f"Expected a different colour for each label; received {spec!r}.")
+    return dict(pairs)
+
+
+def format_mask_colours(colours: Mapping[str, Sequence[int]]) -> str:
+    """The text form of a colour map, as `parse_mask_colours` reads it (``"benign=0,255,0;..."``)."""
+    return ";".join(f"{label}={','.join(str(int(v)) for v in rgb)}" for label, rgb in colours.items())
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,15 +426,37 @@ def find_busi_root(data_dir: str | os.PathLike | None = None) -> Path | None:
     Raises:
         FileNotFoundError: `data_dir`, or ``$BUSI_ROOT``, names a folder that does not exist.
     """
-    for source, value in (("data_dir", data_dir), (f"${BUSI_ROOT_VARIABLE}", os.environ.get(BUSI_ROOT_VARIABLE))):
+    expected = "Dataset_BUSI_with_GT or its parent"
+    return find_data_root("BUSI", data_dir, BUSI_ROOT_VARIABLE, SHARED_BUSI, expected)
+
+
+def find_data_root(
+    dataset: str, data_dir: str | os.PathLike | None, variable: str, shared: Path, expected: str
+) -> Path | None:
+    """Finds a dataset folder: `data_dir` if given, else ``$<variable>`` if set, else `shared` if it exists.
+
+    Args:
+        dataset: the dataset's name, for the error message.
+        data_dir: an explicit folder, or None / "".
+        variable: the environment variable to look at next.
+        shared: the project's shared copy, looked at last.
+        expected: what the folder should be, for the error message.
+
+    Returns:
+        The folder found, or None when nothing is set and `shared` does not exist.
+
+    Raises:
+        FileNotFoundError: `data_dir`, or the variable, names a folder that does not exist.
+    """
+    for source, value in (("data_dir", data_dir), (f"${variable}", os.environ.get(variable))):
         if value:
             if not Path(value).is_dir():
                 raise FileNotFoundError(
-                    f"BUSI not found at {str(value)!r} (from {source}); point it at Dataset_BUSI_with_GT or its "
-                    f"parent, or leave it empty."
+                    f"{dataset} not found at {str(value)!r} (from {source}); point it at {expected}, or "
+                    f"leave it empty."
                 )
             return Path(value)
-    return SHARED_BUSI if SHARED_BUSI.is_dir() else None
+    return shared if shared.is_dir() else None
 
 
 def natural_key(text: str) -> tuple:
@@ -308,8 +477,11 @@ def index_busi(
     its header before decoding (`png_file_problem`: broken links, empty files, other formats
     named ``.png``); every file decodes (not truncated); every mask has the image's size; every
     mask is binary under `mask_processing.binarize_mask`. A mask whose image is missing is also
-    a problem. Hidden files and non-PNG files are listed in
-    ``df.attrs["ignored"]``.
+    a problem. Hidden files and non-PNG files are listed in ``df.attrs["ignored"]``.
+
+    Images that pass but look wrong are kept and flagged by name (`FLAGS`): a side under
+    `MIN_SCAN_SIDE`; with `check_pixels`, also a benign or malignant image whose merged mask
+    is empty and a normal image whose mask is not.
 
     Args:
         root: the ``Dataset_BUSI_with_GT`` folder or its parent.
@@ -319,14 +491,15 @@ def index_busi(
             and records each in ``df.attrs["skipped"]`` as ``{"file", "image_id", "reason"}``;
             `summarize_index` reports them.
         check_pixels: decode every file (about 3 s for BUSI). With False only names are
-            checked, and ``height``/``width`` come from the PNG header.
+            checked, ``height``/``width`` come from the PNG header, and masks are not looked at.
 
     Returns:
         DataFrame, rows ordered by class (in `classes` order) then by number, columns:
         ``image_id`` (str, e.g. ``"benign (12)"``), ``label`` (str), ``image_path`` (str),
         ``mask_paths`` (tuple of str: ``_mask``, ``_mask_1``, ``_mask_2``, ...), ``n_masks``
-        (int), ``height``, ``width`` (int, original pixels). ``df.attrs`` holds ``root``,
-        ``skipped`` and ``ignored``.
+        (int), ``height``, ``width`` (int, original pixels), ``flags`` (str: names from
+        `FLAGS` joined by ``","``, ``""`` when none). ``df.attrs`` holds ``root``, ``skipped``
+        and ``ignored``.
 
     Raises:
         FileNotFoundError: the root or a class folder is missing.
@@ -361,29 +534,83 @@ def index_busi(
                 )
         for stem in sorted(images, key=natural_key):
             image_path = images[stem]
-            mask_paths = tuple(str(p) for _, p in sorted(masks.get(stem, [])))
+            numbered = sorted(masks.get(stem, []))
+            mask_paths = tuple(str(p) for _, p in numbered)
             row = {"image_id": stem, "label": label, "image_path": str(image_path),
                    "mask_paths": mask_paths, "n_masks": len(mask_paths)}
-            problem = _validate_image(image_path, mask_paths, row, check_pixels)
+            expected = f"'{image_path.stem}_mask.png' beside it"
+            problem = (mask_count_problem(image_path, numbered, expected)
+                       or validate_image(image_path, mask_paths, row, check_pixels))
             if problem is not None:
                 problems.append({"file": problem[0], "image_id": stem, "reason": problem[1]})
                 continue
+            row["flags"] = image_flags(label, row["height"], row["width"], row.get("lesion_pixels"))
             rows.append(row)
+    return finish_index(rows, problems, on_error, "index_busi", {"root": str(root), "ignored": ignored})
+
+
+def finish_index(
+    rows: list[dict[str, Any]],
+    problems: list[dict[str, str]],
+    on_error: str,
+    indexer: str,
+    attrs: dict[str, Any],
+    extra_columns: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Ends an indexer: raises listing the problems (``on_error="raise"``), or builds the index.
+
+    Args:
+        rows: one dict per good image, with every key of `INDEX_ROW_COLUMNS` and `extra_columns`.
+        problems: ``{"file", "image_id", "reason"}`` per bad file, in the order found.
+        on_error: ``"raise"`` or ``"skip"``.
+        indexer: the calling function's name, for the message (``"index_busi"``).
+        attrs: stored in ``df.attrs``; ``attrs["root"]`` is named in the message, and
+            ``"skipped"`` is set to `problems`.
+        extra_columns: columns after `INDEX_ROW_COLUMNS`.
+
+    Returns:
+        The index, columns `INDEX_ROW_COLUMNS` then `extra_columns`.
+
+    Raises:
+        ValueError: ``on_error="raise"`` and `problems` is not empty; the first ten are listed.
+    """
     if problems and on_error == "raise":
         listed = "\n".join(f"  - '{p['file']}': {p['reason']}" for p in problems[:10])
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise ValueError(
-            f"Found {len(problems)} problem(s) in '{root}':\n{listed}{more}\nFix or remove these "
-            f"files, or call index_busi(..., on_error='skip') to leave them out (they are counted "
+            f"Found {len(problems)} problem(s) in '{attrs['root']}':\n{listed}{more}\nFix or remove these "
+            f"files, or call {indexer}(..., on_error='skip') to leave them out (they are counted "
             f"and reported by summarize_index)."
         )
-    columns = ["image_id", "label", "image_path", "mask_paths", "n_masks", "height", "width"]
-    df = pd.DataFrame(rows, columns=columns)
+    df = pd.DataFrame(rows, columns=[*INDEX_ROW_COLUMNS, *extra_columns])
     df["n_masks"] = df["n_masks"].astype(int)
-    df.attrs.update({"root": str(root), "skipped": problems, "ignored": ignored})
+    df.attrs.update({**attrs, "skipped": problems})
     if problems:
-        logger.warning("index_busi skipped %d file(s); see summarize_index(df).", len(problems))
+        logger.warning("%s skipped %d file(s); see summarize_index(df).", indexer, len(problems))
     return df
+
+
+def image_flags(label: str, height: int, width: int, lesion_pixels: int | None = None) -> str:
+    """The `FLAGS` that apply to one image, by name, joined by ``","`` (``""`` when none).
+
+    Args:
+        label: the image's class.
+        height, width: its size in pixels.
+        lesion_pixels: lesion pixels in its merged mask; None when the mask was not decoded
+            (then only the size is checked).
+
+    Example:
+        >>> image_flags("benign", 40, 500, lesion_pixels=0)
+        'empty_lesion_mask,tiny_image'
+    """
+    flags = []
+    if lesion_pixels is not None and label in LESION_CLASSES and lesion_pixels == 0:
+        flags.append("empty_lesion_mask")
+    if lesion_pixels is not None and label == "normal" and lesion_pixels > 0:
+        flags.append("normal_with_lesion")
+    if min(int(height), int(width)) < MIN_SCAN_SIDE:
+        flags.append("tiny_image")
+    return ",".join(flags)
 
 
 def _png_header_size(path: Path) -> tuple[int, int] | None:
@@ -394,21 +621,54 @@ def _png_header_size(path: Path) -> tuple[int, int] | None:
     return int.from_bytes(header[20:24], "big"), int.from_bytes(header[16:20], "big")
 
 
-def _validate_image(image_path: Path, mask_paths: tuple[str, ...], row: dict, check_pixels: bool):
-    """Fills height/width in `row`; returns ``(file, reason)`` for the first problem, else None."""
-    if not mask_paths:
-        return str(image_path), (
-            f"image without any mask (expected '{image_path.stem}_mask.png' beside it)"
-        )
-    numbers = sorted(int(_FILE_RE.match(Path(p).name)["index"] or 0) for p in mask_paths)
+def mask_count_problem(image_path: Path, numbered: Sequence[tuple[int, Path]], expected: str,
+                       suffix: str = "_mask") -> tuple[str, str] | None:
+    """Checks that an image has masks numbered ``<suffix>``, ``<suffix>_1``, ... without a gap.
+
+    Args:
+        image_path: the image.
+        numbered: its masks as ``(number, path)``, sorted; the first mask has number 0.
+        expected: where its mask was looked for, for the message (``"'x_mask.png' beside it"``).
+        suffix: the mask suffix, for the message.
+
+    Returns:
+        ``(file, reason)`` for an image without a mask or masks numbered with a gap or twice;
+        else None.
+    """
+    if not numbered:
+        return str(image_path), f"image without any mask (expected {expected})"
+    numbers = [n for n, _ in numbered]
     if numbers != list(range(len(numbers))):
-        names = ["_mask" if n == 0 else f"_mask_{n}" for n in numbers]
-        missing = ["_mask" if n == 0 else f"_mask_{n}" for n in range(max(numbers)) if n not in numbers]
+        name = lambda n: suffix if n == 0 else f"{suffix}_{n}"  # noqa: E731
+        missing = [name(n) for n in range(max(numbers)) if n not in numbers]
         what = f"missing {', '.join(missing)}" if missing else "a number is used twice"
-        return mask_paths[-1], (
-            f"mask numbering is not _mask, _mask_1, _mask_2, ...: found {', '.join(names)}; {what} "
-            f"(an annotation file may be lost or misnamed)"
+        return str(numbered[-1][1]), (
+            f"mask numbering is not {suffix}, {suffix}_1, {suffix}_2, ...: found "
+            f"{', '.join(name(n) for n in numbers)}; {what} (an annotation file may be lost or misnamed)"
         )
+    return None
+
+
+def validate_image(image_path: Path, mask_paths: Sequence[str], row: dict[str, Any], check_pixels: bool,
+                   colours: Mapping[str, Sequence[int]] | None = None) -> tuple[str, str] | None:
+    """Checks the files of one image and its masks (the checks of `index_busi`).
+
+    Every file is checked from its header (`png_file_problem`); with `check_pixels` every file
+    is decoded, each mask must have the image's size (masks are never stretched) and be
+    binary, or, with `colours`, hold only black and the mapped colours (`decode_mask`).
+
+    Args:
+        image_path: the image.
+        mask_paths: its masks.
+        row: the index row being built; filled with ``height`` and ``width`` (pixels) and, when
+            decoding, ``lesion_pixels`` (int, pixels of the merged mask) and ``mask_labels``
+            (list of the labels whose colours occur; empty for binary masks).
+        check_pixels: decode the files (else the size comes from the PNG header).
+        colours: None for binary masks, else label -> ``(r, g, b)``.
+
+    Returns:
+        ``(file, reason)`` for the first problem found, else None.
+    """
     for path in (str(image_path), *mask_paths):
         problem = png_file_problem(path)
         if problem is not None:
@@ -424,45 +684,65 @@ def _validate_image(image_path: Path, mask_paths: tuple[str, ...], row: dict, ch
     except ValueError:
         return str(image_path), "unreadable or truncated PNG"
     row["height"], row["width"] = image.shape[:2]
+    merged, labels = np.zeros(image.shape[:2], np.uint8), []
     for mask_path in mask_paths:
         try:
             mask = read_png(mask_path)
         except ValueError:
             return mask_path, "unreadable or truncated PNG"
         if mask.shape[:2] != image.shape[:2]:
-            return mask_path, (
-                f"mask size {mask.shape[1]}x{mask.shape[0]} differs from its image "
-                f"'{image_path.name}' ({image.shape[1]}x{image.shape[0]}, width x height)"
-            )
+            return mask_path, _size_problem(mask.shape[:2], image.shape[:2], image_path.name)
         try:
-            mask_processing.binarize_mask(mask, Path(mask_path).name)
+            binary, found = decode_mask(mask, Path(mask_path).name, colours)
         except ValueError as error:
-            return mask_path, f"mask is not binary after binarisation: {error}"
+            what = "mask is not binary after binarisation" if colours is None else "mask has unknown colours"
+            return mask_path, f"{what}: {error}"
+        merged |= binary
+        labels += [label for label in found if label not in labels]
+    row["lesion_pixels"], row["mask_labels"] = int(merged.sum()), labels
     return None
+
+
+def _size_problem(mask_shape: Sequence[int], image_shape: Sequence[int], image_name: str) -> str:
+    (mask_h, mask_w), (image_h, image_w) = mask_shape, image_shape
+    relation = ""
+    if mask_h >= image_h and mask_w >= image_w:
+        relation = "; the mask is larger than the image"
+    elif mask_h <= image_h and mask_w <= image_w:
+        relation = "; the mask is smaller than the image"
+    return (
+        f"mask size {mask_w}x{mask_h} differs from its image '{image_name}' ({image_w}x{image_h}, width x "
+        f"height){relation}. Masks are never stretched to fit: crop or re-export the mask"
+    )
 
 
 def summarize_index(df: pd.DataFrame) -> dict[str, Any]:
     """Summarises an index: counts per class, masks per image, image sizes and every skip.
 
     Args:
-        df: a DataFrame from `index_busi`.
+        df: a DataFrame from `index_busi` or `folder_index.index_folder`.
 
     Returns:
         A dict with ``n_images`` (int), ``per_class`` (class -> images), ``masks_per_class``
         (class -> mask files), ``multi_mask`` (class -> images with 2+ masks),
         ``masks_per_image`` (n_masks -> images), ``height`` and ``width`` (min, median, max),
-        ``distinct_sizes`` (int), ``skipped`` (list of dicts, every file left out and why) and
-        ``ignored`` (files that are not BUSI PNGs).
+        ``distinct_sizes`` (int), ``flagged`` (flag name -> image ids, only flags that occur,
+        in `FLAGS` order), ``skipped`` (list of dicts, every file left out and why),
+        ``ignored`` (files that are not images or masks of the layout) and ``unused_labels``
+        (entries of a label table that name no image; `index_folder` only).
     """
+    by_class = lambda counts: {k: int(counts[k]) for k in sorted(counts.index, key=_class_order)}  # noqa: E731
     summary = {
         "n_images": int(len(df)),
-        "per_class": {k: int(v) for k, v in df.groupby("label", sort=False).size().items()},
-        "masks_per_class": {k: int(v) for k, v in df.groupby("label", sort=False)["n_masks"].sum().items()},
-        "multi_mask": {k: int(v) for k, v in (df["n_masks"] > 1).groupby(df["label"], sort=False).sum().items()},
+        "per_class": by_class(df.groupby("label", sort=False).size()),
+        "masks_per_class": by_class(df.groupby("label", sort=False)["n_masks"].sum()),
+        "multi_mask": by_class((df["n_masks"] > 1).groupby(df["label"], sort=False).sum()),
         "masks_per_image": {int(k): int(v) for k, v in df["n_masks"].value_counts().sort_index().items()},
         "distinct_sizes": int(df[["height", "width"]].drop_duplicates().shape[0]),
+        "flagged": _flagged(df),
         "skipped": list(df.attrs.get("skipped", [])),
         "ignored": list(df.attrs.get("ignored", [])),
+        "unused_labels": list(df.attrs.get("unused_labels", [])),
     }
     for column in ("height", "width"):
         values = df[column].to_numpy()
@@ -471,6 +751,19 @@ def summarize_index(df: pd.DataFrame) -> dict[str, Any]:
             if len(values) else {}
         )
     return summary
+
+
+def _class_order(label: str) -> int:
+    return CLASSES.index(label) if label in CLASSES else len(CLASSES)
+
+
+def _flagged(df: pd.DataFrame) -> dict[str, list[str]]:
+    """Flag name -> image ids carrying it (flags that occur, in `FLAGS` order)."""
+    if "flags" not in df.columns:
+        return {}
+    named = [(image_id, set(flags.split(","))) for image_id, flags in zip(df["image_id"], df["flags"])]
+    found = {flag: [image_id for image_id, flags in named if flag in flags] for flag in FLAGS}
+    return {flag: ids for flag, ids in found.items() if ids}
 
 
 def format_index_summary(summary: dict[str, Any]) -> str:
@@ -484,10 +777,15 @@ def format_index_summary(summary: dict[str, Any]) -> str:
             f"sizes: width {summary['width']['min']}-{summary['width']['max']} px, height "
             f"{summary['height']['min']}-{summary['height']['max']} px, {summary['distinct_sizes']} distinct"
         )
+    flagged = summary.get("flagged", {})
+    lines.append(f"flagged: {len({i for ids in flagged.values() for i in ids})}")
+    lines.extend(f"  - {flag} ({FLAGS[flag]}): {len(ids)}: {', '.join(ids)}" for flag, ids in flagged.items())
     lines.append(f"skipped: {len(summary['skipped'])}")
     lines.extend(f"  - {s['file']}: {s['reason']}" for s in summary["skipped"])
     if summary["ignored"]:
-        lines.append(f"ignored (not BUSI PNG files): {len(summary['ignored'])}")
+        lines.append(f"ignored (not images or masks of the layout): {len(summary['ignored'])}")
+    if summary.get("unused_labels"):
+        lines.append(f"label entries without an image: {len(summary['unused_labels'])}")
     return "\n".join(lines)
 
 
@@ -496,14 +794,24 @@ def format_index_summary(summary: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _mask_colours_column(df: pd.DataFrame) -> list[str]:
+    """Each row's colour map in text form ("" for binary masks; BUSI indexes have no such column)."""
+    if "mask_colours" not in df.columns:
+        return [""] * len(df)
+    return ["" if pd.isna(value) else str(value) for value in df["mask_colours"]]
+
+
 def _cache_key(df: pd.DataFrame, size: tuple[int, int]) -> str:
     entries = []
     for image_path, mask_paths in zip(df["image_path"], df["mask_paths"]):
         for path in (image_path, *mask_paths):
             stat = os.stat(path)
             entries.append((os.path.abspath(path), stat.st_size, stat.st_mtime_ns))
-    payload = json.dumps({"version": CACHE_VERSION, "size": size, "files": entries})
-    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+    content = {"version": CACHE_VERSION, "size": size, "files": entries}
+    colours = _mask_colours_column(df)
+    if any(colours):  # only then, so that the keys of binary-mask caches stay as they were
+        content["mask_colours"] = colours
+    return hashlib.sha256(json.dumps(content).encode()).hexdigest()[:20]
 
 
 def load_dataset(
@@ -519,7 +827,9 @@ def load_dataset(
     cache that fails to load is rebuilt (with a warning).
 
     Args:
-        df: rows from `index_busi` (any subset, in any order; the output follows its order).
+        df: rows from `index_busi` or `folder_index.index_folder` (any subset, in any order;
+            the output follows its order). Rows with a ``mask_colours`` entry have
+            colour-coded masks (`read_mask`).
         image_size: output side or ``(height, width)``.
         cache_dir: folder for ``busi_<key>.npz`` files; None disables caching.
 
@@ -543,9 +853,10 @@ def load_dataset(
                 logger.warning("Cache '%s' could not be read (%s); rebuilding it.", cache_path, error)
     images = np.empty((len(df), *size, 1), dtype=np.float32)
     masks = np.empty((len(df), *size, 1), dtype=np.uint8)
-    for i, (image_path, mask_paths) in enumerate(zip(df["image_path"], df["mask_paths"])):
+    rows = zip(df["image_path"], df["mask_paths"], _mask_colours_column(df))
+    for i, (image_path, mask_paths, mask_colours) in enumerate(rows):
         images[i] = load_image(image_path, size)
-        masks[i] = load_mask(mask_paths, size)
+        masks[i] = load_mask(mask_paths, size, mask_colours)
     if cache_path is not None:
         atomic_io.remove_stale_temp_files(cache_path.parent)  # left by a run killed while writing a cache
         atomic_io.atomic_write(cache_path, lambda tmp: np.savez(tmp, images=images, masks=masks))

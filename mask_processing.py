@@ -10,19 +10,24 @@ Binarisation policy (`binarize_mask`), applied to every BUSI mask:
    Any other value (anti-aliased edges, grey levels, a photo saved as a mask) is an error, never
    thresholded silently.
 
+Colour-coded masks (`decode_colour_mask`, for datasets such as BUS-UCLM): black is background
+and each lesion class has one exact colour; a pixel of any other colour is an error that lists
+the unknown colours, never a guess.
+
 Merging several annotations of one image is a maximum-intensity projection: a pixel is lesion
 if any annotator marked it (the union).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
 
 BINARY_VALUE_SETS = ({0, 1}, {0, 255}, {0, 65535})
 FOREGROUND = 1
+MAX_COLOURS_LISTED = 5  # unknown colours named in an error message, most frequent first
 
 
 def drop_channel_axis(array: np.ndarray, ndim: int) -> np.ndarray:
@@ -121,6 +126,70 @@ def merge_masks(masks: Sequence[np.ndarray], names: Sequence[str] | None = None)
         listed = ", ".join(f"{name!r}: {m.shape}" for m, name in zip(binary, names))
         raise ValueError(f"Expected masks of one shape to merge; received {listed}.")
     return np.maximum.reduce(binary)
+
+
+def decode_colour_mask(
+    mask: np.ndarray, colours: Mapping[str, Sequence[int]], name: str = "mask"
+) -> tuple[np.ndarray, list[str]]:
+    """Splits a colour-coded mask into lesion pixels and the labels whose colours it holds.
+
+    Policy: black ``(0, 0, 0)`` is background; a pixel exactly equal to one of `colours` is
+    lesion of that label; any other colour is an error (anti-aliased edges, a colour missing
+    from the map), never matched to the nearest one. For RGBA, pixels with alpha 0 count as
+    black.
+
+    Args:
+        mask: ``(H, W, 3)`` uint8 RGB or ``(H, W, 4)`` uint8 RGBA, in RGB channel order (flip
+            OpenCV's BGR first); ``(H, W)`` or ``(H, W, 1)`` grey counts as ``(v, v, v)``.
+        colours: label -> ``(r, g, b)`` ints in [0, 255], e.g. ``{"benign": (0, 255, 0)}``.
+        name: what to call the mask in error messages (e.g. its file name).
+
+    Returns:
+        ``(mask, labels)``: ``(H, W)`` uint8 in {0, 1} (1 on every coloured pixel), and the
+        labels with at least one pixel, in the order of `colours`.
+
+    Raises:
+        ValueError: a wrong shape or dtype, or pixels of colours outside `colours` (the message
+            lists them, most frequent first, with their pixel counts).
+
+    Example:
+        >>> rgb = np.zeros((2, 2, 3), np.uint8); rgb[0, 0] = (0, 255, 0)
+        >>> m, labels = decode_colour_mask(rgb, {"benign": (0, 255, 0), "malignant": (255, 0, 0)})
+        >>> m.tolist(), labels
+        ([[1, 0], [0, 0]], ['benign'])
+    """
+    mask = drop_channel_axis(np.asarray(mask), 2)
+    if mask.dtype != np.uint8 or not (mask.ndim == 2 or (mask.ndim == 3 and mask.shape[2] in (3, 4))):
+        raise ValueError(
+            f"Expected a colour mask of shape (H, W, 3) or (H, W, 4), or a grey (H, W), uint8; "
+            f"received shape {mask.shape}, dtype {mask.dtype} in {name!r}."
+        )
+    rgb = np.repeat(mask[..., None], 3, axis=2) if mask.ndim == 2 else mask[..., :3]
+    codes = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    if mask.ndim == 3 and mask.shape[2] == 4:
+        codes = np.where(mask[..., 3] > 0, codes, 0)
+    label_codes = {label: (int(r) << 16) | (int(g) << 8) | int(b) for label, (r, g, b) in colours.items()}
+    known = codes == 0
+    present = []
+    for label, code in label_codes.items():
+        hit = codes == code
+        if hit.any():
+            present.append(label)
+            known |= hit
+    if not known.all():
+        values, counts = np.unique(codes[~known], return_counts=True)
+        order = np.argsort(-counts, kind="stable")[:MAX_COLOURS_LISTED]
+        shown = ", ".join(
+            f"({v >> 16}, {(v >> 8) & 255}, {v & 255}) x {c} px" for v, c in zip(values[order], counts[order])
+        )
+        more = f" and {len(values) - len(order)} more" if len(values) > len(order) else ""
+        expected = ", ".join(f"{label} {tuple(int(c) for c in colour)}" for label, colour in colours.items())
+        raise ValueError(
+            f"Expected mask colours black (0, 0, 0) (background), {expected} (RGB); received unknown colours "
+            f"{shown}{more} in {name!r}. Add them to the colour map, or re-export the mask without "
+            f"anti-aliasing."
+        )
+    return (codes != 0).astype(np.uint8), present
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
