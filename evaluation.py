@@ -13,6 +13,11 @@ Metric policy:
   with no predicted pixel (defined as 1 only if the truth is empty too) and recall with an
   empty truth (1 only if nothing was predicted). No smoothing constant enters the metrics.
 - The threshold is chosen on validation data (`choose_threshold`), never on test data.
+
+Two entry points score predictions: `evaluate` for a stack of same-size arrays (the model's
+input size), `evaluate_original_size` (`score_original_size`) for images of different sizes,
+each scored at its own size (external validation). Both build the per-image table the same way
+and summarise it with `summarize_per_image`.
 """
 
 from __future__ import annotations
@@ -47,6 +52,22 @@ def _confusion(y_true: np.ndarray, y_pred: np.ndarray, threshold: float):
     return tp, fp, fn
 
 
+def _dice(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    return _ratio(2 * tp, 2 * tp + fp + fn)
+
+
+def _iou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    return _ratio(tp, tp + fp + fn)
+
+
+def _precision(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    return np.where(tp + fp > 0, _ratio(tp, tp + fp), (fn == 0).astype(np.float64))
+
+
+def _recall(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    return np.where(tp + fn > 0, _ratio(tp, tp + fn), (fp == 0).astype(np.float64))
+
+
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """numerator / denominator, with 0/0 defined as 1 (both masks empty: a correct 'no lesion')."""
     numerator = np.asarray(numerator, dtype=np.float64)
@@ -69,8 +90,7 @@ def dice_score(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEFAUL
     Returns:
         ``(N,)`` float64 in [0, 1].
     """
-    tp, fp, fn = _confusion(y_true, y_pred, threshold)
-    return _ratio(2 * tp, 2 * tp + fp + fn)
+    return _dice(*_confusion(y_true, y_pred, threshold))
 
 
 def iou_score(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
@@ -78,8 +98,7 @@ def iou_score(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEFAULT
 
     Shapes and ranges as `dice_score`. Returns ``(N,)`` float64 in [0, 1].
     """
-    tp, fp, fn = _confusion(y_true, y_pred, threshold)
-    return _ratio(tp, tp + fp + fn)
+    return _iou(*_confusion(y_true, y_pred, threshold))
 
 
 def precision_score(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
@@ -87,8 +106,7 @@ def precision_score(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = D
 
     Returns ``(N,)`` float64 in [0, 1].
     """
-    tp, fp, fn = _confusion(y_true, y_pred, threshold)
-    return np.where(tp + fp > 0, _ratio(tp, tp + fp), (fn == 0).astype(np.float64))
+    return _precision(*_confusion(y_true, y_pred, threshold))
 
 
 def recall_score(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
@@ -96,8 +114,7 @@ def recall_score(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEFA
 
     Returns ``(N,)`` float64 in [0, 1].
     """
-    tp, fp, fn = _confusion(y_true, y_pred, threshold)
-    return np.where(tp + fn > 0, _ratio(tp, tp + fn), (fp == 0).astype(np.float64))
+    return _recall(*_confusion(y_true, y_pred, threshold))
 
 
 def pooled_scores(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> dict[str, float]:
@@ -119,6 +136,9 @@ def pooled_scores(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEF
 DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.1, 0.91, 0.05), 2))
 N_BOOTSTRAP = 2000
 CONFIDENCE = 0.95
+# A normal image (empty truth) with more than this fraction of its pixels predicted is counted in
+# `fp_over_1pct_fraction`: a false alarm large enough to matter, not a speck.
+FP_AREA_FRACTION = 0.01
 
 
 def postprocess(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD, min_area: int = 0,
@@ -204,8 +224,10 @@ def evaluate(
     Policy: per-image metrics (see `dice_score`), averaged over images. The headline is the
     "lesion" row: mean per-image Dice over benign + malignant images, the figure the
     literature reports. Normal images (empty truth) are summarised by ``fp_fraction``, the
-    fraction with any predicted lesion pixel. `threshold` must come from validation data
+    fraction with any predicted lesion pixel, and ``fp_over_1pct_fraction``, the fraction with
+    more than 1% of the image predicted. `threshold` must come from validation data
     (`choose_threshold`); with `min_area` set, predictions are cleaned by `postprocess` first.
+    Images of different sizes: `evaluate_original_size`.
 
     Args:
         y_true: ``(N, H, W, 1)`` in {0, 1}.
@@ -221,8 +243,9 @@ def evaluate(
         ``iou``, ``precision``, ``recall``, ``true_area``, ``pred_area`` (pixels). ``summary``:
         one row per group (``lesion``, ``benign``, ``malignant``, ``normal``, ``all``; absent
         groups left out) with ``n``, ``dice_mean``, ``dice_median``, ``dice_ci_low``,
-        ``dice_ci_high``, the same four for ``iou``, ``precision_mean``, ``recall_mean`` and
-        ``fp_fraction`` (share of empty-truth images with any predicted pixel; NaN if none).
+        ``dice_ci_high``, the same four for ``iou``, ``precision_mean``, ``recall_mean``,
+        ``fp_fraction`` (share of empty-truth images with any predicted pixel; NaN if none)
+        and ``fp_over_1pct_fraction`` (`summarize_per_image`).
     """
     y_true = np.asarray(y_true)
     probabilities = np.asarray(probabilities)
@@ -230,30 +253,149 @@ def evaluate(
         raise ValueError(f"Expected y_true and probabilities of one shape; received {y_true.shape} and {probabilities.shape}.")
     if len(frame) != len(y_true):
         raise ValueError(f"Expected {len(y_true)} rows in frame (one per image); received {len(frame)}.")
-    missing = {"image_id", "label"} - set(frame.columns)
-    if missing:
-        raise ValueError(f"Expected frame columns 'image_id' and 'label'; missing {sorted(missing)}.")
+    _check_frame(frame)
     if min_area is not None:
         predicted = postprocess(probabilities, threshold, min_area=min_area).astype(np.float32)
         cut = 0.5
     else:
         predicted, cut = probabilities, threshold
-    true_flat = y_true.reshape(len(y_true), -1)
-    per_image = pd.DataFrame({
+    per_image = _per_image_table(frame, *_confusion(y_true, predicted, cut))
+    image_pixels = int(np.prod(y_true.shape[1:3]))
+    return per_image, summarize_per_image(per_image, image_pixels, n_bootstrap, seed)
+
+
+def evaluate_original_size(
+    masks: Sequence[np.ndarray],
+    probabilities: Sequence[np.ndarray],
+    frame: pd.DataFrame,
+    threshold: float = DEFAULT_THRESHOLD,
+    n_bootstrap: int = N_BOOTSTRAP,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scores images of different sizes, each at its own size, and summarises them as `evaluate`.
+
+    `score_original_size`, then `summarize_per_image` with each image's own pixel count.
+
+    Args:
+        masks: N truths, each ``(H_i, W_i)`` or ``(H_i, W_i, 1)`` in {0, 1}.
+        probabilities: N probability maps, each the shape of its mask, float in [0, 1].
+        frame: N rows in the same order, with ``image_id`` and ``label`` columns.
+        threshold: a pixel is lesion when its probability is ``>= threshold``.
+        n_bootstrap: bootstrap resamples for the confidence intervals.
+        seed: bootstrap seed.
+
+    Returns:
+        ``(per_image, summary)`` as `evaluate`.
+    """
+    per_image = score_original_size(masks, probabilities, frame, threshold)
+    pixels = np.array([np.asarray(mask).shape[0] * np.asarray(mask).shape[1] for mask in masks], np.int64)
+    return per_image, summarize_per_image(per_image, pixels, n_bootstrap, seed)
+
+
+def score_original_size(
+    masks: Sequence[np.ndarray],
+    probabilities: Sequence[np.ndarray],
+    frame: pd.DataFrame,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> pd.DataFrame:
+    """Per-image metrics of images of different sizes, each scored at its own size.
+
+    The metrics are those of `evaluate` (same formulas, same empty-mask policy, same table), so
+    on images of one size both give the same numbers. Use it to score at each image's original
+    size: the truth as annotated, the probabilities resized to the image
+    (`inference.segment_many`). The table of a large set can be built in parts and joined.
+
+    Args:
+        masks: N truths, each ``(H_i, W_i)`` or ``(H_i, W_i, 1)`` in {0, 1}.
+        probabilities: N probability maps, each the shape of its mask, float in [0, 1].
+        frame: N rows in the same order, with ``image_id`` and ``label`` columns.
+        threshold: a pixel is lesion when its probability is ``>= threshold``.
+
+    Returns:
+        The per-image table of `evaluate`: ``image_id``, ``label``, ``dice``, ``iou``,
+        ``precision``, ``recall``, ``true_area``, ``pred_area`` (pixels at the image's size).
+
+    Raises:
+        ValueError: different numbers of masks, maps and rows, or a mask and map of different
+            shapes (the message names the image).
+    """
+    if not len(masks) == len(probabilities) == len(frame):
+        raise ValueError(
+            f"Expected one probability map and one frame row per mask; received {len(masks)} masks, "
+            f"{len(probabilities)} maps and {len(frame)} rows."
+        )
+    _check_frame(frame)
+    counts = np.zeros((3, len(masks)), np.int64)  # true positives, false positives, false negatives
+    for i, (image_id, mask, probability) in enumerate(zip(frame["image_id"], masks, probabilities)):
+        mask = mask_processing.drop_channel_axis(np.asarray(mask), 2)
+        probability = mask_processing.drop_channel_axis(np.asarray(probability), 2)
+        if mask.shape != probability.shape or mask.ndim != 2:
+            raise ValueError(
+                f"Expected a mask and a probability map of one (H, W) shape for {image_id!r}; received "
+                f"{mask.shape} and {probability.shape}."
+            )
+        counts[:, i] = [count[0] for count in _confusion(mask[None], probability[None], threshold)]
+    return _per_image_table(frame, *counts)
+
+
+def _check_frame(frame: pd.DataFrame) -> None:
+    missing = {"image_id", "label"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"Expected frame columns 'image_id' and 'label'; missing {sorted(missing)}.")
+
+
+def _per_image_table(frame: pd.DataFrame, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> pd.DataFrame:
+    """The per-image table from each image's true positive, false positive and false negative counts."""
+    return pd.DataFrame({
         "image_id": frame["image_id"].to_numpy(),
         "label": frame["label"].to_numpy(),
-        "dice": dice_score(y_true, predicted, cut),
-        "iou": iou_score(y_true, predicted, cut),
-        "precision": precision_score(y_true, predicted, cut),
-        "recall": recall_score(y_true, predicted, cut),
-        "true_area": true_flat.sum(axis=1).astype(np.int64),
-        "pred_area": (predicted.reshape(len(predicted), -1) >= cut).sum(axis=1).astype(np.int64),
+        "dice": _dice(tp, fp, fn),
+        "iou": _iou(tp, fp, fn),
+        "precision": _precision(tp, fp, fn),
+        "recall": _recall(tp, fp, fn),
+        "true_area": (tp + fn).astype(np.int64),
+        "pred_area": (tp + fp).astype(np.int64),
     })
+
+
+def summarize_per_image(
+    per_image: pd.DataFrame,
+    image_pixels: int | np.ndarray,
+    n_bootstrap: int = N_BOOTSTRAP,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Summarises a per-image table by group, with percentile-bootstrap 95% CIs of the means.
+
+    Groups: ``lesion`` (benign + malignant, the headline), ``benign``, ``malignant``,
+    ``normal`` and ``all``; a group without images is left out.
+
+    Args:
+        per_image: from `evaluate` or `evaluate_original_size` (columns ``label``, ``dice``,
+            ``iou``, ``precision``, ``recall``, ``true_area``, ``pred_area``).
+        image_pixels: pixels per image (height x width), one int for all or ``(N,)`` ints
+            aligned with `per_image`.
+        n_bootstrap: bootstrap resamples (`bootstrap_ci`).
+        seed: bootstrap seed.
+
+    Returns:
+        One row per group: ``group``, ``n``, ``dice_mean``, ``dice_median``, ``dice_ci_low``,
+        ``dice_ci_high``, the same four for ``iou``, ``precision_mean``, ``recall_mean``,
+        ``fp_fraction`` (share of empty-truth images with any predicted pixel; NaN if none) and
+        ``fp_over_1pct_fraction`` (share of empty-truth images with more than
+        `FP_AREA_FRACTION` of their pixels predicted; NaN if none).
+    """
+    missing = [c for c in ("label", "dice", "iou", "precision", "recall", "true_area", "pred_area")
+               if c not in per_image.columns]
+    if missing:
+        raise ValueError(f"Expected a per-image table as evaluate returns; missing columns {missing}.")
+    pixels = np.broadcast_to(np.asarray(image_pixels, dtype=np.int64), (len(per_image),))
+    over = per_image["pred_area"].to_numpy() > FP_AREA_FRACTION * pixels
+    labels = per_image["label"]
     groups = {
-        "lesion": per_image["label"].isin(LESION_CLASSES),
-        "benign": per_image["label"] == "benign",
-        "malignant": per_image["label"] == "malignant",
-        "normal": per_image["label"] == "normal",
+        "lesion": labels.isin(LESION_CLASSES),
+        "benign": labels == "benign",
+        "malignant": labels == "malignant",
+        "normal": labels == "normal",
         "all": pd.Series(True, index=per_image.index),
     }
     rows = []
@@ -268,10 +410,12 @@ def evaluate(
                         f"{metric}_ci_low": low, f"{metric}_ci_high": high})
         row["precision_mean"] = part["precision"].mean()
         row["recall_mean"] = part["recall"].mean()
-        empty = part[part["true_area"] == 0]
-        row["fp_fraction"] = float((empty["pred_area"] > 0).mean()) if len(empty) else float("nan")
+        empty = (part["true_area"] == 0).to_numpy()
+        any_predicted, over_part = part["pred_area"].to_numpy()[empty] > 0, over[selected.to_numpy()][empty]
+        row["fp_fraction"] = float(any_predicted.mean()) if empty.any() else float("nan")
+        row["fp_over_1pct_fraction"] = float(over_part.mean()) if empty.any() else float("nan")
         rows.append(row)
-    return per_image, pd.DataFrame(rows)
+    return pd.DataFrame(rows)
 
 
 def format_summary(summary: pd.DataFrame) -> str:
@@ -282,5 +426,8 @@ def format_summary(summary: pd.DataFrame) -> str:
                 f" median {row.dice_median:.3f}; IoU {row.iou_mean:.3f} [{row.iou_ci_low:.3f}, {row.iou_ci_high:.3f}]")
         if not np.isnan(row.fp_fraction):
             line += f"; empty-mask images with any predicted pixel {row.fp_fraction:.1%}"
+        over = getattr(row, "fp_over_1pct_fraction", float("nan"))
+        if not np.isnan(over):
+            line += f", with over {FP_AREA_FRACTION:.0%} of the image {over:.1%}"
         lines.append(line)
     return "\n".join(lines)
