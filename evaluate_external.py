@@ -1,0 +1,409 @@
+"""External validation: score a trained model on a labelled dataset kept in any folder layout.
+
+Usage (from the repository root)::
+
+    python evaluate_external.py --model runs/train_busi/best.keras --images DIR --masks DIR --output OUT
+        [--labels CSV --label-column NAME] [--mask-colours "benign=0,255,0;malignant=255,0,0"]
+        [--threshold T] [--tta] [--batch-size 16] [--n-bootstrap 2000] [--seed 0]
+
+Images and masks are paired by file name (`folder_index.index_folder`: ``masks/x.png`` or
+``masks/x_mask.png`` for ``images/x.png``). Labels come from a CSV (``--labels``, the column
+``--label-column``; the first column names the images; ``,`` ``;`` or tab separated) or from
+colour-coded masks (``--mask-colours``, RGB order; an all-black mask is a normal image); binary
+masks need the CSV. A file in ``--images`` without its mask, a mask without its image, a mask of
+another size than its image, unknown mask colours, any unreadable file: each is skipped and
+listed by name with its reason, on screen and in ``skipped.csv``; the rest is scored.
+
+Method: each image is segmented as `inference.segment_many` does (grey, area-resized to the
+model's input, predicted, probabilities resized bilinearly back to the image's size) and the
+probabilities are thresholded there, so **every metric is computed at the image's original
+size**, against the mask as annotated (`evaluation.score_original_size`). The threshold is the
+run's validation choice, ``threshold`` in ``results.json`` beside the model (else 0.5, said so);
+``--threshold`` overrides it. No clean-up (``min_area``) is applied.
+
+Outputs in ``OUT`` (created if missing), each written atomically:
+
+- ``per_image.csv``: one row per image, ``image_id``, ``label``, ``dice``, ``iou``,
+  ``precision``, ``recall``, ``true_area``, ``pred_area`` (pixels at the original size);
+- ``summary.csv``: rows ``lesion``, ``benign``, ``malignant``, ``normal``, ``all`` with mean and
+  median Dice and IoU and their 95 % bootstrap CIs, and for normal images ``fp_fraction`` (any
+  predicted pixel) and ``fp_over_1pct_fraction`` (over 1 % of the image predicted);
+- ``skipped.csv``: ``file``, ``image_id``, ``reason`` for every file left out;
+- ``dice_by_class.png`` and ``best_worst.png`` (the best and worst lesion cases; their panels
+  are letterboxed to `DISPLAY_SIDE` px for display only).
+
+The table is printed too. Exit status: 0; 1 when no image could be scored; 2 for a user mistake
+(missing or non-``.keras`` model, missing folder, output path that is a file or an input folder,
+bad ``--mask-colours``, unknown label column, ...), answered by one line ``error: ...`` on
+standard error before any work. BUS-UCLM (colour-coded)::
+
+    python evaluate_external.py --model runs/x/best.keras --images BUS-UCLM/images \\
+        --masks BUS-UCLM/masks --mask-colours "benign=0,255,0;malignant=255,0,0" --output runs/x/bus_uclm
+
+Fold ensembles (issue 16, point 4) plug in at `load_predictor`: everything after it sees only a
+function from images to probability maps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+import atomic_io
+import data_loading
+import evaluation
+import folder_index
+import visualization
+
+PER_IMAGE_CSV = "per_image.csv"
+SUMMARY_CSV = "summary.csv"
+SKIPPED_CSV = "skipped.csv"
+DICE_FIGURE = "dice_by_class.png"
+BEST_WORST_FIGURE = "best_worst.png"
+SKIPPED_COLUMNS = ("file", "image_id", "reason")
+DISPLAY_SIDE = 256  # panels of the best/worst figure: longer side, letterboxed (display only)
+N_SHOWN = 4  # best and worst lesion cases shown
+EXIT_USER_ERROR = 2
+
+# A function from grey images ((H, W) float32 in [0, 1], any sizes) and their names to
+# probability maps at each image's size ((H, W) float32 in [0, 1]).
+Predict = Callable[[Sequence[np.ndarray], Sequence[str]], list[np.ndarray]]
+
+
+def load_predictor(
+    model_path: str | os.PathLike, tta: bool = False, batch_size: int = 16
+) -> tuple[Predict, int, str]:
+    """Loads the model to evaluate and returns its prediction function.
+
+    The seam for fold ensembles (issue 16, point 4): a folder of fold models will load here
+    and return one function that averages their probabilities; nothing downstream changes.
+
+    Args:
+        model_path: a ``.keras`` file saved by `model_io.save_model`.
+        tta: average over the horizontal flip (`inference.predict`).
+        batch_size: images per forward pass.
+
+    Returns:
+        ``(predict, min_side, description)``: `Predict` (`inference.segment_many`'s
+        probabilities, at each image's size), the smallest image side the model accepts
+        (`inference.min_image_side`), and a line describing the model for the log.
+
+    Raises:
+        FileNotFoundError: no file at `model_path`.
+        ValueError: a folder (fold ensembles are not supported yet), not a ``.keras`` file, or a
+            file `model_io.load_model` refuses.
+    """
+    import inference
+    import model_io
+
+    path = Path(model_path)
+    if path.is_dir():
+        raise ValueError(
+            f"'{path}' is a folder; evaluating a fold ensemble (a folder of fold models) is not supported "
+            f"yet. Pass one .keras file."
+        )
+    model = model_io.load_model(path, compile=False)
+    input_size = inference.model_input_size(model)
+
+    def predict(greys: Sequence[np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
+        return inference.segment_many(model, greys, tta=tta, batch_size=batch_size, names=names)[1]
+
+    description = f"{path} (input {input_size[0]}x{input_size[1]}, tta {'hflip' if tta else 'off'})"
+    return predict, inference.min_image_side(input_size), description
+
+
+def score_folder(
+    predict: Predict,
+    index: pd.DataFrame,
+    threshold: float,
+    min_side: int = 1,
+    batch_size: int = 16,
+    n_shown: int = N_SHOWN,
+) -> tuple[pd.DataFrame, np.ndarray, list[dict[str, str]], dict[str, Any]]:
+    """Segments and scores every image of an index at its original size, `batch_size` at a time.
+
+    Memory stays bounded: only the current batch and the display copies of the `n_shown` best
+    and worst lesion cases so far are kept.
+
+    Args:
+        predict: the model (`load_predictor`).
+        index: from `folder_index.index_folder` (or `data_loading.index_busi`).
+        threshold: a pixel is lesion where its probability at the image's size is ``>= threshold``.
+        min_side: images with a shorter side are skipped (the model cannot take them).
+        batch_size: images read and predicted at a time.
+        n_shown: best and worst lesion cases kept for the figure.
+
+    Returns:
+        ``(per_image, pixels, skipped, shown)``: the table of `evaluation.score_original_size`
+        (index order, skipped images left out), each image's pixel count ``(N,)`` int64, the
+        skipped images as ``{"file", "image_id", "reason"}``, and ``shown`` with ``images``,
+        ``truths``, ``predictions`` (``(K, DISPLAY_SIDE, DISPLAY_SIDE)``) and ``rows`` (their
+        rows of ``per_image``) for `visualization.plot_best_worst`.
+    """
+    tables, pixels, skipped, shown = [], [], [], []
+    for start in range(0, len(index), batch_size):
+        greys, masks, frame = _read_batch(index.iloc[start : start + batch_size], min_side, skipped)
+        if frame.empty:
+            continue
+        probabilities = predict(greys, frame["image_id"].tolist())
+        table = evaluation.score_original_size(masks, probabilities, frame, threshold)
+        offset = sum(len(t) for t in tables)
+        for i, record in enumerate(table.to_dict("records")):
+            if record["label"] in data_loading.LESION_CLASSES:
+                predicted = (probabilities[i] >= threshold).astype(np.uint8)
+                shown.append(
+                    {
+                        "position": offset + i,
+                        "record": record,
+                        "image": _letterbox(greys[i], cv2.INTER_AREA),
+                        "truth": _letterbox(masks[i], cv2.INTER_NEAREST),
+                        "prediction": _letterbox(predicted, cv2.INTER_NEAREST),
+                    }
+                )
+        shown = _keep_extremes(shown, n_shown)
+        tables.append(table)
+        pixels.extend(grey.size for grey in greys)
+    if not tables:  # nothing read: the table's columns, no rows
+        tables = [evaluation.score_original_size([], [], pd.DataFrame({"image_id": [], "label": []}))]
+    per_image = pd.concat(tables, ignore_index=True)
+    return per_image, np.asarray(pixels, np.int64), skipped, _stack_shown(shown)
+
+
+def _read_batch(rows: pd.DataFrame, min_side: int, skipped: list[dict[str, str]]):
+    """``(greys, masks, frame)`` of the rows that read; the others are appended to `skipped`."""
+    import inference
+
+    greys, masks, kept = [], [], []
+    for row in rows.itertuples(index=False):
+        try:
+            image = data_loading.read_png(row.image_path)
+            grey = inference.to_grey_checked(image, Path(row.image_path).name, min_side)
+            mask = data_loading.read_mask(row.mask_paths, getattr(row, "mask_colours", ""))
+        except (ValueError, OSError) as error:
+            skipped.append({"file": row.image_path, "image_id": row.image_id, "reason": str(error)})
+            continue
+        greys.append(grey)
+        masks.append(mask)
+        kept.append({"image_id": row.image_id, "label": row.label})
+    return greys, masks, pd.DataFrame(kept, columns=["image_id", "label"])
+
+
+def _keep_extremes(cases: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The n best and n worst cases by Dice, ties broken as `visualization.plot_best_worst` breaks them."""
+    best = sorted(cases, key=lambda c: (-c["record"]["dice"], c["position"]))[:n]
+    worst = sorted(cases, key=lambda c: (c["record"]["dice"], -c["position"]))[:n]
+    kept = {c["position"]: c for c in best + worst}
+    return [kept[position] for position in sorted(kept)]
+
+
+def _stack_shown(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    empty = np.zeros((0, DISPLAY_SIDE, DISPLAY_SIDE))
+    return {
+        "images": np.stack([c["image"] for c in cases]) if cases else empty.astype(np.float32),
+        "truths": np.stack([c["truth"] for c in cases]) if cases else empty.astype(np.uint8),
+        "predictions": np.stack([c["prediction"] for c in cases]) if cases else empty.astype(np.uint8),
+        "rows": pd.DataFrame([c["record"] for c in cases], columns=["image_id", "label", "dice"]),
+    }
+
+
+def _letterbox(array: np.ndarray, interpolation: int) -> np.ndarray:
+    """``(H, W)`` -> ``(DISPLAY_SIDE, DISPLAY_SIDE)``: longer side scaled to fit, centred, zero-padded."""
+    height, width = array.shape[:2]
+    scale = DISPLAY_SIDE / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    resized = cv2.resize(array, (new_w, new_h), interpolation=interpolation)
+    out = np.zeros((DISPLAY_SIDE, DISPLAY_SIDE), array.dtype)
+    top, left = (DISPLAY_SIDE - new_h) // 2, (DISPLAY_SIDE - new_w) // 2
+    out[top : top + new_h, left : left + new_w] = resized
+    return out
+
+
+def write_outputs(
+    output_dir: Path,
+    per_image: pd.DataFrame,
+    summary: pd.DataFrame,
+    skipped: list[dict[str, str]],
+    shown: dict[str, Any],
+) -> list[Path]:
+    """Writes the tables and figures (atomically) and returns their paths."""
+    written = [
+        atomic_io.write_csv(output_dir / PER_IMAGE_CSV, per_image),
+        atomic_io.write_csv(output_dir / SUMMARY_CSV, summary),
+        atomic_io.write_csv(output_dir / SKIPPED_CSV, pd.DataFrame(skipped, columns=list(SKIPPED_COLUMNS))),
+    ]
+    if np.isfinite(per_image["dice"].to_numpy(dtype=float)).any():
+        visualization.plot_dice_distribution(per_image, output_dir / DICE_FIGURE)
+        written.append(output_dir / DICE_FIGURE)
+    if len(shown["rows"]):
+        visualization.plot_best_worst(
+            shown["images"],
+            shown["truths"],
+            shown["predictions"],
+            shown["rows"],
+            n=N_SHOWN,
+            path=output_dir / BEST_WORST_FIGURE,
+        )
+        written.append(output_dir / BEST_WORST_FIGURE)
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """A `ValueError` or `OSError` in the block becomes ``error: <message>`` on one line and exit 2.
+
+    A minimal local version of the ``cli.user_errors`` helper being built on another branch;
+    replace it by that once it is on main.
+    """
+    try:
+        yield
+    except (ValueError, OSError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_USER_ERROR) from None
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Checks the options that cost nothing to check, before any file is read.
+
+    Raises:
+        FileNotFoundError: the model or a folder does not exist.
+        ValueError: a model that is not a ``.keras`` file, an output path that is a file or an
+            input folder, ``--label-column`` without ``--labels``, neither labels nor mask
+            colours, or a number out of range.
+    """
+    model = Path(args.model)
+    if not model.exists():
+        raise FileNotFoundError(f"No saved model at '{model}'.")
+    if model.is_file() and model.suffix != ".keras":
+        raise ValueError(f"Expected a '.keras' model file (as written by save_model); received '{model}'.")
+    for option, folder in (("--images", args.images), ("--masks", args.masks)):
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(
+                f"{option} folder not found: '{folder}'."
+                if not Path(folder).exists()
+                else f"{option} expects a folder; '{folder}' is a file."
+            )
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output expects a folder; '{output}' is an existing file.")
+    if output.resolve() in (Path(args.images).resolve(), Path(args.masks).resolve()):
+        raise ValueError(f"--output must differ from the --images and --masks folders; received '{output}'.")
+    if args.label_column is not None and args.labels is None:
+        raise ValueError("--label-column needs --labels CSV (the table it is a column of).")
+    if args.labels is None and args.mask_colours is None:
+        raise ValueError(
+            "Binary masks do not tell benign from malignant: pass --labels CSV --label-column NAME, "
+            "or --mask-colours for colour-coded masks."
+        )
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        raise ValueError(f"--threshold must lie in (0, 1); received {args.threshold}.")
+    if args.batch_size < 1 or args.n_bootstrap < 1:
+        raise ValueError(
+            f"--batch-size and --n-bootstrap must be >= 1; received {args.batch_size} and {args.n_bootstrap}."
+        )
+
+
+def _threshold(args: argparse.Namespace) -> tuple[float, str]:
+    if args.threshold is not None:
+        return args.threshold, "given"
+    import segment_images  # the one reader of the run's threshold (results.json beside the model)
+
+    return segment_images.default_threshold(args.model)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Score a trained busi-unet model on an external labelled dataset (images and masks "
+        "paired by file name), at each image's original size. Writes per_image.csv, summary.csv, "
+        "skipped.csv and figures."
+    )
+    parser.add_argument(
+        "--model", required=True, help="a .keras file saved by training (e.g. runs/x/best.keras)"
+    )
+    parser.add_argument("--images", required=True, help="folder of PNG images")
+    parser.add_argument(
+        "--masks", required=True, help="folder of PNG masks, named as the images (or <name>_mask.png)"
+    )
+    parser.add_argument("--output", required=True, help="folder for the outputs (created if missing)")
+    parser.add_argument(
+        "--labels", default=None, help="CSV with a label per image (first column: image file name)"
+    )
+    parser.add_argument(
+        "--label-column",
+        default=None,
+        help=f"the CSV's label column (default {folder_index.DEFAULT_LABEL_COLUMN!r}; case ignored)",
+    )
+    parser.add_argument(
+        "--mask-colours",
+        default=None,
+        help=f"colour-coded masks, RGB order, e.g. {data_loading.MASK_COLOURS_EXAMPLE!r}; "
+        f"an all-black mask is a normal image",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="default: 'threshold' of results.json beside the model (the validation choice), else 0.5",
+    )
+    parser.add_argument("--tta", action="store_true", help="average over the horizontal flip")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--n-bootstrap", type=int, default=evaluation.N_BOOTSTRAP, help="bootstrap resamples for the CIs"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (0, or 1 when no image could be scored)."""
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported (in load_predictor)
+    with _user_errors():
+        check_arguments(args)
+        label_column = args.label_column or folder_index.DEFAULT_LABEL_COLUMN
+        labels = folder_index.read_label_csv(args.labels, label_column) if args.labels else None
+        index = folder_index.index_folder(args.images, args.masks, labels, args.mask_colours, on_error="skip")
+        threshold, source = _threshold(args)
+        predict, min_side, description = load_predictor(args.model, args.tta, args.batch_size)
+    print(f"model {description}; threshold {threshold:.3f} ({source})", flush=True)
+    print(data_loading.format_index_summary(data_loading.summarize_index(index)))
+    ignored = [
+        {"file": path, "image_id": "", "reason": "not a .png file; ignored"}
+        for path in index.attrs["ignored"]
+    ]
+    for entry in ignored:
+        print(f"  - {entry['file']}: {entry['reason']}")
+    per_image, pixels, unscored, shown = score_folder(predict, index, threshold, min_side, args.batch_size)
+    for entry in unscored:
+        print(f"not scored: {entry['file']}: {entry['reason']}")
+    if per_image.empty:
+        print("error: no image could be scored; see the files listed above.", file=sys.stderr)
+        return 1
+    summary = evaluation.summarize_per_image(per_image, pixels, args.n_bootstrap, args.seed)
+    print(
+        f"\n{len(per_image)} images scored at their original size (probabilities resized to each image, "
+        f"then thresholded at {threshold:.3f}); 95% bootstrap CIs of the means:"
+    )
+    print(evaluation.format_summary(summary))
+    written = write_outputs(
+        Path(args.output), per_image, summary, index.attrs["skipped"] + ignored + unscored, shown
+    )
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
