@@ -74,8 +74,9 @@ DISPLAY_SIDE = 256  # panels of the best/worst figure: longer side, letterboxed 
 N_SHOWN = 4  # best and worst lesion cases shown
 EXIT_USER_ERROR = 2
 
-# A function from grey images ((H, W) float32 in [0, 1], any sizes) and their names to
-# probability maps at each image's size ((H, W) float32 in [0, 1]).
+# A function from images as decoded ((H, W) or (H, W, C) uint8 or uint16, any sizes; see
+# `inference.segment_many`) and their names to probability maps at each image's size
+# ((H, W) float32 in [0, 1]).
 Predict = Callable[[Sequence[np.ndarray], Sequence[str]], list[np.ndarray]]
 
 
@@ -114,8 +115,8 @@ def load_predictor(
     model = model_io.load_model(path, compile=False)
     input_size = inference.model_input_size(model)
 
-    def predict(greys: Sequence[np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
-        return inference.segment_many(model, greys, tta=tta, batch_size=batch_size, names=names)[1]
+    def predict(images: Sequence[np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
+        return inference.segment_many(model, images, tta=tta, batch_size=batch_size, names=names)[1]
 
     description = f"{path} (input {input_size[0]}x{input_size[1]}, tta {'hflip' if tta else 'off'})"
     return predict, inference.min_image_side(input_size), description
@@ -151,10 +152,10 @@ def score_folder(
     """
     tables, pixels, skipped, shown = [], [], [], []
     for start in range(0, len(index), batch_size):
-        greys, masks, frame = _read_batch(index.iloc[start : start + batch_size], min_side, skipped)
+        images, greys, masks, frame = _read_batch(index.iloc[start : start + batch_size], min_side, skipped)
         if frame.empty:
             continue
-        probabilities = predict(greys, frame["image_id"].tolist())
+        probabilities = predict(images, frame["image_id"].tolist())
         table = evaluation.score_original_size(masks, probabilities, frame, threshold)
         offset = sum(len(t) for t in tables)
         for i, record in enumerate(table.to_dict("records")):
@@ -179,10 +180,10 @@ def score_folder(
 
 
 def _read_batch(rows: pd.DataFrame, min_side: int, skipped: list[dict[str, str]]):
-    """``(greys, masks, frame)`` of the rows that read; the others are appended to `skipped`."""
+    """``(images, greys, masks, frame)`` of the rows that read (images as decoded); others go to `skipped`."""
     import inference
 
-    greys, masks, kept = [], [], []
+    images, greys, masks, kept = [], [], [], []
     for row in rows.itertuples(index=False):
         try:
             image = data_loading.read_png(row.image_path)
@@ -191,10 +192,11 @@ def _read_batch(rows: pd.DataFrame, min_side: int, skipped: list[dict[str, str]]
         except (ValueError, OSError) as error:
             skipped.append({"file": row.image_path, "image_id": row.image_id, "reason": str(error)})
             continue
+        images.append(image)
         greys.append(grey)
         masks.append(mask)
         kept.append({"image_id": row.image_id, "label": row.label})
-    return greys, masks, pd.DataFrame(kept, columns=["image_id", "label"])
+    return images, greys, masks, pd.DataFrame(kept, columns=["image_id", "label"])
 
 
 def _keep_extremes(cases: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -381,7 +383,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"model {description}; threshold {threshold:.3f} ({source})", flush=True)
     print(data_loading.format_index_summary(data_loading.summarize_index(index)))
     ignored = [
-        {"file": path, "image_id": "", "reason": "not a .png file; ignored"}
+        {
+            "file": path,
+            "image_id": "",
+            "reason": "ignored: not a PNG image or mask (another extension, a folder, or hidden)",
+        }
         for path in index.attrs["ignored"]
     ]
     for entry in ignored:

@@ -212,7 +212,7 @@ def test_bad_files_are_skipped_and_listed_with_their_reasons(tmp_path, model_pat
         "no_mask.png": "image without any mask (expected 'no_mask.png' or 'no_mask_mask.png' in",
         "odd_colour.png": "mask has unknown colours: Expected mask colours black",
         "thumb.png": "Image 'thumb.png' is 6x6 pixels (width x height), smaller than the 8 px per side",
-        "photo.jpg": "not a .png file; ignored",
+        "photo.jpg": "ignored: not a PNG image or mask",
     }
     skipped = pd.read_csv(output / ee.SKIPPED_CSV).fillna("")
     assert sorted(Path(f).name for f in skipped["file"]) == sorted(reasons)
