@@ -35,7 +35,7 @@ Outputs in ``OUT`` (created if missing), each written atomically:
 The table is printed too. Exit status: 0; 1 when no image could be scored; 2 for a user mistake
 (missing or non-``.keras`` model, missing folder, output path that is a file or an input folder,
 bad ``--mask-colours``, unknown label column, ...), answered by one line ``error: ...`` on
-standard error before any work. BUS-UCLM (colour-coded)::
+standard error before any work (`cli.user_errors`). BUS-UCLM (colour-coded)::
 
     python evaluate_external.py --model runs/x/best.keras --images BUS-UCLM/images \\
         --masks BUS-UCLM/masks --mask-colours "benign=0,255,0;malignant=255,0,0" --output runs/x/bus_uclm
@@ -47,10 +47,9 @@ function from images to probability maps.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +57,19 @@ import cv2
 import numpy as np
 import pandas as pd
 
-import atomic_io
-import data_loading
-import evaluation
-import folder_index
-import visualization
+import quiet
+
+quiet.import_tensorflow()  # before the imports below: keeps TensorFlow's start-up lines out of the output
+
+import atomic_io  # noqa: E402
+import cli  # noqa: E402
+import data_loading  # noqa: E402
+import evaluation  # noqa: E402
+import folder_index  # noqa: E402
+import inference  # noqa: E402
+import model_io  # noqa: E402
+import segment_images  # noqa: E402  (default_threshold: the run's threshold from results.json)
+import visualization  # noqa: E402
 
 PER_IMAGE_CSV = "per_image.csv"
 SUMMARY_CSV = "summary.csv"
@@ -72,7 +79,6 @@ BEST_WORST_FIGURE = "best_worst.png"
 SKIPPED_COLUMNS = ("file", "image_id", "reason")
 DISPLAY_SIDE = 256  # panels of the best/worst figure: longer side, letterboxed (display only)
 N_SHOWN = 4  # best and worst lesion cases shown
-EXIT_USER_ERROR = 2
 
 # A function from images as decoded ((H, W) or (H, W, C) uint8 or uint16, any sizes; see
 # `inference.segment_many`) and their names to probability maps at each image's size
@@ -103,9 +109,6 @@ def load_predictor(
         ValueError: a folder (fold ensembles are not supported yet), not a ``.keras`` file, or a
             file `model_io.load_model` refuses.
     """
-    import inference
-    import model_io
-
     path = Path(model_path)
     if path.is_dir():
         raise ValueError(
@@ -181,8 +184,6 @@ def score_folder(
 
 def _read_batch(rows: pd.DataFrame, min_side: int, skipped: list[dict[str, str]]):
     """``(images, greys, masks, frame)`` of the rows that read (images as decoded); others go to `skipped`."""
-    import inference
-
     images, greys, masks, kept = [], [], [], []
     for row in rows.itertuples(index=False):
         try:
@@ -263,20 +264,6 @@ def write_outputs(
 # --------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
-    """A `ValueError` or `OSError` in the block becomes ``error: <message>`` on one line and exit 2.
-
-    A minimal local version of the ``cli.user_errors`` helper being built on another branch;
-    replace it by that once it is on main.
-    """
-    try:
-        yield
-    except (ValueError, OSError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_USER_ERROR) from None
-
-
 def check_arguments(args: argparse.Namespace) -> None:
     """Checks the options that cost nothing to check, before any file is read.
 
@@ -321,8 +308,6 @@ def check_arguments(args: argparse.Namespace) -> None:
 def _threshold(args: argparse.Namespace) -> tuple[float, str]:
     if args.threshold is not None:
         return args.threshold, "given"
-    import segment_images  # the one reader of the run's threshold (results.json beside the model)
-
     return segment_images.default_threshold(args.model)
 
 
@@ -372,8 +357,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0, or 1 when no image could be scored)."""
     args = _parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported (in load_predictor)
-    with _user_errors():
+    with cli.user_errors():  # mistakes in the arguments: one line "error: ...", exit status 2
         check_arguments(args)
         label_column = args.label_column or folder_index.DEFAULT_LABEL_COLUMN
         labels = folder_index.read_label_csv(args.labels, label_column) if args.labels else None
