@@ -47,8 +47,15 @@ CACHE_VERSION = 1
 MAX_IMAGE_PIXELS = 25_000_000
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Other formats, by their first bytes, to say what a misnamed ".png" file really is.
-_OTHER_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP", b"II*\x00": "TIFF",
-                     b"MM\x00*": "TIFF", b"RIFF": "RIFF (WebP?)", b"PK\x03\x04": "a zip archive"}
+_OTHER_SIGNATURES = {
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF8": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"RIFF": "RIFF (WebP?)",
+    b"PK\x03\x04": "a zip archive",
+}
 
 # Images far too small to be an ultrasound scan. A scan shows centimetres of tissue finely
 # sampled, so each side spans hundreds of pixels; a side under this is a thumbnail, an icon or a
@@ -194,7 +201,9 @@ def _size_tuple(image_size: int | Sequence[int]) -> tuple[int, int]:
     else:
         size = tuple(int(s) for s in image_size)
     if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"Expected image_size as a positive int or (height, width); received {image_size!r}.")
+        raise ValueError(
+            f"Expected image_size as a positive int or (height, width); received {image_size!r}."
+        )
     return size
 
 
@@ -529,18 +538,27 @@ def index_busi(
         for stem in sorted(set(masks) - set(images), key=natural_key):
             for _, mask_path in masks[stem]:
                 problems.append(
-                    {"file": str(mask_path), "image_id": stem,
-                     "reason": f"mask without its image (expected '{stem}.png' beside it)"}
+                    {
+                        "file": str(mask_path),
+                        "image_id": stem,
+                        "reason": f"mask without its image (expected '{stem}.png' beside it)",
+                    }
                 )
         for stem in sorted(images, key=natural_key):
             image_path = images[stem]
             numbered = sorted(masks.get(stem, []))
             mask_paths = tuple(str(p) for _, p in numbered)
-            row = {"image_id": stem, "label": label, "image_path": str(image_path),
-                   "mask_paths": mask_paths, "n_masks": len(mask_paths)}
+            row = {
+                "image_id": stem,
+                "label": label,
+                "image_path": str(image_path),
+                "mask_paths": mask_paths,
+                "n_masks": len(mask_paths),
+            }
             expected = f"'{image_path.stem}_mask.png' beside it"
-            problem = (mask_count_problem(image_path, numbered, expected)
-                       or validate_image(image_path, mask_paths, row, check_pixels))
+            problem = mask_count_problem(image_path, numbered, expected) or validate_image(
+                image_path, mask_paths, row, check_pixels
+            )
             if problem is not None:
                 problems.append({"file": problem[0], "image_id": stem, "reason": problem[1]})
                 continue
@@ -621,8 +639,9 @@ def _png_header_size(path: Path) -> tuple[int, int] | None:
     return int.from_bytes(header[20:24], "big"), int.from_bytes(header[16:20], "big")
 
 
-def mask_count_problem(image_path: Path, numbered: Sequence[tuple[int, Path]], expected: str,
-                       suffix: str = "_mask") -> tuple[str, str] | None:
+def mask_count_problem(
+    image_path: Path, numbered: Sequence[tuple[int, Path]], expected: str, suffix: str = "_mask"
+) -> tuple[str, str] | None:
     """Checks that an image has masks numbered ``<suffix>``, ``<suffix>_1``, ... without a gap.
 
     Args:
@@ -639,7 +658,10 @@ def mask_count_problem(image_path: Path, numbered: Sequence[tuple[int, Path]], e
         return str(image_path), f"image without any mask (expected {expected})"
     numbers = [n for n, _ in numbered]
     if numbers != list(range(len(numbers))):
-        name = lambda n: suffix if n == 0 else f"{suffix}_{n}"  # noqa: E731
+
+        def name(n: int) -> str:
+            return suffix if n == 0 else f"{suffix}_{n}"
+
         missing = [name(n) for n in range(max(numbers)) if n not in numbers]
         what = f"missing {', '.join(missing)}" if missing else "a number is used twice"
         return str(numbered[-1][1]), (
@@ -649,8 +671,13 @@ def mask_count_problem(image_path: Path, numbered: Sequence[tuple[int, Path]], e
     return None
 
 
-def validate_image(image_path: Path, mask_paths: Sequence[str], row: dict[str, Any], check_pixels: bool,
-                   colours: Mapping[str, Sequence[int]] | None = None) -> tuple[str, str] | None:
+def validate_image(
+    image_path: Path,
+    mask_paths: Sequence[str],
+    row: dict[str, Any],
+    check_pixels: bool,
+    colours: Mapping[str, Sequence[int]] | None = None,
+) -> tuple[str, str] | None:
     """Checks the files of one image and its masks (the checks of `index_busi`).
 
     Every file is checked from its header (`png_file_problem`); with `check_pixels` every file
@@ -731,7 +758,10 @@ def summarize_index(df: pd.DataFrame) -> dict[str, Any]:
         ``ignored`` (files that are not images or masks of the layout) and ``unused_labels``
         (entries of a label table that name no image; `index_folder` only).
     """
-    by_class = lambda counts: {k: int(counts[k]) for k in sorted(counts.index, key=_class_order)}  # noqa: E731
+
+    def by_class(counts: pd.Series) -> dict[str, int]:
+        return {k: int(counts[k]) for k in sorted(counts.index, key=_class_order)}
+
     summary = {
         "n_images": int(len(df)),
         "per_class": by_class(df.groupby("label", sort=False).size()),
@@ -748,7 +778,8 @@ def summarize_index(df: pd.DataFrame) -> dict[str, Any]:
         values = df[column].to_numpy()
         summary[column] = (
             {"min": int(values.min()), "median": float(np.median(values)), "max": int(values.max())}
-            if len(values) else {}
+            if len(values)
+            else {}
         )
     return summary
 
@@ -768,7 +799,9 @@ def _flagged(df: pd.DataFrame) -> dict[str, list[str]]:
 
 def format_index_summary(summary: dict[str, Any]) -> str:
     """Renders `summarize_index` output as a few readable lines (for notebooks and logs)."""
-    lines = [f"{summary['n_images']} images: " + ", ".join(f"{k} {v}" for k, v in summary["per_class"].items())]
+    lines = [
+        f"{summary['n_images']} images: " + ", ".join(f"{k} {v}" for k, v in summary["per_class"].items())
+    ]
     lines.append("mask files: " + ", ".join(f"{k} {v}" for k, v in summary["masks_per_class"].items()))
     lines.append("images with 2+ masks: " + ", ".join(f"{k} {v}" for k, v in summary["multi_mask"].items()))
     lines.append("masks per image: " + ", ".join(f"{k}: {v}" for k, v in summary["masks_per_image"].items()))
@@ -845,8 +878,12 @@ def load_dataset(
             try:
                 with np.load(cache_path, allow_pickle=False) as data:  # never unpickle a file
                     images, masks = data["images"], data["masks"]
-                if (images.shape == (len(df), *size, 1) and masks.shape == images.shape
-                        and images.dtype == np.float32 and masks.dtype == np.uint8):
+                if (
+                    images.shape == (len(df), *size, 1)
+                    and masks.shape == images.shape
+                    and images.dtype == np.float32
+                    and masks.dtype == np.uint8
+                ):
                     return images, masks
                 logger.warning("Cache '%s' has unexpected shapes or dtypes; rebuilding it.", cache_path)
             except Exception as error:  # a damaged cache is rebuilt, never trusted
@@ -924,9 +961,12 @@ def make_tf_dataset(
             seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
             dataset = tf.data.Dataset.zip((dataset, seeds)).map(
                 lambda pair, s: augmentation.augment_pair(pair[0], pair[1], s),
-                num_parallel_calls=autotune, deterministic=True,
+                num_parallel_calls=autotune,
+                deterministic=True,
             )
-    dataset = dataset.map(lambda x, y: (x, tf.cast(y, tf.float32)), num_parallel_calls=autotune, deterministic=True)
+    dataset = dataset.map(
+        lambda x, y: (x, tf.cast(y, tf.float32)), num_parallel_calls=autotune, deterministic=True
+    )
     # tf.data's autotuning model is off: its background thread made deleting an iterator wait until
     # its next optimisation time (10.24 s, 20.48 s, 40.96 s ... after the iterator was created) while
     # training kept the CPU busy, so a `fit` call could end with seconds of idle time (up to 3 s per
@@ -941,5 +981,3 @@ def make_tf_dataset(
 # --------------------------------------------------------------------------------------------
 # Generated demo set
 # --------------------------------------------------------------------------------------------
-
-

@@ -38,8 +38,13 @@ def _confusion(y_true: np.ndarray, y_pred: np.ndarray, threshold: float):
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
     if y_true.shape != y_pred.shape:
-        raise ValueError(f"Expected y_true and y_pred of one shape; received {y_true.shape} and {y_pred.shape}.")
-    y_true, y_pred = mask_processing.drop_channel_axis(y_true, 3), mask_processing.drop_channel_axis(y_pred, 3)
+        raise ValueError(
+            f"Expected y_true and y_pred of one shape; received {y_true.shape} and {y_pred.shape}."
+        )
+    y_true, y_pred = (
+        mask_processing.drop_channel_axis(y_true, 3),
+        mask_processing.drop_channel_axis(y_pred, 3),
+    )
     if y_true.ndim != 3:
         raise ValueError(f"Expected arrays of shape (N, H, W) or (N, H, W, 1); received {y_true.shape}.")
     if not np.isin(y_true, (0, 1)).all():
@@ -101,7 +106,9 @@ def iou_score(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEFAULT
     return _iou(*_confusion(y_true, y_pred, threshold))
 
 
-def precision_score(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+def precision_score(
+    y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEFAULT_THRESHOLD
+) -> np.ndarray:
     """Per-image precision ``TP / (TP + FP)``; with no predicted pixel: 1 if the truth is empty, else 0.
 
     Returns ``(N,)`` float64 in [0, 1].
@@ -117,7 +124,9 @@ def recall_score(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEFA
     return _recall(*_confusion(y_true, y_pred, threshold))
 
 
-def pooled_scores(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> dict[str, float]:
+def pooled_scores(
+    y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEFAULT_THRESHOLD
+) -> dict[str, float]:
     """Pooled (global) Dice, IoU, precision and recall over all pixels of all images.
 
     Formula:
@@ -133,6 +142,8 @@ def pooled_scores(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = DEF
         "precision": float(_ratio(tp, tp + fp)),
         "recall": float(_ratio(tp, tp + fn)),
     }
+
+
 DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.1, 0.91, 0.05), 2))
 N_BOOTSTRAP = 2000
 CONFIDENCE = 0.95
@@ -141,8 +152,9 @@ CONFIDENCE = 0.95
 FP_AREA_FRACTION = 0.01
 
 
-def postprocess(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD, min_area: int = 0,
-                fill: bool = True) -> np.ndarray:
+def postprocess(
+    probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD, min_area: int = 0, fill: bool = True
+) -> np.ndarray:
     """Binarises probabilities and cleans each mask with `mask_processing.clean_mask`.
 
     Args:
@@ -162,8 +174,9 @@ def postprocess(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
     return cleaned[..., None] if squeeze else cleaned
 
 
-def choose_threshold(y_true: np.ndarray, probabilities: np.ndarray,
-                     thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> tuple[float, pd.DataFrame]:
+def choose_threshold(
+    y_true: np.ndarray, probabilities: np.ndarray, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
+) -> tuple[float, pd.DataFrame]:
     """Picks the threshold that maximises the mean per-image Dice: call it on validation data only.
 
     All images passed count, normal ones included (Dice 1 when nothing is predicted, else 0),
@@ -187,8 +200,9 @@ def choose_threshold(y_true: np.ndarray, probabilities: np.ndarray,
     return thresholds[best], curve
 
 
-def bootstrap_ci(values: np.ndarray, n_bootstrap: int = N_BOOTSTRAP, confidence: float = CONFIDENCE,
-                 seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values: np.ndarray, n_bootstrap: int = N_BOOTSTRAP, confidence: float = CONFIDENCE, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean (images resampled with replacement).
 
     Args:
@@ -250,7 +264,9 @@ def evaluate(
     y_true = np.asarray(y_true)
     probabilities = np.asarray(probabilities)
     if y_true.shape != probabilities.shape:
-        raise ValueError(f"Expected y_true and probabilities of one shape; received {y_true.shape} and {probabilities.shape}.")
+        raise ValueError(
+            f"Expected y_true and probabilities of one shape; received {y_true.shape} and {probabilities.shape}."
+        )
     if len(frame) != len(y_true):
         raise ValueError(f"Expected {len(y_true)} rows in frame (one per image); received {len(frame)}.")
     _check_frame(frame)
@@ -346,16 +362,18 @@ def _check_frame(frame: pd.DataFrame) -> None:
 
 def _per_image_table(frame: pd.DataFrame, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> pd.DataFrame:
     """The per-image table from each image's true positive, false positive and false negative counts."""
-    return pd.DataFrame({
-        "image_id": frame["image_id"].to_numpy(),
-        "label": frame["label"].to_numpy(),
-        "dice": _dice(tp, fp, fn),
-        "iou": _iou(tp, fp, fn),
-        "precision": _precision(tp, fp, fn),
-        "recall": _recall(tp, fp, fn),
-        "true_area": (tp + fn).astype(np.int64),
-        "pred_area": (tp + fp).astype(np.int64),
-    })
+    return pd.DataFrame(
+        {
+            "image_id": frame["image_id"].to_numpy(),
+            "label": frame["label"].to_numpy(),
+            "dice": _dice(tp, fp, fn),
+            "iou": _iou(tp, fp, fn),
+            "precision": _precision(tp, fp, fn),
+            "recall": _recall(tp, fp, fn),
+            "true_area": (tp + fn).astype(np.int64),
+            "pred_area": (tp + fp).astype(np.int64),
+        }
+    )
 
 
 def summarize_per_image(
@@ -384,8 +402,11 @@ def summarize_per_image(
         ``fp_over_1pct_fraction`` (share of empty-truth images with more than
         `FP_AREA_FRACTION` of their pixels predicted; NaN if none).
     """
-    missing = [c for c in ("label", "dice", "iou", "precision", "recall", "true_area", "pred_area")
-               if c not in per_image.columns]
+    missing = [
+        c
+        for c in ("label", "dice", "iou", "precision", "recall", "true_area", "pred_area")
+        if c not in per_image.columns
+    ]
     if missing:
         raise ValueError(f"Expected a per-image table as evaluate returns; missing columns {missing}.")
     pixels = np.broadcast_to(np.asarray(image_pixels, dtype=np.int64), (len(per_image),))
@@ -406,8 +427,14 @@ def summarize_per_image(
         row: dict[str, Any] = {"group": group, "n": len(part)}
         for metric in ("dice", "iou"):
             low, high = bootstrap_ci(part[metric].to_numpy(), n_bootstrap, CONFIDENCE, seed)
-            row.update({f"{metric}_mean": part[metric].mean(), f"{metric}_median": part[metric].median(),
-                        f"{metric}_ci_low": low, f"{metric}_ci_high": high})
+            row.update(
+                {
+                    f"{metric}_mean": part[metric].mean(),
+                    f"{metric}_median": part[metric].median(),
+                    f"{metric}_ci_low": low,
+                    f"{metric}_ci_high": high,
+                }
+            )
         row["precision_mean"] = part["precision"].mean()
         row["recall_mean"] = part["recall"].mean()
         empty = (part["true_area"] == 0).to_numpy()
@@ -422,8 +449,10 @@ def format_summary(summary: pd.DataFrame) -> str:
     """One line per group: ``lesion    (n= 97): Dice 0.712 [0.672, 0.750] median 0.810; IoU ...``."""
     lines = []
     for row in summary.itertuples(index=False):
-        line = (f"{row.group:<9} (n={row.n:>3}): Dice {row.dice_mean:.3f} [{row.dice_ci_low:.3f}, {row.dice_ci_high:.3f}]"
-                f" median {row.dice_median:.3f}; IoU {row.iou_mean:.3f} [{row.iou_ci_low:.3f}, {row.iou_ci_high:.3f}]")
+        line = (
+            f"{row.group:<9} (n={row.n:>3}): Dice {row.dice_mean:.3f} [{row.dice_ci_low:.3f}, {row.dice_ci_high:.3f}]"
+            f" median {row.dice_median:.3f}; IoU {row.iou_mean:.3f} [{row.iou_ci_low:.3f}, {row.iou_ci_high:.3f}]"
+        )
         if not np.isnan(row.fp_fraction):
             line += f"; empty-mask images with any predicted pixel {row.fp_fraction:.1%}"
         over = getattr(row, "fp_over_1pct_fraction", float("nan"))
