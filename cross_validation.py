@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 import atomic_io
+import class_labels
 import data_loading
 import evaluation
 import inference
@@ -388,7 +389,7 @@ def _score_fold(fold, fold_dir, history, index, images, masks, part, seed) -> tu
         "n_train": len(part["train"]),
         "n_val": len(val_rows),
         "n_test": len(test_rows),
-        "n_lesion": int(test_frame["label"].isin(data_loading.LESION_CLASSES).sum()),
+        "n_lesion": int(test_frame["label"].isin(class_labels.LESION_CLASSES).sum()),
         "n_normal": int((test_frame["label"] == "normal").sum()),
         "epochs_run": len(history),
         "best_epoch": int(history.loc[history["val_dice"].idxmax(), "epoch"]),

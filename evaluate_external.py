@@ -62,10 +62,12 @@ import quiet
 quiet.import_tensorflow()  # before the imports below: keeps TensorFlow's start-up lines out of the output
 
 import atomic_io  # noqa: E402
+import class_labels  # noqa: E402
 import cli  # noqa: E402
 import data_loading  # noqa: E402
 import evaluation  # noqa: E402
 import folder_index  # noqa: E402
+import image_io  # noqa: E402
 import inference  # noqa: E402
 import model_io  # noqa: E402
 import segment_images  # noqa: E402  (default_threshold: the run's threshold from results.json)
@@ -162,7 +164,7 @@ def score_folder(
         table = evaluation.score_original_size(masks, probabilities, frame, threshold)
         offset = sum(len(t) for t in tables)
         for i, record in enumerate(table.to_dict("records")):
-            if record["label"] in data_loading.LESION_CLASSES:
+            if record["label"] in class_labels.LESION_CLASSES:
                 predicted = (probabilities[i] >= threshold).astype(np.uint8)
                 shown.append(
                     {
@@ -187,9 +189,9 @@ def _read_batch(rows: pd.DataFrame, min_side: int, skipped: list[dict[str, str]]
     images, greys, masks, kept = [], [], [], []
     for row in rows.itertuples(index=False):
         try:
-            image = data_loading.read_png(row.image_path)
+            image = image_io.read_png(row.image_path)
             grey = inference.to_grey_checked(image, Path(row.image_path).name, min_side)
-            mask = data_loading.read_mask(row.mask_paths, getattr(row, "mask_colours", ""))
+            mask = image_io.read_mask(row.mask_paths, getattr(row, "mask_colours", ""))
         except (ValueError, OSError) as error:
             skipped.append({"file": row.image_path, "image_id": row.image_id, "reason": str(error)})
             continue
@@ -336,7 +338,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mask-colours",
         default=None,
-        help=f"colour-coded masks, RGB order, e.g. {data_loading.MASK_COLOURS_EXAMPLE!r}; "
+        help=f"colour-coded masks, RGB order, e.g. {image_io.MASK_COLOURS_EXAMPLE!r}; "
         f"an all-black mask is a normal image",
     )
     parser.add_argument(

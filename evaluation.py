@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 import mask_processing
-from data_loading import LESION_CLASSES
+from class_labels import LESION_CLASSES
 
 DEFAULT_THRESHOLD = 0.5
 

@@ -17,7 +17,7 @@ through a colour map ``{"benign": (0, 255, 0), "malignant": (255, 0, 0)}`` (RGB 
 background; `mask_processing.decode_colour_mask`). A mask of another size than its image is a
 problem that names both sizes: masks are never stretched.
 
-Labels (one of `data_loading.CLASSES` per image) come from a label table (`read_label_csv`), or,
+Labels (one of `class_labels.CLASSES` per image) come from a label table (`read_label_csv`), or,
 for colour-coded masks, from the mask itself: the colour it holds, and ``"normal"`` for an
 all-black mask. With both, they must agree. Binary masks without a label table are refused:
 they do not tell benign from malignant.
@@ -33,7 +33,9 @@ from typing import Any
 import pandas as pd
 
 import data_loading
-from data_loading import CLASSES, ON_ERROR_OPTIONS
+import image_io
+from class_labels import CLASSES
+from data_loading import ON_ERROR_OPTIONS
 
 EXTERNAL_ROOT_VARIABLE = "BUS_UCLM_ROOT"
 # The project's shared copy of the BUS-UCLM development part: for evaluation only, never copied
@@ -118,7 +120,7 @@ def index_folder(
     """Indexes a folder of images and their masks into one row per image, validating every file.
 
     Checks, per image, as `data_loading.index_busi`: it has a mask (and its masks are numbered
-    without gaps); every file is a PNG within `data_loading.MAX_IMAGE_PIXELS`, checked from its
+    without gaps); every file is a PNG within `image_io.MAX_IMAGE_PIXELS`, checked from its
     header; every file decodes; every mask has the image's size (else the problem names both
     sizes); every mask is binary, or (with `mask_colours`) holds only black and the mapped
     colours (else the unknown colours are listed); the image has a known label. A mask whose
@@ -195,7 +197,7 @@ def _check_arguments(images, masks, labels, mask_colours, mask_suffix, on_error,
             raise FileNotFoundError(f"{kind} folder {what}: '{folder}'.")
     if masks_dir.resolve() == images_dir.resolve() and not mask_suffix:
         raise ValueError("Expected a mask_suffix (e.g. '_mask') for masks beside the images; received ''.")
-    colours = data_loading.parse_mask_colours(mask_colours) if mask_colours else None
+    colours = image_io.parse_mask_colours(mask_colours) if mask_colours else None
     if labels is None and colours is None:
         raise ValueError(
             "Binary masks do not tell benign from malignant: pass labels (e.g. read_label_csv(path, "
@@ -260,7 +262,7 @@ def _index_row(image_path: Path, numbered, labels, colours, check_pixels, expect
         "image_path": str(image_path),
         "mask_paths": mask_paths,
         "n_masks": len(mask_paths),
-        "mask_colours": data_loading.format_mask_colours(colours) if colours else "",
+        "mask_colours": image_io.format_mask_colours(colours) if colours else "",
     }
     given = None
     if labels is not None:

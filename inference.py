@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
-import data_loading
+import image_io
 import mask_processing
 from evaluation import DEFAULT_THRESHOLD
 
@@ -91,7 +91,7 @@ def segment(
     Args:
         model: a trained U-Net with a fixed ``(h, w, 1)`` input.
         image: ``(H, W)`` or ``(H, W, C)``, ``C`` in `ACCEPTED_CHANNELS`; uint8, uint16, or
-            float in [0, 1] (e.g. ``data_loading.to_grey(read_png(path))``).
+            float in [0, 1] (e.g. ``image_io.to_grey(read_png(path))``).
         threshold: lesion where the resized probability is ``>= threshold`` (the one chosen on
             validation), in (0, 1).
         min_area: if not None, remove components under this many pixels of the model input
@@ -159,7 +159,7 @@ def segment_many(
     masks, probabilities = [], []
     for start in range(0, len(greys), batch_size):
         chunk = greys[start : start + batch_size]
-        batch = np.stack([data_loading.resize_image(grey, input_size) for grey in chunk])
+        batch = np.stack([image_io.resize_image(grey, input_size) for grey in chunk])
         for grey, probability in zip(chunk, predict(model, batch, batch_size=batch_size, tta=tta)):
             mask, resized = probabilities_to_mask(probability, grey.shape, threshold, min_area)
             masks.append(mask)
@@ -223,11 +223,11 @@ def to_grey_checked(image: np.ndarray, name: str, min_side: int = 1) -> np.ndarr
             f"{MAX_UPSCALE} times); use the full-resolution image."
         )
     if image.dtype in (np.uint8, np.uint16):
-        return data_loading.to_grey(image)
+        return image_io.to_grey(image)
     if np.issubdtype(image.dtype, np.floating):
         if image.size and (not np.isfinite(image).all() or image.min() < 0 or image.max() > 1):
             raise ValueError(f"Image {name!r} is float with values outside [0, 1]; scale it to [0, 1] first.")
-        return data_loading.to_grey(image.astype(np.float32) * np.float32(255))  # to_grey divides by 255
+        return image_io.to_grey(image.astype(np.float32) * np.float32(255))  # to_grey divides by 255
     raise ValueError(f"Image {name!r} has dtype {image.dtype}; expected uint8, uint16 or float in [0, 1].")
 
 

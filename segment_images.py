@@ -22,7 +22,7 @@ kept out of the output (`quiet.import_tensorflow`).
 Method, per image (`inference.segment_many`, the one way busi-unet segments an image of any size):
 
 1. Decode as stored (grey, RGB, RGBA; 8 or 16 bit) and convert to grey in [0, 1]
-   (`data_loading.to_grey`: luma for colour; alpha ignored). Accepted channel counts are 1, 3
+   (`image_io.to_grey`: luma for colour; alpha ignored). Accepted channel counts are 1, 3
    and 4; anything else is refused, including a grey + alpha PNG (2 channels), which OpenCV
    would otherwise silently expand to 4.
 2. Refuse images with a side under ``ceil(model side / MAX_UPSCALE)`` pixels (32 px for a 128 px
@@ -68,6 +68,7 @@ quiet.import_tensorflow()  # before the imports below: keeps TensorFlow's start-
 import atomic_io  # noqa: E402
 import cli  # noqa: E402
 import data_loading  # noqa: E402
+import image_io  # noqa: E402
 import inference  # noqa: E402
 import model_io  # noqa: E402
 import run_results  # noqa: E402
@@ -223,7 +224,7 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
 
     Raises:
         ValueError: another extension, an empty file, a PNG whose header claims more than
-            `data_loading.MAX_IMAGE_PIXELS` pixels (refused before decoding) or is damaged, a
+            `image_io.MAX_IMAGE_PIXELS` pixels (refused before decoding) or is damaged, a
             PNG or JPEG without its end marker (truncated), a grey + alpha PNG (2 channels), or
             bytes that do not decode. The message names the file.
         FileNotFoundError: no such file.
@@ -236,8 +237,8 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
     data = path.read_bytes()
     if not data:
         raise ValueError(f"'{path.name}' is empty (0 bytes).")
-    if data.startswith(data_loading.PNG_SIGNATURE):
-        problem = data_loading.png_file_problem(path)  # e.g. a decompression bomb, refused from the header
+    if data.startswith(image_io.PNG_SIGNATURE):
+        problem = image_io.png_file_problem(path)  # e.g. a decompression bomb, refused from the header
         if problem is not None:
             raise ValueError(f"'{path.name}': {problem}.")
         if b"IEND" not in data[-12:]:

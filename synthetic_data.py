@@ -11,7 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data_loading import CLASSES, DATASET_FOLDER
+from class_labels import CLASSES
+from data_loading import DATASET_FOLDER
 
 
 def _speckle_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

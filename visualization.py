@@ -45,7 +45,7 @@ from matplotlib.ticker import MaxNLocator
 
 import atomic_io
 import mask_processing
-from data_loading import CLASSES, LESION_CLASSES
+from class_labels import CLASSES, LESION_CLASSES
 
 CLASS_COLORS = {"benign": "#0072B2", "malignant": "#D55E00", "normal": "#009E73"}
 

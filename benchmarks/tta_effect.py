@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import atomic_io  # noqa: E402
+import class_labels  # noqa: E402
 import data_loading as dl  # noqa: E402
 import evaluation  # noqa: E402
 import inference  # noqa: E402
@@ -158,7 +159,7 @@ def main() -> None:
     for row in rows:
         print(_format(row))
 
-    lesion = per_image["plain"]["label"].isin(dl.LESION_CLASSES).to_numpy()
+    lesion = per_image["plain"]["label"].isin(class_labels.LESION_CLASSES).to_numpy()
     plain_dice = per_image["plain"]["dice"].to_numpy()[lesion]
     print()
     for setting in list(per_image)[1:]:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import data_loading as dl
+import image_io
 import synthetic_data
 
 
@@ -111,12 +112,12 @@ def test_on_error_option_is_checked(synthetic_root):
 
 def test_resize_values_and_dtypes():
     image = np.linspace(0, 1, 40 * 30, dtype=np.float32).reshape(40, 30)
-    out = dl.resize_image(image, 16)
+    out = image_io.resize_image(image, 16)
     assert out.shape == (16, 16, 1) and out.dtype == np.float32
     assert 0.0 <= out.min() and out.max() <= 1.0
     mask = np.zeros((40, 30), np.uint8)
     mask[10:30, 5:20] = 1
-    resized = dl.resize_mask(mask, (20, 15))
+    resized = image_io.resize_mask(mask, (20, 15))
     assert resized.shape == (20, 15, 1) and resized.dtype == np.uint8
     assert set(np.unique(resized).tolist()) == {0, 1}
     assert resized.sum() == mask[::2, ::2].sum()
@@ -213,7 +214,7 @@ def test_find_busi_root_falls_back_to_the_shared_folder_or_none(tmp_path, monkey
 @FAST
 @given(arrays(np.float32, shapes_2d, elements=st.floats(0, 1, width=32)), shapes_2d)
 def test_resize_image_gives_the_size_asked_in_range(image, size):
-    out = dl.resize_image(image, size)
+    out = image_io.resize_image(image, size)
     assert out.shape == (*size, 1) and out.dtype == np.float32
     assert out.min() >= 0.0 and out.max() <= 1.0
     assert image.min() - 1e-6 <= out.min() and out.max() <= image.max() + 1e-6  # area averaging
@@ -222,7 +223,7 @@ def test_resize_image_gives_the_size_asked_in_range(image, size):
 @FAST
 @given(shapes_2d, shapes_2d, st.floats(0, 1, width=32))
 def test_resize_image_keeps_a_constant_image_constant(shape, size, value):
-    out = dl.resize_image(np.full(shape, value, np.float32), size)
+    out = image_io.resize_image(np.full(shape, value, np.float32), size)
     np.testing.assert_allclose(out, value, atol=1e-6)
 
 
@@ -230,7 +231,7 @@ def test_resize_image_keeps_a_constant_image_constant(shape, size, value):
 @given(binary_masks(encodings=("01",)), shapes_2d)
 def test_resize_mask_stays_binary_and_never_invents_values(case, size):
     _, truth = case
-    out = dl.resize_mask(truth, size)
+    out = image_io.resize_mask(truth, size)
     assert out.shape == (*size, 1) and out.dtype == np.uint8
     assert set(np.unique(out).tolist()) <= set(np.unique(truth).tolist())
     if truth.shape == size:

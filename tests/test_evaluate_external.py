@@ -17,6 +17,7 @@ import data_loading as dl
 import evaluate_external as ee
 import evaluation
 import folder_index as fi
+import image_io
 import inference
 import model as unet
 import model_io
@@ -146,8 +147,8 @@ def test_images_of_any_size_are_scored_at_their_original_size(tmp_path, model_pa
     assert status == 0
     model = model_io.load_model(model_path, compile=False)
     index = fi.index_folder(images, masks, fi.read_label_csv(labels, "Diagnosis"))
-    greys = [dl.to_grey(dl.read_png(path)) for path in index["image_path"]]
-    truths = [dl.read_mask(paths) for paths in index["mask_paths"]]
+    greys = [image_io.to_grey(image_io.read_png(path)) for path in index["image_path"]]
+    truths = [image_io.read_mask(paths) for paths in index["mask_paths"]]
     _, probabilities = inference.segment_many(model, greys)
     expected, _ = evaluation.evaluate_original_size(truths, probabilities, index, 0.5, n_bootstrap=100)
     got = pd.read_csv(output / ee.PER_IMAGE_CSV)

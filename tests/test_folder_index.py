@@ -10,6 +10,7 @@ import pytest
 
 import data_loading as dl
 import folder_index as fi
+import image_io
 import mask_processing
 import synthetic_data
 
@@ -108,7 +109,7 @@ def test_one_folder_with_a_suffix_merges_numbered_masks(tmp_path):
     (folder / "notes.txt").write_text("not an image")
     df = fi.index_folder(folder, labels={"x": "benign"}, mask_suffix="_seg")
     assert df["image_id"].tolist() == ["x"] and df["n_masks"].tolist() == [2]
-    assert dl.read_mask(df["mask_paths"][0]).sum() == 200 + 100  # the union
+    assert image_io.read_mask(df["mask_paths"][0]).sum() == 200 + 100  # the union
     assert df.attrs["ignored"] == [str(folder / "notes.txt")]
 
 
@@ -133,7 +134,7 @@ def test_binary_mask_encodings_decode_to_the_same_mask(tmp_path, encoding):
     _write(tmp_path / "images" / "a.png", _image())
     _write(tmp_path / "masks" / "a.png", BINARY_ENCODINGS[encoding](_lesion()))
     df = fi.index_folder(tmp_path / "images", tmp_path / "masks", labels={"a.png": "benign"})
-    np.testing.assert_array_equal(dl.read_mask(df["mask_paths"][0]), _lesion())
+    np.testing.assert_array_equal(image_io.read_mask(df["mask_paths"][0]), _lesion())
     assert df["flags"][0] == ""
 
 
@@ -163,7 +164,7 @@ def test_colour_coded_rgba_and_16_bit_masks(tmp_path):
     )
     assert df["label"].tolist() == ["malignant", "benign"]
     assert df["mask_colours"][0] == "malignant=255,0,0;benign=0,255,0"
-    np.testing.assert_array_equal(dl.read_mask(df["mask_paths"][1], df["mask_colours"][1]), _lesion())
+    np.testing.assert_array_equal(image_io.read_mask(df["mask_paths"][1], df["mask_colours"][1]), _lesion())
 
 
 def test_labels_from_the_table_and_the_colours_must_agree(colour_folders, tmp_path):
@@ -437,13 +438,13 @@ def test_argument_errors_are_named(binary_folders, tmp_path):
 )
 def test_bad_colour_maps_are_refused(text, message):
     with pytest.raises(ValueError, match=message):
-        dl.parse_mask_colours(text)
+        image_io.parse_mask_colours(text)
 
 
 def test_colour_map_text_round_trips():
-    colours = dl.parse_mask_colours(" Malignant = 255, 0, 0 ; benign=0,255,0 ")
+    colours = image_io.parse_mask_colours(" Malignant = 255, 0, 0 ; benign=0,255,0 ")
     assert colours == {"malignant": (255, 0, 0), "benign": (0, 255, 0)}
-    assert dl.parse_mask_colours(dl.format_mask_colours(colours)) == colours
+    assert image_io.parse_mask_colours(image_io.format_mask_colours(colours)) == colours
 
 
 def test_decode_colour_mask_by_hand():

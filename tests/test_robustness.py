@@ -18,7 +18,9 @@ import pandas as pd
 import pngs
 import pytest
 
+import class_labels
 import data_loading as dl
+import image_io
 import inference
 import model as unet
 import model_io
@@ -173,12 +175,12 @@ def test_a_bomb_is_refused_from_its_header_before_any_decoding(tmp_path, bomb, m
     def no_decoding(*args, **kwargs):
         raise AssertionError("the bomb was handed to the decoder")
 
-    monkeypatch.setattr(dl.cv2, "imdecode", no_decoding)
-    monkeypatch.setattr(dl.np, "fromfile", no_decoding)
+    monkeypatch.setattr(image_io.cv2, "imdecode", no_decoding)
+    monkeypatch.setattr(image_io.np, "fromfile", no_decoding)
     with pytest.raises(ValueError, match=r"Could not read '.*huge\.png': image of 20000x20000 pixels"):
-        dl.read_png(path)
+        image_io.read_png(path)
     with pytest.raises(ValueError, match="MAX_IMAGE_PIXELS"):
-        dl.load_image(path, 32)
+        image_io.load_image(path, 32)
 
 
 def test_read_png_names_each_header_problem(tmp_path):
@@ -192,12 +194,12 @@ def test_read_png_names_each_header_problem(tmp_path):
     for name, (data, reason) in cases.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(ValueError, match=rf"Could not read '.*{_escape(name)}': .*{_escape(reason)}"):
-            dl.read_png(tmp_path / name)
+            image_io.read_png(tmp_path / name)
     with pytest.raises(FileNotFoundError, match="Image file not found"):
-        dl.read_png(tmp_path / "missing.png")
+        image_io.read_png(tmp_path / "missing.png")
     os.symlink(tmp_path / "gone.png", tmp_path / "dangling.png")
     with pytest.raises(ValueError, match=r"dangling\.png': symbolic link that cannot be followed"):
-        dl.read_png(tmp_path / "dangling.png")
+        image_io.read_png(tmp_path / "dangling.png")
 
 
 def test_a_mask_that_is_a_broken_link_is_skipped_not_a_crash(root):
@@ -230,7 +232,7 @@ def test_a_duplicate_mask_number_is_an_error(root):
 def test_a_root_without_the_class_folders_names_what_it_found(tmp_path, layout, found):
     for name in layout:
         (tmp_path / name).mkdir()
-    missing = [c for c in dl.CLASSES if c not in layout]
+    missing = [c for c in class_labels.CLASSES if c not in layout]
     with pytest.raises(
         FileNotFoundError, match=_escape(f"in '{tmp_path}'; missing {missing}, found {found}")
     ):
@@ -245,15 +247,15 @@ def test_16_bit_image_and_mask_load_like_their_8_bit_versions(root):
     image8, mask8 = _grey(folder / "benign (3).png"), _grey(folder / "benign (3)_mask.png")
     cv2.imwrite(str(folder / "benign (3).png"), image8.astype(np.uint16) * 257)  # 0..65535
     cv2.imwrite(str(folder / "benign (3)_mask.png"), (mask8 > 0).astype(np.uint16) * 65535)
-    assert dl.read_png(folder / "benign (3).png").dtype == np.uint16
+    assert image_io.read_png(folder / "benign (3).png").dtype == np.uint16
     df = dl.index_busi(root)
     assert df.attrs["skipped"] == []
     image, mask = (
-        dl.load_image(folder / "benign (3).png", 16),
-        dl.load_mask([folder / "benign (3)_mask.png"], 16),
+        image_io.load_image(folder / "benign (3).png", 16),
+        image_io.load_mask([folder / "benign (3)_mask.png"], 16),
     )
-    np.testing.assert_allclose(image, dl.resize_image(image8.astype(np.float32) / 255, 16), atol=1e-6)
-    np.testing.assert_array_equal(mask, dl.resize_mask((mask8 > 0).astype(np.uint8), 16))
+    np.testing.assert_allclose(image, image_io.resize_image(image8.astype(np.float32) / 255, 16), atol=1e-6)
+    np.testing.assert_array_equal(mask, image_io.resize_mask((mask8 > 0).astype(np.uint8), 16))
 
 
 def test_rgba_image_and_mask_use_colour_and_alpha_as_documented(root):
@@ -267,10 +269,12 @@ def test_rgba_image_and_mask_use_colour_and_alpha_as_documented(root):
     hidden[:, : mask.shape[1] // 2] = 255  # alpha 0 on the left half: background there
     cv2.imwrite(str(folder / "benign (3)_mask.png"), cv2.merge([mask, mask, mask, 255 - hidden]))
     assert dl.index_busi(root).attrs["skipped"] == []
-    np.testing.assert_allclose(dl.to_grey(dl.read_png(folder / "benign (3).png")), grey / 255, atol=1e-6)
+    np.testing.assert_allclose(
+        image_io.to_grey(image_io.read_png(folder / "benign (3).png")), grey / 255, atol=1e-6
+    )
     expected = (mask > 0) & (hidden == 0)
     np.testing.assert_array_equal(
-        dl.load_mask([folder / "benign (3)_mask.png"], mask.shape)[..., 0], expected
+        image_io.load_mask([folder / "benign (3)_mask.png"], mask.shape)[..., 0], expected
     )
 
 
@@ -287,8 +291,12 @@ def test_palette_image_and_mask_load_as_grey_and_binary(root):
         pngs.png_bytes(mask, pngs.PALETTE, [(0, 0, 0), (255, 255, 255)])
     )
     assert dl.index_busi(root).attrs["skipped"] == []
-    np.testing.assert_allclose(dl.to_grey(dl.read_png(folder / "benign (3).png")), grey / 255, atol=1e-6)
-    np.testing.assert_array_equal(dl.load_mask([folder / "benign (3)_mask.png"], mask.shape)[..., 0], mask)
+    np.testing.assert_allclose(
+        image_io.to_grey(image_io.read_png(folder / "benign (3).png")), grey / 255, atol=1e-6
+    )
+    np.testing.assert_array_equal(
+        image_io.load_mask([folder / "benign (3)_mask.png"], mask.shape)[..., 0], mask
+    )
 
 
 def test_non_ascii_and_space_laden_names_are_indexed_and_loaded(root):
@@ -301,7 +309,7 @@ def test_non_ascii_and_space_laden_names_are_indexed_and_loaded(root):
     images, masks = dl.load_dataset(df, 16, cache_dir=root.parent / "cache")
     assert images.shape == (10, 16, 16, 1) and set(np.unique(masks)) <= {0, 1}
     row = df.index[df["image_id"] == stem][0]
-    np.testing.assert_allclose(images[row], dl.load_image(folder / f"{stem}.png", 16))
+    np.testing.assert_allclose(images[row], image_io.load_image(folder / f"{stem}.png", 16))
 
 
 def test_a_folder_symlink_loop_is_ignored_and_listed(root):

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
+import class_labels
 import data_loading as dl
 import synthetic_data
 
@@ -26,7 +27,7 @@ def test_make_synthetic_busi_layout_seeding_and_planted_duplicates(tmp_path):
     kwargs = dict(n_benign=9, n_malignant=3, n_normal=2, size_range=(24, 32))
     root = synthetic_data.make_synthetic_busi(tmp_path / "a", **kwargs)
     assert root == tmp_path / "a" / dl.DATASET_FOLDER
-    names = {label: sorted(p.name for p in (root / label).iterdir()) for label in dl.CLASSES}
+    names = {label: sorted(p.name for p in (root / label).iterdir()) for label in class_labels.CLASSES}
     # every 4th benign image has two masks, every 9th three; a malignant duplicate keeps its source's masks
     assert [n for n in names["benign"] if "_mask_" in n] == [
         "benign (4)_mask_1.png",
@@ -51,7 +52,7 @@ def test_make_synthetic_busi_layout_seeding_and_planted_duplicates(tmp_path):
             cv2.imread(str(root / "benign" / f"{benign}_mask.png")),
         )
     again = synthetic_data.make_synthetic_busi(tmp_path / "b", **kwargs)
-    for label in dl.CLASSES:
+    for label in class_labels.CLASSES:
         for name in names[label]:
             assert (again / label / name).read_bytes() == (root / label / name).read_bytes(), name
     with pytest.raises(ValueError, match=r"n_duplicates <= min\(n_benign, n_malignant\)"):
