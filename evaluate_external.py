@@ -70,6 +70,7 @@ import folder_index  # noqa: E402
 import image_io  # noqa: E402
 import inference  # noqa: E402
 import model_io  # noqa: E402
+import overlays  # noqa: E402
 import segment_images  # noqa: E402  (default_threshold: the run's threshold from results.json)
 import visualization  # noqa: E402
 
@@ -153,7 +154,7 @@ def score_folder(
         (index order, skipped images left out), each image's pixel count ``(N,)`` int64, the
         skipped images as ``{"file", "image_id", "reason"}``, and ``shown`` with ``images``,
         ``truths``, ``predictions`` (``(K, DISPLAY_SIDE, DISPLAY_SIDE)``) and ``rows`` (their
-        rows of ``per_image``) for `visualization.plot_best_worst`.
+        rows of ``per_image``) for `overlays.plot_best_worst`.
     """
     tables, pixels, skipped, shown = [], [], [], []
     for start in range(0, len(index), batch_size):
@@ -203,7 +204,7 @@ def _read_batch(rows: pd.DataFrame, min_side: int, skipped: list[dict[str, str]]
 
 
 def _keep_extremes(cases: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """The n best and n worst cases by Dice, ties broken as `visualization.plot_best_worst` breaks them."""
+    """The n best and n worst cases by Dice, ties broken as `overlays.plot_best_worst` breaks them."""
     best = sorted(cases, key=lambda c: (-c["record"]["dice"], c["position"]))[:n]
     worst = sorted(cases, key=lambda c: (c["record"]["dice"], -c["position"]))[:n]
     kept = {c["position"]: c for c in best + worst}
@@ -249,7 +250,7 @@ def write_outputs(
         visualization.plot_dice_distribution(per_image, output_dir / DICE_FIGURE)
         written.append(output_dir / DICE_FIGURE)
     if len(shown["rows"]):
-        visualization.plot_best_worst(
+        overlays.plot_best_worst(
             shown["images"],
             shown["truths"],
             shown["predictions"],

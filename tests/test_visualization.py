@@ -16,6 +16,8 @@ import pytest
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
+import overlays
+import plot_style
 import visualization as viz
 
 SIZE = 16
@@ -102,20 +104,20 @@ def call_overview(path=None):
 
 
 def call_mask_grid(path=None):
-    return viz.plot_mask_grid(
+    return overlays.plot_mask_grid(
         make_images(5), make_masks(5), titles=[f"image {i}" for i in range(5)], path=path
     )
 
 
 def call_multi_mask(path=None):
     masks = [m[..., 0] for m in make_masks(3)]
-    return viz.plot_multi_mask(
+    return overlays.plot_multi_mask(
         make_images(1)[0], masks, np.maximum.reduce(masks), title="benign (1)", path=path
     )
 
 
 def call_augmentation(path=None):
-    return viz.plot_augmentation_preview(
+    return overlays.plot_augmentation_preview(
         make_images(1)[0], make_masks(1)[0], make_images(3, seed=1), make_masks(3), path=path
     )
 
@@ -130,13 +132,13 @@ def call_training_without_lr(path=None):
 
 def call_overlays(path=None):
     images, y_true, y_pred = predictions(5)
-    titles = [viz.overlay_title(f"benign ({i})", "benign", 0.5) for i in range(5)]
-    return viz.plot_prediction_overlays(images, y_true, y_pred, titles, path=path)
+    titles = [overlays.overlay_title(f"benign ({i})", "benign", 0.5) for i in range(5)]
+    return overlays.plot_prediction_overlays(images, y_true, y_pred, titles, path=path)
 
 
 def call_best_worst(path=None):
     images, y_true, y_pred = predictions(6)
-    return viz.plot_best_worst(images, y_true, y_pred, make_per_image(), n=2, path=path)
+    return overlays.plot_best_worst(images, y_true, y_pred, make_per_image(), n=2, path=path)
 
 
 def call_dice_distribution(path=None):
@@ -198,7 +200,7 @@ def test_rejects_unknown_file_suffix(tmp_path):
     "n_panels, n_cols, geometry", [(5, 4, (2, 3)), (6, 5, (2, 3)), (3, 4, (1, 3)), (8, 4, (2, 4))]
 )
 def test_grid_rows_are_balanced_and_unused_cells_removed(n_panels, n_cols, geometry):
-    fig = viz.plot_mask_grid(make_images(n_panels), make_masks(n_panels), n_cols=n_cols)
+    fig = overlays.plot_mask_grid(make_images(n_panels), make_masks(n_panels), n_cols=n_cols)
     assert len(fig.axes) == n_panels
     assert fig.axes[0].get_subplotspec().get_gridspec().get_geometry() == geometry
 
@@ -206,7 +208,7 @@ def test_grid_rows_are_balanced_and_unused_cells_removed(n_panels, n_cols, geome
 def test_outline_runs_along_pixel_edges_of_the_mask():
     mask = np.zeros((1, SIZE, SIZE), np.uint8)
     mask[0, 4:8, 6:12] = 1  # rows 4..7, columns 6..11
-    fig = viz.plot_mask_grid(make_images(1), mask)
+    fig = overlays.plot_mask_grid(make_images(1), mask)
     (contour,) = fig.axes[0].collections
     vertices = np.concatenate([path.vertices for path in contour.get_paths()])
     np.testing.assert_allclose(vertices[:, 0].min(), 5.5, atol=1e-9)
@@ -219,7 +221,7 @@ def test_outline_runs_along_pixel_edges_of_the_mask():
 def test_empty_mask_draws_no_outline_and_bool_masks_without_channel_are_accepted():
     masks = np.zeros((2, SIZE, SIZE), bool)
     masks[1, 3:6, 3:6] = True
-    fig = viz.plot_mask_grid(make_images(2)[..., 0], masks)
+    fig = overlays.plot_mask_grid(make_images(2)[..., 0], masks)
     assert len(fig.axes[0].collections) == 0
     assert len(fig.axes[1].collections) == 1
 
@@ -227,12 +229,12 @@ def test_empty_mask_draws_no_outline_and_bool_masks_without_channel_are_accepted
 def test_confusion_overlay_colours_tp_fp_fn_exactly():
     truth = np.array([[1, 1, 0, 0]], np.uint8)
     pred = np.array([[1, 0, 1, 0]], np.uint8)
-    layer = viz.confusion_overlay(truth, pred, alpha=0.4)
+    layer = overlays.confusion_overlay(truth, pred, alpha=0.4)
     assert layer.shape == (1, 4, 4) and layer.dtype == np.float32
     expected = [
-        to_rgba(viz.OVERLAY_COLORS["TP"], 0.4),
-        to_rgba(viz.OVERLAY_COLORS["FN"], 0.4),
-        to_rgba(viz.OVERLAY_COLORS["FP"], 0.4),
+        to_rgba(plot_style.OVERLAY_COLORS["TP"], 0.4),
+        to_rgba(plot_style.OVERLAY_COLORS["FN"], 0.4),
+        to_rgba(plot_style.OVERLAY_COLORS["FP"], 0.4),
         (0.0, 0.0, 0.0, 0.0),
     ]
     np.testing.assert_allclose(layer[0], expected, atol=1e-6)
@@ -247,7 +249,7 @@ def test_confusion_overlay_colours_tp_fp_fn_exactly():
     ],
 )
 def test_overlay_title(image_id, label, dice, expected):
-    assert viz.overlay_title(image_id, label, dice) == expected
+    assert overlays.overlay_title(image_id, label, dice) == expected
 
 
 def test_prediction_overlays_have_one_figure_legend():
@@ -275,7 +277,7 @@ def test_best_worst_picks_lesion_cases_in_order_and_skips_normal_and_nan():
 
 def test_best_worst_shows_all_cases_when_fewer_than_n():
     images, y_true, y_pred = predictions(6)
-    fig = viz.plot_best_worst(images, y_true, y_pred, make_per_image(), n=10)
+    fig = overlays.plot_best_worst(images, y_true, y_pred, make_per_image(), n=10)
     assert len(visible_axes(fig)) == 2 * 4
 
 
@@ -330,50 +332,50 @@ BAD_INPUTS = {
         r"unknown labels \['cyst'\]",
     ),
     "grid mismatched shapes": (
-        lambda: viz.plot_mask_grid(make_images(2), np.zeros((2, 8, 8, 1), np.uint8)),
+        lambda: overlays.plot_mask_grid(make_images(2), np.zeros((2, 8, 8, 1), np.uint8)),
         r"same shape .* \(2, 8, 8\)",
     ),
     "grid wrong ndim": (
-        lambda: viz.plot_mask_grid(make_images(1)[0, ..., 0], make_masks(1)[0, ..., 0]),
+        lambda: overlays.plot_mask_grid(make_images(1)[0, ..., 0], make_masks(1)[0, ..., 0]),
         r"\(N, H, W, 1\) or \(N, H, W\); received shape \(16, 16\)",
     ),
     "grid empty": (
-        lambda: viz.plot_mask_grid(np.zeros((0, SIZE, SIZE, 1)), np.zeros((0, SIZE, SIZE, 1))),
+        lambda: overlays.plot_mask_grid(np.zeros((0, SIZE, SIZE, 1)), np.zeros((0, SIZE, SIZE, 1))),
         "non-empty `images`",
     ),
     "grid 8-bit image": (
-        lambda: viz.plot_mask_grid(make_images(1) * 255, make_masks(1)),
+        lambda: overlays.plot_mask_grid(make_images(1) * 255, make_masks(1)),
         r"values in \[0, 1\].*Divide 8-bit",
     ),
     "grid wrong title count": (
-        lambda: viz.plot_mask_grid(make_images(2), make_masks(2), titles=["a"]),
+        lambda: overlays.plot_mask_grid(make_images(2), make_masks(2), titles=["a"]),
         "Expected 2 titles",
     ),
-    "grid bad n_cols": (lambda: viz.plot_mask_grid(make_images(2), make_masks(2), n_cols=0), "n_cols"),
+    "grid bad n_cols": (lambda: overlays.plot_mask_grid(make_images(2), make_masks(2), n_cols=0), "n_cols"),
     "multi mismatched annotation": (
-        lambda: viz.plot_multi_mask(
+        lambda: overlays.plot_multi_mask(
             make_images(1)[0], [np.zeros((8, 8), np.uint8)], np.zeros((SIZE, SIZE), np.uint8)
         ),
         r"`masks\[0\]`",
     ),
     "multi mismatched merged": (
-        lambda: viz.plot_multi_mask(
+        lambda: overlays.plot_multi_mask(
             make_images(1)[0], [np.zeros((SIZE, SIZE), np.uint8)], np.zeros((SIZE, 8), np.uint8)
         ),
         "`merged`",
     ),
     "multi no annotation": (
-        lambda: viz.plot_multi_mask(make_images(1)[0], [], np.zeros((SIZE, SIZE), np.uint8)),
+        lambda: overlays.plot_multi_mask(make_images(1)[0], [], np.zeros((SIZE, SIZE), np.uint8)),
         "at least one annotation",
     ),
     "multi single array": (
-        lambda: viz.plot_multi_mask(
+        lambda: overlays.plot_multi_mask(
             make_images(1)[0], np.zeros((SIZE, SIZE), np.uint8), np.zeros((SIZE, SIZE), np.uint8)
         ),
         "list of",
     ),
     "augmentation mismatched": (
-        lambda: viz.plot_augmentation_preview(
+        lambda: overlays.plot_augmentation_preview(
             make_images(1)[0], make_masks(1)[0], make_images(3), make_masks(2)
         ),
         "`augmented_masks`",
@@ -387,25 +389,25 @@ BAD_INPUTS = {
         "at least one finite value",
     ),
     "overlays probabilities": (
-        lambda: viz.plot_prediction_overlays(
+        lambda: overlays.plot_prediction_overlays(
             make_images(1), make_masks(1), np.full((1, SIZE, SIZE, 1), 0.3), ["a"]
         ),
         r"`y_pred` binary values .* Threshold probabilities",
     ),
     "overlays mismatched": (
-        lambda: viz.plot_prediction_overlays(make_images(2), make_masks(2), make_masks(1), ["a", "b"]),
+        lambda: overlays.plot_prediction_overlays(make_images(2), make_masks(2), make_masks(1), ["a", "b"]),
         "`y_pred`",
     ),
     "overlays missing titles": (
-        lambda: viz.plot_prediction_overlays(make_images(1), make_masks(1), make_masks(1), None),
+        lambda: overlays.plot_prediction_overlays(make_images(1), make_masks(1), make_masks(1), None),
         "list of 1 strings",
     ),
     "best_worst misaligned frame": (
-        lambda: viz.plot_best_worst(*predictions(5), make_per_image()),
+        lambda: overlays.plot_best_worst(*predictions(5), make_per_image()),
         "one row per image",
     ),
     "best_worst only normal": (
-        lambda: viz.plot_best_worst(
+        lambda: overlays.plot_best_worst(
             *predictions(2),
             pd.DataFrame({"image_id": ["n1", "n2"], "label": ["normal"] * 2, "dice": [1.0, 0.0]}),
         ),
@@ -429,7 +431,7 @@ BAD_INPUTS = {
         r"missing \['dice'\]",
     ),
     "confusion alpha": (
-        lambda: viz.confusion_overlay(np.zeros((2, 2), np.uint8), np.zeros((2, 2), np.uint8), alpha=2),
+        lambda: overlays.confusion_overlay(np.zeros((2, 2), np.uint8), np.zeros((2, 2), np.uint8), alpha=2),
         r"`alpha` in \[0, 1\]",
     ),
 }
