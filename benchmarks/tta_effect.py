@@ -23,19 +23,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from run_data import rebuild_run_data  # noqa: E402
 
 import atomic_io  # noqa: E402
 import class_labels  # noqa: E402
-import data_loading as dl  # noqa: E402
 import evaluation  # noqa: E402
 import inference  # noqa: E402
 import model_io  # noqa: E402
 import run_results  # noqa: E402
-import splits  # noqa: E402
 import training  # noqa: E402
 
 GROUPS = ("lesion", "benign", "malignant")
@@ -82,29 +82,15 @@ def main() -> None:
         sys.exit(
             f"Expected {training.BEST_MODEL} and results.json in {str(run_dir)!r} (a benchmarks/train_busi.py run)."
         )
-    results = run_results.read_results(run_dir)
+    start = time.perf_counter()
+    results, images, masks, train_df, val_df, test_df = rebuild_run_data(run_dir, args.root, args.cache_dir)
     settings = results["settings"]
-    root = args.root or (settings["data"] if Path(settings["data"]).exists() else dl.find_busi_root())
-    if root is None:
-        sys.exit("BUSI not found; pass --root.")
+    sizes = results["split_sizes"]
     print(
         f"run {run_dir}: image_size={settings['image_size']} seed={settings['seed']} "
-        f"max_samples={settings['max_samples']} threshold={results['threshold']}; BUSI at {root}",
+        f"max_samples={settings['max_samples']} threshold={results['threshold']}",
         flush=True,
     )
-
-    start = time.perf_counter()
-    index = dl.index_busi(root)
-    if settings["max_samples"]:
-        index = index.groupby("label", sort=False).head(settings["max_samples"]).reset_index(drop=True)
-    images, masks = dl.load_dataset(index, settings["image_size"], cache_dir=args.cache_dir)
-    index = splits.add_duplicate_groups(index, images)
-    train_df, val_df, test_df = splits.split_dataset(index, seed=settings["seed"])
-    sizes = {"train": len(train_df), "val": len(val_df), "test": len(test_df)}
-    if sizes != results["split_sizes"]:
-        sys.exit(
-            f"Split sizes {sizes} differ from the run's {results['split_sizes']}: not the run's data or code."
-        )
     print(
         f"split rebuilt: {sizes} (as in results.json); data ready in {time.perf_counter() - start:.1f} s",
         flush=True,
