@@ -6,7 +6,7 @@ import numpy as np
 import pydicom.pixels
 import pytest
 from clinic_files import tiff_bytes, write_dicom
-from pydicom.uid import JPEGBaseline8Bit, JPEGLSLossless
+from pydicom.uid import JPEGBaseline8Bit, JPEGLSLossless, RLELossless
 
 import image_io
 
@@ -199,6 +199,27 @@ def test_compressed_dicom_without_its_decoder_names_the_syntax_and_what_to_insta
     with pytest.raises(ValueError, match=message):
         image_io.count_frames(path)  # refused from the header, as segment_images meets it first
     assert "needs a decoder that is not installed" in image_io.image_file_problem(path)
+
+
+def test_compressed_dicom_with_its_decoder_is_read(tmp_path):
+    grey = (np.arange(48 * 64).reshape(48, 64) % 251).astype(np.uint8)
+    path = write_dicom(tmp_path / "rle.dcm", grey)
+    dataset = pydicom.dcmread(path)
+    dataset.compress(RLELossless)  # pydicom's own encoder and decoder: lossless, exact
+    dataset.save_as(path)
+    np.testing.assert_array_equal(image_io.read_image_file(path), grey)
+    if not pydicom.pixels.get_decoder(JPEGBaseline8Bit).is_available:
+        pytest.skip("no JPEG baseline decoder (Pillow) here")
+    jpeg = cv2.imencode(".jpg", grey, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    path = write_dicom(tmp_path / "jpeg.dcm", grey, syntax=JPEGBaseline8Bit, pixel_data=jpeg)
+    np.testing.assert_allclose(image_io.read_image_file(path), grey, atol=8)  # lossy: 6 grey levels here
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[..., 0] = 200
+    rgb[8:24, 8:40] = (10, 200, 30)
+    jpeg = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    path = write_dicom(tmp_path / "colour.dcm", rgb, "YBR_FULL_422", syntax=JPEGBaseline8Bit, pixel_data=jpeg)
+    image = image_io.read_image_file(path)  # away from the edges, where 4:2:0 chroma blurs the colours
+    np.testing.assert_allclose(image[[0, 16], [0, 24]], [[0, 0, 200], [30, 200, 10]], atol=8)
 
 
 def test_damaged_compressed_dicom_is_a_clear_error(tmp_path):
