@@ -55,14 +55,15 @@ FLAGS = {
 INDEX_ROW_COLUMNS = ("image_id", "label", "image_path", "mask_paths", "n_masks", "height", "width", "flags")
 
 
-def mask_name_pattern(suffix: str = "_mask") -> re.Pattern:
+def mask_name_pattern(suffix: str = "_mask", extensions: Sequence[str] = (".png",)) -> re.Pattern:
     """Names of images and masks: ``<stem>.png``, ``<stem><suffix>.png``, ``<stem><suffix>_<n>.png``.
 
-    Groups: ``stem``, ``mask`` (the suffix and number, None for an image) and ``index`` (the
-    number, None for the first mask). Case-insensitive.
+    Groups: ``stem``, ``mask`` (the suffix and number, None for an image), ``index`` (the
+    number, None for the first mask) and ``extension`` (one of `extensions`). Case-insensitive.
     """
     mask = rf"(?P<mask>{re.escape(suffix)}(?:_(?P<index>\d+))?)"
-    return re.compile(rf"^(?P<stem>.+?){mask}?\.png$", re.IGNORECASE)
+    extension = "|".join(re.escape(e) for e in extensions)
+    return re.compile(rf"^(?P<stem>.+?){mask}?(?P<extension>{extension})$", re.IGNORECASE)
 
 
 _FILE_RE = mask_name_pattern("_mask")
@@ -357,12 +358,14 @@ def validate_image(
     row: dict[str, Any],
     check_pixels: bool,
     colours: Mapping[str, Sequence[int]] | None = None,
+    image_formats: Sequence[str] = ("png",),
 ) -> tuple[str, str] | None:
     """Checks the files of one image and its masks (the checks of `index_busi`).
 
-    Every file is checked from its header (`png_file_problem`); with `check_pixels` every file
-    is decoded, each mask must have the image's size (masks are never stretched) and be
-    binary, or, with `colours`, hold only black and the mapped colours (`decode_mask`).
+    Every file is checked from its header (`png_file_problem`; `image_file_problem` for the
+    image); with `check_pixels` every file is decoded, each mask must have the image's size
+    (masks are never stretched) and be binary, or, with `colours`, hold only black and the
+    mapped colours (`decode_mask`).
 
     Args:
         image_path: the image.
@@ -372,24 +375,30 @@ def validate_image(
             (list of the labels whose colours occur; empty for binary masks).
         check_pixels: decode the files (else the size comes from the PNG header).
         colours: None for binary masks, else label -> ``(r, g, b)``.
+        image_formats: formats accepted for the image (`image_io.FORMAT_NAMES` keys; masks are
+            PNG). A multi-frame DICOM image is refused.
 
     Returns:
         ``(file, reason)`` for the first problem found, else None.
     """
-    for path in (str(image_path), *mask_paths):
+    problem = image_io.image_file_problem(image_path, image_formats)
+    if problem is not None:
+        return str(image_path), problem
+    for path in mask_paths:
         problem = image_io.png_file_problem(path)
         if problem is not None:
             return path, problem
+    kind = image_io.FORMAT_NAMES[image_io.file_format(image_path)]
     if not check_pixels:
-        size = image_io.png_header_size(image_path)
+        size = image_io.image_header_size(image_path)
         if size is None:
-            return str(image_path), "not a valid PNG file (bad header)"
+            return str(image_path), f"not a valid {kind} file (bad header)"
         row["height"], row["width"] = size
         return None
     try:
-        image = image_io.read_png(image_path)
-    except ValueError:
-        return str(image_path), "unreadable or truncated PNG"
+        image = image_io.read_image_file(image_path)
+    except ValueError as error:
+        return str(image_path), "unreadable or truncated PNG" if kind == "PNG" else str(error)
     row["height"], row["width"] = image.shape[:2]
     merged, labels = np.zeros(image.shape[:2], np.uint8), []
     for mask_path in mask_paths:

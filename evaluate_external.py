@@ -190,7 +190,7 @@ def _read_batch(rows: pd.DataFrame, min_side: int, skipped: list[dict[str, str]]
     images, greys, masks, kept = [], [], [], []
     for row in rows.itertuples(index=False):
         try:
-            image = image_io.read_png(row.image_path)
+            image = image_io.read_image_file(row.image_path)
             grey = inference.to_grey_checked(image, Path(row.image_path).name, min_side)
             mask = image_io.read_mask(row.mask_paths, getattr(row, "mask_colours", ""))
         except (ValueError, OSError) as error:

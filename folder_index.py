@@ -4,13 +4,19 @@
 same ``on_error`` choice, same flags), so `data_loading.load_dataset`, `summarize_index` and the
 evaluation code take either. It is made for external validation sets such as BUS-UCLM.
 
-Pairing, by file name (PNG files only; hidden files ignored):
+Pairing, by file name (hidden files ignored):
 
 - two folders: the mask of ``images/x.png`` is ``masks/x.png`` or ``masks/x<suffix>.png``
   (then also ``x<suffix>_1.png``, ... for several annotations, merged by union);
 - one folder (``masks`` None or the images folder): ``x.png`` and ``x<suffix>.png`` side by side.
 
-An image without a mask and a mask without an image are each a problem named by file.
+Images may be PNG, TIFF (``.tif``, ``.tiff``) or DICOM (``.dcm``, ``.dicom``), as clinics export
+them (`image_io.read_image_file`: 8- or 16-bit TIFF, greyscale or colour DICOM); masks are PNG.
+A multi-frame DICOM file (a cine loop) is refused: masks are drawn on one image. Each file's
+format is checked from its content, not its name.
+
+An image without a mask, a mask without an image, and two images of one stem (``x.png`` and
+``x.dcm``; the first in natural order is kept) are each a problem named by file.
 
 Masks: binary (0/1, 0/255, 16-bit, RGBA: `mask_processing.binarize_mask`), or colour-coded
 through a colour map ``{"benign": (0, 255, 0), "malignant": (255, 0, 0)}`` (RGB order; black is
@@ -42,6 +48,7 @@ EXTERNAL_ROOT_VARIABLE = "BUS_UCLM_ROOT"
 # into the repository, never trained on.
 SHARED_EXTERNAL = Path(__file__).resolve().parent.parent / "shared" / "data" / "BUS-UCLM-dev"
 DEFAULT_MASK_SUFFIX = "_mask"
+IMAGE_EXTENSIONS = (".png", *image_io.TIFF_EXTENSIONS, *image_io.DICOM_EXTENSIONS)
 DEFAULT_LABEL_COLUMN = "label"
 
 
@@ -120,11 +127,12 @@ def index_folder(
     """Indexes a folder of images and their masks into one row per image, validating every file.
 
     Checks, per image, as `data_loading.index_busi`: it has a mask (and its masks are numbered
-    without gaps); every file is a PNG within `image_io.MAX_IMAGE_PIXELS`, checked from its
-    header; every file decodes; every mask has the image's size (else the problem names both
-    sizes); every mask is binary, or (with `mask_colours`) holds only black and the mapped
-    colours (else the unknown colours are listed); the image has a known label. A mask whose
-    image is missing is also a problem. Images that pass but look wrong are flagged by name
+    without gaps); every image is a PNG, TIFF or single-frame DICOM file and every mask a PNG,
+    within `image_io.MAX_IMAGE_PIXELS`, checked from its header; every file decodes; every
+    mask has the image's size (else the problem names both sizes); every mask is binary, or
+    (with `mask_colours`) holds only black and the mapped colours (else the unknown colours are
+    listed); the image has a known label. A mask whose image is missing, and a second image of
+    one stem, are also problems. Images that pass but look wrong are flagged by name
     (`data_loading.FLAGS`): an empty mask on a benign or malignant image, a lesion on a normal
     image, a side under `data_loading.MIN_SCAN_SIDE`.
 
@@ -138,15 +146,15 @@ def index_folder(
         mask_suffix: the suffix of mask names (``x_mask.png``); needed for one folder.
         on_error: ``"raise"``: one error listing every problem by file; ``"skip"``: leave
             those images (or orphan masks) out and record each in ``df.attrs["skipped"]``.
-        check_pixels: decode every file. With False only names and PNG headers are checked;
+        check_pixels: decode every file. With False only names and file headers are checked;
             labels must then come from `labels`.
 
     Returns:
         DataFrame in natural file-name order with the columns of `data_loading.index_busi`
         (``image_id`` is the file stem) and ``mask_colours`` (str: the colour map's text form,
         ``""`` for binary masks), which `data_loading.load_dataset` reads. ``df.attrs`` holds
-        ``root`` (the images folder), ``masks``, ``skipped``, ``ignored`` (non-PNG and hidden
-        files) and ``unused_labels`` (entries of `labels` that name no image).
+        ``root`` (the images folder), ``masks``, ``skipped``, ``ignored`` (files of other
+        formats and hidden files) and ``unused_labels`` (entries of `labels` that name no image).
 
     Raises:
         FileNotFoundError: a folder is missing.
@@ -156,12 +164,18 @@ def index_folder(
     images_dir, masks_dir, colours = _check_arguments(
         images, masks, labels, mask_colours, mask_suffix, on_error, check_pixels
     )
-    image_files, mask_files, ignored = _list_pairs(images_dir, masks_dir, mask_suffix)
+    image_files, mask_files, ignored, clashes = _list_pairs(images_dir, masks_dir, mask_suffix)
     rows, problems = [], []
     for stem in sorted(set(mask_files) - set(image_files), key=data_loading.natural_key):
         for _, mask_path in mask_files[stem]:
-            reason = f"mask without its image (expected '{stem}.png' in '{images_dir}')"
+            reason = (
+                f"mask without its image (expected '{stem}.png' in '{images_dir}', or the same stem "
+                f"with {', '.join(IMAGE_EXTENSIONS[1:])})"
+            )
             problems.append({"file": str(mask_path), "image_id": stem, "reason": reason})
+    for stem, path in clashes:
+        reason = f"two images named '{stem}': '{image_files[stem].name}' and '{path.name}'; keep one"
+        problems.append({"file": str(path), "image_id": stem, "reason": reason})
     for stem, image_path in image_files.items():
         expected = (
             f"'{stem}{mask_suffix}.png' beside it"
@@ -209,34 +223,40 @@ def _check_arguments(images, masks, labels, mask_colours, mask_suffix, on_error,
 
 
 def _list_pairs(images_dir: Path, masks_dir: Path, suffix: str):
-    """``(images, masks, ignored)``: stem -> image path, stem -> [(number, mask path)], other files.
+    """``(images, masks, ignored, clashes)``: stem -> image path, stem -> [(number, mask path)],
+    other files, and ``(stem, path)`` for each image whose stem an earlier image has.
 
     A mask in its own folder pairs with the image of the same name first (``x_mask.png`` with
-    an image ``x_mask.png``), else by its suffix and number.
+    an image ``x_mask.png``), else by its suffix and number. In one folder a mask may have an
+    image's extension (``x_mask.tif``): it is then refused as not a PNG, not taken for an image.
     """
     pattern = data_loading.mask_name_pattern(suffix)
     image_files: dict[str, Path] = {}
     mask_files: dict[str, list[tuple[int, Path]]] = {}
     ignored: list[str] = []
+    clashes: list[tuple[str, Path]] = []
     one_folder = images_dir == masks_dir
-    for path, match in _png_files(images_dir, pattern, ignored):
+    image_pattern = data_loading.mask_name_pattern(suffix, IMAGE_EXTENSIONS)
+    for path, match in _named_files(images_dir, image_pattern, ignored):
         if one_folder and match["mask"]:
             mask_files.setdefault(match["stem"], []).append((int(match["index"] or 0), path))
+        elif _stem(path) in image_files:
+            clashes.append((_stem(path), path))
         else:
             image_files[_stem(path)] = path
     if not one_folder:
-        for path, match in _png_files(masks_dir, pattern, ignored):
+        for path, match in _named_files(masks_dir, pattern, ignored):
             if _stem(path) in image_files:
                 mask_files.setdefault(_stem(path), []).append((0, path))
             else:
                 mask_files.setdefault(match["stem"], []).append((int(match["index"] or 0), path))
     for stem in mask_files:
         mask_files[stem].sort(key=lambda pair: (pair[0], len(pair[1].name)))
-    return image_files, mask_files, ignored
+    return image_files, mask_files, ignored, clashes
 
 
-def _png_files(folder: Path, pattern, ignored: list[str]):
-    """``(path, match)`` per PNG file of `folder` in natural order; other entries go to `ignored`."""
+def _named_files(folder: Path, pattern, ignored: list[str]):
+    """``(path, match)`` per file of `folder` whose name matches, in natural order; others go to `ignored`."""
     for path in sorted(folder.iterdir(), key=lambda p: data_loading.natural_key(p.name)):
         match = pattern.match(path.name)
         if path.name.startswith(".") or not (path.is_file() or path.is_symlink()) or match is None:
@@ -246,7 +266,7 @@ def _png_files(folder: Path, pattern, ignored: list[str]):
 
 
 def _stem(path: Path) -> str:
-    return path.name[: -len(".png")]
+    return path.name[: -len(path.suffix)]
 
 
 def _index_row(image_path: Path, numbered, labels, colours, check_pixels, expected: str, suffix: str):
@@ -270,7 +290,9 @@ def _index_row(image_path: Path, numbered, labels, colours, check_pixels, expect
         if problem is not None:
             return None, (str(image_path), problem)
     problem = data_loading.mask_count_problem(image_path, numbered, expected, suffix)
-    problem = problem or data_loading.validate_image(image_path, mask_paths, row, check_pixels, colours)
+    problem = problem or data_loading.validate_image(
+        image_path, mask_paths, row, check_pixels, colours, image_io.INDEX_IMAGE_FORMATS
+    )
     if problem is not None:
         return None, problem
     row["label"], problem = _resolve_label(given, row.get("mask_labels") if colours else None)

@@ -5,13 +5,17 @@ Usage (from the repository root)::
     python segment_images.py --model runs/train_busi/best.keras --input DIR --output DIR
         [--threshold T] [--min-area N] [--tta] [--batch-size 16]
 
-For every image file in ``DIR`` (not recursive; ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``; hidden files
-ignored) the command writes ``<stem>_mask.png`` (0/255, one channel, the image's own size) and
-``<stem>_overlay.png`` (the grey image with the lesion tinted and outlined in red) into the output
-folder, plus ``measurements.csv`` with one row per file: measurements for the segmented ones,
-``status`` ``"skipped"`` and the ``reason`` for every file that could not be used (empty,
-truncated, not an image, wrong number of channels, too small, other extension). A bad file never
-stops the run. Every file is written atomically (`atomic_io.atomic_write`), so an existing
+For every image file in ``DIR`` (not recursive; ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``,
+``.tiff``, ``.dcm``, ``.dicom``, and DICOM files of any name, recognised by their content; hidden
+files ignored) the command writes ``<stem>_mask.png`` (0/255, one channel, the image's own size)
+and ``<stem>_overlay.png`` (the grey image with the lesion tinted and outlined in red) into the
+output folder, plus ``measurements.csv`` with one row per file: measurements for the segmented
+ones, ``status`` ``"skipped"`` and the ``reason`` for every file that could not be used (empty,
+truncated, not an image, wrong number of channels, too small, other extension, compressed DICOM
+without its decoder). A multi-frame DICOM file (a cine loop) is segmented frame by frame:
+``<stem>_f001_mask.png``, ... and one row per frame (column ``frame``, from 1; empty for files of
+one image). A bad file or frame never stops the run.
+Every file is written atomically (`atomic_io.atomic_write`), so an existing
 output is replaced whole or not at all. Exit status: 0; 1 when no file could be segmented; 2
 for a mistake in the arguments (a missing, damaged or non-``.keras`` model file, an unreadable
 results.json beside it, a missing input folder, an output path that is a file or the input
@@ -21,7 +25,7 @@ kept out of the output (`quiet.import_tensorflow`).
 
 Method, per image (`inference.segment_many`, the one way busi-unet segments an image of any size):
 
-1. Decode as stored (grey, RGB, RGBA; 8 or 16 bit) and convert to grey in [0, 1]
+1. Decode as stored (grey, RGB, RGBA; 8 or 16 bit; DICOM: see `image_io`), convert to grey in [0, 1]
    (`image_io.to_grey`: luma for colour; alpha ignored). Accepted channel counts are 1, 3
    and 4; anything else is refused, including a grey + alpha PNG (2 channels), which OpenCV
    would otherwise silently expand to 4.
@@ -74,7 +78,7 @@ import model_io  # noqa: E402
 import run_results  # noqa: E402
 from evaluation import DEFAULT_THRESHOLD  # noqa: E402
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", *image_io.TIFF_EXTENSIONS, *image_io.DICOM_EXTENSIONS)
 MEASUREMENTS_CSV = "measurements.csv"
 MASK_SUFFIX = "_mask.png"
 OVERLAY_SUFFIX = "_overlay.png"
@@ -212,50 +216,59 @@ def segment_images(
 # --------------------------------------------------------------------------------------------
 
 
-def read_image_file(path: str | os.PathLike) -> np.ndarray:
-    """Reads a PNG, JPEG or BMP file as stored (8 or 16 bit; grey, BGR or BGRA).
+def read_image_file(path: str | os.PathLike, frame: int | None = None) -> np.ndarray:
+    """Reads an image file of the folder command: its own checks, then `image_io.read_image_file`.
+
+    This command takes files with an extension of `IMAGE_EXTENSIONS`, and DICOM files of any
+    name (recognised by their content). Beyond `image_io.read_image_file`'s checks it refuses a
+    PNG without its end chunk or with 2 channels (grey + alpha, which OpenCV would silently
+    expand to 4) and a JPEG without its end marker, from the file's first and last bytes.
 
     Args:
         path: the file.
+        frame: for a multi-frame DICOM file, which frame, from 0 (`image_io.count_frames`);
+            None for a file of one image.
 
     Returns:
-        ``(H, W)`` or ``(H, W, C)`` uint8 or uint16, as `cv2.imdecode` with
-        ``IMREAD_UNCHANGED``.
+        ``(H, W)`` or ``(H, W, C)`` uint8 or uint16, grey or BGR(A), as `cv2.imdecode` with
+        ``IMREAD_UNCHANGED`` (DICOM converted by `image_io`).
 
     Raises:
         ValueError: another extension, an empty file, a PNG whose header claims more than
             `image_io.MAX_IMAGE_PIXELS` pixels (refused before decoding) or is damaged, a
-            PNG or JPEG without its end marker (truncated), a grey + alpha PNG (2 channels), or
-            bytes that do not decode. The message names the file.
+            PNG or JPEG without its end marker (truncated), a grey + alpha PNG (2 channels),
+            or whatever `image_io.read_image_file` refuses (TIFF and DICOM problems, bytes that
+            do not decode). The message names the file.
         FileNotFoundError: no such file.
     """
     path = Path(path)
-    if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        raise ValueError(f"'{path.name}': extension {path.suffix!r} is not one of {IMAGE_EXTENSIONS}.")
+    if path.suffix.lower() not in IMAGE_EXTENSIONS and image_io.file_format(path) != "dicom":
+        raise ValueError(
+            f"'{path.name}': extension {path.suffix!r} is not one of {IMAGE_EXTENSIONS} (nor is it a DICOM file)."
+        )
     if not path.is_file():
         raise FileNotFoundError(f"Image file not found: '{path}'.")
-    data = path.read_bytes()
-    if not data:
+    size = path.stat().st_size
+    if not size:
         raise ValueError(f"'{path.name}' is empty (0 bytes).")
-    if data.startswith(image_io.PNG_SIGNATURE):
+    with open(path, "rb") as handle:  # the first and last bytes only: a DICOM cine loop can be large
+        head = handle.read(26)
+        handle.seek(max(0, size - 64))
+        tail = handle.read()
+    if head.startswith(image_io.PNG_SIGNATURE):
         problem = image_io.png_file_problem(path)  # e.g. a decompression bomb, refused from the header
         if problem is not None:
             raise ValueError(f"'{path.name}': {problem}.")
-        if b"IEND" not in data[-12:]:
-            raise ValueError(f"'{path.name}' is a truncated PNG ({len(data)} bytes, no end chunk).")
-        if len(data) > 25 and data[25] == PNG_GREY_ALPHA:
+        if b"IEND" not in tail[-12:]:
+            raise ValueError(f"'{path.name}' is a truncated PNG ({size} bytes, no end chunk).")
+        if len(head) > 25 and head[25] == PNG_GREY_ALPHA:
             raise ValueError(
                 f"'{path.name}' has 2 channels (grey + alpha); expected 1 (grey), 3 (RGB) or 4 (RGBA). "
                 f"Save it as a grey or RGB image."
             )
-    elif data.startswith(b"\xff\xd8") and b"\xff\xd9" not in data[-64:]:
-        raise ValueError(f"'{path.name}' is a truncated JPEG ({len(data)} bytes, no end marker).")
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if array is None:
-        raise ValueError(
-            f"'{path.name}' could not be decoded as a PNG, JPEG or BMP image ({len(data)} bytes)."
-        )
-    return array
+    elif head.startswith(b"\xff\xd8") and b"\xff\xd9" not in tail:
+        raise ValueError(f"'{path.name}' is a truncated JPEG ({size} bytes, no end marker).")
+    return image_io.read_image_file(path, frame)
 
 
 def default_threshold(model_path: str | os.PathLike) -> tuple[float, str]:
@@ -332,6 +345,35 @@ def _output_stems(files: Sequence[Path]) -> dict[Path, str]:
     return {p: p.stem if counts[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}" for p in files}
 
 
+def _images(files: Sequence[Path], stems: dict[Path, str]):
+    """``(path, frame, output stem, problem)`` per image to segment, in order.
+
+    One per file (``frame`` None), or one per frame of a multi-frame DICOM file (``frame`` from
+    0, output stem ``<stem>_f001``, ...). ``problem`` is the reason when the file's header
+    already refuses it (then ``frame`` is None), else None.
+    """
+    for path in files:
+        try:
+            count = image_io.count_frames(path)
+        except (ValueError, OSError) as error:
+            yield path, None, stems[path], str(error)
+            continue
+        if count == 1:
+            yield path, None, stems[path], None
+            continue
+        for frame in range(count):
+            yield path, frame, f"{stems[path]}_f{frame + 1:03d}", None
+
+
+def _image_name(file: str, frame: int | None) -> str:
+    """How errors and the log name an image: the file, or ``"<file> frame <n>"`` (from 1)."""
+    return file if frame is None else f"{file} frame {frame + 1}"
+
+
+def _row_start(file: str, frame: int | None, status: str, reason: str) -> dict[str, Any]:
+    return {"file": file, "frame": None if frame is None else frame + 1, "status": status, "reason": reason}
+
+
 def _write_png(path: Path, array: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", array)
     if not ok:
@@ -351,7 +393,10 @@ def segment_folder(
     """Segments every image file of a folder and writes masks, overlays and a measurements CSV.
 
     Files are read ``batch_size`` at a time (memory stays bounded); a file that cannot be used
-    is recorded as skipped with its reason and the run goes on. Outputs are written atomically.
+    is recorded as skipped with its reason and the run goes on. Each frame of a multi-frame
+    DICOM file is an image of its own (outputs ``<stem>_f001_mask.png``, ...), read one at a
+    time. Outputs are written atomically; an image whose output names another image of the
+    run already has (``x_f001.png`` beside a multi-frame ``x.dcm``) is skipped, never overwritten.
 
     Args:
         model: a trained U-Net with a fixed ``(h, w, 1)`` input.
@@ -360,8 +405,9 @@ def segment_folder(
         threshold, min_area, tta, batch_size: as `segment_images`.
 
     Returns:
-        The table written to ``measurements.csv``: one row per file, in natural name order,
-        columns ``file``, ``status`` (``"ok"`` or ``"skipped"``), ``reason``, the
+        The table written to ``measurements.csv``: one row per file (per frame of a
+        multi-frame file), in natural name order, columns ``file``, ``frame`` (from 1; empty
+        for a file of one image), ``status`` (``"ok"`` or ``"skipped"``), ``reason``, the
         `MEASUREMENT_COLUMNS`, ``mask_file``, ``overlay_file``, ``threshold``, ``min_area``,
         ``tta``.
 
@@ -375,44 +421,54 @@ def segment_folder(
     files = _list_inputs(input_dir)
     stems = _output_stems(files)
     output_dir.mkdir(parents=True, exist_ok=True)
-    rows: dict[str, dict[str, Any]] = {}
-    pending: list[tuple[Path, np.ndarray]] = []
+    rows: dict[tuple[str, int | None], dict[str, Any]] = {}  # (file, frame) -> its row
+    order: list[tuple[str, int | None]] = []
+    taken: dict[str, str] = {}  # output stem -> the image that has it
+    pending: list[tuple[tuple[str, int | None], str, np.ndarray]] = []
 
     def flush() -> None:
         if not pending:
             return
-        greys = [grey for _, grey in pending]
-        masks, table = segment_images(
-            model, greys, threshold, min_area, tta, batch_size, names=[p.name for p, _ in pending]
-        )
-        for (path, grey), mask, measured in zip(pending, masks, table.to_dict("records")):
-            mask_file, overlay_file = stems[path] + MASK_SUFFIX, stems[path] + OVERLAY_SUFFIX
+        greys = [grey for _, _, grey in pending]
+        names = [_image_name(*key) for key, _, _ in pending]
+        masks, table = segment_images(model, greys, threshold, min_area, tta, batch_size, names=names)
+        for ((file, frame), stem, grey), mask, measured in zip(pending, masks, table.to_dict("records")):
+            mask_file, overlay_file = stem + MASK_SUFFIX, stem + OVERLAY_SUFFIX
             _write_png(output_dir / mask_file, mask * np.uint8(255))
             _write_png(output_dir / overlay_file, cv2.cvtColor(overlay(grey, mask), cv2.COLOR_RGB2BGR))
             measured.pop("name")
-            rows[path.name] = {
-                "file": path.name,
-                "status": "ok",
-                "reason": "",
+            rows[(file, frame)] = {
+                **_row_start(file, frame, "ok", ""),
                 **measured,
                 "mask_file": mask_file,
                 "overlay_file": overlay_file,
             }
         pending.clear()
 
-    for path in files:
+    for path, frame, stem, problem in _images(files, stems):
+        key, name = (path.name, frame), _image_name(path.name, frame)
+        order.append(key)
         try:
-            grey = inference.to_grey_checked(read_image_file(path), path.name, min_side)
+            if problem is not None:
+                raise ValueError(problem)
+            if stem in taken:
+                raise ValueError(
+                    f"'{name}': its outputs would be named '{stem}{MASK_SUFFIX}', as those of "
+                    f"'{taken[stem]}'; rename one of the two files."
+                )
+            grey = inference.to_grey_checked(read_image_file(path, frame), name, min_side)
         except (ValueError, OSError) as error:
-            rows[path.name] = {"file": path.name, "status": "skipped", "reason": str(error)}
+            rows[key] = _row_start(path.name, frame, "skipped", str(error))
             continue
-        pending.append((path, grey))
+        taken[stem] = name
+        pending.append((key, stem, grey))
         if len(pending) == batch_size:
             flush()
     flush()
-    columns = ["file", "status", "reason", *MEASUREMENT_COLUMNS, "mask_file", "overlay_file"]
-    table = pd.DataFrame([rows[path.name] for path in files], columns=columns)
+    columns = ["file", "frame", "status", "reason", *MEASUREMENT_COLUMNS, "mask_file", "overlay_file"]
+    table = pd.DataFrame([rows[key] for key in order], columns=columns)
     for column in (
+        "frame",
         "height",
         "width",
         "area_px",
@@ -443,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--model", required=True, help="a .keras file saved by training (e.g. runs/x/best.keras)"
     )
-    parser.add_argument("--input", required=True, help="folder of PNG/JPEG/BMP images")
+    parser.add_argument("--input", required=True, help="folder of PNG, JPEG, BMP, TIFF or DICOM images")
     parser.add_argument("--output", required=True, help="folder for the outputs (created if missing)")
     parser.add_argument(
         "--threshold",
@@ -486,7 +542,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({int((done['area_px'] > 0).sum())} with a predicted lesion); skipped {len(skipped)}:"
     )
     for row in skipped.itertuples(index=False):
-        print(f"  - {row.file}: {row.reason}")
+        print(
+            f"  - {_image_name(row.file, None if pd.isna(row.frame) else int(row.frame) - 1)}: {row.reason}"
+        )
     print(f"wrote {Path(args.output) / MEASUREMENTS_CSV}")
     return 0 if len(done) else 1
 

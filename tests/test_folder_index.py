@@ -505,3 +505,75 @@ def test_bus_uclm_indexes_with_labels_from_the_mask_colours(external_root):
     assert {Path(p).name: label.lower() for p, label in zip(df["image_path"], df["label"])} == {
         k: v.lower() for k, v in table.items()
     }
+
+
+# ---------------------------------------------------------------- clinic formats: TIFF and DICOM images
+
+
+def test_tiff_and_dicom_images_index_and_load_like_png(tmp_path):
+    from clinic_files import write_dicom
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    grey = _image(0)
+    _write(images / "a.tif", grey)
+    _write(images / "b.tiff", grey.astype(np.uint16) * 257)  # 16 bit: the same grey levels
+    images.mkdir(exist_ok=True)
+    write_dicom(images / "c.dcm", grey)
+    write_dicom(images / "d.dicom", 255 - grey, photometric="MONOCHROME1")  # reads back as `grey`
+    write_dicom(images / "e.dcm", grey.astype(np.uint16) * 16 + 8, bits_stored=12)  # 12 bit, scaled
+    _write(images / "f.png", grey)
+    for name in "abcdef":
+        _write(masks / f"{name}.png", _lesion() * 255)
+    labels = {name: "benign" for name in "abcdef"}
+    df = fi.index_folder(images, masks, labels=labels)
+    assert df["image_id"].tolist() == list("abcdef") and df.attrs["skipped"] == []
+    assert [Path(p).name for p in df["image_path"]] == [
+        "a.tif",
+        "b.tiff",
+        "c.dcm",
+        "d.dicom",
+        "e.dcm",
+        "f.png",
+    ]
+    assert df["height"].tolist() == [HEIGHT] * 6 and df["width"].tolist() == [WIDTH] * 6
+    header_only = fi.index_folder(images, masks, labels=labels, check_pixels=False)
+    assert header_only["height"].tolist() == [HEIGHT] * 6 and header_only["width"].tolist() == [WIDTH] * 6
+    loaded, loaded_masks = dl.load_dataset(df, (HEIGHT, WIDTH))
+    for i in (0, 1, 2, 3, 5):
+        np.testing.assert_allclose(loaded[i, ..., 0], grey / 255, atol=1e-6)  # the same grey levels
+    stored = grey.astype(np.int64) * 16 + 8  # 12 bit, scaled to 16 bit: round(v * 65535 / 4095)
+    np.testing.assert_allclose(loaded[4, ..., 0], (stored * 65535 + 2047) // 4095 / 65535, atol=1e-6)
+    assert loaded_masks.reshape(6, -1).sum(axis=1).tolist() == [200] * 6
+
+
+def test_clinic_format_problems_are_named(tmp_path):
+    import pydicom.pixels
+    from clinic_files import write_dicom
+    from pydicom.uid import JPEGLSLossless
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in ("cine", "twin", "jpegls", "ok", "mask_tif"):
+        _write(folder / f"{name}_mask.png", _lesion() * 255)
+    write_dicom(folder / "cine.dcm", np.stack([_image(1), _image(2)]))
+    _write(folder / "twin.png", _image(3))
+    _write(folder / "twin.tif", _image(3))
+    write_dicom(folder / "jpegls.dcm", _image(4), syntax=JPEGLSLossless, pixel_data=b"\xff\xd8\xff\xd9")
+    write_dicom(folder / "ok.dcm", _image(5))
+    _write(folder / "mask_tif.tif", _image(6))
+    (folder / "mask_tif_mask.png").unlink()
+    _write(folder / "mask_tif_mask.tif", _lesion() * 255)  # masks must be PNG
+    labels = {name: "malignant" for name in ("cine", "twin", "jpegls", "ok", "mask_tif")}
+    df = fi.index_folder(folder, labels=labels, on_error="skip")
+    assert df["image_id"].tolist() == ["ok", "twin"]
+    reasons = {Path(s["file"]).name: s["reason"] for s in df.attrs["skipped"]}
+    assert reasons["twin.tif"] == "two images named 'twin': 'twin.png' and 'twin.tif'; keep one"
+    assert reasons["cine.dcm"] == (
+        "multi-frame DICOM file (2 frames); an index pairs one image with its masks: export each frame as its "
+        "own file"
+    )
+    assert reasons["mask_tif_mask.tif"].startswith("not a PNG file (its content is TIFF); convert it to PNG")
+    assert "'JPEG-LS Lossless Image Compression' (1.2.840.10008.1.2.4.80)" in reasons["jpegls.dcm"]
+    if not pydicom.pixels.get_decoder(JPEGLSLossless).is_available:
+        assert "needs a decoder that is not installed: pip install" in reasons["jpegls.dcm"]
+    assert len(reasons) == 4

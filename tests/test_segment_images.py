@@ -483,3 +483,63 @@ def test_command_prints_no_traceback_and_no_tensorflow_lines(saved_model, tmp_pa
     assert re.fullmatch(r"error: Could not load '.*damaged\.keras' \(1000 bytes\): [^\n]*\n", mistake.stderr)
     for output in (run.stdout + run.stderr, mistake.stderr):
         assert "Traceback" not in output and not tensorflow_lines(output)
+
+
+# ---------------------------------------------------------------- clinic formats: TIFF and DICOM
+
+
+def test_tiff_and_dicom_files_are_segmented_and_cine_loops_frame_by_frame(identity, tmp_path):
+    import pydicom.pixels
+    from clinic_files import write_dicom
+    from pydicom.uid import JPEGLSLossless
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    box, other = _rectangle(), _rectangle(box=(8, 24, 8, 40))  # lesions of 32 x 48 and 16 x 32 pixels
+    cv2.imwrite(str(folder / "scan.tif"), box)
+    cv2.imwrite(str(folder / "deep.tiff"), _rectangle(value=65535, dtype=np.uint16))
+    cv2.imwrite(str(folder / "colour.tif"), cv2.merge([box] * 3))
+    write_dicom(folder / "grey.dcm", box)
+    write_dicom(folder / "inverted.dcm", 255 - box, photometric="MONOCHROME1")  # reads back as `box`
+    write_dicom(folder / "IM0001", cv2.merge([box] * 3), photometric="RGB")  # DICOM without an extension
+    write_dicom(folder / "cine.dcm", np.stack([box, np.zeros_like(box), other]))
+    cv2.imwrite(str(folder / "cine_f002.png"), box)  # its outputs would overwrite those of cine.dcm frame 2
+    write_dicom(folder / "jpegls.dcm", box, syntax=JPEGLSLossless, pixel_data=b"\xff\xd8\xff\xd9")
+    (folder / "notes").write_text("not DICOM, no extension")
+    table = si.segment_folder(identity, folder, out, threshold=0.4)
+    table = table.set_index(["file", table["frame"].fillna(0).astype(int)])
+    ok = table[table["status"] == "ok"]
+    assert sorted(ok.index) == [
+        ("IM0001", 0),
+        ("cine.dcm", 1),
+        ("cine.dcm", 2),
+        ("cine.dcm", 3),
+        ("colour.tif", 0),
+        ("deep.tiff", 0),
+        ("grey.dcm", 0),
+        ("inverted.dcm", 0),
+        ("scan.tif", 0),
+    ]
+    areas = ok["area_px"].to_dict()
+    assert areas.pop(("cine.dcm", 2)) == 0 and areas.pop(("cine.dcm", 3)) == 16 * 32
+    assert set(areas.values()) == {32 * 48}  # every other image holds `box`, whatever its format
+    assert ok.loc[("cine.dcm", 1), "mask_file"] == "cine_f001_mask.png"
+    assert ok.loc[("IM0001", 0), "overlay_file"] == "IM0001_overlay.png"
+    mask = cv2.imread(str(out / "cine_f003_mask.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(mask, (other > 0) * np.uint8(255))
+    skipped = table[table["status"] == "skipped"]["reason"].to_dict()
+    assert sorted(skipped) == [("cine_f002.png", 0), ("jpegls.dcm", 0), ("notes", 0)]
+    assert skipped[("cine_f002.png", 0)].startswith(
+        "'cine_f002.png': its outputs would be named 'cine_f002_mask.png', as those of 'cine.dcm frame 2'"
+    )
+    assert "'JPEG-LS Lossless Image Compression' (1.2.840.10008.1.2.4.80)" in skipped[("jpegls.dcm", 0)]
+    if not pydicom.pixels.get_decoder(JPEGLSLossless).is_available:
+        assert "needs a decoder that is not installed: pip install" in skipped[("jpegls.dcm", 0)]
+    assert (
+        skipped[("notes", 0)]
+        == f"'notes': extension '' is not one of {si.IMAGE_EXTENSIONS} (nor is it a DICOM file)."
+    )
+    written = pd.read_csv(out / si.MEASUREMENTS_CSV, keep_default_na=False)
+    assert list(written.columns[:4]) == ["file", "frame", "status", "reason"]
+    assert written["file"].tolist()[:5] == ["cine.dcm"] * 3 + ["cine_f002.png", "colour.tif"]  # natural order
+    assert written["frame"].astype(str).tolist()[:5] == ["1", "2", "3", "", ""] and len(written) == 12
