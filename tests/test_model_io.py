@@ -134,3 +134,79 @@ def test_export_errors(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="folder path for the SavedModel"):
         model_io.export_saved_model(unet.build_unet((32, 32, 1), base_filters=4, depth=2), tmp_path / "file")
+
+
+def _model_with_trained_statistics(seed: int) -> keras.Model:
+    """A tiny U-Net (fused batch norm, dropout) with batch-norm statistics away from 0 and 1."""
+    keras.backend.clear_session()
+    training.set_seeds(seed)
+    model = unet.build_unet((32, 32, 1), base_filters=4, depth=2, dropout_rate=0.5)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights(
+                [gamma * 1.5, beta + 0.1, rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2, variance.shape)]
+            )
+    return model
+
+
+def test_onnx_export_runs_without_tensorflow(tmp_path):
+    """ONNX files of two independently initialised models (as the members of a fold ensemble,
+    which are plain models) reproduce them in ONNX Runtime, in a process that cannot import
+    TensorFlow, Keras or busi-unet."""
+    x = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    for member in (0, 1):
+        model = _model_with_trained_statistics(seed=member)
+        assert any(type(layer).__name__ == "FusedBatchNormalization" for layer in model.layers)
+        path = model_io.export_onnx(model, tmp_path / f"member{member}.onnx")
+        assert path == tmp_path / f"member{member}.onnx"
+        np.save(tmp_path / f"expected{member}.npy", inference.predict(model, x))
+    assert model_io.export_onnx(model, path) == path  # replacing an export works
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "expected0.npy",
+        "expected1.npy",
+        "member0.onnx",
+        "member1.onnx",
+        "x.npy",
+    ]
+    expected = [np.load(tmp_path / f"expected{member}.npy") for member in (0, 1)]
+    assert np.abs(expected[0] - expected[1]).max() > 0.01  # two different models
+    modules = sorted(path.stem for path in Path(__file__).resolve().parents[1].glob("*.py"))
+    script = (
+        "import sys, numpy as np\n"
+        f"BLOCKED = {modules + ['keras', 'tensorflow']!r}\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED: raise ImportError(f'{name} is blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import onnxruntime\n"
+        "x = np.load('x.npy')\n"
+        "for member in (0, 1):\n"
+        "    session = onnxruntime.InferenceSession(f'member{member}.onnx', providers=['CPUExecutionProvider'])\n"
+        "    expected = np.load(f'expected{member}.npy')\n"
+        "    (served,) = session.run(None, {'image': x})\n"
+        "    (single,) = session.run(['probabilities'], {'image': x[:1]})\n"
+        "    print(np.abs(served - expected).max(), np.abs(single - expected[:1]).max(), served.dtype,\n"
+        "          served.shape, sorted(m for m in sys.modules if m.split('.')[0] in BLOCKED), sep='|')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()[-2:]
+    for line in lines:
+        served_diff, single_diff, dtype, shape, imported = line.split("|")
+        assert float(served_diff) <= model_io.EXPORT_ATOL and float(single_diff) <= model_io.EXPORT_ATOL
+        assert (dtype, shape, imported) == ("float32", "(4, 32, 32, 1)", "[]")
+
+
+def test_onnx_export_errors(tmp_path, monkeypatch):
+    model = unet.build_unet((32, 32, 1), base_filters=4, depth=2)
+    with pytest.raises(ValueError, match="ending in '.onnx'"):
+        model_io.export_onnx(model, tmp_path / "model.keras")
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # as if not installed
+    with pytest.raises(ImportError, match="export_onnx needs tf2onnx"):
+        model_io.export_onnx(model, tmp_path / "model.onnx")
+    assert list(tmp_path.iterdir()) == []
