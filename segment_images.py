@@ -176,22 +176,10 @@ def segment_images(
     batch_size: int = 16,
     names: Sequence[str] | None = None,
 ) -> tuple[list[np.ndarray], pd.DataFrame]:
-    """Segments images of any size with a trained model, each mask at its image's size.
+    """Segments images of any size with a trained model, each mask at its image's size, and measures them.
 
-    See the module docstring for the method (grey conversion, minimum size, area resize in,
-    batched prediction, optional flip averaging, bilinear probabilities out, threshold,
-    optional clean-up). Every image is validated before any prediction.
-
-    Args:
-        model: a trained U-Net with a fixed ``(h, w, 1)`` input (e.g. `model_io.load_model`).
-        images: each ``(H, W)`` or ``(H, W, C)``, ``C`` in (1, 3, 4) (BGR(A) channel order as
-            OpenCV decodes, which only matters for the luma weights), uint8, uint16, or float
-            in [0, 1]; sizes may differ.
-        threshold: lesion where the probability is ``>= threshold``, in (0, 1).
-        min_area: if not None, clean-up with this minimum component area in model-input pixels.
-        tta: average over the horizontal flip (see `inference.predict`).
-        batch_size: images per forward pass.
-        names: one name per image for error messages and the table (default ``"image <i>"``).
+    The masks are `inference.segment_many`'s (see it for the method and for the arguments, which
+    are passed on unchanged); this adds one row of measurements per image.
 
     Returns:
         ``(masks, table)``: ``masks`` a list of ``(H, W)`` uint8 in {0, 1}, one per image;
