@@ -15,6 +15,10 @@ stratified by class, and near-duplicate groups never straddle folds):
    (`evaluation.choose_threshold`).
 5. The best checkpoint, at that threshold, is scored on the held-out fold (`evaluation.evaluate`).
 
+When every fold is done, the threshold of the fold ensemble (the mean probability of the k fold
+models, `ensemble.load_ensemble`) is chosen on the out-of-fold predictions: every image predicted
+by the one fold model that held it out (`choose_out_of_fold_threshold`, ``ensemble.json``).
+
 Why an inner split rather than early stopping on the held-out fold: choosing the epoch or the
 threshold on the images that are then scored would make the fold's score optimistic.
 
@@ -28,6 +32,8 @@ Files, under `run_dir` (every file written atomically)::
     cv_folds.csv         one row per fold (`fold_results`)
     cv_summary.csv       mean, sd, min, max over folds per metric (`summarize_folds`)
     cv_per_image.csv     every image's score from the fold that held it out (out-of-fold)
+    ensemble.json        the fold ensemble's threshold, chosen on the out-of-fold predictions,
+                         with its curve and the out-of-fold summary at it (`read_out_of_fold_threshold`)
 
 Resume: rerunning with the same `run_dir` skips every fold whose ``fold_result.json`` exists
 and resumes the others where `train_model` left them. A fold's ``split.csv`` is checked against
@@ -44,6 +50,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,6 +64,7 @@ import data_loading
 import evaluation
 import inference
 import model_io
+import run_results
 import splits
 import training
 
@@ -68,6 +76,7 @@ FOLD_RESULT_JSON = "fold_result.json"
 CV_FOLDS_CSV = "cv_folds.csv"
 CV_SUMMARY_CSV = "cv_summary.csv"
 CV_PER_IMAGE_CSV = "cv_per_image.csv"
+ENSEMBLE_JSON = "ensemble.json"
 ROLES = ("train", "val", "test")
 # Fold-level metrics: (column, group row of evaluation.evaluate's summary, summary column).
 METRICS = (
@@ -101,7 +110,9 @@ def cross_validate(
     Each fold's model is built by ``build_model()`` inside ``strategy.scope()`` after
     ``training.set_seeds(seed + fold)``, so it is always built under the strategy it trains
     with. Fold ``k`` (1-based) uses ``seed + k`` for the initial weights and the shuffling and
-    augmentation of its training data; the folds themselves come from `seed`.
+    augmentation of its training data; the folds themselves come from `seed`. When every fold
+    is done, the fold ensemble's threshold is chosen on the out-of-fold predictions and written
+    to ``ensemble.json`` (`choose_out_of_fold_threshold`; recomputed on every call, in seconds).
 
     Args:
         index: one row per image, aligned with `images` by position, with columns
@@ -181,6 +192,13 @@ def cross_validate(
     atomic_io.write_csv(run_dir / CV_FOLDS_CSV, folds)
     atomic_io.write_csv(run_dir / CV_SUMMARY_CSV, summary)
     atomic_io.write_csv(run_dir / CV_PER_IMAGE_CSV, per_image)
+    threshold, curve, _ = choose_out_of_fold_threshold(run_dir, index, images, masks, seed=seed)
+    if verbose:
+        print(
+            f"fold ensemble: threshold {threshold:.2f} chosen on the out-of-fold predictions (mean per-image "
+            f"Dice {curve['dice'].max():.3f} over all {len(index)} images); wrote {run_dir / ENSEMBLE_JSON}",
+            flush=True,
+        )
     return folds, summary, per_image
 
 
@@ -317,6 +335,192 @@ def format_cross_validation(folds: pd.DataFrame, summary: pd.DataFrame) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# The fold ensemble's threshold, chosen on out-of-fold predictions
+# ----------------------------------------------------------------------------------------------
+
+
+def finished_folds(run_dir: str | os.PathLike) -> list[Path]:
+    """The fold folders of a finished `cross_validate` run, in fold order, checked complete.
+
+    Complete means: folders ``fold-1`` to ``fold-k`` without a gap, each with its
+    ``fold_result.json`` (the fold's commit point), ``best.keras`` and ``split.csv``; the splits
+    list the same images, and each image is held out (role ``"test"``) by exactly one fold, so
+    no fold is missing at the end either.
+
+    Args:
+        run_dir: the run folder given to `cross_validate`.
+
+    Returns:
+        The ``k`` fold folders, ``run_dir / "fold-1"`` first.
+
+    Raises:
+        FileNotFoundError: `run_dir` does not exist.
+        ValueError: `run_dir` is a file, holds no fold folder, or holds an unfinished or
+            inconsistent run; the message says what is missing and how to finish the run.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise FileNotFoundError(f"No cross-validation run folder at '{run_dir}'.")
+    if not run_dir.is_dir():
+        raise ValueError(f"Expected the folder of a cross_validate run; '{run_dir}' is a file.")
+    found = (re.fullmatch(r"fold-(\d+)", path.name) for path in run_dir.iterdir() if path.is_dir())
+    numbers = sorted(int(match.group(1)) for match in found if match)
+    if not numbers:
+        raise ValueError(
+            f"'{run_dir}' holds no fold models (fold-<k>/{training.BEST_MODEL}); expected a .keras file or "
+            f"the folder of a finished cross_validate run."
+        )
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise ValueError(
+            f"'{run_dir}' holds folds {numbers}; expected fold-1 to fold-{max(numbers)} without a gap."
+        )
+    fold_dirs = [run_dir / FOLD_DIR.format(fold=fold) for fold in numbers]
+    for fold_dir in fold_dirs:
+        missing = [
+            name
+            for name in (FOLD_RESULT_JSON, training.BEST_MODEL, SPLIT_CSV)
+            if not (fold_dir / name).is_file()
+        ]
+        if missing:
+            raise ValueError(
+                f"Fold '{fold_dir}' is unfinished (no {' or '.join(missing)}): rerun cross_validate with this "
+                f"run folder and the run's settings to finish it."
+            )
+    held_out = _held_out_counts(fold_dirs)
+    if not (held_out == 1).all():
+        raise ValueError(
+            f"The folds in '{run_dir}' hold out {int((held_out == 0).sum())} of {len(held_out)} images in no "
+            f"fold and {int((held_out > 1).sum())} in more than one: the run has more folds than fold-1 to "
+            f"fold-{len(fold_dirs)} (rerun cross_validate with this run folder to finish it), or its folders "
+            f"come from different runs."
+        )
+    return fold_dirs
+
+
+def out_of_fold_probabilities(
+    run_dir: str | os.PathLike, index: pd.DataFrame, images: np.ndarray, batch_size: int = 16
+) -> np.ndarray:
+    """Each image's probability from the one fold model that held it out (its ``best.keras``).
+
+    Args:
+        run_dir: a finished `cross_validate` run (`finished_folds`).
+        index: the run's index, one row per image in the run's order (column ``image_id``).
+        images: ``(N, H, W, 1)`` float32 in [0, 1], aligned with `index`.
+        batch_size: images per forward pass.
+
+    Returns:
+        ``(N, H, W, 1)`` float32 in [0, 1]; row ``i`` predicted by the fold whose ``split.csv``
+        gives image ``i`` the role ``"test"``.
+
+    Raises:
+        ValueError: an unfinished run (`finished_folds`), images or an index other than the run's,
+            or fold models for another image size.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4 or len(images) != len(index):
+        raise ValueError(
+            f"Expected images of shape (N, H, W, 1) with one per index row ({len(index)}); received {images.shape}."
+        )
+    image_ids = index["image_id"].astype(str).tolist()
+    probabilities = np.empty(images.shape[:3] + (1,), np.float32)
+    for fold_dir in finished_folds(run_dir):
+        split = _read_split(fold_dir)
+        if split["image_id"].tolist() != image_ids:
+            raise ValueError(
+                f"'{fold_dir / SPLIT_CSV}' lists other images, or another order, than the index given; pass the "
+                f"run's index and images (as given to cross_validate)."
+            )
+        rows = np.flatnonzero(split["role"].to_numpy() == "test")
+        model = model_io.load_model(
+            fold_dir / training.BEST_MODEL, compile=False, input_shape=images.shape[1:]
+        )
+        probabilities[rows] = inference.predict(model, images[rows], batch_size=batch_size)
+    return probabilities
+
+
+def choose_out_of_fold_threshold(
+    run_dir: str | os.PathLike,
+    index: pd.DataFrame,
+    images: np.ndarray,
+    masks: np.ndarray,
+    seed: int = 0,
+) -> tuple[float, pd.DataFrame, pd.DataFrame]:
+    """Chooses the fold ensemble's threshold on the out-of-fold predictions; writes ``ensemble.json``.
+
+    The criterion is a single model's (`evaluation.choose_threshold`: the mean per-image Dice,
+    normal images included), applied to every image's probability from the fold model that held
+    it out (`out_of_fold_probabilities`), the only predictions of this run on unseen images.
+    Each image is in the training or inner validation part of the other ``k - 1`` fold models,
+    so the ensemble's own probability on it is not out-of-fold; the mean of k models is
+    smoother than one, so its best threshold may differ a little from the one chosen here. The
+    out-of-fold summary at this threshold is scored on the images it was chosen on: a mildly
+    optimistic figure, not the cross-validated estimate (`cross_validate`'s ``cv_summary.csv``,
+    thresholds chosen on inner validation) and not the ensemble's score (that needs images
+    outside the run, e.g. ``evaluate_external.py --model run_dir``).
+
+    Args:
+        run_dir: a finished `cross_validate` run.
+        index: the run's index (columns ``image_id``, ``label``), in the run's order.
+        images: ``(N, H, W, 1)`` float32 in [0, 1], aligned with `index`.
+        masks: ``(N, H, W, 1)`` uint8 in {0, 1}.
+        seed: bootstrap seed of the summary's confidence intervals.
+
+    Returns:
+        ``(threshold, curve, summary)``: the threshold, in (0, 1); the mean per-image Dice of
+        every candidate (`evaluation.choose_threshold`); the out-of-fold summary by class at the
+        threshold (`evaluation.evaluate`). All three are written to ``run_dir/ensemble.json``
+        (atomically), with ``n_folds``, ``n_images`` and ``input_shape``.
+    """
+    images, masks = np.asarray(images), np.asarray(masks)
+    if images.shape != masks.shape:
+        raise ValueError(
+            f"Expected images and masks of one shape (N, H, W, 1); received {images.shape} and {masks.shape}."
+        )
+    probabilities = out_of_fold_probabilities(run_dir, index, images)
+    threshold, curve = evaluation.choose_threshold(masks, probabilities)
+    _, summary = evaluation.evaluate(masks, probabilities, index, threshold, seed=seed)
+    record = {
+        "threshold": threshold,
+        "chosen_on": "out-of-fold predictions: each image predicted by the fold model that held it out",
+        "criterion": "mean per-image Dice, normal images included (evaluation.choose_threshold)",
+        "n_folds": len(finished_folds(run_dir)),
+        "n_images": len(index),
+        "input_shape": [int(d) for d in probabilities.shape[1:]],
+        "threshold_curve": curve.to_dict("records"),
+        "out_of_fold_summary": summary.to_dict("records"),
+    }
+    atomic_io.write_json(Path(run_dir) / ENSEMBLE_JSON, record)
+    return threshold, curve, summary
+
+
+def read_out_of_fold_threshold(run_dir: str | os.PathLike) -> tuple[float, pd.DataFrame, pd.DataFrame]:
+    """Reads ``ensemble.json``: ``(threshold, curve, summary)`` as `choose_out_of_fold_threshold` returned them.
+
+    Raises:
+        FileNotFoundError: no ``ensemble.json`` in `run_dir`.
+        ValueError: not a JSON object, a threshold outside (0, 1) or missing, or no curve or
+            summary; the message names the file.
+    """
+    path = Path(run_dir) / ENSEMBLE_JSON
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No {ENSEMBLE_JSON} in '{run_dir}': cross_validate writes it when every fold is done "
+            f"(choose_out_of_fold_threshold on an older run)."
+        )
+    record = run_results.read_results(path)  # JSON object, threshold (if any) in (0, 1)
+    missing = [key for key in ("threshold", "threshold_curve", "out_of_fold_summary") if key not in record]
+    if missing:
+        raise ValueError(
+            f"'{path}' has no {missing}; expected the record choose_out_of_fold_threshold writes."
+        )
+    return (
+        float(record["threshold"]),
+        pd.DataFrame(record["threshold_curve"]),
+        pd.DataFrame(record["out_of_fold_summary"]),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
 
@@ -363,7 +567,7 @@ def _check_or_write_split(fold_dir: Path, index: pd.DataFrame, roles: np.ndarray
     if not path.is_file():
         atomic_io.write_csv(path, split)
         return
-    saved = pd.read_csv(path, dtype=str, keep_default_na=False)
+    saved = _read_split(fold_dir)
     if not saved.equals(split.astype(str)):
         raise ValueError(
             f"The run folder {str(fold_dir)!r} holds fold {fold} of another split (its {SPLIT_CSV} differs from "
@@ -400,3 +604,23 @@ def _score_fold(fold, fold_dir, history, index, images, masks, part, seed) -> tu
         result[column] = float(groups.loc[group, statistic]) if group in groups.index else float("nan")
     result["summary"] = summary.to_dict("records")
     return result, per_image
+
+
+def _read_split(fold_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(fold_dir / SPLIT_CSV, dtype=str, keep_default_na=False)
+
+
+def _held_out_counts(fold_dirs: list[Path]) -> np.ndarray:
+    """``(N,)`` int: in how many of the folds' splits each image is held out (``"test"``).
+
+    Raises:
+        ValueError: the splits list different images.
+    """
+    splits_read = [_read_split(fold_dir) for fold_dir in fold_dirs]
+    for fold_dir, split in zip(fold_dirs[1:], splits_read[1:]):
+        if split["image_id"].tolist() != splits_read[0]["image_id"].tolist():
+            raise ValueError(
+                f"'{fold_dir / SPLIT_CSV}' lists other images than '{fold_dirs[0] / SPLIT_CSV}': the folds come "
+                f"from different runs."
+            )
+    return np.sum([split["role"].to_numpy() == "test" for split in splits_read], axis=0)

@@ -91,7 +91,7 @@ def test_cross_validate_reports_each_fold_and_mean_and_sd(data, two_folds):
             per_image[(per_image["fold"] == fold) & per_image["label"].ne("normal")]["dice"].mean()
         )
         assert (run / f"fold-{fold}" / training.BEST_MODEL).is_file()
-    for name in (cv.CV_FOLDS_CSV, cv.CV_SUMMARY_CSV, cv.CV_PER_IMAGE_CSV):
+    for name in (cv.CV_FOLDS_CSV, cv.CV_SUMMARY_CSV, cv.CV_PER_IMAGE_CSV, cv.ENSEMBLE_JSON):
         assert (run / name).is_file()
     assert not list(run.rglob(".*tmp-*")), "temporary files left behind"
     text = cv.format_cross_validation(folds, summary)
@@ -116,7 +116,9 @@ def test_threshold_is_chosen_on_the_inner_validation_part_only(data, two_folds, 
         folds, _, _ = cv.cross_validate(index, images, masks, BUILD, run, n_folds=2, batch_size=4, **OPTIONS)
     finally:
         (run / "fold-1" / "kept.json").replace(run / "fold-1" / cv.FOLD_RESULT_JSON)
-    assert seen == [int(folds.loc[0, "n_val"])]
+    # Fold 1's threshold on its inner validation part; then, once every fold is scored, the fold
+    # ensemble's on the out-of-fold predictions of all images (ensemble.json).
+    assert seen == [int(folds.loc[0, "n_val"]), len(index)]
 
 
 def test_finished_folds_are_not_retrained_and_an_unfinished_one_resumes(
