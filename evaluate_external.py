@@ -40,8 +40,12 @@ standard error before any work (`cli.user_errors`). BUS-UCLM (colour-coded)::
     python evaluate_external.py --model runs/x/best.keras --images BUS-UCLM/images \\
         --masks BUS-UCLM/masks --mask-colours "benign=0,255,0;malignant=255,0,0" --output runs/x/bus_uclm
 
-Fold ensembles (issue 16, point 4) plug in at `load_predictor`: everything after it sees only a
-function from images to probability maps.
+Fold ensembles: ``--model`` may name a `cross_validation.cross_validate` run folder; its fold
+models are then scored together (the mean probability, `ensemble.load_ensemble`) at the threshold
+chosen on the run's out-of-fold predictions (``ensemble.json``; else 0.5, said so). External
+images are the only honest test of an ensemble: each image of the run trained ``k - 1`` of its
+models. It plugs in at `load_predictor`: everything after it sees only a function from images to
+probability maps.
 """
 
 from __future__ import annotations
@@ -65,11 +69,11 @@ import atomic_io  # noqa: E402
 import class_labels  # noqa: E402
 import cli  # noqa: E402
 import data_loading  # noqa: E402
+import ensemble  # noqa: E402
 import evaluation  # noqa: E402
 import folder_index  # noqa: E402
 import image_io  # noqa: E402
 import inference  # noqa: E402
-import model_io  # noqa: E402
 import overlays  # noqa: E402
 import segment_images  # noqa: E402  (default_threshold: the run's threshold from results.json)
 import visualization  # noqa: E402
@@ -94,11 +98,12 @@ def load_predictor(
 ) -> tuple[Predict, int, str]:
     """Loads the model to evaluate and returns its prediction function.
 
-    The seam for fold ensembles (issue 16, point 4): a folder of fold models will load here
-    and return one function that averages their probabilities; nothing downstream changes.
+    A cross-validation run folder loads as its fold ensemble (`ensemble.load_model`): one model
+    that averages the fold models' probabilities; nothing downstream changes.
 
     Args:
-        model_path: a ``.keras`` file saved by `model_io.save_model`.
+        model_path: a ``.keras`` file saved by `model_io.save_model`, or a `cross_validate` run
+            folder (``fold-<k>/best.keras``).
         tta: average over the horizontal flip (`inference.predict`).
         batch_size: images per forward pass.
 
@@ -108,23 +113,17 @@ def load_predictor(
         (`inference.min_image_side`), and a line describing the model for the log.
 
     Raises:
-        FileNotFoundError: no file at `model_path`.
-        ValueError: a folder (fold ensembles are not supported yet), not a ``.keras`` file, or a
-            file `model_io.load_model` refuses.
+        FileNotFoundError: nothing at `model_path`.
+        ValueError: not a ``.keras`` file, a file `model_io.load_model` refuses, or a folder that
+            is not a finished cross-validation run (`ensemble.load_ensemble`).
     """
-    path = Path(model_path)
-    if path.is_dir():
-        raise ValueError(
-            f"'{path}' is a folder; evaluating a fold ensemble (a folder of fold models) is not supported "
-            f"yet. Pass one .keras file."
-        )
-    model = model_io.load_model(path, compile=False)
+    model, name = ensemble.load_model(model_path)
     input_size = inference.model_input_size(model)
 
     def predict(images: Sequence[np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
         return inference.segment_many(model, images, tta=tta, batch_size=batch_size, names=names)[1]
 
-    description = f"{path} (input {input_size[0]}x{input_size[1]}, tta {'hflip' if tta else 'off'})"
+    description = f"{name} (input {input_size[0]}x{input_size[1]}, tta {'hflip' if tta else 'off'})"
     return predict, inference.min_image_side(input_size), description
 
 
@@ -321,7 +320,10 @@ def _parser() -> argparse.ArgumentParser:
         "skipped.csv and figures."
     )
     parser.add_argument(
-        "--model", required=True, help="a .keras file saved by training (e.g. runs/x/best.keras)"
+        "--model",
+        required=True,
+        help="a .keras file saved by training (e.g. runs/x/best.keras), or a cross-validation run folder "
+        "(e.g. runs/notebook/cv): the ensemble of its fold models",
     )
     parser.add_argument("--images", required=True, help="folder of PNG images")
     parser.add_argument(
@@ -346,7 +348,8 @@ def _parser() -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         default=None,
-        help="default: 'threshold' of results.json beside the model (the validation choice), else 0.5",
+        help="default: 'threshold' of results.json beside the model (the validation choice; of ensemble.json "
+        "in a cross-validation run folder), else 0.5",
     )
     parser.add_argument("--tta", action="store_true", help="average over the horizontal flip")
     parser.add_argument("--batch-size", type=int, default=16)

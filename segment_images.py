@@ -47,6 +47,11 @@ Threshold default: ``threshold`` from ``results.json`` beside the model file whe
 one chosen on validation by `benchmarks/train_busi.py`), else `evaluation.DEFAULT_THRESHOLD`
 (0.5). The command prints which one it used. No clean-up unless ``--min-area`` is given.
 
+Fold ensembles: ``--model`` may name a `cross_validation.cross_validate` run folder instead of a
+file; its fold models are then applied together (the mean probability, `ensemble.load_ensemble`)
+at the threshold chosen on the out-of-fold predictions (``ensemble.json`` in the folder, else 0.5).
+A folder without finished folds is a mistake in the arguments (exit status 2).
+
 Why a module of its own: this is an application layer (file discovery, per-file error listing,
 writing PNGs and a CSV, measurements, a command line) on top of `inference.segment_many`. The
 reader here accepts any decodable file and lists problems instead of raising on the first.
@@ -72,9 +77,9 @@ quiet.import_tensorflow()  # before the imports below: keeps TensorFlow's start-
 import atomic_io  # noqa: E402
 import cli  # noqa: E402
 import data_loading  # noqa: E402
+import ensemble  # noqa: E402
 import image_io  # noqa: E402
 import inference  # noqa: E402
-import model_io  # noqa: E402
 import run_results  # noqa: E402
 from evaluation import DEFAULT_THRESHOLD  # noqa: E402
 
@@ -262,13 +267,18 @@ def read_image_file(path: str | os.PathLike, frame: int | None = None) -> np.nda
 def default_threshold(model_path: str | os.PathLike) -> tuple[float, str]:
     """The threshold to use with a saved model: the run's (from results.json beside it), else 0.5.
 
+    For a cross-validation run folder (a fold ensemble): the one chosen on its out-of-fold
+    predictions (`ensemble.ensemble_threshold`), else 0.5.
+
     Returns:
         ``(threshold, source)`` with `source` a short description for logs.
 
     Raises:
-        ValueError: a results.json that cannot be read, is not valid JSON or holds a threshold
-            outside (0, 1).
+        ValueError: a results.json (or ensemble.json) that cannot be read, is not valid JSON or
+            holds a threshold outside (0, 1).
     """
+    if Path(model_path).is_dir():
+        return ensemble.ensemble_threshold(model_path)
     results = Path(model_path).parent / run_results.RESULTS_JSON
     if not results.is_file():
         return DEFAULT_THRESHOLD, f"default (no {run_results.RESULTS_JSON} beside the model)"
@@ -475,17 +485,21 @@ def segment_folder(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status: 0, or 1 when no file could be segmented.
 
-    A mistake in the arguments (a missing, damaged or non-``.keras`` model file, an unreadable
-    results.json beside it, a missing input folder, an output path that is a file or the input
-    folder, a setting out of range) ends the program with one line ``error: ...`` on standard
-    error and exit status 2 (`cli.user_errors`), as a bad option does (argparse).
+    A mistake in the arguments (a missing, damaged or non-``.keras`` model file, a folder that is
+    not a finished cross-validation run, an unreadable results.json beside it, a missing input
+    folder, an output path that is a file or the input folder, a setting out of range) ends the
+    program with one line ``error: ...`` on standard error and exit status 2 (`cli.user_errors`),
+    as a bad option does (argparse).
     """
     parser = argparse.ArgumentParser(
         description="Segment every image of a folder with a trained busi-unet model; writes masks, overlays "
         "and measurements.csv."
     )
     parser.add_argument(
-        "--model", required=True, help="a .keras file saved by training (e.g. runs/x/best.keras)"
+        "--model",
+        required=True,
+        help="a .keras file saved by training (e.g. runs/x/best.keras), or a cross-validation run folder "
+        "(e.g. runs/notebook/cv): the ensemble of its fold models",
     )
     parser.add_argument("--input", required=True, help="folder of PNG, JPEG, BMP, TIFF or DICOM images")
     parser.add_argument("--output", required=True, help="folder for the outputs (created if missing)")
@@ -493,7 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--threshold",
         type=float,
         default=None,
-        help=f"default: 'threshold' of {run_results.RESULTS_JSON} beside the model, else 0.5",
+        help=f"default: 'threshold' of {run_results.RESULTS_JSON} beside the model (of ensemble.json in a "
+        f"cross-validation run folder), else 0.5",
     )
     parser.add_argument(
         "--min-area",
@@ -511,12 +526,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             threshold, source = default_threshold(args.model)
         else:
             threshold, source = args.threshold, "given"
-        model = model_io.load_model(args.model, compile=False)
+        model, description = ensemble.load_model(args.model)
         check_settings(model, threshold, args.min_area, args.batch_size)
         Path(args.output).mkdir(parents=True, exist_ok=True)
     height, width = inference.model_input_size(model)
     print(
-        f"model {args.model}: input {height}x{width}; threshold {threshold:.3f} ({source}); "
+        f"model {description}: input {height}x{width}; threshold {threshold:.3f} ({source}); "
         f"min_area {args.min_area if args.min_area is not None else 'none'}; tta {'hflip' if args.tta else 'off'}",
         flush=True,
     )

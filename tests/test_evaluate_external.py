@@ -234,7 +234,11 @@ MISTAKES = [
     ("missing model", {"model": Path("none.keras")}, "No saved model at"),
     ("not a .keras model", {"model": Path("model.h5")}, "Expected a '.keras' model file"),
     ("damaged model", {"model": Path("damaged.keras")}, "Could not load"),
-    ("fold folder", {"model": Path("folds")}, "'{tmp}/folds' is a folder; evaluating a fold ensemble"),
+    (
+        "folder without folds",
+        {"model": Path("folds")},
+        "'{tmp}/folds' holds no fold models (fold-<k>/best.keras)",
+    ),
     ("missing images", {"images": Path("none")}, "--images folder not found"),
     ("masks is a file", {"masks": Path("a_file")}, "--masks expects a folder"),
     ("output is a file", {"output": Path("a_file")}, "--output expects a folder"),

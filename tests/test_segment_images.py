@@ -361,7 +361,10 @@ def _mistake_files(folder, saved_model):
     "changes, message",
     [
         ({"--model": "{tmp}/missing.keras"}, r"No saved model at '.*missing\.keras'\."),
-        ({"--model": "{tmp}/in"}, r"No saved model at '.*in'\."),
+        (
+            {"--model": "{tmp}/in"},
+            r"'.*in' holds no fold models \(fold-<k>/best\.keras\); expected a \.keras file",
+        ),
         (
             {"--model": "{tmp}/model.h5"},
             r"Expected a '\.keras' file \(as written by save_model\); received '.*model\.h5'",
