@@ -28,8 +28,10 @@ import segment_images as si
 import splits
 import synthetic_data
 import training
+import visualization as viz
 
 SIDE = 8  # hand-made models
+NOTEBOOK = Path(__file__).resolve().parents[1] / "breast-cancer-ultrasound-unet.ipynb"
 
 
 def _model(layer: keras.layers.Layer, side: int = SIDE) -> keras.Model:
@@ -411,3 +413,45 @@ def test_the_commands_refuse_an_unfinished_run_with_one_line(data, cv_run, tmp_p
         f"error: Fold '{run / 'fold-2'}' is unfinished (no fold_result.json): rerun cross_validate"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_the_notebooks_ensemble_cell_runs_after_the_cross_validation_cell(data, cv_run, tmp_path, capsys):
+    """Runs the notebook's cross-validation cell (every fold done: it only reads them back and chooses
+    the threshold again) and then its fold-ensemble cell, on what the earlier cells define."""
+    index, images, masks = data
+    cells = [c for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
+    at = next(i for i, c in enumerate(cells) if "cv.cross_validate(" in "".join(c["source"]))
+    assert "ensemble.load_ensemble(" in "".join(cells[at + 1]["source"])
+    shutil.copytree(cv_run, tmp_path / "cv")
+    shown = []
+    namespace = {
+        "cv_folds": 2,
+        "index": index,
+        "images": images,
+        "masks": masks,
+        "unet": unet,
+        "viz": viz,
+        "evaluation": evaluation,
+        "output": tmp_path,
+        "image_size": 32,
+        "base_filters": 4,
+        "depth": 2,
+        "dtype_policy": "float32",
+        "batch_size": 4,
+        "seed": 0,
+        "epochs": 1,
+        "loss": "bce_dice",
+        "learning_rate": 1e-2,
+        "early_stopping_patience": 10,
+        "display": shown.append,
+    }
+    for cell in cells[at : at + 2]:
+        exec("".join(cell["source"]), namespace)
+    out = capsys.readouterr().out
+    threshold = cv.read_out_of_fold_threshold(cv_run)[0]
+    assert f"fold ensemble: threshold {threshold:.2f} chosen on the out-of-fold predictions" in out
+    assert (
+        f"threshold {threshold:.2f}, chosen on the out-of-fold predictions" in out and "lesion    (n=" in out
+    )
+    assert namespace["ensemble_threshold"] == threshold
+    assert list(shown[-1].index) == ["lesion", "benign", "malignant", "normal", "all"]
