@@ -138,8 +138,8 @@ def cv_rows(cv_dir: Path, external_index, seed: int) -> list[dict]:
     rows.append(
         _row(f"{cv_dir.name} folds (mean of {len(fold_summaries)})", "external", "original size", mean)
     )
-    threshold, source = evaluate_external.default_threshold_for(cv_dir)
-    print(f"ensemble threshold {threshold:.3f} ({source})", flush=True)
+    threshold = cv.read_out_of_fold_threshold(cv_dir)[0]
+    print(f"ensemble threshold {threshold:.3f} (chosen on the out-of-fold predictions)", flush=True)
     ensemble = external_original_size(cv_dir, external_index, threshold, seed)
     rows.append(_row(f"{cv_dir.name} fold ensemble", "external", "original size", ensemble))
     return rows
