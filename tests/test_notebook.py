@@ -87,10 +87,12 @@ def test_notebook_runs_on_generated_data_and_resumes(tmp_path, monkeypatch):
         str(out),
         kernel_name="python3",
         progress_bar=False,
-        parameters={**parameters, "epochs": 3},
+        parameters={**parameters, "epochs": 3, "external_dir": str(_external_folder(tmp_path / "external"))},
     )
     text = out.read_text()
     assert "resuming run" in text and "epoch 3/3" in text and "epoch 1/3" not in text
+    assert "6 external images scored, 0 not scored" in text  # section 12, colour-coded masks
+    assert (run / "figures" / "external_dice.png").is_file()
     assert json.loads((run / "results.json").read_text())["epochs_run"] == 3
 
 
@@ -125,12 +127,13 @@ def test_notebook_on_a_fresh_headless_machine_runs_on_the_demo_set_quietly_with_
     assert (repo / "runs" / "notebook" / "results.json").is_file()
 
     cells = [c for c in json.loads(text)["cells"] if c["cell_type"] == "code"]
-    # Every cell that draws a figure shows it once, as a PNG (cross-validation is off: cv_folds = 0).
+    # Every cell that draws a figure shows it once, as a PNG (cross-validation and external validation are off).
     plotting = [
         c
         for c in cells
         if re.search(r"\b(viz|overlays)\.plot_", "".join(c["source"]))
         and "plot_cross_validation" not in "".join(c["source"])
+        and "external_dir" not in "".join(c["source"])
     ]
     shown = [sum("image/png" in o.get("data", {}) for o in c["outputs"]) for c in plotting]
     assert len(plotting) == 9 and shown == [1] * 9
@@ -150,3 +153,22 @@ def _output_text(output: dict) -> str:
     if output["output_type"] == "error":
         return "\n".join(output["traceback"])
     return "".join(output.get("data", {}).get("text/plain", ""))
+
+
+def _external_folder(folder: Path) -> Path:
+    """``images/`` and colour-coded ``masks/`` (green benign, red malignant, black normal), 2 of each."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    colours_bgr = {"benign": (0, 255, 0), "malignant": (0, 0, 255), "normal": (0, 0, 0)}
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True)
+    for i, label in enumerate(["benign", "malignant", "normal"] * 2):
+        image, lesion_masks = synthetic_data.synthetic_pair(rng, 64, 64, label)
+        mask = np.zeros((64, 64, 3), np.uint8)
+        for lesion in lesion_masks:
+            mask[lesion > 0] = colours_bgr[label]
+        cv2.imwrite(str(folder / "images" / f"case_{i}.png"), image)
+        cv2.imwrite(str(folder / "masks" / f"case_{i}.png"), mask)
+    return folder
