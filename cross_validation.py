@@ -151,10 +151,10 @@ def cross_validate(
     index = index.reset_index(drop=True)
     strategy = training.resolve_strategy(strategy)
     verbose = train_options.get("progress", "epoch") != "none"
+    fold_roles = make_fold_splits(index, n_folds, seed)  # its checks come before any write
     # A file in its place or a read-only folder is refused before the first fold starts.
     run_dir = atomic_io.check_writable_folder(run_dir)
     with run_lock.RunFolderLock(run_dir, "cross_validate"):  # refuses a second writer at once
-        fold_roles = make_fold_splits(index, n_folds, seed)
         results, per_image_parts = [], []
         for fold, roles in enumerate(fold_roles, start=1):
             fold_dir = run_dir / FOLD_DIR.format(fold=fold)
