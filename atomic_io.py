@@ -2,7 +2,8 @@
 
 `atomic_write` writes through a temporary file in the same folder, then renames it into place;
 `write_json` and `write_csv` use it; `remove_stale_temp_files` clears the temporaries that a
-killed writer left behind; `check_writable_folder` refuses an output folder that cannot be
+killed writer left behind; `check_space` refuses a write that would not fit (for writers that do
+not fail cleanly); `check_writable_folder` refuses an output folder that cannot be
 created or written before any work starts. A write that fails with an `OSError` (a full disk,
 a file-size limit, a read-only folder) raises the same error class with the file's name and
 the cause, and leaves the file's previous version intact.
@@ -99,10 +100,48 @@ def _naming_the_file(error: OSError, path: Path) -> OSError:
 _SPACE_ERRNOS = (None, errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
+def check_space(path: str | os.PathLike, needed_bytes: int) -> None:
+    """Raises, before writing, the error a write of about `needed_bytes` to `path` would meet.
+
+    For writers that do not fail cleanly when the disk fills: HDF5 (Keras's ``.weights.h5``) can
+    crash the process instead of raising. A disk that fills between this check and the write
+    is not caught.
+
+    Args:
+        path: the file about to be written (its folder need not exist yet).
+        needed_bytes: a generous estimate of the file's size.
+
+    Raises:
+        OSError: errno ``EFBIG`` when `needed_bytes` exceeds this process's file-size limit
+            (``ulimit -f``), ``ENOSPC`` when it exceeds the free space on the disk; the message
+            names `path`, the estimate, the free space and the limit.
+    """
+    path = Path(path)
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and needed_bytes > limit:
+        code = errno.EFBIG
+    else:
+        try:
+            free = shutil.disk_usage(_existing_folder(path.parent)).free
+        except OSError:
+            return
+        if needed_bytes <= free:
+            return
+        code = errno.ENOSPC
+    error = OSError(code, f"{os.strerror(code)}: about {needed_bytes / 2**10:.0f} KiB needed")
+    raise _naming_the_file(error, path)
+
+
+def _existing_folder(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
 def _space_left(folder: Path) -> str:
     """The free space on `folder`'s disk and this process's file-size limit, if any, in words."""
     try:
-        free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free on its disk"
+        free = f"{shutil.disk_usage(_existing_folder(folder)).free / 2**20:.0f} MiB free on its disk"
     except OSError:
         free = "free space unknown"
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]

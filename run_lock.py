@@ -62,10 +62,13 @@ class RunFolderLock:
         except BaseException:
             os.close(fd)
             raise
-        holder = f"{self.writer} host={socket.gethostname()} pid={os.getpid()}\n".encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, holder, 0)
         self._fd = fd
+        holder = f"{self.writer} host={socket.gethostname()} pid={os.getpid()}\n".encode()
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder, 0)
+        except OSError:
+            pass  # e.g. a full disk: the lock holds all the same, a refusal just names no holder
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -1,10 +1,12 @@
 """Tests for atomic_io: an interrupted write keeps the previous file; double suffixes; CSV round trip;
 the writable-folder check; a full disk or a file-size limit names the file and keeps the previous version."""
 
+import collections
 import errno
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +125,21 @@ def test_a_file_size_limit_fails_the_write_naming_the_file_and_keeps_the_previou
     )
     assert path.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0002.optimizer.csv", path.name]
+
+
+def test_check_space_refuses_a_write_that_would_not_fit_naming_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "epoch-0002.weights.h5"  # its folder does not exist yet
+    atomic_io.check_space(path, 1024)  # fits
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(atomic_io.shutil, "disk_usage", lambda folder: usage(2**30, 2**30 - 2**20, 2**20))
+    with pytest.raises(
+        OSError, match=r"\(No space left on device: about 2048 KiB needed; 1 MiB free on its disk\)"
+    ) as full:
+        atomic_io.check_space(path, 2 * 2**20)
+    assert full.value.errno == errno.ENOSPC and f"Could not write '{path}'" in str(full.value)
+    monkeypatch.setattr(atomic_io.resource, "getrlimit", lambda which: (4096, resource.RLIM_INFINITY))
+    limited = r"\(File too large: about 8 KiB needed; 1 MiB free on its disk, files limited to 4096 bytes"
+    with pytest.raises(OSError, match=limited) as too_large:
+        atomic_io.check_space(path, 8192)
+    assert too_large.value.errno == errno.EFBIG
+    assert not path.parent.exists()  # nothing written

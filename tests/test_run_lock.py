@@ -110,6 +110,7 @@ def test_a_lock_left_by_a_killed_process_does_not_block_the_resume(tiny, tmp_pat
         _wait_for(locked, child)
         with pytest.raises(run_lock.RunFolderLocked, match=f"pid={child.pid}"):
             training.train_model(tiny_model(), train, val, run_dir, epochs=2, lr_schedule="plateau")
+        assert model_io.load_model(run_dir / training.LAST_MODEL).input_shape == (None, 32, 32, 1)  # readers
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)

@@ -406,27 +406,37 @@ def test_a_full_disk_at_a_checkpoint_names_the_file_keeps_the_last_commit_and_th
     assert list(history["epoch"]) == [1, 2, 3]
 
 
-# A real file-size limit (RLIMIT_FSIZE) in a child process, set when epoch 2 is committed: the
-# history, state and checkpoints of this tiny model (at most 223 KB) still fit, the exported
-# best.keras (257 KB) does not. SIGXFSZ is ignored so that the write fails with EFBIG instead of
-# killing the process. Then the limit is lifted ("space freed") and the rerun rewrites the exports.
-# (A limit that stops HDF5 itself, inside the .weights.h5 checkpoint, crashes the process in h5py:
-# see docs/reliability.md; the committed epoch stays resumable as after a kill.)
+# A real file-size limit (RLIMIT_FSIZE) in a child process, set at a chosen moment (`when`): at the
+# exports after the last epoch (the exported best.keras, 257 KB, does not fit 240000 bytes), or
+# when epoch 2 is committed (its weights checkpoint, 223 KB, does not fit 16 KiB: refused by
+# `atomic_io.check_space` before HDF5 starts, since HDF5 crashes the process on a failed write).
+# SIGXFSZ is ignored so that a write fails with EFBIG instead of killing the process. Then the
+# limit is lifted ("space freed") and the run is rerun.
 _FILE_SIZE_CHILD = """
 import json, resource, signal, sys
 from pathlib import Path
 import helpers, training
-run, LIMIT = Path(sys.argv[1]), 240_000
+run, when, limit = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-commit = training._EpochCommitter.on_epoch_end
+commit, export = training._EpochCommitter.on_epoch_end, training._BestAndLastExport.export
+
+def set_limit():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
 
 def limit_at_epoch_2(self, epoch, logs=None):
     if epoch == 1:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, hard))
+        set_limit()
     commit(self, epoch, logs)
 
-training._EpochCommitter.on_epoch_end = limit_at_epoch_2
+def limit_at_export(self):
+    set_limit()
+    export(self)
+
+if when == "epoch 2":
+    training._EpochCommitter.on_epoch_end = limit_at_epoch_2
+else:
+    training._BestAndLastExport.export = limit_at_export
 _, _, train, val = helpers.tiny_datasets()
 options = dict(epochs=3, lr_schedule="plateau", progress="none")
 try:
@@ -435,29 +445,33 @@ except OSError as error:
     print("error:", error)
 print("committed:", json.loads((run / training.STATE_JSON).read_text())["epochs_done"])
 resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-training._EpochCommitter.on_epoch_end = commit
+training._EpochCommitter.on_epoch_end, training._BestAndLastExport.export = commit, export
 _, history = training.train_model(helpers.tiny_model(), train, val, run, **options)
 print("epochs:", list(history["epoch"]))
 """
 
 
-def test_a_file_size_limit_while_exporting_fails_clearly_and_the_rerun_rewrites_the_exports(tmp_path):
+def _run_file_size_child(run: Path, when: str, limit: int) -> list[str]:
     tests = Path(__file__).resolve().parent
     env = {
         **os.environ,
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)]),
     }
-    run = tmp_path / "run"
     done = subprocess.run(
-        [sys.executable, "-c", _FILE_SIZE_CHILD, str(run)],
+        [sys.executable, "-c", _FILE_SIZE_CHILD, str(run), when, str(limit)],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.strip().splitlines()
+    return done.stdout.strip().splitlines()
+
+
+def test_a_file_size_limit_while_exporting_fails_clearly_and_the_rerun_rewrites_the_exports(tmp_path):
+    run = tmp_path / "run"
+    lines = _run_file_size_child(run, "export", 240_000)
     best = run / training.BEST_MODEL
     assert lines[0].startswith(f"error: [Errno {errno.EFBIG}] Could not write '{best}' (File too large; "), (
         lines
@@ -465,3 +479,16 @@ def test_a_file_size_limit_while_exporting_fails_clearly_and_the_rerun_rewrites_
     assert "files limited to 240000 bytes (ulimit -f)); its previous version, if any, is intact." in lines[0]
     assert lines[1:] == ["committed: 3", "epochs: [1, 2, 3]"]
     assert model_io.load_model(best).input_shape == (None, 32, 32, 1)  # rewritten by the rerun
+
+
+def test_a_file_size_limit_at_a_weights_checkpoint_is_refused_before_hdf5_and_the_run_resumes(tmp_path):
+    run = tmp_path / "run"
+    lines = _run_file_size_child(run, "epoch 2", 16384)
+    weights = run / training.CHECKPOINT_DIR / "epoch-0002.weights.h5"
+    assert lines[0].startswith(
+        f"error: [Errno {errno.EFBIG}] Could not write '{weights}' (File too large: about "
+    ), lines
+    assert (
+        "KiB needed; " in lines[0] and "files limited to 16384 bytes (ulimit -f)); its previous" in lines[0]
+    )
+    assert lines[1:] == ["committed: 1", "epochs: [1, 2, 3]"]
