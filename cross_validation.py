@@ -64,6 +64,7 @@ import data_loading
 import evaluation
 import inference
 import model_io
+import run_lock
 import run_results
 import splits
 import training
@@ -140,66 +141,73 @@ def cross_validate(
         ValueError: ``n_folds < 2``; a class with fewer images than folds (or an inner training
             part too small to split again); misaligned or misshapen arrays; a missing column;
             an unknown training option; a `run_dir` that holds folds of another split.
+        run_lock.RunFolderLocked: another writer holds `run_dir` (the call holds its lock, and
+            `train_model` each fold folder's, for the whole write phase); raised at once.
+        NotADirectoryError, OSError: `run_dir` cannot be created or written; raised before the
+            first fold starts.
     """
     images, masks = np.asarray(images), np.asarray(masks)
     _check_inputs(index, images, masks, build_model, n_folds, train_options)
     index = index.reset_index(drop=True)
     strategy = training.resolve_strategy(strategy)
     verbose = train_options.get("progress", "epoch") != "none"
-    run_dir = Path(run_dir)
-    fold_roles = make_fold_splits(index, n_folds, seed)
-    results, per_image_parts = [], []
-    for fold, roles in enumerate(fold_roles, start=1):
-        fold_dir = run_dir / FOLD_DIR.format(fold=fold)
-        _check_or_write_split(fold_dir, index, roles, fold)
-        result_path = fold_dir / FOLD_RESULT_JSON
-        if result_path.is_file():
+    fold_roles = make_fold_splits(index, n_folds, seed)  # its checks come before any write
+    # A file in its place or a read-only folder is refused before the first fold starts.
+    run_dir = atomic_io.check_writable_folder(run_dir)
+    with run_lock.RunFolderLock(run_dir, "cross_validate"):  # refuses a second writer at once
+        results, per_image_parts = [], []
+        for fold, roles in enumerate(fold_roles, start=1):
+            fold_dir = run_dir / FOLD_DIR.format(fold=fold)
+            _check_or_write_split(fold_dir, index, roles, fold)
+            result_path = fold_dir / FOLD_RESULT_JSON
+            if result_path.is_file():
+                if verbose:
+                    print(
+                        f"fold {fold}/{n_folds}: done in an earlier run; results read from {fold_dir}",
+                        flush=True,
+                    )
+                results.append(json.loads(result_path.read_text()))
+                per_image_parts.append(pd.read_csv(fold_dir / PER_IMAGE_CSV, dtype={"image_id": str}))
+                continue
+            part = {role: np.flatnonzero(roles == role) for role in ROLES}
+            if verbose:
+                sizes = ", ".join(f"{role} {len(rows)}" for role, rows in part.items())
+                print(f"fold {fold}/{n_folds}: {sizes} (test = held out)", flush=True)
+            training.set_seeds(seed + fold)
+            with strategy.scope():
+                model = build_model()
+            train_data = data_loading.make_tf_dataset(
+                images[part["train"]], masks[part["train"]], batch_size, training=True, seed=seed + fold
+            )
+            val_data = data_loading.make_tf_dataset(images[part["val"]], masks[part["val"]], batch_size)
+            _, history = training.train_model(
+                model, train_data, val_data, fold_dir, strategy=strategy, **train_options
+            )
+            result, per_image = _score_fold(fold, fold_dir, history, index, images, masks, part, seed)
+            atomic_io.write_csv(fold_dir / PER_IMAGE_CSV, per_image)
+            atomic_io.write_json(result_path, result)  # commit point of the fold
             if verbose:
                 print(
-                    f"fold {fold}/{n_folds}: done in an earlier run; results read from {fold_dir}", flush=True
+                    f"fold {fold}/{n_folds}: held-out lesion Dice {result['lesion_dice']:.3f}, "
+                    f"normal FP fraction {result['normal_fp_fraction']:.3f} (threshold {result['threshold']:.2f})",
+                    flush=True,
                 )
-            results.append(json.loads(result_path.read_text()))
-            per_image_parts.append(pd.read_csv(fold_dir / PER_IMAGE_CSV, dtype={"image_id": str}))
-            continue
-        part = {role: np.flatnonzero(roles == role) for role in ROLES}
-        if verbose:
-            sizes = ", ".join(f"{role} {len(rows)}" for role, rows in part.items())
-            print(f"fold {fold}/{n_folds}: {sizes} (test = held out)", flush=True)
-        training.set_seeds(seed + fold)
-        with strategy.scope():
-            model = build_model()
-        train_data = data_loading.make_tf_dataset(
-            images[part["train"]], masks[part["train"]], batch_size, training=True, seed=seed + fold
-        )
-        val_data = data_loading.make_tf_dataset(images[part["val"]], masks[part["val"]], batch_size)
-        _, history = training.train_model(
-            model, train_data, val_data, fold_dir, strategy=strategy, **train_options
-        )
-        result, per_image = _score_fold(fold, fold_dir, history, index, images, masks, part, seed)
-        atomic_io.write_csv(fold_dir / PER_IMAGE_CSV, per_image)
-        atomic_io.write_json(result_path, result)  # commit point of the fold
+            results.append(result)
+            per_image_parts.append(per_image)
+        folds = fold_results(results)
+        summary = summarize_folds(folds)
+        per_image = pd.concat(per_image_parts, ignore_index=True)
+        atomic_io.write_csv(run_dir / CV_FOLDS_CSV, folds)
+        atomic_io.write_csv(run_dir / CV_SUMMARY_CSV, summary)
+        atomic_io.write_csv(run_dir / CV_PER_IMAGE_CSV, per_image)
+        threshold, curve, _ = choose_out_of_fold_threshold(run_dir, index, images, masks, seed=seed)
         if verbose:
             print(
-                f"fold {fold}/{n_folds}: held-out lesion Dice {result['lesion_dice']:.3f}, "
-                f"normal FP fraction {result['normal_fp_fraction']:.3f} (threshold {result['threshold']:.2f})",
+                f"fold ensemble: threshold {threshold:.2f} chosen on the out-of-fold predictions (mean per-image "
+                f"Dice {curve['dice'].max():.3f} over all {len(index)} images); wrote {run_dir / ENSEMBLE_JSON}",
                 flush=True,
             )
-        results.append(result)
-        per_image_parts.append(per_image)
-    folds = fold_results(results)
-    summary = summarize_folds(folds)
-    per_image = pd.concat(per_image_parts, ignore_index=True)
-    atomic_io.write_csv(run_dir / CV_FOLDS_CSV, folds)
-    atomic_io.write_csv(run_dir / CV_SUMMARY_CSV, summary)
-    atomic_io.write_csv(run_dir / CV_PER_IMAGE_CSV, per_image)
-    threshold, curve, _ = choose_out_of_fold_threshold(run_dir, index, images, masks, seed=seed)
-    if verbose:
-        print(
-            f"fold ensemble: threshold {threshold:.2f} chosen on the out-of-fold predictions (mean per-image "
-            f"Dice {curve['dice'].max():.3f} over all {len(index)} images); wrote {run_dir / ENSEMBLE_JSON}",
-            flush=True,
-        )
-    return folds, summary, per_image
+        return folds, summary, per_image
 
 
 def make_fold_splits(index: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> list[np.ndarray]:

@@ -26,6 +26,7 @@ from keras import ops
 import atomic_io
 import losses
 import model_io
+import run_lock
 
 # --------------------------------------------------------------------------------------------
 # Training: atomic checkpoints, CSV history, resume
@@ -42,6 +43,9 @@ MIN_LEARNING_RATE = 1e-6
 LR_FACTOR = 0.5
 LR_SCHEDULES = ("plateau", "cosine")
 WARMUP_FRACTION = 0.05  # share of the cosine schedule's steps spent warming up linearly from 0
+# HDF5's bytes per variable in a .weights.h5 file beyond the values, a generous bound (measured
+# 0.8 to 1.8 KiB for U-Nets of depth 2 and 4) for `atomic_io.check_space`.
+HDF5_BYTES_PER_VARIABLE = 2048
 
 
 def set_seeds(seed: int) -> None:
@@ -142,8 +146,15 @@ def _checkpoint_names(epoch: int) -> dict[str, str]:
 
 
 def _save_checkpoint(model: keras.Model, run_dir: Path, epoch: int) -> dict[str, str]:
-    """Writes the weights and optimizer variables of `epoch` atomically; returns their names."""
+    """Writes the weights and optimizer variables of `epoch` atomically; returns their names.
+
+    A full disk or a file-size limit is refused before HDF5 starts the weights file: HDF5 may
+    crash the process on a failed write instead of raising (see `atomic_io.check_space`)."""
     names = _checkpoint_names(epoch)
+    variables = [*model.weights, *model.optimizer.variables]  # save_weights writes both
+    value_bytes = sum(ops.convert_to_numpy(v).nbytes for v in variables)
+    needed = value_bytes + HDF5_BYTES_PER_VARIABLE * len(variables)
+    atomic_io.check_space(run_dir / names["weights"], needed)
     atomic_io.atomic_write(run_dir / names["weights"], lambda tmp: model.save_weights(tmp))
     values = {f"v{i:04d}": ops.convert_to_numpy(v) for i, v in enumerate(model.optimizer.variables)}
     atomic_io.atomic_write(run_dir / names["optimizer"], lambda tmp: np.savez(tmp, **values))
@@ -463,12 +474,15 @@ def _check_train_arguments(
 
 
 def _prepare_run_dir(run_dir: str | os.PathLike) -> Path:
-    """Creates `run_dir` if missing and removes the partial files a killed run left in it."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Creates `run_dir` if missing and checks, with a probe file, that it can be written: a file in
+    its place or a read-only folder is refused before training starts (`atomic_io.check_writable_folder`)."""
+    return atomic_io.check_writable_folder(run_dir)
+
+
+def _remove_partial_files(run_dir: Path) -> None:
+    """Removes the partial files a killed run left in `run_dir` (call it holding the folder's lock)."""
     for folder in (run_dir, run_dir / CHECKPOINT_DIR):
         atomic_io.remove_stale_temp_files(folder)
-    return run_dir
 
 
 def _schedule_epochs(lr_schedule: str, epochs: int) -> int | None:
@@ -699,9 +713,20 @@ def train_model(
         strategy from where a model was built), so it is rejected with a ValueError that
         names the fix. Every worker writes its own `run_dir`; give each machine a local one.
 
+    One writer per run folder: the call holds `run_lock.RunFolderLock` on `run_dir` from before it
+    reads the saved state until the exports are written; readers take no lock.
+
     Returns:
         ``(model, history)``: the model as after the last epoch, and the whole run's history
         DataFrame (earlier sessions included).
+
+    Raises:
+        run_lock.RunFolderLocked: another writer (process or call) holds `run_dir`; raised at
+            once, before anything is read or written. A lock left by a killed process never
+            blocks (the kernel releases it).
+        NotADirectoryError, OSError: `run_dir` cannot be created or written (a file in its place,
+            a read-only folder), raised before training starts; a write that fails later (a full
+            disk) names the file, and the last committed epoch stays resumable.
     """
     _check_train_arguments(
         loss,
@@ -716,41 +741,43 @@ def train_model(
     )
     strategy = _check_strategy(model, strategy)
     run_dir = _prepare_run_dir(run_dir)
-    state, rows = _read_resume_state(run_dir, loss)
-    if state is not None:
-        _check_schedule_matches(state, run_dir, lr_schedule, epochs)
-    _compile(model, strategy, loss, learning_rate, lr_schedule, epochs, train_data)
-    input_shape = [int(d) for d in model.input_shape[1:]]
-    if state is None:
-        state = {
-            "loss": loss,
-            "dtype_policy": model.dtype_policy.name,
-            "input_shape": input_shape,
-            "lr_schedule": lr_schedule,
-            "schedule_epochs": _schedule_epochs(lr_schedule, epochs),
-        }
-    elif _resume(model, run_dir, state, input_shape, epochs, progress):
+    with run_lock.RunFolderLock(run_dir, "train_model"):  # refuses a second writer at once
+        _remove_partial_files(run_dir)
+        state, rows = _read_resume_state(run_dir, loss)
+        if state is not None:
+            _check_schedule_matches(state, run_dir, lr_schedule, epochs)
+        _compile(model, strategy, loss, learning_rate, lr_schedule, epochs, train_data)
+        input_shape = [int(d) for d in model.input_shape[1:]]
+        if state is None:
+            state = {
+                "loss": loss,
+                "dtype_policy": model.dtype_policy.name,
+                "input_shape": input_shape,
+                "lr_schedule": lr_schedule,
+                "schedule_epochs": _schedule_epochs(lr_schedule, epochs),
+            }
+        elif _resume(model, run_dir, state, input_shape, epochs, progress):
+            return model, pd.DataFrame(rows)
+        callbacks, exporter = _make_callbacks(
+            state,
+            run_dir,
+            rows,
+            epochs,
+            progress,
+            early_stopping_patience,
+            reduce_lr_patience,
+            lr_schedule,
+            time_budget_s,
+        )
+        _fit_and_export(
+            model,
+            train_data,
+            val_data,
+            run_dir,
+            epochs,
+            state.get("epochs_done", 0),
+            callbacks,
+            exporter,
+            progress,
+        )
         return model, pd.DataFrame(rows)
-    callbacks, exporter = _make_callbacks(
-        state,
-        run_dir,
-        rows,
-        epochs,
-        progress,
-        early_stopping_patience,
-        reduce_lr_patience,
-        lr_schedule,
-        time_budget_s,
-    )
-    _fit_and_export(
-        model,
-        train_data,
-        val_data,
-        run_dir,
-        epochs,
-        state.get("epochs_done", 0),
-        callbacks,
-        exporter,
-        progress,
-    )
-    return model, pd.DataFrame(rows)

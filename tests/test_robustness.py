@@ -24,6 +24,7 @@ import image_io
 import inference
 import model as unet
 import model_io
+import run_lock
 import synthetic_data
 import training
 
@@ -398,13 +399,15 @@ def test_a_results_folder_from_an_older_run_is_refused_and_left_intact(tmp_path,
     run_dir = tmp_path / "run"
     _older_run(run_dir)
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    lock_file = run_lock.LOCK_FILE  # train_model took the folder's lock (an empty file) before reading
     with pytest.raises(
         ValueError,
         match=r"train_state\.json' lacks \['loss', 'dtype_policy', 'input_shape', "
         r"'last_checkpoint', 'best_checkpoint'\]: it was written by an older busi-unet",
     ):
         training.train_model(_tiny_model(), *tiny_data, run_dir, epochs=3, progress="none")
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before  # nothing overwritten
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    assert after.pop(lock_file) == b"" and after == before  # nothing else written
     assert model_io.load_model(run_dir / training.LAST_MODEL).input_shape == (None, 32, 32, 1)
 
 

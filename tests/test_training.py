@@ -1,7 +1,13 @@
 """Tests for training: resumable runs (history, checkpoints, exports, early stopping, loss scale),
-learning-rate schedules, the time budget, option checks, and one epoch on the real data (`busi`)."""
+learning-rate schedules, the time budget, option checks, unwritable run folders, a full disk or a
+file-size limit while checkpointing, and one epoch on the real data (`busi`)."""
 
+import errno
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -342,3 +348,147 @@ def test_one_epoch_on_real_busi_gives_finite_scores(busi_root, tmp_path):
     )
     assert np.isfinite(history["loss"]).all() and len(per_image) == len(test_df)
     assert per_image["dice"].between(0, 1).all() and set(summary["group"]) >= {"lesion", "normal"}
+
+
+def test_a_file_in_place_of_the_run_folder_is_refused_before_training(tiny, tmp_path):
+    _, _, train, val = tiny
+    (tmp_path / "run").write_text("not a folder")
+    model = _tiny_model()
+    with pytest.raises(NotADirectoryError, match=f"Cannot use '{tmp_path / 'run'}' as an output folder"):
+        training.train_model(model, train, val, tmp_path / "run", epochs=1, progress="none")
+    assert not model.compiled  # refused before compiling
+
+
+def test_a_read_only_run_folder_is_refused_before_training(tiny, tmp_path, monkeypatch):
+    _, _, train, val = tiny
+
+    def read_only(*args, **kwargs):  # a test double: chmod does not stop root
+        raise PermissionError(errno.EACCES, "Permission denied", kwargs.get("dir"))
+
+    monkeypatch.setattr(training.atomic_io.tempfile, "mkstemp", read_only)
+    model = _tiny_model()
+    with pytest.raises(
+        PermissionError, match=r"Cannot write in the output folder '.*run' \(Permission denied\)"
+    ):
+        training.train_model(model, train, val, tmp_path / "run", epochs=1, progress="none")
+    assert not model.compiled and list((tmp_path / "run").iterdir()) == []
+
+
+def test_a_full_disk_at_a_checkpoint_names_the_file_keeps_the_last_commit_and_the_rerun_resumes(
+    tiny, tmp_path, monkeypatch
+):
+    _, _, train, val = tiny
+    run = tmp_path / "run"
+    real_atomic_write = training.atomic_io.atomic_write
+
+    def disk_full_at_epoch_2(path, write_fn):
+        def partial_then_full(tmp):
+            Path(tmp).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        failing = str(path).endswith("epoch-0002.weights.h5")
+        return real_atomic_write(path, partial_then_full if failing else write_fn)
+
+    monkeypatch.setattr(training.atomic_io, "atomic_write", disk_full_at_epoch_2)
+    keras.backend.clear_session()
+    with pytest.raises(
+        OSError, match=r"Could not write '.*checkpoints/epoch-0002\.weights\.h5' \(No space left"
+    ):
+        training.train_model(_tiny_model(), train, val, run, epochs=3, lr_schedule="plateau", progress="none")
+    assert json.loads((run / training.STATE_JSON).read_text())["epochs_done"] == 1  # the last commit
+    assert not [p for p in (*run.iterdir(), *(run / training.CHECKPOINT_DIR).iterdir()) if ".tmp-" in p.name]
+    monkeypatch.setattr(training.atomic_io, "atomic_write", real_atomic_write)  # space freed
+
+    keras.backend.clear_session()
+    _, history = training.train_model(
+        _tiny_model(), train, val, run, epochs=3, lr_schedule="plateau", progress="none"
+    )
+    assert list(history["epoch"]) == [1, 2, 3]
+
+
+# A real file-size limit (RLIMIT_FSIZE) in a child process, set at a chosen moment (`when`): at the
+# exports after the last epoch (the exported best.keras, 257 KB, does not fit 240000 bytes), or
+# when epoch 2 is committed (its weights checkpoint, 223 KB, does not fit 16 KiB: refused by
+# `atomic_io.check_space` before HDF5 starts, since HDF5 crashes the process on a failed write).
+# SIGXFSZ is ignored so that a write fails with EFBIG instead of killing the process. Then the
+# limit is lifted ("space freed") and the run is rerun.
+_FILE_SIZE_CHILD = """
+import json, resource, signal, sys
+from pathlib import Path
+import helpers, training
+run, when, limit = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+commit, export = training._EpochCommitter.on_epoch_end, training._BestAndLastExport.export
+
+def set_limit():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+
+def limit_at_epoch_2(self, epoch, logs=None):
+    if epoch == 1:
+        set_limit()
+    commit(self, epoch, logs)
+
+def limit_at_export(self):
+    set_limit()
+    export(self)
+
+if when == "epoch 2":
+    training._EpochCommitter.on_epoch_end = limit_at_epoch_2
+else:
+    training._BestAndLastExport.export = limit_at_export
+_, _, train, val = helpers.tiny_datasets()
+options = dict(epochs=3, lr_schedule="plateau", progress="none")
+try:
+    training.train_model(helpers.tiny_model(), train, val, run, **options)
+except OSError as error:
+    print("error:", error)
+print("committed:", json.loads((run / training.STATE_JSON).read_text())["epochs_done"])
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+training._EpochCommitter.on_epoch_end, training._BestAndLastExport.export = commit, export
+_, history = training.train_model(helpers.tiny_model(), train, val, run, **options)
+print("epochs:", list(history["epoch"]))
+"""
+
+
+def _run_file_size_child(run: Path, when: str, limit: int) -> list[str]:
+    tests = Path(__file__).resolve().parent
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _FILE_SIZE_CHILD, str(run), when, str(limit)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()
+
+
+def test_a_file_size_limit_while_exporting_fails_clearly_and_the_rerun_rewrites_the_exports(tmp_path):
+    run = tmp_path / "run"
+    lines = _run_file_size_child(run, "export", 240_000)
+    best = run / training.BEST_MODEL
+    assert lines[0].startswith(f"error: [Errno {errno.EFBIG}] Could not write '{best}' (File too large; "), (
+        lines
+    )
+    assert "files limited to 240000 bytes (ulimit -f)); its previous version, if any, is intact." in lines[0]
+    assert lines[1:] == ["committed: 3", "epochs: [1, 2, 3]"]
+    assert model_io.load_model(best).input_shape == (None, 32, 32, 1)  # rewritten by the rerun
+
+
+def test_a_file_size_limit_at_a_weights_checkpoint_is_refused_before_hdf5_and_the_run_resumes(tmp_path):
+    run = tmp_path / "run"
+    lines = _run_file_size_child(run, "epoch 2", 16384)
+    weights = run / training.CHECKPOINT_DIR / "epoch-0002.weights.h5"
+    assert lines[0].startswith(
+        f"error: [Errno {errno.EFBIG}] Could not write '{weights}' (File too large: about "
+    ), lines
+    assert (
+        "KiB needed; " in lines[0] and "files limited to 16384 bytes (ulimit -f)); its previous" in lines[0]
+    )
+    assert lines[1:] == ["committed: 1", "epochs: [1, 2, 3]"]
