@@ -1,11 +1,12 @@
-"""Tiny generated data, a tiny U-Net and batched datasets, shared by the training, model_io and
-inference tests. Not a test module (no ``test_`` prefix); imported by those test modules.
+"""Tiny generated data, a tiny U-Net and batched datasets, shared by the training, model_io,
+inference, cross-validation and ensemble tests. Not a test module (no ``test_`` prefix); imported by those test modules.
 """
 
 import numpy as np
 
 import data_loading as dl
 import model as unet
+import splits
 import synthetic_data
 import training
 
@@ -35,3 +36,18 @@ def tiny_datasets():
     train = dl.make_tf_dataset(images[:12], masks[:12], batch_size=4, training=True, seed=0)
     val = dl.make_tf_dataset(images[12:], masks[12:], batch_size=4)
     return images, masks, train, val
+
+
+def tiny_busi(folder):
+    """A generated 20-image BUSI folder in `folder`, indexed, loaded at 32 px and grouped.
+
+    Returns:
+        ``(index, images, masks)``: the index with ``duplicate_group``, ``(20, 32, 32, 1)`` float32
+        images in [0, 1] and uint8 masks in {0, 1}.
+    """
+    root = synthetic_data.make_synthetic_busi(
+        folder, n_benign=8, n_malignant=6, n_normal=6, size_range=(40, 56), seed=3
+    )
+    index = dl.index_busi(root)
+    images, masks = dl.load_dataset(index, 32)
+    return splits.add_duplicate_groups(index, images), images, masks

@@ -10,13 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from helpers import tiny_busi
 
 import cross_validation as cv
-import data_loading as dl
 import evaluation
 import model as unet
 import splits
-import synthetic_data
 import training
 import visualization as viz
 
@@ -27,12 +26,7 @@ OPTIONS = {"epochs": 1, "learning_rate": 1e-2, "progress": "none"}
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = synthetic_data.make_synthetic_busi(
-        tmp_path_factory.mktemp("busi"), n_benign=8, n_malignant=6, n_normal=6, size_range=(40, 56), seed=3
-    )
-    index = dl.index_busi(root)
-    images, masks = dl.load_dataset(index, 32)
-    return splits.add_duplicate_groups(index, images), images, masks
+    return tiny_busi(tmp_path_factory.mktemp("busi"))
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,9 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import tiny_data
+from helpers import tiny_busi, tiny_data
 
 import cross_validation as cv
-import data_loading as dl
 import ensemble
 import evaluate_external as ee
 import evaluation
@@ -25,8 +24,6 @@ import inference
 import model as unet
 import model_io
 import segment_images as si
-import splits
-import synthetic_data
 import training
 import visualization as viz
 
@@ -272,12 +269,7 @@ def test_load_model_takes_a_file_or_a_run_folder(tmp_path):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = synthetic_data.make_synthetic_busi(
-        tmp_path_factory.mktemp("busi"), n_benign=8, n_malignant=6, n_normal=6, size_range=(40, 56), seed=3
-    )
-    index = dl.index_busi(root)
-    images, masks = dl.load_dataset(index, 32)
-    return splits.add_duplicate_groups(index, images), images, masks
+    return tiny_busi(tmp_path_factory.mktemp("busi"))
 
 
 @pytest.fixture(scope="module")
