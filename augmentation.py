@@ -1,7 +1,11 @@
 """Training-time augmentation of image/mask pairs (TensorFlow ops, applied inside tf.data).
 
 The same random geometric change is applied to an image and its mask; intensity changes touch the
-image only. `augment_examples` draws a few augmented pairs for a preview figure.
+image only. Two recipes (``AUGMENTATIONS``): "basic" (flip, small rotation, scale and shift, gamma,
+contrast, brightness) and "ultrasound", which adds changes that another scanner or operator makes:
+random resized crops (zoom in up to ``1 + MAX_ZOOM_IN``), speckle-like multiplicative noise, blur,
+and a gain that falls with depth (imperfect time-gain compensation). `augment_examples` draws a few
+augmented pairs for a preview figure.
 """
 
 from __future__ import annotations
@@ -14,34 +18,50 @@ MAX_SHIFT = 0.05
 MAX_BRIGHTNESS = 0.10
 MAX_CONTRAST = 0.20
 MAX_LOG_GAMMA = 0.20
+AUGMENTATIONS = ("basic", "ultrasound")
+DEFAULT_AUGMENTATION = "ultrasound"
+MAX_ZOOM_IN = 0.30  # "ultrasound": scale drawn in [1 - MAX_SCALE, 1 + MAX_ZOOM_IN] (a random resized crop)
+APPLY_PROBABILITY = 0.5  # "ultrasound": each of speckle, blur and depth gain is applied with this probability
+MAX_SPECKLE = 0.25  # std of the log of the multiplicative noise, at most
+MAX_BLUR_SIGMA = 1.2  # Gaussian blur, pixels
+BLUR_RADIUS = 2  # the blur kernel is (2 * BLUR_RADIUS + 1) pixels wide
+MAX_DEPTH_ATTENUATION = 0.4  # gain falls linearly from 1 at the top row to 1 - a at the bottom, a <= this
 
 
-def augment_pair(image, mask, seed):
+def augment_pair(image, mask, seed, augmentation: str = DEFAULT_AUGMENTATION):
     """Applies one random augmentation identically to an image and its mask (TensorFlow ops).
 
     Geometric (image and mask, one shared transform): horizontal flip (p = 0.5), rotation in
-    +-MAX_ROTATION_DEG degrees, scale in 1 +- MAX_SCALE, shift in +-MAX_SHIFT of the size;
-    bilinear for the image, nearest neighbour for the mask (so it stays in {0, 1}); pixels
-    from outside are 0. Photometric (image only): gamma ``x ** exp(g)`` with
-    ``|g| <= MAX_LOG_GAMMA``, contrast about the mean by 1 +- MAX_CONTRAST, brightness
-    +-MAX_BRIGHTNESS, then clipping to [0, 1].
+    +-MAX_ROTATION_DEG degrees, scale in 1 +- MAX_SCALE ("ultrasound": in
+    [1 - MAX_SCALE, 1 + MAX_ZOOM_IN]), shift in +-MAX_SHIFT of the size; bilinear for the
+    image, nearest neighbour for the mask (so it stays in {0, 1}); pixels from outside are 0.
+    Photometric (image only): gamma ``x ** exp(g)`` with ``|g| <= MAX_LOG_GAMMA``, contrast
+    about the mean by 1 +- MAX_CONTRAST, brightness +-MAX_BRIGHTNESS, then clipping to [0, 1].
+    "ultrasound" then applies, each with probability APPLY_PROBABILITY (`ultrasound_changes`):
+    speckle-like noise, blur and a gain falling with depth.
 
     Args:
         image: ``(H, W, 1)`` float32 in [0, 1].
         mask: ``(H, W, 1)`` uint8 in {0, 1}.
         seed: ``(2,)`` int64 tensor; the same seed gives the same augmentation.
+        augmentation: one of ``AUGMENTATIONS``.
 
     Returns:
         ``(image, mask)`` with the input shapes and dtypes and ranges.
     """
     import tensorflow as tf
 
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"Expected augmentation to be one of {AUGMENTATIONS}; received {augmentation!r}.")
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=4)
     u = tf.random.stateless_uniform([7], seeds[0], minval=-1.0, maxval=1.0)
     shape = tf.shape(image)
     height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
     angle = u[0] * MAX_ROTATION_DEG * np.pi / 180.0
-    scale = 1.0 + u[1] * MAX_SCALE
+    if augmentation == "ultrasound":  # u[1] in [-1, 1] mapped onto [1 - MAX_SCALE, 1 + MAX_ZOOM_IN]
+        scale = 1.0 - MAX_SCALE + (u[1] + 1.0) / 2.0 * (MAX_SCALE + MAX_ZOOM_IN)
+    else:
+        scale = 1.0 + u[1] * MAX_SCALE
     shift_x, shift_y = u[2] * MAX_SHIFT * width, u[3] * MAX_SHIFT * height
     flip = u[4] > 0.0
     cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
@@ -68,22 +88,78 @@ def augment_pair(image, mask, seed):
     image = tf.pow(tf.clip_by_value(image, 0.0, 1.0), tf.exp(u[5] * MAX_LOG_GAMMA))
     contrast = 1.0 + tf.random.stateless_uniform([], seeds[1], -MAX_CONTRAST, MAX_CONTRAST)
     mean = tf.reduce_mean(image)
-    image = (image - mean) * contrast + mean + u[6] * MAX_BRIGHTNESS
-    return tf.clip_by_value(image, 0.0, 1.0), mask
+    image = tf.clip_by_value((image - mean) * contrast + mean + u[6] * MAX_BRIGHTNESS, 0.0, 1.0)
+    if augmentation == "ultrasound":
+        image = ultrasound_changes(image, seeds[2])
+    return image, mask
 
 
-def augment_examples(image: np.ndarray, mask: np.ndarray, n_draws: int = 6, seed: int = 0):
+def _gaussian_blur(image, sigma):
+    """``(H, W, 1)`` float32 blurred by a separable Gaussian of `sigma` pixels (edges reflected)."""
+    import tensorflow as tf
+
+    taps = tf.range(-BLUR_RADIUS, BLUR_RADIUS + 1, dtype=tf.float32)
+    kernel = tf.exp(-0.5 * tf.square(taps / sigma))
+    kernel = kernel / tf.reduce_sum(kernel)
+    padded = tf.pad(image[None], [[0, 0], [BLUR_RADIUS] * 2, [BLUR_RADIUS] * 2, [0, 0]], mode="REFLECT")
+    rows = tf.nn.conv2d(padded, tf.reshape(kernel, [-1, 1, 1, 1]), strides=1, padding="VALID")
+    return tf.nn.conv2d(rows, tf.reshape(kernel, [1, -1, 1, 1]), strides=1, padding="VALID")[0]
+
+
+def ultrasound_changes(image, seed):
+    """Speckle-like noise, blur and depth attenuation, each applied with probability APPLY_PROBABILITY.
+
+    Formula (``z`` standard normal noise smoothed by a 3x3 box and rescaled to unit variance,
+    ``s <= MAX_SPECKLE``, ``sigma <= MAX_BLUR_SIGMA``, ``a <= MAX_DEPTH_ATTENUATION``, row ``y`` of
+    ``H`` counted from the top, the transducer side):
+        speckle: x * exp(s * z)          blur: Gaussian(sigma) * x
+        depth:   x * (1 - a * y / (H - 1))
+    then clipping to [0, 1]. The mask is unaffected (intensity changes only).
+
+    Args:
+        image: ``(H, W, 1)`` float32 in [0, 1].
+        seed: ``(2,)`` int64 tensor.
+
+    Returns:
+        ``(H, W, 1)`` float32 in [0, 1].
+    """
+    import tensorflow as tf
+
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2)
+    u = tf.random.stateless_uniform([6], seeds[0], minval=0.0, maxval=1.0)
+    apply = u[:3] < APPLY_PROBABILITY
+    noise = tf.random.stateless_normal(tf.shape(image), seeds[1])
+    noise = tf.nn.avg_pool2d(noise[None], 3, 1, "SAME")[0] * 3.0  # 9 averaged: std 1/3 inside
+    image = tf.where(apply[0], image * tf.exp(u[3] * MAX_SPECKLE * noise), image)
+    sigma = tf.maximum(u[4] * MAX_BLUR_SIGMA, 0.1)
+    image = tf.where(apply[1], _gaussian_blur(image, sigma), image)
+    height = tf.shape(image)[0]
+    depth = tf.linspace(0.0, 1.0, height)[:, None, None]
+    image = tf.where(apply[2], image * (1.0 - u[5] * MAX_DEPTH_ATTENUATION * depth), image)
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def augment_examples(
+    image: np.ndarray,
+    mask: np.ndarray,
+    n_draws: int = 6,
+    seed: int = 0,
+    augmentation: str = DEFAULT_AUGMENTATION,
+):
     """Draws several augmentations of one pair (for previews and tests).
 
     Args:
         image: ``(H, W, 1)`` float32 in [0, 1]; mask: ``(H, W, 1)`` uint8 in {0, 1}.
         n_draws: how many augmented copies.
         seed: base seed; draw ``k`` uses seed ``(seed, k)``.
+        augmentation: one of ``AUGMENTATIONS``.
 
     Returns:
         ``(images, masks)``: ``(n_draws, H, W, 1)`` float32 in [0, 1] and uint8 in {0, 1}.
     """
     import tensorflow as tf
 
-    pairs = [augment_pair(image, mask, tf.constant([seed, k], tf.int64)) for k in range(n_draws)]
+    pairs = [
+        augment_pair(image, mask, tf.constant([seed, k], tf.int64), augmentation) for k in range(n_draws)
+    ]
     return (np.stack([p[0].numpy() for p in pairs]), np.stack([p[1].numpy() for p in pairs]))

@@ -599,13 +599,13 @@ def make_tf_dataset(
     masks: np.ndarray,
     batch_size: int = 8,
     training: bool = False,
-    augment: bool = True,
+    augment: bool | str = True,
     seed: int = 0,
 ):
     """Builds the `tf.data` input pipeline.
 
     Training (``training=True``): reshuffled every epoch from `seed`, augmented with
-    `augment_pair` (if `augment`) using per-element seeds from
+    `augmentation.augment_pair` (unless ``augment=False``) using per-element seeds from
     ``tf.data.Dataset.random(seed, rerandomize_each_iteration=True)``, so each epoch sees new
     draws, yet a run is reproducible from the seed. Evaluation: in order, no augmentation.
     Maps run with ``num_parallel_calls=AUTOTUNE`` and deterministic order; batches are
@@ -617,7 +617,8 @@ def make_tf_dataset(
         masks: ``(N, H, W, 1)`` uint8 in {0, 1}.
         batch_size: images per batch (the last one may be smaller).
         training: shuffle and augment.
-        augment: apply augmentation when training.
+        augment: the augmentation when training: one of `augmentation.AUGMENTATIONS`
+            ("basic", "ultrasound"), True for `augmentation.DEFAULT_AUGMENTATION`, False for none.
         seed: shuffling and augmentation seed.
 
     Returns:
@@ -632,14 +633,19 @@ def make_tf_dataset(
         )
     if batch_size < 1:
         raise ValueError(f"Expected batch_size >= 1; received {batch_size}.")
+    recipe = augmentation.DEFAULT_AUGMENTATION if augment is True else augment
+    if recipe is not False and recipe not in augmentation.AUGMENTATIONS:
+        raise ValueError(
+            f"Expected augment to be True, False or one of {augmentation.AUGMENTATIONS}; received {augment!r}."
+        )
     autotune = tf.data.AUTOTUNE
     dataset = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), masks.astype(np.uint8)))
     if training:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        if augment:
+        if recipe is not False:
             seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
             dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-                lambda pair, s: augmentation.augment_pair(pair[0], pair[1], s),
+                lambda pair, s: augmentation.augment_pair(pair[0], pair[1], s, recipe),
                 num_parallel_calls=autotune,
                 deterministic=True,
             )

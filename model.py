@@ -44,6 +44,7 @@ import tensorflow as tf
 
 DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 OUTPUT_DTYPE = "float32"
+STANDARDIZE_EPSILON = 1e-3  # added to the variance; an image of one grey level maps to zeros
 KERNEL_SIZE = 3
 POOL_SIZE = 2
 UPSAMPLE_SIZE = 2
@@ -232,6 +233,7 @@ def build_unet(
     dtype_policy: str = "float32",
     name: str = "unet",
     fused_batch_norm: bool = True,
+    standardize_input: bool = False,
 ) -> keras.Model:
     """Builds a U-Net that maps images to per-pixel lesion probabilities.
 
@@ -262,6 +264,10 @@ def build_unet(
         fused_batch_norm: with ``dtype_policy="float32"``, use `FusedBatchNormalization` (the
             same computation, faster on a CPU); False, or a mixed policy, gives Keras's own
             ``BatchNormalization``. Save with ``model_io.save_model`` (see `portable_model`).
+        standardize_input: first rescale each image to zero mean and unit variance over its
+            pixels (a weightless ``LayerNormalization`` named ``input_standardize``, epsilon
+            ``STANDARDIZE_EPSILON``), so that a scanner's overall gain and contrast do not reach
+            the network; the model still takes images in [0, 1].
 
     Returns:
         A ``keras.Model`` mapping ``(batch, height, width, channels)`` images to
@@ -293,6 +299,10 @@ def build_unet(
     fused = bool(fused_batch_norm) and dtype_policy == "float32"
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = inputs
+    if standardize_input:  # per image: zero mean, unit variance over all pixels (no weights)
+        x = keras.layers.LayerNormalization(
+            axis=(1, 2, 3), center=False, scale=False, epsilon=STANDARDIZE_EPSILON, name="input_standardize"
+        )(x)
     skips = []
     for stage in range(1, depth + 1):
         x = _conv_block(

@@ -40,12 +40,14 @@ HISTORY_CSV = "history.csv"
 STATE_JSON = "train_state.json"
 CHECKPOINT_DIR = "checkpoints"
 MIN_LEARNING_RATE = 1e-6
+DEFAULT_EMA_MOMENTUM = 0.99  # Keras's default; only used when the average is on
 LR_FACTOR = 0.5
 LR_SCHEDULES = ("plateau", "cosine")
 WARMUP_FRACTION = 0.05  # share of the cosine schedule's steps spent warming up linearly from 0
 # HDF5's bytes per variable in a .weights.h5 file beyond the values, a generous bound (measured
 # 0.8 to 1.8 KiB for U-Nets of depth 2 and 4) for `atomic_io.check_space`.
 HDF5_BYTES_PER_VARIABLE = 2048
+NO_EARLY_STOPPING = 2**31 - 1  # the patience that stands for "off" (early_stopping_patience=None)
 
 
 def set_seeds(seed: int) -> None:
@@ -187,6 +189,32 @@ def _restore_checkpoint(model: keras.Model, run_dir: Path, names: dict[str, str]
         variable.assign(value)
 
 
+def _averaged_weights(model: keras.Model) -> list[np.ndarray]:
+    """``model.get_weights()``, with each trainable variable replaced by the optimizer's
+    exponential moving average of it when the optimizer keeps one (``use_ema``); BatchNorm's
+    moving statistics and other non-trainable variables are the model's own."""
+    optimizer = model.optimizer
+    if optimizer is None or not getattr(optimizer, "use_ema", False) or not optimizer.built:
+        return model.get_weights()
+    averages = dict(
+        zip(
+            (v.path for v in optimizer._trainable_variables),
+            optimizer._model_variables_moving_average,
+        )
+    )
+    return [ops.convert_to_numpy(averages.get(v.path, v)) for v in model.weights]
+
+
+def _save_averaged(model: keras.Model, path: Path) -> None:
+    """Exports `model` with `_averaged_weights` to `path`; the model keeps the weights it has."""
+    current = model.get_weights()
+    try:
+        model.set_weights(_averaged_weights(model))
+        model_io.save_model(model, path)
+    finally:
+        model.set_weights(current)
+
+
 class _CommittedEpoch(NamedTuple):
     """What `_EpochCommitter` committed for one epoch, read by the callbacks that run after it."""
 
@@ -267,7 +295,7 @@ class _BestAndLastExport(keras.callbacks.Callback):
         self.last_weights = self.best_weights = None  # of this call's completed epochs
 
     def on_epoch_end(self, epoch, logs=None):
-        self.last_weights = self.model.get_weights()  # numpy copies
+        self.last_weights = _averaged_weights(self.model)  # numpy copies
         if self.committer.committed.improved:
             self.best_weights = self.last_weights
 
@@ -453,6 +481,7 @@ def _check_train_arguments(
     reduce_lr_patience,
     lr_schedule,
     time_budget_s,
+    ema_momentum,
 ) -> None:
     """Raises ValueError for an argument of `train_model` outside its documented range."""
     if loss not in losses.LOSSES:
@@ -461,9 +490,10 @@ def _check_train_arguments(
         raise ValueError(f"Unknown progress {progress!r}; expected one of {PROGRESS_OPTIONS}.")
     if val_data is None:
         raise ValueError("Expected validation data; the best checkpoint and early stopping need it.")
-    if int(epochs) < 1 or learning_rate <= 0 or early_stopping_patience < 1 or reduce_lr_patience < 1:
+    patience_ok = early_stopping_patience is None or early_stopping_patience >= 1
+    if int(epochs) < 1 or learning_rate <= 0 or not patience_ok or reduce_lr_patience < 1:
         raise ValueError(
-            "Expected epochs >= 1, learning_rate > 0 and patiences >= 1; received "
+            "Expected epochs >= 1, learning_rate > 0 and patiences >= 1 (or None for no early stopping); received "
             f"epochs={epochs}, learning_rate={learning_rate}, "
             f"early_stopping_patience={early_stopping_patience}, reduce_lr_patience={reduce_lr_patience}."
         )
@@ -471,6 +501,8 @@ def _check_train_arguments(
         raise ValueError(f"Unknown lr_schedule {lr_schedule!r}; expected one of {LR_SCHEDULES}.")
     if time_budget_s is not None and not time_budget_s > 0:
         raise ValueError(f"Expected time_budget_s > 0 seconds or None; received {time_budget_s}.")
+    if ema_momentum is not None and not 0 < ema_momentum < 1:
+        raise ValueError(f"Expected ema_momentum in (0, 1) or None; received {ema_momentum}.")
 
 
 def _prepare_run_dir(run_dir: str | os.PathLike) -> Path:
@@ -503,23 +535,41 @@ def _check_schedule_matches(state: dict, run_dir: Path, lr_schedule: str, epochs
 
 
 def _compile(
-    model: keras.Model, strategy, loss: str, learning_rate: float, lr_schedule: str, epochs: int, train_data
+    model: keras.Model,
+    strategy,
+    loss: str,
+    learning_rate: float,
+    lr_schedule: str,
+    epochs: int,
+    train_data,
+    ema_momentum: float | None,
 ) -> None:
-    """Compiles `model` with Adam at the scheduled rate, the loss and the Dice metric, under `strategy`."""
+    """Compiles `model` with Adam at the scheduled rate (keeping a moving average of the weights
+    when `ema_momentum` is set), the loss and the Dice metric, under `strategy`."""
     if lr_schedule == "cosine":
         rate = _cosine_schedule(learning_rate, int(epochs) * _steps_per_epoch(train_data))
     else:
         rate = learning_rate
     with strategy.scope():  # the optimizer's and the metric's variables live where the model's do
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=rate),
+            optimizer=keras.optimizers.Adam(
+                learning_rate=rate,
+                use_ema=ema_momentum is not None,
+                ema_momentum=DEFAULT_EMA_MOMENTUM if ema_momentum is None else ema_momentum,
+            ),
             loss=losses.get_loss(loss),
             metrics=[losses.DiceMetric(name="dice")],
         )
 
 
 def _resume(
-    model: keras.Model, run_dir: Path, state: dict, input_shape: list[int], epochs: int, progress: str
+    model: keras.Model,
+    run_dir: Path,
+    state: dict,
+    input_shape: list[int],
+    epochs: int,
+    progress: str,
+    ema_momentum: float | None,
 ) -> bool:
     """Loads the saved run into `model`, rewrites its exports; returns whether it already finished."""
     if state.get("input_shape") != input_shape:
@@ -527,10 +577,15 @@ def _resume(
             f"The run in {str(run_dir)!r} was trained on inputs of shape {state.get('input_shape')}, the "
             f"model given takes {input_shape}; use the run's image size, or another run folder."
         )
-    _restore_checkpoint(model, run_dir, state["best_checkpoint"], optimizer=False)
-    model_io.save_model(model, run_dir / BEST_MODEL)
+    if state.get("ema_momentum") != ema_momentum:
+        raise ValueError(
+            f"The run in {str(run_dir)!r} was trained with ema_momentum={state.get('ema_momentum')}, not "
+            f"{ema_momentum}; use the run's setting to resume it, or another run folder."
+        )
+    _restore_checkpoint(model, run_dir, state["best_checkpoint"], optimizer=True)  # (the averages)
+    _save_averaged(model, run_dir / BEST_MODEL)
     _restore_checkpoint(model, run_dir, state["last_checkpoint"], optimizer=True)
-    model_io.save_model(model, run_dir / LAST_MODEL)
+    _save_averaged(model, run_dir / LAST_MODEL)
     if state["stopped_early"] or state["epochs_done"] >= epochs:
         if progress != "none":
             print(
@@ -553,10 +608,12 @@ def _make_callbacks(
     reduce_lr_patience: int,
     lr_schedule: str,
     time_budget_s: float | None,
+    ema: bool,
 ) -> tuple[list[keras.callbacks.Callback], _BestAndLastExport]:
     """Returns the callbacks for `model.fit`, in the order they must run, and the exporter among them."""
+    patience = NO_EARLY_STOPPING if early_stopping_patience is None else early_stopping_patience
     early_stopping = _ResumableEarlyStopping(
-        state.get("early_stopping"), monitor=MONITOR, mode="max", patience=early_stopping_patience
+        state.get("early_stopping"), monitor=MONITOR, mode="max", patience=patience
     )
     reduce_lr = None
     if lr_schedule == "plateau":
@@ -575,7 +632,10 @@ def _make_callbacks(
     # Order matters: the committer saves the state of the callbacks before it; those after it
     # read what it committed.
     controls = [callback for callback in (reduce_lr, early_stopping, budget) if callback is not None]
-    return [*controls, committer, exporter, printer], exporter
+    # Validation (before every callback's on_epoch_end) sees the averaged weights; the model holds
+    # its own weights again when the epoch's callbacks run, so checkpoints keep both.
+    swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=False)] if ema else []
+    return [*swap, *controls, committer, exporter, printer], exporter
 
 
 def _fit_and_export(
@@ -622,12 +682,13 @@ def train_model(
     epochs: int = 50,
     loss: str = "bce_dice",
     learning_rate: float = 2e-3,
-    early_stopping_patience: int = 10,
+    early_stopping_patience: int | None = None,
     reduce_lr_patience: int = 4,
     progress: str = "epoch",
     lr_schedule: str = "cosine",
     time_budget_s: float | None = None,
     strategy=None,
+    ema_momentum: float | None = None,
 ) -> tuple[keras.Model, pd.DataFrame]:
     """Compiles and fits `model` with Adam, or resumes the run saved in `run_dir`.
 
@@ -678,7 +739,11 @@ def train_model(
         loss: one of `losses.LOSSES`; a resumed run must use the loss it started with.
         learning_rate: Adam's peak learning rate with "cosine", its initial one with "plateau"
             (> 0). The defaults (cosine, 2e-3) won ``benchmarks/time_to_quality.py`` on BUSI.
-        early_stopping_patience: epochs without ``val_dice`` gain before stopping (>= 1).
+        early_stopping_patience: epochs without ``val_dice`` gain before stopping (>= 1), or None
+            (the default) for no early stopping. A cosine schedule is a plan for `epochs` epochs:
+            its validation Dice is noisy while the rate is high, so an early stop there ends the
+            run before the low-rate epochs that do the fine-tuning; the best checkpoint is kept
+            either way. Set a patience with ``lr_schedule="plateau"``, which has no planned end.
         reduce_lr_patience: epochs without ``val_loss`` gain before halving the rate (>= 1).
         progress: "epoch" (one line per epoch, for unattended runs), "bar" (Keras progress
             bar) or "none".
@@ -693,6 +758,11 @@ def train_model(
             ``tf.distribute.get_strategy()`` (the strategy whose scope is open, else TensorFlow's
             default single-device one). `model` must have been built inside
             ``strategy.scope()``; otherwise a ValueError says so (see "Distribution" below).
+        ema_momentum: with a value in (0, 1), Adam keeps an exponential moving average of the
+            trainable weights (``avg = m * avg + (1 - m) * w`` after every step, Keras's
+            ``use_ema``); validation (hence the best epoch), ``best.keras``, ``last.keras`` and the
+            returned model use the averaged weights, while training continues from its own. None:
+            no average. A resumed run must keep its value.
 
     Distribution:
         With `tf.distribute.MirroredStrategy` (several GPUs of one machine) or
@@ -717,7 +787,8 @@ def train_model(
     reads the saved state until the exports are written; readers take no lock.
 
     Returns:
-        ``(model, history)``: the model as after the last epoch, and the whole run's history
+        ``(model, history)``: the model as after the last epoch (with `ema_momentum`, holding
+        the averaged weights), and the whole run's history
         DataFrame (earlier sessions included).
 
     Raises:
@@ -738,6 +809,7 @@ def train_model(
         reduce_lr_patience,
         lr_schedule,
         time_budget_s,
+        ema_momentum,
     )
     strategy = _check_strategy(model, strategy)
     run_dir = _prepare_run_dir(run_dir)
@@ -746,7 +818,7 @@ def train_model(
         state, rows = _read_resume_state(run_dir, loss)
         if state is not None:
             _check_schedule_matches(state, run_dir, lr_schedule, epochs)
-        _compile(model, strategy, loss, learning_rate, lr_schedule, epochs, train_data)
+        _compile(model, strategy, loss, learning_rate, lr_schedule, epochs, train_data, ema_momentum)
         input_shape = [int(d) for d in model.input_shape[1:]]
         if state is None:
             state = {
@@ -755,8 +827,9 @@ def train_model(
                 "input_shape": input_shape,
                 "lr_schedule": lr_schedule,
                 "schedule_epochs": _schedule_epochs(lr_schedule, epochs),
+                "ema_momentum": ema_momentum,
             }
-        elif _resume(model, run_dir, state, input_shape, epochs, progress):
+        elif _resume(model, run_dir, state, input_shape, epochs, progress, ema_momentum):
             return model, pd.DataFrame(rows)
         callbacks, exporter = _make_callbacks(
             state,
@@ -768,6 +841,7 @@ def train_model(
             reduce_lr_patience,
             lr_schedule,
             time_budget_s,
+            ema_momentum is not None,
         )
         _fit_and_export(
             model,

@@ -151,6 +151,51 @@ CONFIGS = {
         learning_rate=3e-3,
         loss="bce_dice",
     ),
+    # The recipe candidates of the robust-recipe work: the earlier default (basic augmentation), then
+    # ultrasound augmentation, a moving average of the weights, per-image input standardisation.
+    "b16_128_basic": dict(
+        image_size=128,
+        base_filters=16,
+        batch_size=8,
+        dtype_policy="float32",
+        lr_schedule="cosine",
+        learning_rate=2e-3,
+        loss="bce_dice",
+        augment="basic",
+    ),
+    "b16_128_us": dict(
+        image_size=128,
+        base_filters=16,
+        batch_size=8,
+        dtype_policy="float32",
+        lr_schedule="cosine",
+        learning_rate=2e-3,
+        loss="bce_dice",
+        augment="ultrasound",
+    ),
+    "b16_128_us_ema": dict(
+        image_size=128,
+        base_filters=16,
+        batch_size=8,
+        dtype_policy="float32",
+        lr_schedule="cosine",
+        learning_rate=2e-3,
+        loss="bce_dice",
+        augment="ultrasound",
+        ema_momentum=0.99,
+    ),
+    "b16_128_us_ema_std": dict(
+        image_size=128,
+        base_filters=16,
+        batch_size=8,
+        dtype_policy="float32",
+        lr_schedule="cosine",
+        learning_rate=2e-3,
+        loss="bce_dice",
+        augment="ultrasound",
+        ema_momentum=0.99,
+        standardize_input=True,
+    ),
 }
 DEFAULT_CONFIGS = (BASELINE, "b32_128_cos", "b16_128_cos")
 QUICK_CONFIGS = ("b16_128_cos", "b32_128_plateau")
@@ -158,7 +203,7 @@ DEPTH = 4
 PROBE_STEPS = 4  # timed training steps of the probe, after one untimed (tracing) step
 PLAN_MARGIN = 0.92  # planned epochs use this share of the remaining budget (checkpoint writes, noise)
 MAX_EPOCHS = 200
-EARLY_STOPPING_PATIENCE = 1000  # the budget, not early stopping, ends these runs (best checkpoint kept)
+EARLY_STOPPING_PATIENCE = None  # the budget, not early stopping, ends these runs (best checkpoint kept)
 
 
 def _fused(config: dict) -> bool:
@@ -238,6 +283,8 @@ def run_config(name: str, config: dict, args) -> dict:
             epochs = max(1, min(MAX_EPOCHS, int(PLAN_MARGIN * (budget_s - probe_s) / epoch_s)))
         if config.get("epochs"):  # a fixed schedule length (the budget still stops it)
             epochs = int(config["epochs"])
+        if args.epochs:  # one schedule length for every configuration (screening)
+            epochs = int(args.epochs)
         plan = {"epochs": epochs, "probe_epoch_seconds": epoch_s, "probe_seconds": probe_s}
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_io.write_json(plan_path, plan)
@@ -253,9 +300,15 @@ def run_config(name: str, config: dict, args) -> dict:
         depth=DEPTH,
         dtype_policy=config["dtype_policy"],
         fused_batch_norm=_fused(config),
+        standardize_input=config.get("standardize_input", False),
     )
     train_ds = dl.make_tf_dataset(
-        images[train_idx], masks[train_idx], config["batch_size"], training=True, seed=args.seed
+        images[train_idx],
+        masks[train_idx],
+        config["batch_size"],
+        training=True,
+        seed=args.seed,
+        augment=config.get("augment", "basic"),
     )
     val_ds = dl.make_tf_dataset(images[val_idx], masks[val_idx], config["batch_size"])
     # At least one epoch, even when the probe used the whole budget (the budget then stops it).
@@ -270,6 +323,7 @@ def run_config(name: str, config: dict, args) -> dict:
         lr_schedule=config["lr_schedule"],
         early_stopping_patience=EARLY_STOPPING_PATIENCE,
         time_budget_s=max(remaining, 1.0),
+        ema_momentum=config.get("ema_momentum"),
     )
     history = pd.read_csv(run_dir / training.HISTORY_CSV)
     train_seconds = float(history["seconds"].sum()) + plan["probe_seconds"]
@@ -345,6 +399,9 @@ def _table(results: list[dict]) -> pd.DataFrame:
                 for f in frame.get("fused_batch_norm", pd.Series(None, frame.index))
             ],
             "schedule": frame["lr_schedule"],
+            "aug": frame.get("augment", pd.Series("basic", frame.index)).fillna("basic"),
+            "ema": frame.get("ema_momentum", pd.Series(None, frame.index)).fillna("-").astype(str),
+            "std": frame.get("standardize_input", pd.Series(False, frame.index)).map(lambda v: v is True),
             "lr": frame["learning_rate"],
             "img/s": frame["train_img_per_s"].round(2),
             "s/epoch": frame["s_per_epoch"].round(1),
@@ -409,6 +466,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(REPO / "runs" / "time_to_quality"))
     parser.add_argument("--max-samples", type=int, default=0, help="0: all; N: first N images per class")
+    parser.add_argument("--epochs", type=int, default=0, help="0: planned from the budget; N: N epochs each")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: small configs, 16 images per class, 1 min each"
     )
@@ -461,6 +519,8 @@ def main() -> None:
                 str(args.budget_minutes),
                 "--max-samples",
                 str(args.max_samples),
+                "--epochs",
+                str(args.epochs),
                 "--configs",
                 name,
             ]
