@@ -492,3 +492,55 @@ def test_a_file_size_limit_at_a_weights_checkpoint_is_refused_before_hdf5_and_th
         "KiB needed; " in lines[0] and "files limited to 16384 bytes (ulimit -f)); its previous" in lines[0]
     )
     assert lines[1:] == ["committed: 1", "epochs: [1, 2, 3]"]
+
+
+def test_a_moving_average_of_the_weights_is_validated_exported_and_resumed(tiny, tmp_path):
+    images, _, train, val = tiny
+    run = tmp_path / "run"
+    keras.backend.clear_session()
+    model, history = training.train_model(
+        _tiny_model(), train, val, run, epochs=2, lr_schedule="plateau", progress="none", ema_momentum=0.5
+    )
+    state = json.loads((run / training.STATE_JSON).read_text())
+    assert state["ema_momentum"] == 0.5
+    last = model_io.load_model(run / training.LAST_MODEL)
+    assert _same_weights(last, model)  # the returned model holds the averaged weights
+    raw = _checkpoint_model(run, state["last_checkpoint"])  # the training weights
+    assert not _same_weights(last, raw)
+    # The logged validation loss is that of the averaged weights (the exported model), not the raw ones.
+    last.compile(loss=training.losses.get_loss("bce_dice"))
+    raw.compile(loss=training.losses.get_loss("bce_dice"))
+    logged = history["val_loss"].iloc[-1]
+    assert last.evaluate(val, verbose=0, return_dict=True)["loss"] == pytest.approx(logged, abs=1e-5)
+    assert abs(raw.evaluate(val, verbose=0, return_dict=True)["loss"] - logged) > 1e-4
+
+    keras.backend.clear_session()
+    with pytest.raises(ValueError, match="ema_momentum=0.5, not None"):
+        training.train_model(_tiny_model(), train, val, run, epochs=3, lr_schedule="plateau", progress="none")
+    keras.backend.clear_session()
+    resumed, history = training.train_model(
+        _tiny_model(), train, val, run, epochs=3, lr_schedule="plateau", progress="none", ema_momentum=0.5
+    )
+    assert list(history["epoch"]) == [1, 2, 3]
+    assert int(resumed.optimizer.iterations) == 3 * 3  # 12 images, batch 4
+
+
+def test_without_a_patience_early_stopping_is_off_and_bad_values_are_refused(tiny, tmp_path):
+    _, _, train, val = tiny
+    run = tmp_path / "run"
+    keras.backend.clear_session()
+    training.train_model(_tiny_model(), train, val, run, epochs=1, lr_schedule="plateau", progress="none")
+    state_path = run / training.STATE_JSON
+    state = json.loads(state_path.read_text())
+    state["early_stopping"] = {"wait": 50, "best": 2.0}  # a patience of 10 would stop at once
+    state_path.write_text(json.dumps(state))
+    keras.backend.clear_session()
+    _, history = training.train_model(
+        _tiny_model(), train, val, run, epochs=3, lr_schedule="plateau", progress="none"
+    )
+    assert list(history["epoch"]) == [1, 2, 3]
+    model = _tiny_model()
+    with pytest.raises(ValueError, match="Expected ema_momentum in"):
+        training.train_model(model, train, val, tmp_path / "other", ema_momentum=1.0)
+    with pytest.raises(ValueError, match="or None for no early stopping"):
+        training.train_model(model, train, val, tmp_path / "other", early_stopping_patience=0)
