@@ -22,6 +22,7 @@ and summarise it with `summarize_per_image`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -144,7 +145,7 @@ def pooled_scores(
     }
 
 
-DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.1, 0.91, 0.05), 2))
+DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.05, 0.951, 0.025), 3))  # 0.05, 0.075, ..., 0.95
 N_BOOTSTRAP = 2000
 CONFIDENCE = 0.95
 # A normal image (empty truth) with more than this fraction of its pixels predicted is counted in
@@ -174,13 +175,20 @@ def postprocess(
     return cleaned[..., None] if squeeze else cleaned
 
 
+class ThresholdAtEdgeWarning(UserWarning):
+    """`choose_threshold` picked the lowest or highest candidate."""
+
+
 def choose_threshold(
     y_true: np.ndarray, probabilities: np.ndarray, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
 ) -> tuple[float, pd.DataFrame]:
     """Picks the threshold that maximises the mean per-image Dice: call it on validation data only.
 
     All images passed count, normal ones included (Dice 1 when nothing is predicted, else 0),
-    so the threshold also pays for false alarms. Ties go to the threshold closest to 0.5.
+    so the threshold also pays for false alarms. Ties go to the threshold closest to 0.5. A
+    choice at the lowest or highest candidate is warned about (`ThresholdAtEdgeWarning`): the
+    best threshold may lie outside the candidates, and the model's probabilities are then
+    poorly calibrated or its validation set small.
 
     Args:
         y_true: ``(N, H, W[, 1])`` in {0, 1}.
@@ -197,6 +205,14 @@ def choose_threshold(
     dice = [float(dice_score(y_true, probabilities, t).mean()) for t in thresholds]
     curve = pd.DataFrame({"threshold": thresholds, "dice": dice})
     best = max(range(len(thresholds)), key=lambda i: (round(dice[i], 12), -abs(thresholds[i] - 0.5)))
+    if len(thresholds) > 1 and thresholds[best] in (min(thresholds), max(thresholds)):
+        warnings.warn(
+            f"The chosen threshold {thresholds[best]:g} is the edge of the candidates "
+            f"[{min(thresholds):g}, {max(thresholds):g}] (validation Dice {dice[best]:.3f}); the best "
+            "threshold may lie beyond them.",
+            ThresholdAtEdgeWarning,
+            stacklevel=2,
+        )
     return thresholds[best], curve
 
 

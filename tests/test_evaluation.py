@@ -103,6 +103,14 @@ def test_choose_threshold_by_hand():
     assert list(curve.columns) == ["threshold", "dice"]
     with pytest.raises(ValueError, match=r"thresholds in \(0, 1\)"):
         evaluation.choose_threshold(truth, prob, thresholds=(0.0, 0.5))
+    with pytest.warns(evaluation.ThresholdAtEdgeWarning, match="0.6 is the edge of the candidates"):
+        assert evaluation.choose_threshold(truth, prob, thresholds=(0.1, 0.2, 0.6))[0] == 0.6
+
+
+def test_the_default_threshold_grid_is_fine_and_wide():
+    grid = np.array(evaluation.DEFAULT_THRESHOLDS)
+    assert grid[0] == 0.05 and grid[-1] == 0.95 and len(grid) == 37
+    np.testing.assert_allclose(np.diff(grid), 0.025, atol=1e-9)
 
 
 def _evaluation_case():
