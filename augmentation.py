@@ -22,7 +22,7 @@ AUGMENTATIONS = ("basic", "ultrasound")
 DEFAULT_AUGMENTATION = "ultrasound"
 MAX_ZOOM_IN = 0.30  # "ultrasound": scale drawn in [1 - MAX_SCALE, 1 + MAX_ZOOM_IN] (a random resized crop)
 APPLY_PROBABILITY = 0.5  # "ultrasound": each of speckle, blur and depth gain is applied with this probability
-MAX_SPECKLE = 0.25  # std of the log of the multiplicative noise, at most
+MAX_SPECKLE = 0.12  # std of the log of the multiplicative noise, at most
 MAX_BLUR_SIGMA = 1.2  # Gaussian blur, pixels
 BLUR_RADIUS = 2  # the blur kernel is (2 * BLUR_RADIUS + 1) pixels wide
 MAX_DEPTH_ATTENUATION = 0.4  # gain falls linearly from 1 at the top row to 1 - a at the bottom, a <= this
