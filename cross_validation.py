@@ -104,6 +104,7 @@ def cross_validate(
     batch_size: int = 8,
     seed: int = 0,
     strategy=None,
+    augment: bool | str = True,
     **train_options,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Runs grouped, stratified k-fold cross-validation (see the module docstring), resumably.
@@ -128,6 +129,7 @@ def cross_validate(
         batch_size: images per batch (the global batch under a multi-replica strategy).
         seed: seed of the fold split; fold ``k`` trains with ``seed + k``.
         strategy: a `tf.distribute.Strategy`, or None for ``tf.distribute.get_strategy()``.
+        augment: the training augmentation (`data_loading.make_tf_dataset`'s `augment`).
         **train_options: passed to `training.train_model` (``epochs``, ``loss``,
             ``learning_rate``, ``early_stopping_patience``, ``progress``, ...). With
             ``progress="none"`` the fold messages are silent too.
@@ -177,7 +179,12 @@ def cross_validate(
             with strategy.scope():
                 model = build_model()
             train_data = data_loading.make_tf_dataset(
-                images[part["train"]], masks[part["train"]], batch_size, training=True, seed=seed + fold
+                images[part["train"]],
+                masks[part["train"]],
+                batch_size,
+                training=True,
+                augment=augment,
+                seed=seed + fold,
             )
             val_data = data_loading.make_tf_dataset(images[part["val"]], masks[part["val"]], batch_size)
             _, history = training.train_model(

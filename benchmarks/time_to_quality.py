@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import atomic_io  # noqa: E402
@@ -368,6 +369,121 @@ def run_config(name: str, config: dict, args) -> dict:
     return result
 
 
+def _build(config: dict):
+    """A function that builds a new, untrained model of `config`."""
+    import functools
+
+    import model as unet
+
+    size = config["image_size"]
+    return functools.partial(
+        unet.build_unet,
+        (size, size, 1),
+        base_filters=config["base_filters"],
+        depth=DEPTH,
+        dtype_policy=config["dtype_policy"],
+        fused_batch_norm=_fused(config),
+        standardize_input=config.get("standardize_input", False),
+    )
+
+
+def run_config_cv(name: str, config: dict, args) -> dict:
+    """Grouped k-fold cross-validation of one configuration in this process; returns its result row.
+
+    Every fold model gets the same schedule (``--epochs``, else planned from a probe on fold 1's
+    inner training part) and at most ``--budget-minutes`` of training. Folds, inner validation
+    parts, checkpoints and thresholds: `cross_validation.cross_validate`."""
+    import cross_validation as cv
+
+    out = Path(args.out)
+    run_dir = out / name
+    index, groups_images = _index(args)
+    images, masks = dl.load_dataset(index, config["image_size"], cache_dir=out / "cache")
+    index = splits.add_duplicate_groups(index, groups_images)
+    plan_path = run_dir / "plan.json"
+    if plan_path.is_file():
+        plan = json.loads(plan_path.read_text())
+    else:
+        roles = cv.make_fold_splits(index, args.folds, args.seed)[0]
+        train_idx, val_idx = np.flatnonzero(roles == "train"), np.flatnonzero(roles == "val")
+        epoch_s = _probe_epoch_seconds(config, images, masks, train_idx, val_idx, args.seed)
+        epochs = int(args.epochs) or max(
+            1, min(MAX_EPOCHS, int(PLAN_MARGIN * args.budget_minutes * 60 / epoch_s))
+        )
+        plan = {"epochs": epochs, "probe_epoch_seconds": epoch_s}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_io.write_json(plan_path, plan)
+    start = time.perf_counter()
+    folds, summary, per_image = cv.cross_validate(
+        index,
+        images,
+        masks,
+        _build(config),
+        run_dir,
+        n_folds=args.folds,
+        batch_size=config["batch_size"],
+        seed=args.seed,
+        augment=config.get("augment", "basic"),
+        epochs=plan["epochs"],
+        loss=config["loss"],
+        learning_rate=config["learning_rate"],
+        lr_schedule=config["lr_schedule"],
+        early_stopping_patience=EARLY_STOPPING_PATIENCE,
+        time_budget_s=args.budget_minutes * 60,
+        ema_momentum=config.get("ema_momentum"),
+    )
+    lesion = per_image[per_image["label"].ne("normal")]
+    normal = per_image[per_image["label"].eq("normal")]
+    histories = [
+        pd.read_csv(run_dir / cv.FOLD_DIR.format(fold=fold) / "history.csv") for fold in folds["fold"]
+    ]
+    return {
+        "config": name,
+        **config,
+        "folds": args.folds,
+        "epochs_planned": plan["epochs"],
+        "epochs_run": [len(h) for h in histories],
+        "fold_minutes": [float(h["seconds"].sum()) / 60 for h in histories],
+        "fold_lesion_dice": [float(v) for v in folds["lesion_dice"]],
+        "fold_threshold": [float(v) for v in folds["threshold"]],
+        "cv_lesion_dice_mean": float(folds["lesion_dice"].mean()),
+        "cv_lesion_dice_sd": float(folds["lesion_dice"].std(ddof=1)),
+        "cv_benign_dice_mean": float(folds["benign_dice"].mean()),
+        "cv_malignant_dice_mean": float(folds["malignant_dice"].mean()),
+        "oof_lesion_dice": float(lesion["dice"].mean()),
+        "oof_normal_fp_fraction": float((normal["pred_area"] > 0).mean()),
+        "process_minutes_this_session": (time.perf_counter() - start) / 60,
+        "seed": args.seed,
+        "budget_minutes": args.budget_minutes,
+    }
+
+
+def _cv_table(results: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(results).set_index("config")
+    return pd.DataFrame(
+        {
+            "size": frame["image_size"],
+            "base": frame["base_filters"],
+            "aug": frame.get("augment", pd.Series("basic", frame.index)).fillna("basic"),
+            "ema": frame.get("ema_momentum", pd.Series(None, frame.index)).map(
+                lambda v: "-" if v != v or v is None else v
+            ),
+            "std": frame.get("standardize_input", pd.Series(False, frame.index)).map(lambda v: v is True),
+            "epochs": frame["epochs_planned"],
+            "min/fold": frame["fold_minutes"].map(lambda v: f"{np.median(v):.1f}"),
+            "cv_lesion_dice": frame["cv_lesion_dice_mean"].round(3).astype(str)
+            + " ± "
+            + frame["cv_lesion_dice_sd"].round(3).astype(str),
+            "folds": frame["fold_lesion_dice"].map(lambda v: " / ".join(f"{x:.3f}" for x in v)),
+            "thresholds": frame["fold_threshold"].map(lambda v: " / ".join(f"{x:.3g}" for x in v)),
+            "benign": frame["cv_benign_dice_mean"].round(3),
+            "malignant": frame["cv_malignant_dice_mean"].round(3),
+            "oof_lesion_dice": frame["oof_lesion_dice"].round(3),
+            "oof_normal_fp": frame["oof_normal_fp_fraction"].round(2),
+        }
+    )
+
+
 def _index(args):
     """BUSI index (or the demo set in quick mode without BUSI) and the 128-px images for duplicate groups."""
     root = args.root
@@ -452,6 +568,24 @@ def _figure(results: list[dict], path: Path, budget_minutes: float) -> None:
     plt.close(fig)
 
 
+def _print_cv(results: list[dict], out: Path, args) -> None:
+    table = _cv_table(results)
+    atomic_io.write_csv(out / "time_to_quality_cv.csv", table.reset_index())
+    print(
+        f"\nBUSI, grouped stratified {args.folds}-fold cross-validation (seed {args.seed}; inner validation "
+        f"part for the best epoch and the threshold); at most {args.budget_minutes:g} min of training per fold model."
+    )
+    print(
+        "cv_lesion_dice: mean ± sd over folds of the held-out mean per-image Dice of benign + malignant images;"
+    )
+    print(
+        "oof_*: every image scored by the fold model that held it out; normal_fp: share with any predicted pixel.\n"
+    )
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 60):
+        print(table.to_string())
+    print(f"\nwrote {out / 'time_to_quality_cv.csv'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -467,6 +601,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "runs" / "time_to_quality"))
     parser.add_argument("--max-samples", type=int, default=0, help="0: all; N: first N images per class")
     parser.add_argument("--epochs", type=int, default=0, help="0: planned from the budget; N: N epochs each")
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        help="0: one split (screening); K >= 3: grouped K-fold cross-validation",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: small configs, 16 images per class, 1 min each"
     )
@@ -491,7 +631,8 @@ def main() -> None:
         sys.exit(f"Unknown configuration(s) {unknown}; expected names from {list(CONFIGS)}.")
 
     if args.worker:  # child process: one configuration
-        result = run_config(args.worker, CONFIGS[args.worker], args)
+        run = run_config_cv if args.folds else run_config
+        result = run(args.worker, CONFIGS[args.worker], args)
         atomic_io.write_json(out / f"{args.worker}.result.json", result)
         return
 
@@ -521,6 +662,8 @@ def main() -> None:
                 str(args.max_samples),
                 "--epochs",
                 str(args.epochs),
+                "--folds",
+                str(args.folds),
                 "--configs",
                 name,
             ]
@@ -534,6 +677,9 @@ def main() -> None:
             )
         results.append(json.loads(result_path.read_text()))
 
+    if args.folds:
+        _print_cv(results, out, args)
+        return
     table = _table(results)
     atomic_io.write_csv(out / "time_to_quality.csv", table.reset_index())
     _figure(results, out / "time_to_quality.png", args.budget_minutes)
