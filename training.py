@@ -193,7 +193,7 @@ def _averaged_weights(model: keras.Model) -> list[np.ndarray]:
     """``model.get_weights()``, with each trainable variable replaced by the optimizer's
     exponential moving average of it when the optimizer keeps one (``use_ema``); BatchNorm's
     moving statistics and other non-trainable variables are the model's own."""
-    optimizer = model.optimizer
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under loss scaling
     if optimizer is None or not getattr(optimizer, "use_ema", False) or not optimizer.built:
         return model.get_weights()
     averages = dict(

@@ -544,3 +544,19 @@ def test_without_a_patience_early_stopping_is_off_and_bad_values_are_refused(tin
         training.train_model(model, train, val, tmp_path / "other", ema_momentum=1.0)
     with pytest.raises(ValueError, match="or None for no early stopping"):
         training.train_model(model, train, val, tmp_path / "other", early_stopping_patience=0)
+
+
+def test_the_moving_average_is_exported_under_loss_scaling_too(tiny, tmp_path):
+    _, _, train, val = tiny
+    keras.backend.clear_session()
+    training.set_seeds(0)
+    net = unet.build_unet((32, 32, 1), base_filters=4, depth=2, dtype_policy="mixed_float16")
+    model, _ = training.train_model(
+        net, train, val, tmp_path, epochs=1, progress="none", lr_schedule="plateau", ema_momentum=0.5
+    )
+    assert type(model.optimizer).__name__ == "LossScaleOptimizer"
+    state = json.loads((tmp_path / training.STATE_JSON).read_text())
+    raw = unet.build_unet((32, 32, 1), base_filters=4, depth=2, dtype_policy="mixed_float16")
+    raw.load_weights(tmp_path / state["last_checkpoint"]["weights"])
+    last = model_io.load_model(tmp_path / training.LAST_MODEL)
+    assert _same_weights(last, model) and not _same_weights(last, raw)
