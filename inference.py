@@ -1,6 +1,7 @@
 """Applying a trained model: probabilities for a batch, and the mask of one image of any size.
 
-`predict` runs the model batch by batch (optionally averaging over the horizontal flip);
+`predict` runs the model batch by batch (optionally averaging over the horizontal flip), and
+returns the class probabilities of a model with the classification head too when asked;
 `segment` takes an image of any size, predicts at the model's input size, resizes the
 probabilities back to the image's size and thresholds them there. The notebook, the folder
 command `segment_images.py` and every other caller segment images through `segment`.
@@ -18,6 +19,8 @@ from keras import ops
 
 import image_io
 import mask_processing
+import model as unet
+from class_labels import CLASSES
 from evaluation import DEFAULT_THRESHOLD
 
 ACCEPTED_CHANNELS = (1, 3, 4)
@@ -28,7 +31,13 @@ MAX_UPSCALE = 4
 TTA_TRANSFORMS = ("hflip",)  # test-time augmentation in `predict`: exactly invertible, anatomically plausible
 
 
-def predict(model: keras.Model, images: np.ndarray, batch_size: int = 16, tta: bool = False) -> np.ndarray:
+def predict(
+    model: keras.Model,
+    images: np.ndarray,
+    batch_size: int = 16,
+    tta: bool = False,
+    with_classes: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Predicts lesion probabilities batch by batch (memory bounded by `batch_size`).
 
     Test-time augmentation (``tta=True``) averages the prediction of each image with the
@@ -36,7 +45,9 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int = 16, tta: b
     images per batch, so about twice the time):
 
     Formula:
-        ``p_tta = (f(x) + flip(f(flip(x)))) / 2`` with ``flip`` the left-right mirror.
+        ``p_tta = (f(x) + flip(f(flip(x)))) / 2`` with ``flip`` the left-right mirror; the class
+        probabilities of a model with the classification head are averaged likewise,
+        ``(c(x) + c(flip(x))) / 2``.
 
     Only the horizontal flip is used (`TTA_TRANSFORMS`): it is exactly invertible on the pixel
     grid (no interpolation) and anatomically plausible, as a probe can be held either way
@@ -45,13 +56,21 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int = 16, tta: b
     down. Rotations and rescaling would need interpolation, so they are not exactly invertible.
 
     Args:
-        model: maps ``(B, H, W, 1)`` to ``(B, H, W, 1)`` probabilities.
+        model: maps ``(B, H, W, 1)`` to ``(B, H, W, 1)`` probabilities, or to the dict of a
+            model with the classification head (``model.build_unet(..., classifier=True)``).
         images: ``(N, H, W, 1)`` float32 in [0, 1].
         batch_size: images per forward pass (``2 * batch_size`` with `tta`).
         tta: average over the horizontal flip.
+        with_classes: return the class probabilities too (the model needs the head).
 
     Returns:
-        ``(N, H, W, 1)`` float32 in [0, 1].
+        ``(N, H, W, 1)`` float32 in [0, 1]; with `with_classes`, the tuple ``(probabilities,
+        classes)`` with ``classes`` ``(N, 3)`` float32 in [0, 1], each row summing to 1, in the
+        order of ``class_labels.CLASSES``.
+
+    Raises:
+        ValueError: images not ``(N, H, W, 1)`` at the model's input size, or `with_classes`
+            for a model without the classification head.
     """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4:
@@ -63,20 +82,32 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int = 16, tta: b
             f"data at the model's image size (image_size={expected[0]}), or use segment() for one image "
             f"of any size."
         )
-    out = np.empty(images.shape[:3] + (1,), dtype=np.float32)
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        if tta:
-            both = np.concatenate([batch, batch[:, :, ::-1]])
-            probabilities = ops.convert_to_numpy(model(both, training=False)).astype(np.float32)
-            out[start : start + len(batch)] = (
-                probabilities[: len(batch)] + probabilities[len(batch) :, :, ::-1]
-            ) / 2
-            continue
-        out[start : start + len(batch)] = ops.convert_to_numpy(model(batch, training=False)).astype(
-            np.float32
+    if with_classes and not unet.has_class_head(model):
+        raise ValueError(
+            "Expected a model with the classification head for with_classes=True (build_unet(..., "
+            "classifier=True)); received one that returns masks only. Leave out with_classes."
         )
-    return out
+    out = np.empty(images.shape[:3] + (1,), dtype=np.float32)
+    classes = np.empty((len(images), len(CLASSES)), dtype=np.float32)
+    for start in range(0, len(images), batch_size):
+        stop = min(start + batch_size, len(images))
+        out[start:stop], batch_classes = _predict_batch(model, images[start:stop], tta)
+        if with_classes:
+            classes[start:stop] = batch_classes
+    return (out, classes) if with_classes else out
+
+
+def _predict_batch(model: keras.Model, batch: np.ndarray, tta: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """One forward pass (of the batch and its mirror with `tta`): ``(probabilities, classes or None)``."""
+    inputs = np.concatenate([batch, batch[:, :, ::-1]]) if tta else batch
+    mask, classes = unet.split_outputs(model(inputs, training=False))
+    mask = ops.convert_to_numpy(mask).astype(np.float32)
+    classes = None if classes is None else ops.convert_to_numpy(classes).astype(np.float32)
+    if not tta:
+        return mask, classes
+    n = len(batch)
+    mask = (mask[:n] + mask[n:, :, ::-1]) / 2
+    return mask, None if classes is None else (classes[:n] + classes[n:]) / 2
 
 
 def segment(
