@@ -27,6 +27,7 @@ Files, under `run_dir` (every file written atomically)::
     fold-<k>/            train_model's run folder (checkpoints, history, best.keras, ...), plus
       split.csv          image_id, label, role ("train", "val" or "test") of every image
       per_image.csv      the held-out images' scores (evaluation.evaluate), with a "fold" column
+                         (and p_benign, p_malignant, p_normal for models with the classification head)
       summary.csv        the held-out fold's summary by class (evaluation.evaluate)
       fold_result.json   the fold's row of the results table: written last, the commit point
     cv_folds.csv         one row per fold (`fold_results`)
@@ -63,6 +64,7 @@ import class_labels
 import data_loading
 import evaluation
 import inference
+import model as unet
 import model_io
 import run_lock
 import run_results
@@ -122,7 +124,9 @@ def cross_validate(
         masks: ``(N, H, W, 1)`` uint8 in {0, 1}.
         build_model: called without arguments, returns a new, untrained Keras model for
             ``(H, W, 1)`` images, e.g. ``functools.partial(model.build_unet, (128, 128, 1),
-            base_filters=16)``.
+            base_filters=16)``. With ``classifier=True`` the folds train the classification
+            head too, on the index's ``label`` column (joint loss; ``class_loss_weight`` is a
+            training option).
         run_dir: folder for the fold folders and the results tables; created if missing.
         n_folds: number of folds k, >= 2 and at most the number of images of the smallest class.
         batch_size: images per batch (the global batch under a multi-replica strategy).
@@ -135,7 +139,9 @@ def cross_validate(
     Returns:
         ``(folds, summary, per_image)``: `fold_results` (one row per fold), `summarize_folds`
         (one row per metric: mean and sd over folds) and the out-of-fold per-image table
-        (`evaluation.evaluate` columns plus ``fold``, every image exactly once).
+        (`evaluation.evaluate` columns plus ``fold``, every image exactly once; for models with
+        the classification head also ``p_benign``, ``p_malignant``, ``p_normal``, the held-out
+        image's class probabilities from its fold's model, `class_labels.PROBABILITY_COLUMNS`).
 
     Raises:
         ValueError: ``n_folds < 2``; a class with fewer images than folds (or an inner training
@@ -176,10 +182,21 @@ def cross_validate(
             training.set_seeds(seed + fold)
             with strategy.scope():
                 model = build_model()
+            labels = index["label"].to_numpy() if unet.has_class_head(model) else None
             train_data = data_loading.make_tf_dataset(
-                images[part["train"]], masks[part["train"]], batch_size, training=True, seed=seed + fold
+                images[part["train"]],
+                masks[part["train"]],
+                batch_size,
+                training=True,
+                seed=seed + fold,
+                labels=None if labels is None else labels[part["train"]],
             )
-            val_data = data_loading.make_tf_dataset(images[part["val"]], masks[part["val"]], batch_size)
+            val_data = data_loading.make_tf_dataset(
+                images[part["val"]],
+                masks[part["val"]],
+                batch_size,
+                labels=None if labels is None else labels[part["val"]],
+            )
             _, history = training.train_model(
                 model, train_data, val_data, fold_dir, strategy=strategy, **train_options
             )
@@ -590,11 +607,18 @@ def _score_fold(fold, fold_dir, history, index, images, masks, part, seed) -> tu
     val_rows, test_rows = part["val"], part["test"]
     threshold, curve = evaluation.choose_threshold(masks[val_rows], inference.predict(best, images[val_rows]))
     test_frame = index.iloc[test_rows]
+    if unet.has_class_head(best):
+        test_probabilities, classes = inference.predict(best, images[test_rows], with_classes=True)
+    else:
+        test_probabilities, classes = inference.predict(best, images[test_rows]), None
     per_image, summary = evaluation.evaluate(
-        masks[test_rows], inference.predict(best, images[test_rows]), test_frame, threshold, seed=seed
+        masks[test_rows], test_probabilities, test_frame, threshold, seed=seed
     )
     atomic_io.write_csv(fold_dir / SUMMARY_CSV, summary)
     per_image.insert(0, "fold", fold)
+    if classes is not None:  # each held-out image's class probabilities, from the fold's model
+        for column, values in zip(class_labels.PROBABILITY_COLUMNS, classes.T):
+            per_image[column] = values
     groups = summary.set_index("group")
     result = {
         "fold": fold,
