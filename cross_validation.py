@@ -61,8 +61,10 @@ import pandas as pd
 
 import atomic_io
 import class_labels
+import classification_metrics
 import data_loading
 import evaluation
+import gate
 import inference
 import model as unet
 import model_io
@@ -222,6 +224,13 @@ def cross_validate(
             print(
                 f"fold ensemble: threshold {threshold:.2f} chosen on the out-of-fold predictions (mean per-image "
                 f"Dice {curve['dice'].max():.3f} over all {len(index)} images); wrote {run_dir / ENSEMBLE_JSON}",
+                flush=True,
+            )
+            record = run_results.read_results(run_dir / ENSEMBLE_JSON)
+            print(
+                f"gates chosen on the out-of-fold predictions (gate threshold on 1 - p_normal: "
+                f"{record['gate_threshold']}; scored on the images they were chosen on):\n"
+                + gate.format_comparison(pd.DataFrame(record["gate_comparison"])),
                 flush=True,
             )
         return folds, summary, per_image
@@ -441,6 +450,22 @@ def out_of_fold_probabilities(
         ValueError: an unfinished run (`finished_folds`), images or an index other than the run's,
             or fold models for another image size.
     """
+    return out_of_fold_predictions(run_dir, index, images, batch_size)[0]
+
+
+def out_of_fold_predictions(
+    run_dir: str | os.PathLike, index: pd.DataFrame, images: np.ndarray, batch_size: int = 16
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`out_of_fold_probabilities`, and the class probabilities of fold models with the classification head.
+
+    Returns:
+        ``(probabilities, classes)``: as `out_of_fold_probabilities`, and ``(N, 3)`` float32
+        class probabilities (``class_labels.CLASSES`` order) from the same fold models, or None
+        when the fold models have no classification head.
+
+    Raises:
+        ValueError: as `out_of_fold_probabilities`, or folds of which only some have the head.
+    """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or len(images) != len(index):
         raise ValueError(
@@ -448,6 +473,7 @@ def out_of_fold_probabilities(
         )
     image_ids = index["image_id"].astype(str).tolist()
     probabilities = np.empty(images.shape[:3] + (1,), np.float32)
+    classes, heads = np.full((len(images), len(class_labels.CLASSES)), np.nan, np.float32), set()
     for fold_dir in finished_folds(run_dir):
         split = _read_split(fold_dir)
         if split["image_id"].tolist() != image_ids:
@@ -459,8 +485,18 @@ def out_of_fold_probabilities(
         model = model_io.load_model(
             fold_dir / training.BEST_MODEL, compile=False, input_shape=images.shape[1:]
         )
-        probabilities[rows] = inference.predict(model, images[rows], batch_size=batch_size)
-    return probabilities
+        heads.add(unet.has_class_head(model))
+        if unet.has_class_head(model):
+            probabilities[rows], classes[rows] = inference.predict(
+                model, images[rows], batch_size=batch_size, with_classes=True
+            )
+        else:
+            probabilities[rows] = inference.predict(model, images[rows], batch_size=batch_size)
+    if len(heads) > 1:
+        raise ValueError(
+            f"The fold models in '{run_dir}' differ: some have the classification head, some not."
+        )
+    return probabilities, classes if heads == {True} else None
 
 
 def choose_out_of_fold_threshold(
@@ -470,7 +506,7 @@ def choose_out_of_fold_threshold(
     masks: np.ndarray,
     seed: int = 0,
 ) -> tuple[float, pd.DataFrame, pd.DataFrame]:
-    """Chooses the fold ensemble's threshold on the out-of-fold predictions; writes ``ensemble.json``.
+    """Chooses the fold ensemble's threshold (and gates) on the out-of-fold predictions; writes ``ensemble.json``.
 
     The criterion is a single model's (`evaluation.choose_threshold`: the mean per-image Dice,
     normal images included), applied to every image's probability from the fold model that held
@@ -494,17 +530,24 @@ def choose_out_of_fold_threshold(
         ``(threshold, curve, summary)``: the threshold, in (0, 1); the mean per-image Dice of
         every candidate (`evaluation.choose_threshold`); the out-of-fold summary by class at the
         threshold (`evaluation.evaluate`). All three are written to ``run_dir/ensemble.json``
-        (atomically), with ``n_folds``, ``n_images`` and ``input_shape``.
+        (atomically), with ``n_folds``, ``n_images`` and ``input_shape``, and the gates chosen on
+        the same predictions at that threshold (`gate`): ``mask_rule`` (the rule without a head:
+        ``max_probability``, ``min_area``) and, for fold models with the classification head,
+        ``gate_threshold`` (on ``1 - p_normal``; None without the head) with its ``gate_curve``,
+        the ``classification_summary`` (`classification_metrics.classification_summary`), and
+        ``gate_comparison`` (`gate.compare_rules`: no gate, the rule without a head, the head's
+        gate), all scored on the images they were chosen on (optimistic, as the summary).
     """
     images, masks = np.asarray(images), np.asarray(masks)
     if images.shape != masks.shape:
         raise ValueError(
             f"Expected images and masks of one shape (N, H, W, 1); received {images.shape} and {masks.shape}."
         )
-    probabilities = out_of_fold_probabilities(run_dir, index, images)
+    probabilities, classes = out_of_fold_predictions(run_dir, index, images)
     threshold, curve = evaluation.choose_threshold(masks, probabilities)
     _, summary = evaluation.evaluate(masks, probabilities, index, threshold, seed=seed)
     record = {
+        **_out_of_fold_gates(masks, probabilities, classes, index, threshold, seed),
         "threshold": threshold,
         "chosen_on": "out-of-fold predictions: each image predicted by the fold model that held it out",
         "criterion": "mean per-image Dice, normal images included (evaluation.choose_threshold)",
@@ -516,6 +559,38 @@ def choose_out_of_fold_threshold(
     }
     atomic_io.write_json(Path(run_dir) / ENSEMBLE_JSON, record)
     return threshold, curve, summary
+
+
+def _out_of_fold_gates(masks, probabilities, classes, index, threshold, seed) -> dict:
+    """``ensemble.json``'s gate entries: both rules chosen on the out-of-fold predictions and compared."""
+    max_probability, min_area, _ = gate.choose_mask_rule(masks, probabilities, threshold)
+    rules = {
+        "no gate": np.zeros(len(index), bool),
+        "max probability / min area": gate.lesion_free_by_mask(
+            probabilities, threshold, max_probability, min_area
+        ),
+    }
+    record = {
+        "gate_threshold": None,
+        "gate_criterion": "mean per-image Dice over all images, a lesion-free normal image scoring 1 (gate module)",
+        "mask_rule": {"max_probability": max_probability, "min_area": min_area},
+    }
+    if classes is not None:
+        gate_threshold, gate_curve = gate.choose_gate_threshold(masks, probabilities, classes, threshold)
+        rules["classification head"] = gate.lesion_free_by_class(classes, gate_threshold)
+        labels = index["label"].to_numpy()
+        record.update(
+            {
+                "gate_threshold": gate_threshold,
+                "gate_curve": gate_curve.to_dict("records"),
+                "classification_summary": classification_metrics.classification_summary(
+                    labels, classes, seed=seed
+                ).to_dict("records"),
+            }
+        )
+    comparison = gate.compare_rules(masks, probabilities, index, threshold, rules, seed=seed)
+    record["gate_comparison"] = comparison.to_dict("records")
+    return record
 
 
 def read_out_of_fold_threshold(run_dir: str | os.PathLike) -> tuple[float, pd.DataFrame, pd.DataFrame]:
@@ -617,8 +692,7 @@ def _score_fold(fold, fold_dir, history, index, images, masks, part, seed) -> tu
     atomic_io.write_csv(fold_dir / SUMMARY_CSV, summary)
     per_image.insert(0, "fold", fold)
     if classes is not None:  # each held-out image's class probabilities, from the fold's model
-        for column, values in zip(class_labels.PROBABILITY_COLUMNS, classes.T):
-            per_image[column] = values
+        per_image = classification_metrics.add_class_columns(per_image, classes)
     groups = summary.set_index("group")
     result = {
         "fold": fold,

@@ -26,7 +26,7 @@ never gates, so the chosen rule scores at least as well as no gate on validation
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -197,6 +197,64 @@ def choose_mask_rule(
     curve = pd.DataFrame(rows)
     best = _best(curve, ["max_probability", "min_area"])
     return float(curve.loc[best, "max_probability"]), int(curve.loc[best, "min_area"]), curve
+
+
+def compare_rules(
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    frame: pd.DataFrame,
+    mask_threshold: float,
+    rules: Mapping[str, np.ndarray],
+    n_bootstrap: int = evaluation.N_BOOTSTRAP,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Scores the same predictions under several gates (e.g. none, the head's, the rule without a head).
+
+    Args:
+        y_true: ``(N, H, W, 1)`` in {0, 1}.
+        probabilities: same shape, float in [0, 1].
+        frame: N rows with ``image_id`` and ``label``.
+        mask_threshold: in (0, 1).
+        rules: rule name -> ``(N,)`` bool lesion-free flags (all False for "no gate").
+        n_bootstrap: bootstrap resamples of the CIs.
+        seed: bootstrap seed.
+
+    Returns:
+        One row per rule: ``rule``, ``gated`` (images emptied), ``lesion_dice`` with
+        ``lesion_dice_ci_low`` / ``_ci_high`` (mean per-image Dice of lesion images,
+        `evaluation.evaluate`), ``specificity`` and ``detection_rate`` with their CIs
+        (`evaluation.detection_summary`), and ``dice_all`` (the choice criterion).
+    """
+    rows = []
+    for rule, lesion_free in rules.items():
+        gated = apply_gate(probabilities, lesion_free)
+        per_image, summary = evaluation.evaluate(
+            y_true, gated, frame, mask_threshold, n_bootstrap=n_bootstrap, seed=seed
+        )
+        groups = summary.set_index("group")
+        detection = evaluation.detection_summary(per_image, n_bootstrap, seed).set_index("metric")
+        row = {"rule": rule, "gated": int(np.sum(lesion_free)), "dice_all": float(per_image["dice"].mean())}
+        for column in ("dice_mean", "dice_ci_low", "dice_ci_high"):
+            name = column.replace("dice_mean", "lesion_dice").replace("dice_ci", "lesion_dice_ci")
+            row[name] = float(groups.loc["lesion", column]) if "lesion" in groups.index else float("nan")
+        for metric in ("specificity", "detection_rate"):
+            row[metric] = detection.loc[metric, "value"]
+            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = detection.loc[metric, ["ci_low", "ci_high"]]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_comparison(comparison: pd.DataFrame) -> str:
+    """One line per rule of `compare_rules`: images emptied, lesion Dice, specificity, detection rate, with CIs."""
+    lines = []
+    for row in comparison.itertuples(index=False):
+        lines.append(
+            f"{row.rule:<27} emptied {row.gated:>4}; lesion Dice {row.lesion_dice:.3f} "
+            f"[{row.lesion_dice_ci_low:.3f}, {row.lesion_dice_ci_high:.3f}]; normal images kept empty "
+            f"{row.specificity:.1%} [{row.specificity_ci_low:.1%}, {row.specificity_ci_high:.1%}]; lesions found "
+            f"{row.detection_rate:.1%} [{row.detection_rate_ci_low:.1%}, {row.detection_rate_ci_high:.1%}]"
+        )
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 from keras import ops
 
+import gate
 import image_io
 import mask_processing
 import model as unet
@@ -173,29 +174,96 @@ def segment_many(
         ValueError: a bad argument, or an image that `to_grey_checked` refuses (the message
             names it).
     """
+    _check_segment_settings(threshold, min_area, batch_size)
+    masks, probabilities, _ = _segment(
+        model, greys_checked(model, images, names), threshold, min_area, tta, batch_size
+    )
+    return masks, probabilities
+
+
+def segment_many_with_classes(
+    model: keras.Model,
+    images: Sequence[np.ndarray],
+    threshold: float = DEFAULT_THRESHOLD,
+    gate_threshold: float | None = None,
+    min_area: int | None = None,
+    tta: bool = False,
+    batch_size: int = 16,
+    names: Sequence[str] | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """`segment_many` for a model with the classification head: masks, probabilities and classes, gated.
+
+    The gate (`gate.lesion_free_by_class`): an image whose lesion probability ``1 - p_normal``
+    is below `gate_threshold` is declared lesion-free and its mask is emptied; its probability
+    map is returned as predicted.
+
+    Args:
+        model: a trained U-Net with the classification head (``build_unet(..., classifier=True)``).
+        images, threshold, min_area, tta, batch_size, names: as `segment_many`.
+        gate_threshold: in [0, 1) (the one chosen on validation, `gate.choose_gate_threshold`),
+            or None for no gate.
+
+    Returns:
+        ``(masks, probabilities, classes)``: as `segment_many`, and ``(N, 3)`` float32 class
+        probabilities in the order of ``class_labels.CLASSES``.
+
+    Raises:
+        ValueError: as `segment_many`, a model without the head, or a gate threshold outside [0, 1).
+    """
+    if not unet.has_class_head(model):
+        raise ValueError(
+            "Expected a model with the classification head (build_unet(..., classifier=True)); received one "
+            "that returns masks only. Use segment_many."
+        )
+    _check_segment_settings(threshold, min_area, batch_size)
+    greys = greys_checked(model, images, names)
+    masks, probabilities, classes = _segment(model, greys, threshold, min_area, tta, batch_size)
+    if gate_threshold is not None:
+        lesion_free = gate.lesion_free_by_class(classes, gate_threshold)
+        masks = [np.zeros_like(mask) if free else mask for mask, free in zip(masks, lesion_free)]
+    return masks, probabilities, classes
+
+
+def greys_checked(
+    model: keras.Model, images: Sequence[np.ndarray], names: Sequence[str] | None
+) -> list[np.ndarray]:
+    """Every image validated and converted to grey (`to_grey_checked`), before any prediction."""
+    names = [f"image {i}" for i in range(len(images))] if names is None else list(names)
+    if len(names) != len(images):
+        raise ValueError(
+            f"Expected one name per image; received {len(names)} names for {len(images)} images."
+        )
+    min_side = min_image_side(model_input_size(model))
+    return [to_grey_checked(image, name, min_side) for image, name in zip(images, names)]
+
+
+def _check_segment_settings(threshold: float, min_area: int | None, batch_size: int) -> None:
     if not 0 < threshold < 1:
         raise ValueError(f"Expected threshold in (0, 1); received {threshold}.")
     if min_area is not None and min_area < 0:
         raise ValueError(f"Expected min_area >= 0 or None; received {min_area}.")
     if batch_size < 1:
         raise ValueError(f"Expected batch_size >= 1; received {batch_size}.")
-    names = [f"image {i}" for i in range(len(images))] if names is None else list(names)
-    if len(names) != len(images):
-        raise ValueError(
-            f"Expected one name per image; received {len(names)} names for {len(images)} images."
-        )
+
+
+def _segment(model, greys, threshold, min_area, tta, batch_size):
+    """Masks and probability maps at each grey image's size, and class probabilities (None without the head)."""
     input_size = model_input_size(model)
-    min_side = min_image_side(input_size)
-    greys = [to_grey_checked(image, name, min_side) for image, name in zip(images, names)]
-    masks, probabilities = [], []
+    head = unet.has_class_head(model)
+    masks, probabilities, classes = [], [], []
     for start in range(0, len(greys), batch_size):
         chunk = greys[start : start + batch_size]
         batch = np.stack([image_io.resize_image(grey, input_size) for grey in chunk])
-        for grey, probability in zip(chunk, predict(model, batch, batch_size=batch_size, tta=tta)):
+        predicted = predict(model, batch, batch_size=batch_size, tta=tta, with_classes=head)
+        maps, batch_classes = predicted if head else (predicted, None)
+        for grey, probability in zip(chunk, maps):
             mask, resized = probabilities_to_mask(probability, grey.shape, threshold, min_area)
             masks.append(mask)
             probabilities.append(resized)
-    return masks, probabilities
+        if head:
+            classes.append(batch_classes)
+    classes = np.concatenate(classes) if head and classes else np.zeros((0, len(CLASSES)), np.float32)
+    return masks, probabilities, classes if head else None
 
 
 def model_input_size(model) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from helpers import tiny_busi
 import class_labels
 import cross_validation as cv
 import evaluation
+import gate
 import inference
 import model as unet
 import model_io
@@ -133,6 +134,17 @@ def test_folds_with_the_classification_head_write_each_images_class_probabilitie
         )
         np.testing.assert_allclose(held_out[columns], classes, atol=1e-6)
     assert not set(columns) & set(two_folds[3].columns)  # a model without the head: no such columns
+    # The gate threshold is chosen on the out-of-fold predictions, as the ensemble's mask threshold.
+    record = json.loads((tmp_path / cv.ENSEMBLE_JSON).read_text())
+    probabilities, classes = cv.out_of_fold_predictions(tmp_path, index, images)
+    expected, _ = gate.choose_gate_threshold(masks, probabilities, classes, record["threshold"])
+    assert record["gate_threshold"] == expected and len(record["gate_curve"]) == len(gate.GATE_THRESHOLDS)
+    rules = [row["rule"] for row in record["gate_comparison"]]
+    assert rules == ["no gate", "max probability / min area", "classification head"]
+    assert [row["metric"] for row in record["classification_summary"]][0] == "accuracy"
+    plain = json.loads((two_folds[0] / cv.ENSEMBLE_JSON).read_text())
+    assert plain["gate_threshold"] is None and len(plain["gate_comparison"]) == 2
+    assert set(plain["mask_rule"]) == {"max_probability", "min_area"}
     # A finished run is read back with its columns.
     _, _, again = cv.cross_validate(
         index, images, masks, build, tmp_path, n_folds=2, batch_size=4, seed=0, **options

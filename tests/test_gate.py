@@ -1,6 +1,7 @@
 """Tests for gate: the lesion-free rules with and without the head, and their choice on hand-made images."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import gate
@@ -106,3 +107,19 @@ def test_apply_gate_empties_the_lesion_free_images_and_gated_dice_scores_them():
 def test_bad_arguments_are_refused_naming_what_was_expected(call, match):
     with pytest.raises(ValueError, match=match):
         call(*four_images())
+
+
+def test_compare_rules_scores_each_gate_by_hand():
+    truth, probabilities, classes = four_images()
+    frame = pd.DataFrame({"image_id": list("abcd"), "label": ["normal", "normal", "benign", "malignant"]})
+    rules = {"no gate": np.zeros(4, bool), "head": gate.lesion_free_by_class(classes, 0.35)}
+
+    comparison = gate.compare_rules(truth, probabilities, frame, MASK_THRESHOLD, rules, n_bootstrap=100)
+
+    rows = comparison.set_index("rule")
+    assert rows["gated"].tolist() == [0, 2]
+    np.testing.assert_allclose(rows["lesion_dice"], [(1 + 2 / 3) / 2] * 2)  # lesions untouched by this gate
+    np.testing.assert_allclose(rows["specificity"], [1 / 2, 1.0])  # image 1 kept empty by the gate
+    np.testing.assert_allclose(rows["detection_rate"], [1.0, 1.0])
+    np.testing.assert_allclose(rows["dice_all"], [(8 / 3) / 4, (11 / 3) / 4])
+    assert "lesions found 100.0%" in gate.format_comparison(comparison)
