@@ -1,8 +1,40 @@
 """The image classes of BUSI (and of any dataset indexed for busi-unet), defined once.
 
 Every image is ``benign``, ``malignant`` or ``normal``; benign and malignant images hold a
-lesion, normal ones have an empty mask.
+lesion, normal ones have an empty mask. A model with the classification head returns one
+probability per class in the order of `CLASSES`; tables name them `PROBABILITY_COLUMNS`.
 """
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
 
 CLASSES = ("benign", "malignant", "normal")
 LESION_CLASSES = ("benign", "malignant")
+PROBABILITY_COLUMNS = tuple(f"p_{name}" for name in CLASSES)  # ("p_benign", "p_malignant", "p_normal")
+
+
+def one_hot(labels: Sequence[str]) -> np.ndarray:
+    """Class labels as one-hot rows in the order of `CLASSES`.
+
+    Args:
+        labels: ``(N,)`` class names, each one of `CLASSES`.
+
+    Returns:
+        ``(N, len(CLASSES))`` float32 in {0, 1}, one 1 per row.
+
+    Raises:
+        ValueError: a label that is not one of `CLASSES` (the message lists the unknown ones).
+
+    Example:
+        >>> one_hot(["normal", "benign"]).tolist()
+        [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+    """
+    labels = [str(label) for label in np.asarray(labels, dtype=object).ravel()]
+    unknown = sorted(set(labels) - set(CLASSES))
+    if unknown:
+        raise ValueError(f"Expected class labels among {CLASSES}; received {unknown}.")
+    rows = np.array([CLASSES.index(label) for label in labels], dtype=np.int64)
+    return np.eye(len(CLASSES), dtype=np.float32)[rows]

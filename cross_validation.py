@@ -27,6 +27,7 @@ Files, under `run_dir` (every file written atomically)::
     fold-<k>/            train_model's run folder (checkpoints, history, best.keras, ...), plus
       split.csv          image_id, label, role ("train", "val" or "test") of every image
       per_image.csv      the held-out images' scores (evaluation.evaluate), with a "fold" column
+                         (and p_benign, p_malignant, p_normal for models with the classification head)
       summary.csv        the held-out fold's summary by class (evaluation.evaluate)
       fold_result.json   the fold's row of the results table: written last, the commit point
     cv_folds.csv         one row per fold (`fold_results`)
@@ -60,9 +61,12 @@ import pandas as pd
 
 import atomic_io
 import class_labels
+import classification_metrics
 import data_loading
 import evaluation
+import gate
 import inference
+import model as unet
 import model_io
 import run_lock
 import run_results
@@ -123,7 +127,9 @@ def cross_validate(
         masks: ``(N, H, W, 1)`` uint8 in {0, 1}.
         build_model: called without arguments, returns a new, untrained Keras model for
             ``(H, W, 1)`` images, e.g. ``functools.partial(model.build_unet, (128, 128, 1),
-            base_filters=16)``.
+            base_filters=16)``. With ``classifier=True`` the folds train the classification
+            head too, on the index's ``label`` column (joint loss; ``class_loss_weight`` is a
+            training option).
         run_dir: folder for the fold folders and the results tables; created if missing.
         n_folds: number of folds k, >= 2 and at most the number of images of the smallest class.
         batch_size: images per batch (the global batch under a multi-replica strategy).
@@ -137,7 +143,9 @@ def cross_validate(
     Returns:
         ``(folds, summary, per_image)``: `fold_results` (one row per fold), `summarize_folds`
         (one row per metric: mean and sd over folds) and the out-of-fold per-image table
-        (`evaluation.evaluate` columns plus ``fold``, every image exactly once).
+        (`evaluation.evaluate` columns plus ``fold``, every image exactly once; for models with
+        the classification head also ``p_benign``, ``p_malignant``, ``p_normal``, the held-out
+        image's class probabilities from its fold's model, `class_labels.PROBABILITY_COLUMNS`).
 
     Raises:
         ValueError: ``n_folds < 2``; a class with fewer images than folds (or an inner training
@@ -178,6 +186,7 @@ def cross_validate(
             training.set_seeds(seed + fold)
             with strategy.scope():
                 model = build_model()
+            labels = index["label"].to_numpy() if unet.has_class_head(model) else None
             train_data = data_loading.make_tf_dataset(
                 images[part["train"]],
                 masks[part["train"]],
@@ -185,8 +194,14 @@ def cross_validate(
                 training=True,
                 augment=augment,
                 seed=seed + fold,
+                labels=None if labels is None else labels[part["train"]],
             )
-            val_data = data_loading.make_tf_dataset(images[part["val"]], masks[part["val"]], batch_size)
+            val_data = data_loading.make_tf_dataset(
+                images[part["val"]],
+                masks[part["val"]],
+                batch_size,
+                labels=None if labels is None else labels[part["val"]],
+            )
             _, history = training.train_model(
                 model, train_data, val_data, fold_dir, strategy=strategy, **train_options
             )
@@ -212,6 +227,13 @@ def cross_validate(
             print(
                 f"fold ensemble: threshold {threshold:.2f} chosen on the out-of-fold predictions (mean per-image "
                 f"Dice {curve['dice'].max():.3f} over all {len(index)} images); wrote {run_dir / ENSEMBLE_JSON}",
+                flush=True,
+            )
+            record = run_results.read_results(run_dir / ENSEMBLE_JSON)
+            print(
+                f"gates chosen on the out-of-fold predictions (gate threshold on 1 - p_normal: "
+                f"{record['gate_threshold']}; scored on the images they were chosen on):\n"
+                + gate.format_comparison(pd.DataFrame(record["gate_comparison"])),
                 flush=True,
             )
         return folds, summary, per_image
@@ -431,6 +453,22 @@ def out_of_fold_probabilities(
         ValueError: an unfinished run (`finished_folds`), images or an index other than the run's,
             or fold models for another image size.
     """
+    return out_of_fold_predictions(run_dir, index, images, batch_size)[0]
+
+
+def out_of_fold_predictions(
+    run_dir: str | os.PathLike, index: pd.DataFrame, images: np.ndarray, batch_size: int = 16
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`out_of_fold_probabilities`, and the class probabilities of fold models with the classification head.
+
+    Returns:
+        ``(probabilities, classes)``: as `out_of_fold_probabilities`, and ``(N, 3)`` float32
+        class probabilities (``class_labels.CLASSES`` order) from the same fold models, or None
+        when the fold models have no classification head.
+
+    Raises:
+        ValueError: as `out_of_fold_probabilities`, or folds of which only some have the head.
+    """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or len(images) != len(index):
         raise ValueError(
@@ -438,6 +476,7 @@ def out_of_fold_probabilities(
         )
     image_ids = index["image_id"].astype(str).tolist()
     probabilities = np.empty(images.shape[:3] + (1,), np.float32)
+    classes, heads = np.full((len(images), len(class_labels.CLASSES)), np.nan, np.float32), set()
     for fold_dir in finished_folds(run_dir):
         split = _read_split(fold_dir)
         if split["image_id"].tolist() != image_ids:
@@ -449,8 +488,18 @@ def out_of_fold_probabilities(
         model = model_io.load_model(
             fold_dir / training.BEST_MODEL, compile=False, input_shape=images.shape[1:]
         )
-        probabilities[rows] = inference.predict(model, images[rows], batch_size=batch_size)
-    return probabilities
+        heads.add(unet.has_class_head(model))
+        if unet.has_class_head(model):
+            probabilities[rows], classes[rows] = inference.predict(
+                model, images[rows], batch_size=batch_size, with_classes=True
+            )
+        else:
+            probabilities[rows] = inference.predict(model, images[rows], batch_size=batch_size)
+    if len(heads) > 1:
+        raise ValueError(
+            f"The fold models in '{run_dir}' differ: some have the classification head, some not."
+        )
+    return probabilities, classes if heads == {True} else None
 
 
 def choose_out_of_fold_threshold(
@@ -460,7 +509,7 @@ def choose_out_of_fold_threshold(
     masks: np.ndarray,
     seed: int = 0,
 ) -> tuple[float, pd.DataFrame, pd.DataFrame]:
-    """Chooses the fold ensemble's threshold on the out-of-fold predictions; writes ``ensemble.json``.
+    """Chooses the fold ensemble's threshold (and gates) on the out-of-fold predictions; writes ``ensemble.json``.
 
     The criterion is a single model's (`evaluation.choose_threshold`: the mean per-image Dice,
     normal images included), applied to every image's probability from the fold model that held
@@ -484,17 +533,24 @@ def choose_out_of_fold_threshold(
         ``(threshold, curve, summary)``: the threshold, in (0, 1); the mean per-image Dice of
         every candidate (`evaluation.choose_threshold`); the out-of-fold summary by class at the
         threshold (`evaluation.evaluate`). All three are written to ``run_dir/ensemble.json``
-        (atomically), with ``n_folds``, ``n_images`` and ``input_shape``.
+        (atomically), with ``n_folds``, ``n_images`` and ``input_shape``, and the gates chosen on
+        the same predictions at that threshold (`gate`): ``mask_rule`` (the rule without a head:
+        ``max_probability``, ``min_area``) and, for fold models with the classification head,
+        ``gate_threshold`` (on ``1 - p_normal``; None without the head) with its ``gate_curve``,
+        the ``classification_summary`` (`classification_metrics.classification_summary`), and
+        ``gate_comparison`` (`gate.compare_rules`: no gate, the rule without a head, the head's
+        gate), all scored on the images they were chosen on (optimistic, as the summary).
     """
     images, masks = np.asarray(images), np.asarray(masks)
     if images.shape != masks.shape:
         raise ValueError(
             f"Expected images and masks of one shape (N, H, W, 1); received {images.shape} and {masks.shape}."
         )
-    probabilities = out_of_fold_probabilities(run_dir, index, images)
+    probabilities, classes = out_of_fold_predictions(run_dir, index, images)
     threshold, curve = evaluation.choose_threshold(masks, probabilities)
     _, summary = evaluation.evaluate(masks, probabilities, index, threshold, seed=seed)
     record = {
+        **_out_of_fold_gates(masks, probabilities, classes, index, threshold, seed),
         "threshold": threshold,
         "chosen_on": "out-of-fold predictions: each image predicted by the fold model that held it out",
         "criterion": "mean per-image Dice, normal images included (evaluation.choose_threshold)",
@@ -506,6 +562,38 @@ def choose_out_of_fold_threshold(
     }
     atomic_io.write_json(Path(run_dir) / ENSEMBLE_JSON, record)
     return threshold, curve, summary
+
+
+def _out_of_fold_gates(masks, probabilities, classes, index, threshold, seed) -> dict:
+    """``ensemble.json``'s gate entries: both rules chosen on the out-of-fold predictions and compared."""
+    max_probability, min_area, _ = gate.choose_mask_rule(masks, probabilities, threshold)
+    rules = {
+        "no gate": np.zeros(len(index), bool),
+        "max probability / min area": gate.lesion_free_by_mask(
+            probabilities, threshold, max_probability, min_area
+        ),
+    }
+    record = {
+        "gate_threshold": None,
+        "gate_criterion": "mean per-image Dice over all images, a lesion-free normal image scoring 1 (gate module)",
+        "mask_rule": {"max_probability": max_probability, "min_area": min_area},
+    }
+    if classes is not None:
+        gate_threshold, gate_curve = gate.choose_gate_threshold(masks, probabilities, classes, threshold)
+        rules["classification head"] = gate.lesion_free_by_class(classes, gate_threshold)
+        labels = index["label"].to_numpy()
+        record.update(
+            {
+                "gate_threshold": gate_threshold,
+                "gate_curve": gate_curve.to_dict("records"),
+                "classification_summary": classification_metrics.classification_summary(
+                    labels, classes, seed=seed
+                ).to_dict("records"),
+            }
+        )
+    comparison = gate.compare_rules(masks, probabilities, index, threshold, rules, seed=seed)
+    record["gate_comparison"] = comparison.to_dict("records")
+    return record
 
 
 def read_out_of_fold_threshold(run_dir: str | os.PathLike) -> tuple[float, pd.DataFrame, pd.DataFrame]:
@@ -597,11 +685,17 @@ def _score_fold(fold, fold_dir, history, index, images, masks, part, seed) -> tu
     val_rows, test_rows = part["val"], part["test"]
     threshold, curve = evaluation.choose_threshold(masks[val_rows], inference.predict(best, images[val_rows]))
     test_frame = index.iloc[test_rows]
+    if unet.has_class_head(best):
+        test_probabilities, classes = inference.predict(best, images[test_rows], with_classes=True)
+    else:
+        test_probabilities, classes = inference.predict(best, images[test_rows]), None
     per_image, summary = evaluation.evaluate(
-        masks[test_rows], inference.predict(best, images[test_rows]), test_frame, threshold, seed=seed
+        masks[test_rows], test_probabilities, test_frame, threshold, seed=seed
     )
     atomic_io.write_csv(fold_dir / SUMMARY_CSV, summary)
     per_image.insert(0, "fold", fold)
+    if classes is not None:  # each held-out image's class probabilities, from the fold's model
+        per_image = classification_metrics.add_class_columns(per_image, classes)
     groups = summary.set_index("group")
     result = {
         "fold": fold,

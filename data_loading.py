@@ -29,6 +29,7 @@ import pandas as pd
 
 import atomic_io
 import augmentation
+import class_labels
 import image_io
 from class_labels import CLASSES, LESION_CLASSES
 
@@ -594,6 +595,18 @@ def load_dataset(
 # --------------------------------------------------------------------------------------------
 
 
+def _one_hot_labels(labels: Sequence[str] | None, n_images: int) -> np.ndarray:
+    """`class_labels.one_hot` of `labels` (``(N, 3)`` float32), or ``(N, 0)`` zeros when None."""
+    if labels is None:
+        return np.zeros((n_images, 0), np.float32)
+    labels = np.asarray(labels, dtype=object)
+    if labels.shape != (n_images,):
+        raise ValueError(
+            f"Expected one class label per image, shape ({n_images},); received labels of shape {labels.shape}."
+        )
+    return class_labels.one_hot(labels)
+
+
 def make_tf_dataset(
     images: np.ndarray,
     masks: np.ndarray,
@@ -601,6 +614,7 @@ def make_tf_dataset(
     training: bool = False,
     augment: bool | str = True,
     seed: int = 0,
+    labels: Sequence[str] | None = None,
 ):
     """Builds the `tf.data` input pipeline.
 
@@ -610,7 +624,9 @@ def make_tf_dataset(
     draws, yet a run is reproducible from the seed. Evaluation: in order, no augmentation.
     Maps run with ``num_parallel_calls=AUTOTUNE`` and deterministic order; batches are
     prefetched; tf.data's autotuning model is disabled (see the comment in the code). Masks are
-    yielded as float32 for the loss.
+    yielded as float32 for the loss. With `labels`, each image's class travels with it (through
+    shuffling; augmentation leaves it alone) as the target of a model with the classification
+    head (``model.build_unet(..., classifier=True)``).
 
     Args:
         images: ``(N, H, W, 1)`` float32 in [0, 1].
@@ -620,11 +636,22 @@ def make_tf_dataset(
         augment: the augmentation when training: one of `augmentation.AUGMENTATIONS`
             ("basic", "ultrasound"), True for `augmentation.DEFAULT_AUGMENTATION`, False for none.
         seed: shuffling and augmentation seed.
+        labels: None, or ``(N,)`` class names in ``class_labels.CLASSES`` aligned with
+            `images` (e.g. the index's ``label`` column).
 
     Returns:
-        A `tf.data.Dataset` of ``(images, masks)`` batches: ``(B, H, W, 1)`` float32 each.
+        A `tf.data.Dataset` of ``(images, masks)`` batches: ``(B, H, W, 1)`` float32 each; with
+        `labels`, of ``(images, {"mask": masks, "class": one_hot})`` batches, ``one_hot``
+        ``(B, 3)`` float32 in {0, 1} (`class_labels.one_hot`; keys ``model.MASK_OUTPUT`` and
+        ``model.CLASS_OUTPUT``).
+
+    Raises:
+        ValueError: images and masks of different or non-``(N, H, W, 1)`` shapes, a batch size
+            under 1, or labels that are not one known class per image.
     """
     import tensorflow as tf
+
+    from model import CLASS_OUTPUT, MASK_OUTPUT
 
     images, masks = np.asarray(images), np.asarray(masks)
     if images.ndim != 4 or images.shape[-1] != 1 or images.shape != masks.shape:
@@ -638,20 +665,24 @@ def make_tf_dataset(
         raise ValueError(
             f"Expected augment to be True, False or one of {augmentation.AUGMENTATIONS}; received {augment!r}."
         )
+    classes = _one_hot_labels(labels, len(images))
     autotune = tf.data.AUTOTUNE
-    dataset = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), masks.astype(np.uint8)))
+    dataset = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), masks.astype(np.uint8), classes))
     if training:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
         if recipe is not False:
             seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
             dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-                lambda pair, s: augmentation.augment_pair(pair[0], pair[1], s, recipe),
+                lambda triple, s: (*augmentation.augment_pair(triple[0], triple[1], s, recipe), triple[2]),
                 num_parallel_calls=autotune,
                 deterministic=True,
             )
-    dataset = dataset.map(
-        lambda x, y: (x, tf.cast(y, tf.float32)), num_parallel_calls=autotune, deterministic=True
-    )
+
+    def targets(image, mask, one_hot):
+        mask = tf.cast(mask, tf.float32)
+        return (image, mask) if labels is None else (image, {MASK_OUTPUT: mask, CLASS_OUTPUT: one_hot})
+
+    dataset = dataset.map(targets, num_parallel_calls=autotune, deterministic=True)
     # tf.data's autotuning model is off: its background thread made deleting an iterator wait until
     # its next optimisation time (10.24 s, 20.48 s, 40.96 s ... after the iterator was created) while
     # training kept the CPU busy, so a `fit` call could end with seconds of idle time (up to 3 s per

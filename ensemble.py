@@ -1,7 +1,9 @@
 """A fold ensemble: the k fold models of a `cross_validation.cross_validate` run, applied together.
 
 Formula:
-    ``p_ensemble(x) = (p_1(x) + ... + p_k(x)) / k``, with ``p_j`` fold ``j``'s ``best.keras``.
+    ``p_ensemble(x) = (p_1(x) + ... + p_k(x)) / k``, with ``p_j`` fold ``j``'s ``best.keras``;
+    for fold models with the classification head, likewise the class probabilities
+    ``c_ensemble(x) = (c_1(x) + ... + c_k(x)) / k`` (rows still sum to 1).
 
 The ensemble is one functional Keras model: an input, the k fold models as nested layers
 (``fold_1`` ... ``fold_k``), and a `keras.layers.Average` (``fold_mean``). Everything that takes
@@ -36,6 +38,7 @@ from evaluation import DEFAULT_THRESHOLD
 ENSEMBLE_NAME = "fold_ensemble"
 FOLD_NAME = "fold_{fold}"  # name of fold k's nested model, 1-based
 MEAN_LAYER = "fold_mean"
+CLASS_MEAN_LAYER = "fold_class_mean"  # the mean of the class probabilities (fold models with the head)
 
 
 def build_ensemble(models: Sequence[keras.Model]) -> keras.Model:
@@ -47,14 +50,17 @@ def build_ensemble(models: Sequence[keras.Model]) -> keras.Model:
 
     Args:
         models: two or more models with one fixed input shape ``(h, w, 1)``, each mapping
-            ``(B, h, w, 1)`` float32 images to ``(B, h, w, 1)`` probabilities in [0, 1].
+            ``(B, h, w, 1)`` float32 images to ``(B, h, w, 1)`` probabilities in [0, 1]; or all
+            with the classification head, each returning ``{"mask": ..., "class": (B, 3)}``.
 
     Returns:
         A functional model, ``(B, h, w, 1)`` float32 in [0, 1] in and out, named
-        `ENSEMBLE_NAME`.
+        `ENSEMBLE_NAME`; for models with the head, returning ``{"mask": the mean mask
+        probability, "class": the mean class probabilities}`` (`CLASS_MEAN_LAYER`).
 
     Raises:
-        ValueError: fewer than two models, or models that take different input shapes.
+        ValueError: fewer than two models, models that take different input shapes, or models
+            of which only some have the classification head.
 
     Example:
         >>> ensemble = build_ensemble([model_io.load_model(p, compile=False) for p in paths])
@@ -69,13 +75,24 @@ def build_ensemble(models: Sequence[keras.Model]) -> keras.Model:
             f"Expected models that take one input shape; received {shapes} (model 1 first). Average only the "
             f"folds of one run."
         )
+    heads = [unet.has_class_head(model) for model in models]
+    if len(set(heads)) != 1:
+        raise ValueError(
+            f"Expected models all with or all without the classification head; received heads {heads} "
+            f"(model 1 first). Average only the folds of one run."
+        )
     inputs = keras.Input(shapes[0], name="image")
-    outputs = []
+    masks, classes = [], []
     for fold, model in enumerate(models, start=1):
         model = unet.portable_model(model)  # itself, unless it has fused batch norm layers
         wrapped = keras.Model(model.input, model.output, name=FOLD_NAME.format(fold=fold))
-        outputs.append(wrapped(inputs))
-    mean = keras.layers.Average(name=MEAN_LAYER, dtype="float32")(outputs)
+        mask, class_probabilities = unet.split_outputs(wrapped(inputs))
+        masks.append(mask)
+        classes.append(class_probabilities)
+    mean = keras.layers.Average(name=MEAN_LAYER, dtype="float32")(masks)
+    if heads[0]:
+        class_mean = keras.layers.Average(name=CLASS_MEAN_LAYER, dtype="float32")(classes)
+        mean = {unet.MASK_OUTPUT: mean, unet.CLASS_OUTPUT: class_mean}
     return keras.Model(inputs, mean, name=ENSEMBLE_NAME)
 
 

@@ -29,6 +29,13 @@ Outputs in ``OUT`` (created if missing), each written atomically:
   median Dice and IoU and their 95 % bootstrap CIs, and for normal images ``fp_fraction`` (any
   predicted pixel) and ``fp_over_1pct_fraction`` (over 1 % of the image predicted);
 - ``skipped.csv``: ``file``, ``image_id``, ``reason`` for every file left out;
+- ``detection.csv``: specificity (normal images kept empty) and lesion detection rate (lesion
+  images with any overlap) with 95 % bootstrap CIs (`evaluation.detection_summary`);
+- for a model with the classification head: the class columns in ``per_image.csv``
+  (`segment_images.CLASS_COLUMNS`), ``classification.csv`` (accuracy, recall per class, ROC AUC
+  lesion vs normal and benign vs malignant with CIs), ``confusion_matrix.png`` and
+  ``roc_curves.png``. Its masks are gated at the run's stored ``gate_threshold`` (`gate`;
+  ``--no-gate`` scores every mask as predicted);
 - ``dice_by_class.png`` and ``best_worst.png`` (the best and worst lesion cases; their panels
   are letterboxed to `DISPLAY_SIDE` px for display only).
 
@@ -67,13 +74,16 @@ quiet.import_tensorflow()  # before the imports below: keeps TensorFlow's start-
 
 import atomic_io  # noqa: E402
 import class_labels  # noqa: E402
+import classification_metrics  # noqa: E402
 import cli  # noqa: E402
 import data_loading  # noqa: E402
 import ensemble  # noqa: E402
 import evaluation  # noqa: E402
 import folder_index  # noqa: E402
+import gate  # noqa: E402
 import image_io  # noqa: E402
 import inference  # noqa: E402
+import model as unet  # noqa: E402
 import overlays  # noqa: E402
 import segment_images  # noqa: E402  (default_threshold: the run's threshold from results.json)
 import visualization  # noqa: E402
@@ -89,8 +99,13 @@ N_SHOWN = 4  # best and worst lesion cases shown
 
 # A function from images as decoded ((H, W) or (H, W, C) uint8 or uint16, any sizes; see
 # `inference.segment_many`) and their names to probability maps at each image's size
-# ((H, W) float32 in [0, 1]).
-Predict = Callable[[Sequence[np.ndarray], Sequence[str]], list[np.ndarray]]
+# ((H, W) float32 in [0, 1]) and, for a model with the classification head, the (N, 3) class
+# probabilities (None without the head).
+Predict = Callable[[Sequence[np.ndarray], Sequence[str]], tuple[list[np.ndarray], np.ndarray | None]]
+DETECTION_CSV = "detection.csv"
+CLASSIFICATION_CSV = "classification.csv"
+CONFUSION_FIGURE = "confusion_matrix.png"
+ROC_FIGURE = "roc_curves.png"
 
 
 def load_predictor(
@@ -109,7 +124,8 @@ def load_predictor(
 
     Returns:
         ``(predict, min_side, description)``: `Predict` (`inference.segment_many`'s
-        probabilities, at each image's size), the smallest image side the model accepts
+        probabilities, at each image's size, and the class probabilities of a model with the
+        classification head), the smallest image side the model accepts
         (`inference.min_image_side`), and a line describing the model for the log.
 
     Raises:
@@ -120,8 +136,15 @@ def load_predictor(
     model, name = ensemble.load_model(model_path)
     input_size = inference.model_input_size(model)
 
-    def predict(images: Sequence[np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
-        return inference.segment_many(model, images, tta=tta, batch_size=batch_size, names=names)[1]
+    def predict(
+        images: Sequence[np.ndarray], names: Sequence[str]
+    ) -> tuple[list[np.ndarray], np.ndarray | None]:
+        if unet.has_class_head(model):
+            _, maps, classes = inference.segment_many_with_classes(
+                model, images, tta=tta, batch_size=batch_size, names=names
+            )
+            return maps, classes
+        return inference.segment_many(model, images, tta=tta, batch_size=batch_size, names=names)[1], None
 
     description = f"{name} (input {input_size[0]}x{input_size[1]}, tta {'hflip' if tta else 'off'})"
     return predict, inference.min_image_side(input_size), description
@@ -134,6 +157,7 @@ def score_folder(
     min_side: int = 1,
     batch_size: int = 16,
     n_shown: int = N_SHOWN,
+    gate_threshold: float | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray, list[dict[str, str]], dict[str, Any]]:
     """Segments and scores every image of an index at its original size, `batch_size` at a time.
 
@@ -147,10 +171,13 @@ def score_folder(
         min_side: images with a shorter side are skipped (the model cannot take them).
         batch_size: images read and predicted at a time.
         n_shown: best and worst lesion cases kept for the figure.
+        gate_threshold: for a model with the classification head, the gate (`gate`): images
+            whose ``1 - p_normal`` is below it are scored with an empty mask; None for no gate.
 
     Returns:
         ``(per_image, pixels, skipped, shown)``: the table of `evaluation.score_original_size`
-        (index order, skipped images left out), each image's pixel count ``(N,)`` int64, the
+        (index order, skipped images left out; for a model with the head plus the class
+        columns of `segment_images.class_table`), each image's pixel count ``(N,)`` int64, the
         skipped images as ``{"file", "image_id", "reason"}``, and ``shown`` with ``images``,
         ``truths``, ``predictions`` (``(K, DISPLAY_SIDE, DISPLAY_SIDE)``) and ``rows`` (their
         rows of ``per_image``) for `overlays.plot_best_worst`.
@@ -160,8 +187,13 @@ def score_folder(
         images, greys, masks, frame = _read_batch(index.iloc[start : start + batch_size], min_side, skipped)
         if frame.empty:
             continue
-        probabilities = predict(images, frame["image_id"].tolist())
+        probabilities, classes = predict(images, frame["image_id"].tolist())
+        if classes is not None and gate_threshold is not None:
+            lesion_free = gate.lesion_free_by_class(classes, gate_threshold)
+            probabilities = [np.zeros_like(p) if free else p for p, free in zip(probabilities, lesion_free)]
         table = evaluation.score_original_size(masks, probabilities, frame, threshold)
+        if classes is not None:
+            table = segment_images.class_table(table, classes, gate_threshold)
         offset = sum(len(t) for t in tables)
         for i, record in enumerate(table.to_dict("records")):
             if record["label"] in class_labels.LESION_CLASSES:
@@ -248,6 +280,8 @@ def write_outputs(
     if np.isfinite(per_image["dice"].to_numpy(dtype=float)).any():
         visualization.plot_dice_distribution(per_image, output_dir / DICE_FIGURE)
         written.append(output_dir / DICE_FIGURE)
+    written.append(atomic_io.write_csv(output_dir / DETECTION_CSV, evaluation.detection_summary(per_image)))
+    written += _write_classification(output_dir, per_image)
     if len(shown["rows"]):
         overlays.plot_best_worst(
             shown["images"],
@@ -259,6 +293,25 @@ def write_outputs(
         )
         written.append(output_dir / BEST_WORST_FIGURE)
     return written
+
+
+def _write_classification(output_dir: Path, per_image: pd.DataFrame) -> list[Path]:
+    """For a model with the classification head: its summary table, confusion matrix and ROC curves."""
+    if "p_normal" not in per_image.columns or per_image.empty:
+        return []
+    labels, classes = (
+        per_image["label"].to_numpy(),
+        per_image[list(class_labels.PROBABILITY_COLUMNS)].to_numpy(),
+    )
+    summary = classification_metrics.classification_summary(labels, classes)
+    print(
+        "\nclassification head (95% bootstrap CIs):\n"
+        + classification_metrics.format_classification_summary(summary)
+    )
+    visualization.plot_confusion_matrix(labels, classes, output_dir / CONFUSION_FIGURE)
+    visualization.plot_roc_curves(labels, classes, output_dir / ROC_FIGURE)
+    csv = atomic_io.write_csv(output_dir / CLASSIFICATION_CSV, summary)
+    return [csv, output_dir / CONFUSION_FIGURE, output_dir / ROC_FIGURE]
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,6 +360,18 @@ def check_arguments(args: argparse.Namespace) -> None:
         )
 
 
+def _gate(args: argparse.Namespace) -> tuple[float | None, str]:
+    """The gate threshold stored with the run (`segment_images.default_gate_threshold`), or None with --no-gate.
+
+    A model without the classification head ignores it (its predictor returns no classes)."""
+    if args.no_gate:
+        return None, "off (--no-gate)"
+    gate_threshold, source = segment_images.default_gate_threshold(args.model)
+    if gate_threshold is None:
+        return None, source
+    return gate_threshold, f"{gate_threshold:.2f} on 1 - p_normal for a model with the head ({source})"
+
+
 def _threshold(args: argparse.Namespace) -> tuple[float, str]:
     if args.threshold is not None:
         return args.threshold, "given"
@@ -352,6 +417,12 @@ def _parser() -> argparse.ArgumentParser:
         "in a cross-validation run folder), else 0.5",
     )
     parser.add_argument("--tta", action="store_true", help="average over the horizontal flip")
+    parser.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="score every mask as predicted: no gate for a model with the classification head "
+        "(default: the gate threshold stored with the run, if any)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(
         "--n-bootstrap", type=int, default=evaluation.N_BOOTSTRAP, help="bootstrap resamples for the CIs"
@@ -370,7 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         index = folder_index.index_folder(args.images, args.masks, labels, args.mask_colours, on_error="skip")
         threshold, source = _threshold(args)
         predict, min_side, description = load_predictor(args.model, args.tta, args.batch_size)
-    print(f"model {description}; threshold {threshold:.3f} ({source})", flush=True)
+        gate_threshold, gate_source = _gate(args)
+    print(f"model {description}; threshold {threshold:.3f} ({source}); gate {gate_source}", flush=True)
     print(data_loading.format_index_summary(data_loading.summarize_index(index)))
     ignored = [
         {
@@ -382,7 +454,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     for entry in ignored:
         print(f"  - {entry['file']}: {entry['reason']}")
-    per_image, pixels, unscored, shown = score_folder(predict, index, threshold, min_side, args.batch_size)
+    per_image, pixels, unscored, shown = score_folder(
+        predict, index, threshold, min_side, args.batch_size, gate_threshold=gate_threshold
+    )
     for entry in unscored:
         print(f"not scored: {entry['file']}: {entry['reason']}")
     if per_image.empty:

@@ -461,6 +461,41 @@ def summarize_per_image(
     return pd.DataFrame(rows)
 
 
+def detection_summary(per_image: pd.DataFrame, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> pd.DataFrame:
+    """Image-level detection: normal images kept empty, lesion images found, with bootstrap 95% CIs.
+
+    Formula:
+        ``specificity = #(normal images with no predicted pixel) / #(normal images)``;
+        ``detection_rate = #(lesion images with any overlap, TP > 0) / #(lesion images)``.
+    A lesion image found only by pixels outside its lesion is not detected.
+
+    Args:
+        per_image: from `evaluate` or `evaluate_original_size` (columns ``label``, ``recall``,
+            ``pred_area``); recall > 0 means at least one true positive pixel.
+        n_bootstrap: bootstrap resamples (`bootstrap_ci`).
+        seed: bootstrap seed.
+
+    Returns:
+        Two rows, ``metric`` ``specificity`` and ``detection_rate``, with ``value``, ``ci_low``,
+        ``ci_high`` (NaN without images of the kind) and ``n`` (images counted).
+    """
+    missing = [c for c in ("label", "recall", "pred_area") if c not in per_image.columns]
+    if missing:
+        raise ValueError(f"Expected a per-image table as evaluate returns; missing columns {missing}.")
+    normal = per_image["label"] == "normal"
+    lesion = per_image["label"].isin(LESION_CLASSES)
+    outcomes = {
+        "specificity": (per_image.loc[normal, "pred_area"] == 0).to_numpy(np.float64),
+        "detection_rate": (per_image.loc[lesion, "recall"] > 0).to_numpy(np.float64),
+    }
+    rows = []
+    for metric, values in outcomes.items():
+        low, high = bootstrap_ci(values, n_bootstrap, CONFIDENCE, seed)
+        value = float(values.mean()) if len(values) else float("nan")
+        rows.append({"metric": metric, "value": value, "ci_low": low, "ci_high": high, "n": len(values)})
+    return pd.DataFrame(rows)
+
+
 def format_summary(summary: pd.DataFrame) -> str:
     """One line per group: ``lesion    (n= 97): Dice 0.712 [0.672, 0.750] median 0.810; IoU ...``."""
     lines = []

@@ -1,6 +1,7 @@
 """Applying a trained model: probabilities for a batch, and the mask of one image of any size.
 
-`predict` runs the model batch by batch (optionally averaging over the horizontal flip);
+`predict` runs the model batch by batch (optionally averaging over the horizontal flip), and
+returns the class probabilities of a model with the classification head too when asked;
 `segment` takes an image of any size, predicts at the model's input size, resizes the
 probabilities back to the image's size and thresholds them there. The notebook, the folder
 command `segment_images.py` and every other caller segment images through `segment`.
@@ -16,8 +17,11 @@ import keras
 import numpy as np
 from keras import ops
 
+import gate
 import image_io
 import mask_processing
+import model as unet
+from class_labels import CLASSES
 from evaluation import DEFAULT_THRESHOLD
 
 ACCEPTED_CHANNELS = (1, 3, 4)
@@ -28,7 +32,13 @@ MAX_UPSCALE = 4
 TTA_TRANSFORMS = ("hflip",)  # test-time augmentation in `predict`: exactly invertible, anatomically plausible
 
 
-def predict(model: keras.Model, images: np.ndarray, batch_size: int = 16, tta: bool = False) -> np.ndarray:
+def predict(
+    model: keras.Model,
+    images: np.ndarray,
+    batch_size: int = 16,
+    tta: bool = False,
+    with_classes: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Predicts lesion probabilities batch by batch (memory bounded by `batch_size`).
 
     Test-time augmentation (``tta=True``) averages the prediction of each image with the
@@ -36,7 +46,9 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int = 16, tta: b
     images per batch, so about twice the time):
 
     Formula:
-        ``p_tta = (f(x) + flip(f(flip(x)))) / 2`` with ``flip`` the left-right mirror.
+        ``p_tta = (f(x) + flip(f(flip(x)))) / 2`` with ``flip`` the left-right mirror; the class
+        probabilities of a model with the classification head are averaged likewise,
+        ``(c(x) + c(flip(x))) / 2``.
 
     Only the horizontal flip is used (`TTA_TRANSFORMS`): it is exactly invertible on the pixel
     grid (no interpolation) and anatomically plausible, as a probe can be held either way
@@ -45,13 +57,21 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int = 16, tta: b
     down. Rotations and rescaling would need interpolation, so they are not exactly invertible.
 
     Args:
-        model: maps ``(B, H, W, 1)`` to ``(B, H, W, 1)`` probabilities.
+        model: maps ``(B, H, W, 1)`` to ``(B, H, W, 1)`` probabilities, or to the dict of a
+            model with the classification head (``model.build_unet(..., classifier=True)``).
         images: ``(N, H, W, 1)`` float32 in [0, 1].
         batch_size: images per forward pass (``2 * batch_size`` with `tta`).
         tta: average over the horizontal flip.
+        with_classes: return the class probabilities too (the model needs the head).
 
     Returns:
-        ``(N, H, W, 1)`` float32 in [0, 1].
+        ``(N, H, W, 1)`` float32 in [0, 1]; with `with_classes`, the tuple ``(probabilities,
+        classes)`` with ``classes`` ``(N, 3)`` float32 in [0, 1], each row summing to 1, in the
+        order of ``class_labels.CLASSES``.
+
+    Raises:
+        ValueError: images not ``(N, H, W, 1)`` at the model's input size, or `with_classes`
+            for a model without the classification head.
     """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4:
@@ -63,20 +83,32 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int = 16, tta: b
             f"data at the model's image size (image_size={expected[0]}), or use segment() for one image "
             f"of any size."
         )
-    out = np.empty(images.shape[:3] + (1,), dtype=np.float32)
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        if tta:
-            both = np.concatenate([batch, batch[:, :, ::-1]])
-            probabilities = ops.convert_to_numpy(model(both, training=False)).astype(np.float32)
-            out[start : start + len(batch)] = (
-                probabilities[: len(batch)] + probabilities[len(batch) :, :, ::-1]
-            ) / 2
-            continue
-        out[start : start + len(batch)] = ops.convert_to_numpy(model(batch, training=False)).astype(
-            np.float32
+    if with_classes and not unet.has_class_head(model):
+        raise ValueError(
+            "Expected a model with the classification head for with_classes=True (build_unet(..., "
+            "classifier=True)); received one that returns masks only. Leave out with_classes."
         )
-    return out
+    out = np.empty(images.shape[:3] + (1,), dtype=np.float32)
+    classes = np.empty((len(images), len(CLASSES)), dtype=np.float32)
+    for start in range(0, len(images), batch_size):
+        stop = min(start + batch_size, len(images))
+        out[start:stop], batch_classes = _predict_batch(model, images[start:stop], tta)
+        if with_classes:
+            classes[start:stop] = batch_classes
+    return (out, classes) if with_classes else out
+
+
+def _predict_batch(model: keras.Model, batch: np.ndarray, tta: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """One forward pass (of the batch and its mirror with `tta`): ``(probabilities, classes or None)``."""
+    inputs = np.concatenate([batch, batch[:, :, ::-1]]) if tta else batch
+    mask, classes = unet.split_outputs(model(inputs, training=False))
+    mask = ops.convert_to_numpy(mask).astype(np.float32)
+    classes = None if classes is None else ops.convert_to_numpy(classes).astype(np.float32)
+    if not tta:
+        return mask, classes
+    n = len(batch)
+    mask = (mask[:n] + mask[n:, :, ::-1]) / 2
+    return mask, None if classes is None else (classes[:n] + classes[n:]) / 2
 
 
 def segment(
@@ -142,29 +174,96 @@ def segment_many(
         ValueError: a bad argument, or an image that `to_grey_checked` refuses (the message
             names it).
     """
+    _check_segment_settings(threshold, min_area, batch_size)
+    masks, probabilities, _ = _segment(
+        model, greys_checked(model, images, names), threshold, min_area, tta, batch_size
+    )
+    return masks, probabilities
+
+
+def segment_many_with_classes(
+    model: keras.Model,
+    images: Sequence[np.ndarray],
+    threshold: float = DEFAULT_THRESHOLD,
+    gate_threshold: float | None = None,
+    min_area: int | None = None,
+    tta: bool = False,
+    batch_size: int = 16,
+    names: Sequence[str] | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """`segment_many` for a model with the classification head: masks, probabilities and classes, gated.
+
+    The gate (`gate.lesion_free_by_class`): an image whose lesion probability ``1 - p_normal``
+    is below `gate_threshold` is declared lesion-free and its mask is emptied; its probability
+    map is returned as predicted.
+
+    Args:
+        model: a trained U-Net with the classification head (``build_unet(..., classifier=True)``).
+        images, threshold, min_area, tta, batch_size, names: as `segment_many`.
+        gate_threshold: in [0, 1) (the one chosen on validation, `gate.choose_gate_threshold`),
+            or None for no gate.
+
+    Returns:
+        ``(masks, probabilities, classes)``: as `segment_many`, and ``(N, 3)`` float32 class
+        probabilities in the order of ``class_labels.CLASSES``.
+
+    Raises:
+        ValueError: as `segment_many`, a model without the head, or a gate threshold outside [0, 1).
+    """
+    if not unet.has_class_head(model):
+        raise ValueError(
+            "Expected a model with the classification head (build_unet(..., classifier=True)); received one "
+            "that returns masks only. Use segment_many."
+        )
+    _check_segment_settings(threshold, min_area, batch_size)
+    greys = greys_checked(model, images, names)
+    masks, probabilities, classes = _segment(model, greys, threshold, min_area, tta, batch_size)
+    if gate_threshold is not None:
+        lesion_free = gate.lesion_free_by_class(classes, gate_threshold)
+        masks = [np.zeros_like(mask) if free else mask for mask, free in zip(masks, lesion_free)]
+    return masks, probabilities, classes
+
+
+def greys_checked(
+    model: keras.Model, images: Sequence[np.ndarray], names: Sequence[str] | None
+) -> list[np.ndarray]:
+    """Every image validated and converted to grey (`to_grey_checked`), before any prediction."""
+    names = [f"image {i}" for i in range(len(images))] if names is None else list(names)
+    if len(names) != len(images):
+        raise ValueError(
+            f"Expected one name per image; received {len(names)} names for {len(images)} images."
+        )
+    min_side = min_image_side(model_input_size(model))
+    return [to_grey_checked(image, name, min_side) for image, name in zip(images, names)]
+
+
+def _check_segment_settings(threshold: float, min_area: int | None, batch_size: int) -> None:
     if not 0 < threshold < 1:
         raise ValueError(f"Expected threshold in (0, 1); received {threshold}.")
     if min_area is not None and min_area < 0:
         raise ValueError(f"Expected min_area >= 0 or None; received {min_area}.")
     if batch_size < 1:
         raise ValueError(f"Expected batch_size >= 1; received {batch_size}.")
-    names = [f"image {i}" for i in range(len(images))] if names is None else list(names)
-    if len(names) != len(images):
-        raise ValueError(
-            f"Expected one name per image; received {len(names)} names for {len(images)} images."
-        )
+
+
+def _segment(model, greys, threshold, min_area, tta, batch_size):
+    """Masks and probability maps at each grey image's size, and class probabilities (None without the head)."""
     input_size = model_input_size(model)
-    min_side = min_image_side(input_size)
-    greys = [to_grey_checked(image, name, min_side) for image, name in zip(images, names)]
-    masks, probabilities = [], []
+    head = unet.has_class_head(model)
+    masks, probabilities, classes = [], [], []
     for start in range(0, len(greys), batch_size):
         chunk = greys[start : start + batch_size]
         batch = np.stack([image_io.resize_image(grey, input_size) for grey in chunk])
-        for grey, probability in zip(chunk, predict(model, batch, batch_size=batch_size, tta=tta)):
+        predicted = predict(model, batch, batch_size=batch_size, tta=tta, with_classes=head)
+        maps, batch_classes = predicted if head else (predicted, None)
+        for grey, probability in zip(chunk, maps):
             mask, resized = probabilities_to_mask(probability, grey.shape, threshold, min_area)
             masks.append(mask)
             probabilities.append(resized)
-    return masks, probabilities
+        if head:
+            classes.append(batch_classes)
+    classes = np.concatenate(classes) if head and classes else np.zeros((0, len(CLASSES)), np.float32)
+    return masks, probabilities, classes if head else None
 
 
 def model_input_size(model) -> tuple[int, int]:

@@ -13,11 +13,18 @@ Image Segmentation", with 'same' padding so that the output keeps the input's sp
   upsamples with a 2x2, stride-2 ``Conv2DTranspose`` (no activation) that halves the channels,
   concatenates the encoder stage's output (the skip connection) and runs two 3x3 convolutions.
 - a 1x1 ``Conv2D`` head with a sigmoid, always computed in float32.
+- optionally (``classifier=True``) a classification head on the bottleneck: global average
+  pooling, one ``Dense`` layer of ``CLASS_HEAD_UNITS`` with a ReLU, Dropout
+  (``CLASS_HEAD_DROPOUT``) and a ``Dense`` softmax over ``class_labels.CLASSES`` (benign,
+  malignant, normal, in that order), computed in float32 like the mask head. Such a model
+  returns a dict ``{"mask": (B, H, W, 1), "class": (B, 3)}`` (`MASK_OUTPUT`, `CLASS_OUTPUT`)
+  from one forward pass; without the head it returns the mask tensor alone, as before.
 
 Layer names, e.g. for stage 1: ``encoder_stage1_conv1``, ``encoder_stage1_bn1``,
 ``encoder_stage1_relu1``, ..., ``encoder_stage1_pool``, ``bottleneck_conv1``,
 ``bottleneck_dropout``, ``decoder_stage1_upsample``, ``decoder_stage1_concat``,
-``decoder_stage1_conv2``, ``head``.
+``decoder_stage1_conv2``, ``head``; the classification head's ``classifier_pool``,
+``classifier_dense``, ``classifier_dropout``, ``classifier_head``.
 
 Batch normalisation: with ``dtype_policy="float32"`` (and ``fused_batch_norm=True``, the default)
 the BatchNorm layers are `FusedBatchNormalization`: Keras's ``BatchNormalization`` (same weights,
@@ -42,6 +49,8 @@ from numbers import Real
 import keras
 import tensorflow as tf
 
+from class_labels import CLASSES
+
 DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 OUTPUT_DTYPE = "float32"
 STANDARDIZE_EPSILON = 1e-3  # added to the variance; an image of one grey level maps to zeros
@@ -49,6 +58,10 @@ KERNEL_SIZE = 3
 POOL_SIZE = 2
 UPSAMPLE_SIZE = 2
 CONVS_PER_STAGE = 2
+MASK_OUTPUT = "mask"  # output names of a model with the classification head
+CLASS_OUTPUT = "class"
+CLASS_HEAD_UNITS = 64  # width of the classification head's hidden Dense layer
+CLASS_HEAD_DROPOUT = 0.3  # Dropout rate between that layer and the softmax
 # Parameters of the classic U-Net: input (256, 256, 1), base_filters=64, depth=4, no BatchNorm.
 CLASSIC_UNET_PARAMS = 31_030_593
 # A training step (forward, gradients w.r.t. activations and w.r.t. weights) costs about three
@@ -224,6 +237,52 @@ def _conv_block(
     return x
 
 
+def _class_head(bottleneck: keras.KerasTensor, dtype_policy: str) -> keras.KerasTensor:
+    """Pooling, Dense + ReLU, Dropout and a float32 softmax over `CLASSES`: ``(B, len(CLASSES))``."""
+    x = keras.layers.GlobalAveragePooling2D(dtype=dtype_policy, name="classifier_pool")(bottleneck)
+    x = keras.layers.Dense(
+        CLASS_HEAD_UNITS,
+        activation="relu",
+        kernel_initializer="he_normal",
+        dtype=dtype_policy,
+        name="classifier_dense",
+    )(x)
+    x = keras.layers.Dropout(CLASS_HEAD_DROPOUT, dtype=dtype_policy, name="classifier_dropout")(x)
+    return keras.layers.Dense(len(CLASSES), activation="softmax", dtype=OUTPUT_DTYPE, name="classifier_head")(
+        x
+    )
+
+
+def has_class_head(model: keras.Model) -> bool:
+    """Whether `model` returns class probabilities too (``build_unet(..., classifier=True)``, or a
+    fold ensemble of such models): its output is a dict with `CLASS_OUTPUT` and `MASK_OUTPUT`."""
+    output = model.output
+    return isinstance(output, dict) and CLASS_OUTPUT in output and MASK_OUTPUT in output
+
+
+def split_outputs(outputs) -> tuple:
+    """``(mask, classes)`` from what a model returned: `classes` is None for a model without the head.
+
+    Args:
+        outputs: a ``(B, H, W, 1)`` tensor or array, or a dict with `MASK_OUTPUT` and `CLASS_OUTPUT`
+            (``(B, len(CLASSES))``).
+
+    Returns:
+        ``(mask, classes)``, unchanged (tensors stay tensors).
+
+    Raises:
+        ValueError: a dict without both keys.
+    """
+    if not isinstance(outputs, dict):
+        return outputs, None
+    if set(outputs) != {MASK_OUTPUT, CLASS_OUTPUT}:
+        raise ValueError(
+            f"Expected model outputs {MASK_OUTPUT!r} and {CLASS_OUTPUT!r} (build_unet with classifier=True); "
+            f"received {sorted(outputs)}."
+        )
+    return outputs[MASK_OUTPUT], outputs[CLASS_OUTPUT]
+
+
 def build_unet(
     input_shape: Sequence[int] = (256, 256, 1),
     base_filters: int = 64,
@@ -234,6 +293,7 @@ def build_unet(
     name: str = "unet",
     fused_batch_norm: bool = True,
     standardize_input: bool = False,
+    classifier: bool = False,
 ) -> keras.Model:
     """Builds a U-Net that maps images to per-pixel lesion probabilities.
 
@@ -244,6 +304,7 @@ def build_unet(
         bottleneck:      9*f_d*2f_d + 2f_d + 9*2f_d*2f_d + 2f_d, with f_d = f_depth
         decoder stage i: 4*2f_i*f_i + f_i (upsample) + 9*2f_i*f_i + f_i + 9*f_i*f_i + f_i
         head:            f_1 + 1
+        classifier:      2f_d*U + U + U*K + K, with U = CLASS_HEAD_UNITS, K = len(CLASSES)
 
     With input (256, 256, 1), ``base_filters=64``, ``depth=4`` and ``batch_norm=False`` this is
     the classic U-Net with 31,030,593 parameters (``CLASSIC_UNET_PARAMS``). With BatchNorm the
@@ -268,16 +329,23 @@ def build_unet(
             pixels (a weightless ``LayerNormalization`` named ``input_standardize``, epsilon
             ``STANDARDIZE_EPSILON``), so that a scanner's overall gain and contrast do not reach
             the network; the model still takes images in [0, 1].
+        classifier: add the classification head on the bottleneck (see the module docstring);
+            the model then returns a dict of two outputs. Train it with
+            ``training.train_model`` on data with class labels
+            (``data_loading.make_tf_dataset(..., labels=...)``).
 
     Returns:
         A ``keras.Model`` mapping ``(batch, height, width, channels)`` images to
         ``(batch, height, width, 1)`` float32 probabilities in [0, 1] (sigmoid output; train
-        with binary cross-entropy or Dice on the probabilities).
+        with binary cross-entropy or Dice on the probabilities). With `classifier`, to the dict
+        ``{"mask": those probabilities, "class": (batch, 3) float32 softmax probabilities}``,
+        classes in the order of ``class_labels.CLASSES`` (each row sums to 1).
 
     Raises:
         ValueError: for an input_shape that is not 3-D, has non-positive entries or a spatial
             size not divisible by ``2**depth``; for ``depth < 1``, ``base_filters < 1``,
-            ``dropout_rate`` outside [0, 1) or an unknown ``dtype_policy``.
+            ``dropout_rate`` outside [0, 1), an unknown ``dtype_policy`` or a non-bool
+            ``classifier``.
 
     Example:
         >>> model = build_unet((64, 64, 1), base_filters=8, depth=3, dtype_policy="mixed_bfloat16")
@@ -295,6 +363,8 @@ def build_unet(
             f"Expected dtype_policy to be one of {DTYPE_POLICIES}; received {dtype_policy!r}. "
             f"Use 'mixed_bfloat16' on CPUs and TPUs or recent GPUs, 'mixed_float16' on older GPUs."
         )
+    if not isinstance(classifier, bool):
+        raise ValueError(f"Expected classifier to be True or False; received {classifier!r}.")
 
     fused = bool(fused_batch_norm) and dtype_policy == "float32"
     inputs = keras.Input(shape=tuple(input_shape), name="image")
@@ -312,6 +382,7 @@ def build_unet(
         x = keras.layers.MaxPooling2D(POOL_SIZE, dtype=dtype_policy, name=f"encoder_stage{stage}_pool")(x)
 
     x = _conv_block(x, base_filters * 2**depth, "bottleneck", batch_norm, dtype_policy, fused)
+    classes = _class_head(x, dtype_policy) if classifier else None
     if dropout_rate > 0:
         x = keras.layers.Dropout(dropout_rate, dtype=dtype_policy, name="bottleneck_dropout")(x)
 
@@ -332,6 +403,8 @@ def build_unet(
         x = _conv_block(x, filters, f"decoder_stage{stage}", batch_norm, dtype_policy, fused)
 
     outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", dtype=OUTPUT_DTYPE, name="head")(x)
+    if classifier:
+        outputs = {MASK_OUTPUT: outputs, CLASS_OUTPUT: classes}
     model = keras.Model(inputs, outputs, name=name)
     # The functional constructor ignores `dtype`; the model's own policy is what makes
     # `compile` add loss scaling for "mixed_float16". It does not change any layer's policy.

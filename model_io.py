@@ -19,7 +19,7 @@ import keras
 
 import atomic_io
 import model as unet
-from losses import DiceMetric, bce_dice_loss, bce_loss, dice_loss
+from losses import DiceMetric, bce_dice_loss, bce_loss, class_loss, dice_loss
 
 
 def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
@@ -104,6 +104,7 @@ def load_model(
         "bce_loss": bce_loss,
         "dice_loss": dice_loss,
         "bce_dice_loss": bce_dice_loss,
+        "class_loss": class_loss,
         "DiceMetric": DiceMetric,
     }
     try:
@@ -139,6 +140,9 @@ def export_saved_model(model: keras.Model, path: str | os.PathLike) -> Path:
         served = tf.saved_model.load(path)
         probabilities = served.serve(images)  # (B, H, W, 1) float32 in, float32 in [0, 1] out
 
+    A model with the classification head (``build_unet(..., classifier=True)``) is served the
+    same way and returns its dict: ``served.serve(images)["mask"]`` and ``["class"]``.
+
     The folder is written beside `path` under a temporary name and then renamed into place, so
     an interrupted export never leaves a partial folder at `path`; an existing export there is
     replaced (it is moved aside first and removed once the new one is in place).
@@ -150,7 +154,8 @@ def export_saved_model(model: keras.Model, path: str | os.PathLike) -> Path:
     Returns:
         The folder as a `Path`. Its endpoint `SAVED_MODEL_ENDPOINT` (``"serve"``) takes
         ``(B, H, W, C)`` float32 images (the model's ``H, W, C``, any batch size B) and returns
-        ``(B, H, W, 1)`` float32 probabilities, equal to ``model(images)`` within `EXPORT_ATOL`.
+        ``(B, H, W, 1)`` float32 probabilities, equal to ``model(images)`` within `EXPORT_ATOL`
+        (with the classification head: ``{"mask": those, "class": (B, 3) float32}``).
     """
     import shutil
     import tempfile
@@ -179,6 +184,7 @@ def export_saved_model(model: keras.Model, path: str | os.PathLike) -> Path:
 ONNX_OPSET = 17  # ONNX operator set of `export_onnx`'s files (ONNX Runtime >= 1.13 runs it)
 ONNX_INPUT = "image"
 ONNX_OUTPUT = "probabilities"
+ONNX_CLASS_OUTPUT = "class_probabilities"  # the second output of a model with the classification head
 
 
 def export_onnx(model: keras.Model, path: str | os.PathLike, opset: int = ONNX_OPSET) -> Path:
@@ -192,6 +198,10 @@ def export_onnx(model: keras.Model, path: str | os.PathLike, opset: int = ONNX_O
         import onnxruntime
         session = onnxruntime.InferenceSession(path)
         (probabilities,) = session.run(None, {"image": images})  # float32 (B, H, W, C) in, (B, H, W, 1) out
+
+    A model with the classification head gets a second output, `ONNX_CLASS_OUTPUT`
+    (``"class_probabilities"``, ``(B, 3)`` float32 in the order of ``class_labels.CLASSES``):
+    ``session.run([ONNX_OUTPUT, ONNX_CLASS_OUTPUT], {"image": images})``.
 
     The file is written atomically (`atomic_io.atomic_write`): an interrupted export leaves the
     previous file, if any, in place.
@@ -232,8 +242,9 @@ def export_onnx(model: keras.Model, path: str | os.PathLike, opset: int = ONNX_O
         exported = tf.saved_model.load(str(export_saved_model(model, Path(folder) / "saved_model")))
 
         @tf.function(input_signature=[spec])
-        def serve(image):  # a dict output names the ONNX output
-            return {ONNX_OUTPUT: getattr(exported, SAVED_MODEL_ENDPOINT)(image)}
+        def serve(image):  # a dict output names the ONNX outputs
+            mask, classes = unet.split_outputs(getattr(exported, SAVED_MODEL_ENDPOINT)(image))
+            return {ONNX_OUTPUT: mask} if classes is None else {ONNX_OUTPUT: mask, ONNX_CLASS_OUTPUT: classes}
 
         onnx_model, _ = tf2onnx.convert.from_function(serve, input_signature=[spec], opset=opset)
     return atomic_io.atomic_write(path, lambda tmp: Path(tmp).write_bytes(onnx_model.SerializeToString()))

@@ -103,8 +103,9 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a JSON object, or holds a threshold outside (0, 1); the
-            message names the file.
+        ValueError: the file is not a JSON object, or holds a threshold outside (0, 1) or a
+            ``gate_threshold`` (the lesion-presence gate's, `gate`) outside [0, 1); the message
+            names the file.
     """
     path = Path(path)
     if path.is_dir():
@@ -120,4 +121,9 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
     threshold = record.get("threshold")
     if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
         raise ValueError(f"'{path}' holds threshold {threshold!r}, outside (0, 1).")
+    gate_threshold = record.get("gate_threshold")
+    if gate_threshold is not None and not (
+        isinstance(gate_threshold, (int, float)) and 0 <= gate_threshold < 1
+    ):
+        raise ValueError(f"'{path}' holds gate_threshold {gate_threshold!r}, outside [0, 1).")
     return record

@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     python segment_images.py --model runs/train_busi/best.keras --input DIR --output DIR
-        [--threshold T] [--min-area N] [--tta] [--batch-size 16]
+        [--threshold T] [--min-area N] [--tta] [--no-gate] [--batch-size 16]
 
 For every image file in ``DIR`` (not recursive; ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``,
 ``.tiff``, ``.dcm``, ``.dicom``, and DICOM files of any name, recognised by their content; hidden
@@ -47,6 +47,14 @@ Threshold default: ``threshold`` from ``results.json`` beside the model file whe
 one chosen on validation by `benchmarks/train_busi.py`), else `evaluation.DEFAULT_THRESHOLD`
 (0.5). The command prints which one it used. No clean-up unless ``--min-area`` is given.
 
+Classification head: for a model built with ``classifier=True`` (or a fold ensemble of such
+models) ``measurements.csv`` also gives each image's most probable class and its probability,
+every class's probability and the lesion probability ``1 - p_normal`` (`CLASS_COLUMNS`), and the
+masks are gated (`gate`): an image whose lesion probability is under the gate threshold stored
+with the run (``gate_threshold`` in results.json beside the model, or in ensemble.json of a run
+folder; chosen on validation) gets an empty mask (column ``gated``). ``--no-gate`` keeps every
+mask; without a stored threshold nothing is gated, and the command says so.
+
 Fold ensembles: ``--model`` may name a `cross_validation.cross_validate` run folder instead of a
 file; its fold models are then applied together (the mean probability, `ensemble.load_ensemble`)
 at the threshold chosen on the out-of-fold predictions (``ensemble.json`` in the folder, else 0.5).
@@ -75,12 +83,16 @@ import quiet
 quiet.import_tensorflow()  # before the imports below: keeps TensorFlow's start-up lines out of the output
 
 import atomic_io  # noqa: E402
+import classification_metrics  # noqa: E402
 import cli  # noqa: E402
+import cross_validation  # noqa: E402
 import data_loading  # noqa: E402
 import ensemble  # noqa: E402
 import image_io  # noqa: E402
 import inference  # noqa: E402
+import model as unet  # noqa: E402
 import run_results  # noqa: E402
+from class_labels import PROBABILITY_COLUMNS  # noqa: E402
 from evaluation import DEFAULT_THRESHOLD  # noqa: E402
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", *image_io.TIFF_EXTENSIONS, *image_io.DICOM_EXTENSIONS)
@@ -102,6 +114,9 @@ MEASUREMENT_COLUMNS = (
     "bbox_height",
     "max_probability",
 )
+# Per image, for a model with the classification head: the most probable class and its probability,
+# every class's probability, the lesion probability 1 - p_normal and whether the gate emptied the mask.
+CLASS_COLUMNS = ("predicted_class", "class_probability", *PROBABILITY_COLUMNS, "lesion_probability", "gated")
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,28 +195,67 @@ def segment_images(
     tta: bool = False,
     batch_size: int = 16,
     names: Sequence[str] | None = None,
+    gate_threshold: float | None = None,
 ) -> tuple[list[np.ndarray], pd.DataFrame]:
     """Segments images of any size with a trained model, each mask at its image's size, and measures them.
 
     The masks are `inference.segment_many`'s (see it for the method and for the arguments, which
-    are passed on unchanged); this adds one row of measurements per image.
+    are passed on unchanged), or for a model with the classification head
+    `inference.segment_many_with_classes`'s, gated at `gate_threshold`; this adds one row of
+    measurements per image.
+
+    Args:
+        model, images, threshold, min_area, tta, batch_size, names: as `inference.segment_many`.
+        gate_threshold: for a model with the classification head, the gate's threshold on
+            ``1 - p_normal`` in [0, 1) (masks of images below it are emptied), or None for no gate.
 
     Returns:
         ``(masks, table)``: ``masks`` a list of ``(H, W)`` uint8 in {0, 1}, one per image;
         ``table`` one row per image with ``name`` and the `measure_mask` columns plus
-        ``max_probability`` (float in [0, 1], at the image's size).
+        ``max_probability`` (float in [0, 1], at the image's size); for a model with the head
+        also the `CLASS_COLUMNS`.
 
     Raises:
-        ValueError: a bad argument, or an image that `to_grey_checked` refuses (the message
-            names it).
+        ValueError: a bad argument (a gate threshold for a model without the head), or an image
+            that `to_grey_checked` refuses (the message names it).
     """
     names = [f"image {i}" for i in range(len(images))] if names is None else list(names)
-    masks, probabilities = inference.segment_many(model, images, threshold, min_area, tta, batch_size, names)
+    if unet.has_class_head(model):
+        masks, probabilities, classes = inference.segment_many_with_classes(
+            model, images, threshold, gate_threshold, min_area, tta, batch_size, names
+        )
+    elif gate_threshold is not None:
+        raise ValueError(
+            f"Expected a model with the classification head for gate_threshold={gate_threshold}; received one "
+            f"that returns masks only. Leave out the gate threshold."
+        )
+    else:
+        masks, probabilities = inference.segment_many(
+            model, images, threshold, min_area, tta, batch_size, names
+        )
+        classes = None
     rows = [
         {"name": name, **measure_mask(mask), "max_probability": float(probability.max())}
         for name, mask, probability in zip(names, masks, probabilities)
     ]
-    return masks, pd.DataFrame(rows, columns=["name", *MEASUREMENT_COLUMNS])
+    table = pd.DataFrame(rows, columns=["name", *MEASUREMENT_COLUMNS])
+    return masks, table if classes is None else class_table(table, classes, gate_threshold)
+
+
+def class_table(table: pd.DataFrame, classes: np.ndarray, gate_threshold: float | None) -> pd.DataFrame:
+    """`table` with the `CLASS_COLUMNS` of `classes` (``(N, 3)`` float in [0, 1], rows aligned with it).
+
+    ``gated`` is True where ``lesion_probability < gate_threshold`` (never without a gate).
+    """
+    table = classification_metrics.add_class_columns(table, classes)
+    table["class_probability"] = np.asarray(classes, np.float64).max(axis=1, initial=0.0)
+    table["lesion_probability"] = classification_metrics.lesion_score(classes)
+    table["gated"] = (
+        table["lesion_probability"] < gate_threshold
+        if gate_threshold is not None
+        else np.zeros(len(table), bool)
+    )
+    return table[[*table.columns.drop(list(CLASS_COLUMNS)), *CLASS_COLUMNS]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,6 +345,35 @@ def default_threshold(model_path: str | os.PathLike) -> tuple[float, str]:
     if threshold is None:
         return DEFAULT_THRESHOLD, f"default ({run_results.RESULTS_JSON} beside the model has no threshold)"
     return float(threshold), f"chosen on validation ({results})"
+
+
+def default_gate_threshold(model_path: str | os.PathLike) -> tuple[float | None, str]:
+    """The gate threshold stored with a run: ``gate_threshold`` of results.json beside a model file,
+    or of ensemble.json in a cross-validation run folder; None (no gate) when there is none.
+
+    Returns:
+        ``(gate_threshold or None, source)`` with `source` a short description for logs.
+
+    Raises:
+        ValueError: a results.json or ensemble.json that cannot be read, or a gate threshold
+            outside [0, 1).
+    """
+    model_path = Path(model_path)
+    if model_path.is_dir():
+        path = model_path / cross_validation.ENSEMBLE_JSON
+    else:
+        path = model_path.parent / run_results.RESULTS_JSON
+    if not path.is_file():
+        return None, f"none stored (no {path.name}); the masks are not gated"
+    try:
+        record = run_results.read_results(path)
+    except (ValueError, OSError) as error:
+        raise ValueError(
+            f"Could not read the gate threshold from '{path}': {error} Pass --no-gate."
+        ) from error
+    if record.get("gate_threshold") is None:
+        return None, f"none stored in {path}; the masks are not gated"
+    return float(record["gate_threshold"]), f"chosen on validation ({path})"
 
 
 def check_folders(input_dir: str | os.PathLike, output_dir: str | os.PathLike) -> None:
@@ -387,6 +470,7 @@ def segment_folder(
     min_area: int | None = None,
     tta: bool = False,
     batch_size: int = 16,
+    gate_threshold: float | None = None,
 ) -> pd.DataFrame:
     """Segments every image file of a folder and writes masks, overlays and a measurements CSV.
 
@@ -400,14 +484,15 @@ def segment_folder(
         model: a trained U-Net with a fixed ``(h, w, 1)`` input.
         input_dir: folder of images (not searched recursively; hidden files ignored).
         output_dir: folder for the outputs (created if missing; must differ from `input_dir`).
-        threshold, min_area, tta, batch_size: as `segment_images`.
+        threshold, min_area, tta, batch_size, gate_threshold: as `segment_images`.
 
     Returns:
         The table written to ``measurements.csv``: one row per file (per frame of a
         multi-frame file), in natural name order, columns ``file``, ``frame`` (from 1; empty
         for a file of one image), ``status`` (``"ok"`` or ``"skipped"``), ``reason``, the
-        `MEASUREMENT_COLUMNS`, ``mask_file``, ``overlay_file``, ``threshold``, ``min_area``,
-        ``tta``.
+        `MEASUREMENT_COLUMNS`, for a model with the classification head the `CLASS_COLUMNS`,
+        ``mask_file``, ``overlay_file``, ``threshold``, ``min_area``, ``tta`` and, with the
+        head, ``gate_threshold`` (empty without a gate).
 
     Raises:
         FileNotFoundError, ValueError: as `check_folders` and `check_settings`.
@@ -429,7 +514,9 @@ def segment_folder(
             return
         greys = [grey for _, _, grey in pending]
         names = [_image_name(*key) for key, _, _ in pending]
-        masks, table = segment_images(model, greys, threshold, min_area, tta, batch_size, names=names)
+        masks, table = segment_images(
+            model, greys, threshold, min_area, tta, batch_size, names, gate_threshold
+        )
         for ((file, frame), stem, grey), mask, measured in zip(pending, masks, table.to_dict("records")):
             mask_file, overlay_file = stem + MASK_SUFFIX, stem + OVERLAY_SUFFIX
             _write_png(output_dir / mask_file, mask * np.uint8(255))
@@ -463,7 +550,18 @@ def segment_folder(
         if len(pending) == batch_size:
             flush()
     flush()
-    columns = ["file", "frame", "status", "reason", *MEASUREMENT_COLUMNS, "mask_file", "overlay_file"]
+    head = unet.has_class_head(model)
+    classes = list(CLASS_COLUMNS) if head else []
+    columns = [
+        "file",
+        "frame",
+        "status",
+        "reason",
+        *MEASUREMENT_COLUMNS,
+        *classes,
+        "mask_file",
+        "overlay_file",
+    ]
     table = pd.DataFrame([rows[key] for key in order], columns=columns)
     for column in (
         "frame",
@@ -478,6 +576,8 @@ def segment_folder(
     ):
         table[column] = table[column].astype("Int64")
     table["threshold"], table["min_area"], table["tta"] = threshold, min_area, tta
+    if head:
+        table["gate_threshold"] = gate_threshold
     atomic_io.write_csv(output_dir / MEASUREMENTS_CSV, table)
     return table
 
@@ -518,6 +618,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(default: no clean-up)",
     )
     parser.add_argument("--tta", action="store_true", help="average over the horizontal flip")
+    parser.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="keep every mask: do not empty those of images the classification head calls lesion-free "
+        "(default for a model with the head: the gate threshold stored with the run, if any)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
     with cli.user_errors():  # mistakes in the arguments: one line "error: ...", exit status 2
@@ -528,15 +634,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             threshold, source = args.threshold, "given"
         model, description = ensemble.load_model(args.model)
         check_settings(model, threshold, args.min_area, args.batch_size)
+        gate_threshold, gate_source = _gate(args, model)
         Path(args.output).mkdir(parents=True, exist_ok=True)
     height, width = inference.model_input_size(model)
     print(
         f"model {description}: input {height}x{width}; threshold {threshold:.3f} ({source}); "
-        f"min_area {args.min_area if args.min_area is not None else 'none'}; tta {'hflip' if args.tta else 'off'}",
+        f"min_area {args.min_area if args.min_area is not None else 'none'}; tta {'hflip' if args.tta else 'off'}; "
+        f"gate {gate_source}",
         flush=True,
     )
     table = segment_folder(
-        model, args.input, args.output, threshold, args.min_area, args.tta, args.batch_size
+        model, args.input, args.output, threshold, args.min_area, args.tta, args.batch_size, gate_threshold
     )
     done = table[table["status"] == "ok"]
     skipped = table[table["status"] == "skipped"]
@@ -548,8 +656,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"  - {_image_name(row.file, None if pd.isna(row.frame) else int(row.frame) - 1)}: {row.reason}"
         )
+    if "gated" in done.columns:
+        print(f"the gate emptied the masks of {int(done['gated'].sum())} images called lesion-free")
     print(f"wrote {Path(args.output) / MEASUREMENTS_CSV}")
     return 0 if len(done) else 1
+
+
+def _gate(args: argparse.Namespace, model) -> tuple[float | None, str]:
+    """The gate threshold to use and a description: none without the head or with ``--no-gate``."""
+    if not unet.has_class_head(model):
+        return None, "none (the model has no classification head)"
+    if args.no_gate:
+        return None, "off (--no-gate)"
+    gate_threshold, source = default_gate_threshold(args.model)
+    return (
+        gate_threshold,
+        source if gate_threshold is None else f"{gate_threshold:.2f} on 1 - p_normal ({source})",
+    )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from keras import ops
 
 import atomic_io
 import losses
+import model as unet
 import model_io
 import run_lock
 
@@ -33,6 +34,9 @@ import run_lock
 # --------------------------------------------------------------------------------------------
 
 MONITOR = "val_dice"
+# Keras prefixes the metrics of a two-output model (the classification head) with the output's
+# name; the history, the state and the messages use the plain model's names for the mask's Dice.
+_HEAD_LOG_NAMES = {"mask_dice": "dice", "val_mask_dice": "val_dice"}
 PROGRESS_OPTIONS = ("epoch", "bar", "none")
 BEST_MODEL = "best.keras"
 LAST_MODEL = "last.keras"
@@ -48,6 +52,11 @@ WARMUP_FRACTION = 0.05  # share of the cosine schedule's steps spent warming up 
 # 0.8 to 1.8 KiB for U-Nets of depth 2 and 4) for `atomic_io.check_space`.
 HDF5_BYTES_PER_VARIABLE = 2048
 NO_EARLY_STOPPING = 2**31 - 1  # the patience that stands for "off" (early_stopping_patience=None)
+
+
+def _plain_log_names(logs: dict | None) -> dict:
+    """`logs` with a two-output model's ``mask_dice`` and ``val_mask_dice`` named ``dice`` and ``val_dice``."""
+    return {_HEAD_LOG_NAMES.get(name, name): value for name, value in (logs or {}).items()}
 
 
 def set_seeds(seed: int) -> None:
@@ -66,6 +75,9 @@ class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         super().on_train_begin(logs)
         self.wait = self.restored.get("wait", 0)
         self.best = self.restored.get("best", None)
+
+    def get_monitor_value(self, logs):
+        return super().get_monitor_value(_plain_log_names(logs))  # "val_dice" for either model
 
     def state(self) -> dict:
         return {"wait": self.wait, "best": None if self.best is None else float(self.best)}
@@ -229,6 +241,7 @@ def _history_row(epoch: int, logs: dict, optimizer, seconds: float) -> dict:
     # cosine schedule, the rate reached at the end of the epoch.
     used_lr = logs.get("learning_rate", ops.convert_to_numpy(optimizer.learning_rate))
     lr = float(f"{float(used_lr):.6g}")  # float32 holds 1e-3 as 0.0010000000474974513
+    logs = _plain_log_names(logs)
     order = ["loss", "dice", "val_loss", "val_dice"]
     names = order + sorted(k for k in logs if k not in order and not k.startswith("learning_rate"))
     return {
@@ -261,7 +274,7 @@ class _EpochCommitter(keras.callbacks.Callback):
         self.rows.append(row)
         atomic_io.write_csv(self.run_dir / HISTORY_CSV, pd.DataFrame(self.rows))
 
-        current = logs.get(MONITOR)
+        current = row.get(MONITOR)
         best = self.state.get("best_val_dice")
         improved = current is not None and (best is None or current > best)
         checkpoint = _save_checkpoint(self.model, self.run_dir, epoch + 1)
@@ -359,7 +372,9 @@ def _remove_stale_checkpoints(run_dir: Path, state: dict) -> None:
             path.unlink()
 
 
-def _read_resume_state(run_dir: Path, loss: str) -> tuple[dict | None, list[dict]]:
+def _read_resume_state(
+    run_dir: Path, loss: str, class_loss_weight: float | None
+) -> tuple[dict | None, list[dict]]:
     """Returns the saved state and committed history rows of `run_dir`, or ``(None, [])`` for a new run."""
     path = run_dir / STATE_JSON
     if not path.is_file():
@@ -375,6 +390,12 @@ def _read_resume_state(run_dir: Path, loss: str) -> tuple[dict | None, list[dict
         raise ValueError(
             f"The run in {str(run_dir)!r} was trained with loss {state.get('loss')!r}, not {loss!r}; "
             "use the same loss to resume it, or another run folder."
+        )
+    if state.get("class_loss_weight") != class_loss_weight:  # None: no classification head
+        raise ValueError(
+            f"The run in {str(run_dir)!r} was trained with class_loss_weight={state.get('class_loss_weight')!r} "
+            f"(None: a model without the classification head), the model and settings given have "
+            f"{class_loss_weight!r}; resume it with the run's model and weight, or use another run folder."
         )
     history_path = run_dir / HISTORY_CSV
     if not history_path.is_file():
@@ -482,6 +503,7 @@ def _check_train_arguments(
     lr_schedule,
     time_budget_s,
     ema_momentum,
+    class_loss_weight,
 ) -> None:
     """Raises ValueError for an argument of `train_model` outside its documented range."""
     if loss not in losses.LOSSES:
@@ -503,6 +525,34 @@ def _check_train_arguments(
         raise ValueError(f"Expected time_budget_s > 0 seconds or None; received {time_budget_s}.")
     if ema_momentum is not None and not 0 < ema_momentum < 1:
         raise ValueError(f"Expected ema_momentum in (0, 1) or None; received {ema_momentum}.")
+    if (
+        isinstance(class_loss_weight, bool)
+        or not isinstance(class_loss_weight, (int, float))
+        or not (class_loss_weight >= 0)
+    ):
+        raise ValueError(f"Expected class_loss_weight >= 0; received {class_loss_weight!r}.")
+
+
+def _check_targets(model: keras.Model, train_data, val_data) -> None:
+    """Raises ValueError when the datasets' targets do not fit the model's outputs: class labels are
+    needed by a model with the classification head, and refused by one without. Data whose
+    structure is unknown (not a `tf.data.Dataset`) is left to Keras."""
+    head = unet.has_class_head(model)
+    for name, data in (("train_data", train_data), ("val_data", val_data)):
+        spec = getattr(data, "element_spec", None)
+        if not isinstance(spec, tuple) or len(spec) < 2:
+            continue
+        labelled = isinstance(spec[1], dict)
+        if head and not labelled:
+            raise ValueError(
+                f"Expected {name} with class labels for a model with the classification head; received "
+                f"(images, masks) batches. Build it with data_loading.make_tf_dataset(..., labels=index['label'])."
+            )
+        if labelled and not head:
+            raise ValueError(
+                f"Expected {name} of (images, masks) batches for a model without the classification head; "
+                f"received targets {sorted(spec[1])}. Leave out labels=, or build the model with classifier=True."
+            )
 
 
 def _prepare_run_dir(run_dir: str | os.PathLike) -> Path:
@@ -534,6 +584,22 @@ def _check_schedule_matches(state: dict, run_dir: Path, lr_schedule: str, epochs
         )
 
 
+def _loss_and_metrics(model: keras.Model, loss: str, class_loss_weight: float) -> dict:
+    """`model.compile`'s loss, loss weights and metrics: the mask's alone, or the joint loss of a
+    model with the classification head (`losses`' module docstring) and the class accuracy."""
+    if not unet.has_class_head(model):
+        return {"loss": losses.get_loss(loss), "metrics": [losses.DiceMetric(name="dice")]}
+    mask, classes = unet.MASK_OUTPUT, unet.CLASS_OUTPUT
+    return {
+        "loss": {mask: losses.get_loss(loss), classes: losses.class_loss},
+        "loss_weights": {mask: 1.0, classes: float(class_loss_weight)},
+        "metrics": {
+            mask: [losses.DiceMetric(name="dice")],
+            classes: [keras.metrics.CategoricalAccuracy(name="accuracy")],
+        },
+    }
+
+
 def _compile(
     model: keras.Model,
     strategy,
@@ -543,9 +609,10 @@ def _compile(
     epochs: int,
     train_data,
     ema_momentum: float | None,
+    class_loss_weight: float,
 ) -> None:
     """Compiles `model` with Adam at the scheduled rate (keeping a moving average of the weights
-    when `ema_momentum` is set), the loss and the Dice metric, under `strategy`."""
+    when `ema_momentum` is set), the loss(es) and metrics, under `strategy`."""
     if lr_schedule == "cosine":
         rate = _cosine_schedule(learning_rate, int(epochs) * _steps_per_epoch(train_data))
     else:
@@ -557,8 +624,7 @@ def _compile(
                 use_ema=ema_momentum is not None,
                 ema_momentum=DEFAULT_EMA_MOMENTUM if ema_momentum is None else ema_momentum,
             ),
-            loss=losses.get_loss(loss),
-            metrics=[losses.DiceMetric(name="dice")],
+            **_loss_and_metrics(model, loss, class_loss_weight),
         )
 
 
@@ -689,6 +755,7 @@ def train_model(
     time_budget_s: float | None = None,
     strategy=None,
     ema_momentum: float | None = None,
+    class_loss_weight: float = losses.CLASS_LOSS_WEIGHT,
 ) -> tuple[keras.Model, pd.DataFrame]:
     """Compiles and fits `model` with Adam, or resumes the run saved in `run_dir`.
 
@@ -728,11 +795,20 @@ def train_model(
     streams restart with the process, so a resumed run is not bit-identical to an uninterrupted
     one. Seed with `set_seeds` before building the model.
 
+    Classification head: a model built with ``classifier=True`` is trained on the joint loss
+    ``loss(mask) + class_loss_weight * losses.class_loss(class)`` and needs data with class
+    labels (``make_tf_dataset(..., labels=...)``). ``loss`` and ``val_loss`` are then the joint
+    loss; ``dice`` and ``val_dice`` stay the mask's Dice (early stopping and the best checkpoint
+    follow ``val_dice`` as for any model), and the history gains ``mask_loss``, ``class_loss``,
+    ``class_accuracy`` and their ``val_`` columns.
+
     Args:
-        model: a Keras model mapping ``(B, H, W, 1)`` images to ``(B, H, W, 1)`` probabilities;
-            its dtype policy (see `model.build_unet`) sets mixed precision.
+        model: a Keras model mapping ``(B, H, W, 1)`` images to ``(B, H, W, 1)`` probabilities,
+            or to the dict of `model.build_unet` with ``classifier=True``; its dtype policy (see
+            `model.build_unet`) sets mixed precision.
         train_data: `tf.data.Dataset` of ``(images, masks)`` batches, float32 (see
-            `data_loading.make_tf_dataset`).
+            `data_loading.make_tf_dataset`); for a model with the classification head, of
+            ``(images, {"mask": masks, "class": one_hot})`` batches.
         val_data: the same for validation (always required).
         run_dir: folder for checkpoints and history; created if missing.
         epochs: total number of epochs of the run (not "more epochs").
@@ -754,6 +830,9 @@ def train_model(
             finished run to more epochs, train it with "plateau".
         time_budget_s: wall-clock seconds of training allowed in this call (> 0), or None for
             no limit.
+        class_loss_weight: weight of the class loss in the joint loss of a model with the
+            classification head (>= 0; `losses`' module docstring); ignored for a model without
+            it. A resumed run must keep its weight.
         strategy: the `tf.distribute.Strategy` to train under; None takes
             ``tf.distribute.get_strategy()`` (the strategy whose scope is open, else TensorFlow's
             default single-device one). `model` must have been built inside
@@ -792,6 +871,9 @@ def train_model(
         DataFrame (earlier sessions included).
 
     Raises:
+        ValueError: an argument outside its range, data without class labels for a model with
+            the classification head (or with them for one without), or a run folder that cannot
+            be resumed with these settings.
         run_lock.RunFolderLocked: another writer (process or call) holds `run_dir`; raised at
             once, before anything is read or written. A lock left by a killed process never
             blocks (the kernel releases it).
@@ -810,19 +892,33 @@ def train_model(
         lr_schedule,
         time_budget_s,
         ema_momentum,
+        class_loss_weight,
     )
+    _check_targets(model, train_data, val_data)
+    class_loss_weight = float(class_loss_weight) if unet.has_class_head(model) else None
     strategy = _check_strategy(model, strategy)
     run_dir = _prepare_run_dir(run_dir)
     with run_lock.RunFolderLock(run_dir, "train_model"):  # refuses a second writer at once
         _remove_partial_files(run_dir)
-        state, rows = _read_resume_state(run_dir, loss)
+        state, rows = _read_resume_state(run_dir, loss, class_loss_weight)
         if state is not None:
             _check_schedule_matches(state, run_dir, lr_schedule, epochs)
-        _compile(model, strategy, loss, learning_rate, lr_schedule, epochs, train_data, ema_momentum)
+        _compile(
+            model,
+            strategy,
+            loss,
+            learning_rate,
+            lr_schedule,
+            epochs,
+            train_data,
+            ema_momentum,
+            class_loss_weight,
+        )
         input_shape = [int(d) for d in model.input_shape[1:]]
         if state is None:
             state = {
                 "loss": loss,
+                "class_loss_weight": class_loss_weight,
                 "dtype_policy": model.dtype_policy.name,
                 "input_shape": input_shape,
                 "lr_schedule": lr_schedule,

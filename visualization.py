@@ -1,5 +1,6 @@
 """Figures for busi-unet: the dataset at a glance, training curves, the threshold curve, Dice by
-class and cross-validation folds. Figures of images with masks live in `overlays`; the shared
+class, cross-validation folds, and the classification head's confusion matrix and ROC curves.
+Figures of images with masks live in `overlays`; the shared
 colours, sizes, checks and saving in `plot_style`.
 
 Every public `plot_*` function takes arrays or DataFrames, validates them (a `ValueError` says
@@ -26,6 +27,7 @@ and false negatives (blue) in every prediction overlay.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,7 +35,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+import classification_metrics
 import plot_style
+from class_labels import LESION_CLASSES
 
 HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "dice", "val_dice")
 INDEX_COLUMNS = ("label", "n_masks", "height", "width")
@@ -463,5 +467,115 @@ def plot_cross_validation(folds_df: pd.DataFrame, path: str | os.PathLike | None
         for k, fold in enumerate(folds)
     ] + [Line2D([], [], color="black", linewidth=2.2, label="mean ± sd")]
     fig.legend(handles=handles, loc="outside right upper", fontsize=plot_style.LEGEND_FONTSIZE, frameon=False)
+    plot_style.save(fig, path)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# The classification head: confusion matrix and ROC curves
+# ----------------------------------------------------------------------------------------------
+
+ROC_QUESTIONS = (
+    ("lesion vs normal", "all images; score 1 - p_normal", plot_style.LINE_COLOR),
+    ("benign vs malignant", "lesion images; score p_malignant / (p_benign + p_malignant)", "#D55E00"),
+)
+
+
+def plot_confusion_matrix(
+    labels: Sequence[str], class_probabilities: np.ndarray, path: str | os.PathLike | None = None
+) -> Figure:
+    """The classification head's confusion matrix: true class (rows) against the most probable class.
+
+    Each cell shows its count and its share of the row (the recall of the class on the diagonal);
+    the shade follows the share, so classes of different sizes read alike.
+
+    Args:
+        labels: ``(N,)`` true classes in ``class_labels.CLASSES``.
+        class_probabilities: ``(N, 3)`` float in [0, 1], rows summing to 1, in the order of
+            ``class_labels.CLASSES``.
+        path: where to save the figure; not saved when None.
+
+    Returns:
+        The figure with one axes.
+
+    Raises:
+        ValueError: as `classification_metrics.confusion_matrix`, or no image.
+    """
+    if len(labels) == 0:
+        raise ValueError("Expected at least one image for a confusion matrix; received none.")
+    counts = classification_metrics.confusion_matrix(labels, class_probabilities)
+    totals = counts.sum(axis=1).to_numpy()[:, None]
+    shares = np.divide(counts.to_numpy(), totals, out=np.zeros(counts.shape), where=totals > 0)
+    fig = plot_style.new_figure(4.6, 4.0)
+    ax = fig.subplots()
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (row, column), count in np.ndenumerate(counts.to_numpy()):
+        ax.text(
+            column,
+            row,
+            f"{count}\n{shares[row, column]:.0%}",
+            ha="center",
+            va="center",
+            fontsize=plot_style.ANNOTATION_FONTSIZE + 1,
+            color="white" if shares[row, column] > 0.5 else "black",
+        )
+    ticks = range(len(counts))
+    ax.set_xticks(ticks, counts.columns)
+    ax.set_yticks(ticks, [f"{name}\n(n={int(total)})" for name, total in zip(counts.index, totals[:, 0])])
+    plot_style.label_axes(
+        ax,
+        f"Classification head: confusion matrix ({int(totals.sum())} images)",
+        "predicted class",
+        "true class",
+    )
+    plot_style.save(fig, path)
+    return fig
+
+
+def plot_roc_curves(
+    labels: Sequence[str], class_probabilities: np.ndarray, path: str | os.PathLike | None = None
+) -> Figure:
+    """ROC curves of the two questions of `classification_metrics`: lesion vs normal, benign vs malignant.
+
+    Each curve is labelled with its AUC; a question without both of its classes is left out
+    (and said so in the legend).
+
+    Args:
+        labels: ``(N,)`` true classes in ``class_labels.CLASSES``.
+        class_probabilities: ``(N, 3)`` float in [0, 1], rows summing to 1.
+        path: where to save the figure; not saved when None.
+
+    Returns:
+        The figure with one axes: false positive rate against true positive rate, the chance
+        diagonal dashed.
+
+    Raises:
+        ValueError: as `classification_metrics.confusion_matrix` (labels and probabilities
+            that do not fit).
+    """
+    classification_metrics.confusion_matrix(labels, class_probabilities)  # checks labels and probabilities
+    labels = np.asarray(labels, dtype=object)
+    lesion = np.isin(labels, LESION_CLASSES)
+    questions = (
+        (lesion, classification_metrics.lesion_score(class_probabilities)),
+        (labels[lesion] == "malignant", classification_metrics.malignancy_score(class_probabilities)[lesion]),
+    )
+    fig = plot_style.new_figure(5.2, 6.0)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="#B0B0B0", linestyle="--", linewidth=1.0, label="chance")
+    for (name, detail, color), (positive, scores) in zip(ROC_QUESTIONS, questions):
+        if positive.all() or not positive.any():
+            ax.plot([], [], color=color, label=f"{name}: not drawn, needs both classes")
+            continue
+        curve = classification_metrics.roc_curve(positive, scores)
+        auc = classification_metrics.roc_auc(positive, scores)
+        label = f"{name}: AUC {auc:.3f}, n={len(positive)}\n{detail}"
+        ax.plot(curve["fpr"], curve["tpr"], color=color, linewidth=1.8, label=label)
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    plot_style.label_axes(ax, "Classification head: ROC curves", "false positive rate", "true positive rate")
+    fig.legend(loc="outside lower center", fontsize=plot_style.LEGEND_FONTSIZE, frameon=False)
     plot_style.save(fig, path)
     return fig

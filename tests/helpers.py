@@ -23,10 +23,17 @@ def tiny_data(n=16, size=32, seed=0):
     return np.stack(images), np.stack(masks)
 
 
-def tiny_model(size=32):
-    """A seeded U-Net with 4 base filters and depth 2."""
+def tiny_labels(n=16):
+    """The class of each `tiny_data` image: ``(n,)`` str, benign, malignant and normal in turn."""
+    return np.array([("benign", "malignant", "normal")[i % 3] for i in range(n)])
+
+
+def tiny_model(size=32, classifier=False, dtype_policy="float32"):
+    """A seeded U-Net with 4 base filters and depth 2 (with the classification head if `classifier`)."""
     training.set_seeds(0)
-    return unet.build_unet((size, size, 1), base_filters=4, depth=2)
+    return unet.build_unet(
+        (size, size, 1), base_filters=4, depth=2, classifier=classifier, dtype_policy=dtype_policy
+    )
 
 
 def tiny_datasets():
@@ -35,6 +42,17 @@ def tiny_datasets():
     images, masks = tiny_data()
     train = dl.make_tf_dataset(images[:12], masks[:12], batch_size=4, training=True, seed=0)
     val = dl.make_tf_dataset(images[12:], masks[12:], batch_size=4)
+    return images, masks, train, val
+
+
+def tiny_labelled_datasets():
+    """As `tiny_datasets`, with class labels as targets too (for a model with the classification head)."""
+    images, masks = tiny_data()
+    labels = tiny_labels()
+    train = dl.make_tf_dataset(
+        images[:12], masks[:12], batch_size=4, training=True, seed=0, labels=labels[:12]
+    )
+    val = dl.make_tf_dataset(images[12:], masks[12:], batch_size=4, labels=labels[12:])
     return images, masks, train, val
 
 

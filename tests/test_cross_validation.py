@@ -12,9 +12,13 @@ import pytest
 import tensorflow as tf
 from helpers import tiny_busi
 
+import class_labels
 import cross_validation as cv
 import evaluation
+import gate
+import inference
 import model as unet
+import model_io
 import splits
 import training
 import visualization as viz
@@ -92,6 +96,60 @@ def test_cross_validate_reports_each_fold_and_mean_and_sd(data, two_folds):
     assert (
         "mean ± sd over 2 folds" in text and "lesion_dice" in text and text.count("\n") == 2 + 2 + 1 + 7 - 1
     )
+
+
+def test_folds_with_the_classification_head_write_each_images_class_probabilities(data, two_folds, tmp_path):
+    index, images, masks = data
+    keras.backend.clear_session()
+    build = functools.partial(BUILD, classifier=True)
+    options = {**OPTIONS, "class_loss_weight": 0.5}
+    _, _, per_image = cv.cross_validate(
+        index,
+        images,
+        masks,
+        build,
+        tmp_path,
+        n_folds=2,
+        batch_size=4,
+        seed=0,
+        strategy=tf.distribute.get_strategy(),
+        **options,
+    )
+
+    columns = list(class_labels.PROBABILITY_COLUMNS)
+    assert columns == ["p_benign", "p_malignant", "p_normal"]
+    np.testing.assert_allclose(per_image[columns].sum(axis=1), 1.0, atol=1e-5)
+    saved = pd.read_csv(tmp_path / cv.CV_PER_IMAGE_CSV, dtype={"image_id": str})
+    np.testing.assert_allclose(saved[columns], per_image[columns], atol=1e-6)
+    rows = {image_id: row for row, image_id in enumerate(index["image_id"])}
+    for fold in (1, 2):
+        fold_dir = tmp_path / f"fold-{fold}"
+        assert "class_loss" in pd.read_csv(fold_dir / training.HISTORY_CSV).columns  # trained on the labels
+        state = json.loads((fold_dir / training.STATE_JSON).read_text())
+        assert state["class_loss_weight"] == 0.5
+        held_out = per_image[per_image["fold"] == fold]
+        best = model_io.load_model(fold_dir / training.BEST_MODEL, compile=False)
+        _, classes = inference.predict(
+            best, images[[rows[i] for i in held_out["image_id"]]], with_classes=True
+        )
+        np.testing.assert_allclose(held_out[columns], classes, atol=1e-6)
+    assert not set(columns) & set(two_folds[3].columns)  # a model without the head: no such columns
+    # The gate threshold is chosen on the out-of-fold predictions, as the ensemble's mask threshold.
+    record = json.loads((tmp_path / cv.ENSEMBLE_JSON).read_text())
+    probabilities, classes = cv.out_of_fold_predictions(tmp_path, index, images)
+    expected, _ = gate.choose_gate_threshold(masks, probabilities, classes, record["threshold"])
+    assert record["gate_threshold"] == expected and len(record["gate_curve"]) == len(gate.GATE_THRESHOLDS)
+    rules = [row["rule"] for row in record["gate_comparison"]]
+    assert rules == ["no gate", "max probability / min area", "classification head"]
+    assert [row["metric"] for row in record["classification_summary"]][0] == "accuracy"
+    plain = json.loads((two_folds[0] / cv.ENSEMBLE_JSON).read_text())
+    assert plain["gate_threshold"] is None and len(plain["gate_comparison"]) == 2
+    assert set(plain["mask_rule"]) == {"max_probability", "min_area"}
+    # A finished run is read back with its columns.
+    _, _, again = cv.cross_validate(
+        index, images, masks, build, tmp_path, n_folds=2, batch_size=4, seed=0, **options
+    )
+    np.testing.assert_allclose(again[columns], per_image[columns], atol=1e-6)
 
 
 def test_threshold_is_chosen_on_the_inner_validation_part_only(data, two_folds, monkeypatch):

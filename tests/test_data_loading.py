@@ -19,6 +19,7 @@ from hypothesis.extra.numpy import arrays
 import data_loading as dl
 import image_io
 import synthetic_data
+from class_labels import CLASSES
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +160,53 @@ def test_tf_dataset_augmentation_keeps_masks_binary_and_is_deterministic():
     assert [x.shape[0] for x, _ in first] == [4, 2]
     val_masks = [y.numpy() for _, y in dl.make_tf_dataset(images, masks, 4)]
     np.testing.assert_array_equal(np.concatenate(val_masks), masks.astype(np.float32))
+
+
+def _labelled_pairs():
+    """12 images whose class shows in the mask: normal empty, benign a 6x6 and malignant a 20x20 square."""
+    labels = np.array(["benign", "malignant", "normal"] * 4)
+    images = np.random.default_rng(0).uniform(0, 1, (12, 32, 32, 1)).astype(np.float32)
+    masks = np.zeros((12, 32, 32, 1), np.uint8)
+    masks[labels == "benign", 13:19, 13:19] = 1
+    masks[labels == "malignant", 6:26, 6:26] = 1
+    return images, masks, labels
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_tf_dataset_labels_travel_with_their_images_through_shuffling_and_augmentation(training):
+    images, masks, labels = _labelled_pairs()
+    labelled = dl.make_tf_dataset(images, masks, 5, training=training, seed=3, labels=labels)
+    plain = dl.make_tf_dataset(images, masks, 5, training=training, seed=3)
+
+    seen = []
+    for (x, targets), (x_plain, y_plain) in zip(labelled, plain):
+        assert set(targets) == {"mask", "class"}
+        # Labels leave the image and mask streams as they were.
+        np.testing.assert_array_equal(x.numpy(), x_plain.numpy())
+        np.testing.assert_array_equal(targets["mask"].numpy(), y_plain.numpy())
+        one_hot = targets["class"].numpy()
+        assert one_hot.dtype == np.float32 and set(np.unique(one_hot).tolist()) == {0.0, 1.0}
+        areas = targets["mask"].numpy().sum(axis=(1, 2, 3))
+        shown = np.where(areas == 0, "normal", np.where(areas < 150, "benign", "malignant"))
+        seen += [CLASSES[k] for k in one_hot.argmax(axis=1)]
+        assert [CLASSES[k] for k in one_hot.argmax(axis=1)] == shown.tolist()
+    assert sorted(seen) == sorted(labels.tolist())
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        (["benign"] * 3, r"one class label per image, shape \(4,\); received labels of shape \(3,\)"),
+        (
+            ["benign", "tumour", "normal", "cyst"],
+            r"labels among \('benign', 'malignant', 'normal'\); received \['cyst', 'tumour'\]",
+        ),
+    ],
+)
+def test_tf_dataset_rejects_labels_that_do_not_fit(labels, match):
+    images, masks = np.zeros((4, 16, 16, 1), np.float32), np.zeros((4, 16, 16, 1), np.uint8)
+    with pytest.raises(ValueError, match=match):
+        dl.make_tf_dataset(images, masks, 2, labels=labels)
 
 
 def test_tf_dataset_runs_without_the_autotuning_model():

@@ -140,6 +140,29 @@ def _child(out_path: str) -> None:
         "iterations": int(keras.ops.convert_to_numpy(resumed.optimizer.iterations)),
     }
 
+    # The classification head under the strategy: dict targets split across the replicas.
+    labels = np.array([("benign", "malignant", "normal")[i % 3] for i in range(19)])
+    with strategy.scope():
+        training.set_seeds(0)
+        model = unet.build_unet((32, 32, 1), base_filters=4, depth=2, batch_norm=False, classifier=True)
+    head, history = training.train_model(
+        model,
+        dl.make_tf_dataset(train_x, train_y, batch_size=4, labels=labels[:12]),
+        dl.make_tf_dataset(val_x, val_y, batch_size=4, labels=labels[12:]),
+        root / "head",
+        epochs=2,
+        learning_rate=1e-2,
+        lr_schedule="plateau",
+        progress="none",
+        strategy=strategy,
+    )
+    prediction, classes = inference.predict(head, val_x, with_classes=True)
+    out["head"] = {
+        "history": history.drop(columns=["seconds"]).to_dict("list"),
+        "val_dice_recomputed": float(evaluation.dice_score(val_y, prediction).mean()),
+        "class_sums": classes.sum(axis=1).tolist(),
+    }
+
     # The metric alone, fed per replica: uneven shares (3 + 2 images, then 1 + 0).
     with strategy.scope():
         metric = losses.DiceMetric()
@@ -201,6 +224,15 @@ def test_val_dice_under_mirrored_strategy_is_the_mean_per_image(child_result):
     assert mirrored["val_dice"][-1] == pytest.approx(mirrored["val_dice_recomputed"], abs=1e-6)
     metric = child_result["metric"]
     assert metric["distributed"] == pytest.approx(metric["expected"], abs=1e-6)
+
+
+def test_the_classification_head_trains_under_mirrored_strategy(child_result):
+    head = child_result["head"]
+    history = head["history"]
+    assert np.isfinite([history[name] for name in ("loss", "class_loss", "val_class_loss")]).all()
+    # val_dice is still the mask's mean per-image Dice, with the joint loss and dict targets.
+    assert history["val_dice"][-1] == pytest.approx(head["val_dice_recomputed"], abs=1e-6)
+    np.testing.assert_allclose(head["class_sums"], 1.0, atol=1e-5)
 
 
 def test_a_mirrored_run_resumes_under_the_strategy(child_result):

@@ -106,6 +106,35 @@ def test_flip_averaging_and_saving_work_on_the_ensemble_as_on_any_model(tmp_path
     )
 
 
+def with_classes(model: keras.Model, classes: keras.layers.Layer) -> keras.Model:
+    """`model` with a "class" output: `classes` applied to the first three pixels of the image's first row."""
+    first_row = keras.layers.Flatten()(keras.layers.Cropping2D(((0, SIDE - 1), (0, SIDE - 3)))(model.input))
+    return keras.Model(model.input, {unet.MASK_OUTPUT: model.output, unet.CLASS_OUTPUT: classes(first_row)})
+
+
+def test_an_ensemble_of_models_with_the_head_averages_masks_and_classes(tmp_path):
+    images = np.broadcast_to(
+        np.linspace(0, 1, SIDE, dtype=np.float32)[None, None, :, None], (2, SIDE, SIDE, 1)
+    )
+    first = with_classes(identity(), keras.layers.Identity())  # classes: the pixels, 0, 1/7, 2/7
+    second = with_classes(constant(0.2), keras.layers.Rescaling(scale=0.0, offset=0.5))  # classes: 0.5 each
+    fold_ensemble = ensemble.build_ensemble([first, second])
+
+    probabilities, classes = inference.predict(fold_ensemble, images, with_classes=True)
+    np.testing.assert_allclose(probabilities[0, 0, :, 0], (np.linspace(0, 1, SIDE) + 0.2) / 2, atol=1e-6)
+    np.testing.assert_allclose(classes, [[0.25, (1 / 7 + 0.5) / 2, (2 / 7 + 0.5) / 2]] * 2, atol=1e-6)
+    assert ensemble.CLASS_MEAN_LAYER in [layer.name for layer in fold_ensemble.layers]
+    loaded = model_io.load_model(
+        model_io.save_model(fold_ensemble, tmp_path / "ensemble.keras"), compile=False
+    )
+    assert unet.has_class_head(loaded)
+    np.testing.assert_allclose(inference.predict(loaded, images, with_classes=True)[1], classes, atol=1e-6)
+    with pytest.raises(
+        ValueError, match=r"all with or all without the classification head; received heads \[True, False\]"
+    ):
+        ensemble.build_ensemble([first, identity()])
+
+
 def test_build_ensemble_refuses_one_model_and_mixed_input_shapes():
     with pytest.raises(ValueError, match=r"Expected at least 2 models to average; received 1"):
         ensemble.build_ensemble([identity()])

@@ -160,6 +160,7 @@ def test_images_of_any_size_are_scored_at_their_original_size(tmp_path, model_pa
         ee.PER_IMAGE_CSV,
         ee.SUMMARY_CSV,
         ee.SKIPPED_CSV,
+        ee.DETECTION_CSV,
         ee.DICE_FIGURE,
         ee.BEST_WORST_FIGURE,
     }
@@ -344,3 +345,39 @@ def test_a_handful_of_bus_uclm_images(tmp_path, model_path, capsys):
         "normal": False,
     }
     assert "label entries without an image: 273" in out
+
+
+# ---------------------------------------------------------------- the classification head and its gate
+
+
+def test_a_model_with_the_head_is_scored_gated_with_its_classes_and_figures(tmp_path, capsys):
+    keras.utils.clear_session()
+    keras.utils.set_random_seed(0)
+    run = tmp_path / "run"
+    path = model_io.save_model(
+        unet.build_unet((SIDE, SIDE, 1), base_filters=4, depth=2, classifier=True), run / "m.keras"
+    )
+    images, masks, labels = _binary_set(tmp_path / "data", [((SIDE, SIDE), label) for label in LABELS])
+    argv = _argv(
+        model=path, images=images, masks=masks, labels=labels, label_column="diagnosis", n_bootstrap=50
+    )
+    (run / "results.json").write_text(json.dumps({"threshold": 0.5, "gate_threshold": 0.99}))  # gates all
+
+    status, out, _ = _run([*argv, "--output", tmp_path / "gated"], capsys)
+    assert (
+        status == 0
+        and "gate 0.99 on 1 - p_normal" in out
+        and "classification head (95% bootstrap CIs)" in out
+    )
+    per_image = pd.read_csv(tmp_path / "gated" / ee.PER_IMAGE_CSV)
+    assert per_image["gated"].all() and (per_image["pred_area"] == 0).all()
+    np.testing.assert_allclose(per_image[["p_benign", "p_malignant", "p_normal"]].sum(axis=1), 1.0, atol=1e-5)
+    detection = pd.read_csv(tmp_path / "gated" / ee.DETECTION_CSV).set_index("metric")
+    assert detection.loc["specificity", "value"] == 1.0 and detection.loc["detection_rate", "value"] == 0.0
+    for name in (ee.CLASSIFICATION_CSV, ee.CONFUSION_FIGURE, ee.ROC_FIGURE):
+        assert (tmp_path / "gated" / name).is_file()
+
+    status, out, _ = _run([*argv, "--output", tmp_path / "kept", "--no-gate"], capsys)
+    kept = pd.read_csv(tmp_path / "kept" / ee.PER_IMAGE_CSV)
+    assert status == 0 and "gate off (--no-gate)" in out and not kept["gated"].any()
+    np.testing.assert_allclose(kept["p_normal"], per_image["p_normal"], atol=1e-6)  # the same classes

@@ -243,3 +243,26 @@ def test_dice_is_symmetric_and_precision_recall_swap(pair):
     np.testing.assert_array_equal(
         evaluation.precision_score(truth, predicted), evaluation.recall_score(predicted, truth)
     )
+
+
+def test_detection_summary_counts_normal_images_kept_empty_and_lesions_touched_by_hand():
+    frame = pd.DataFrame(
+        {"image_id": list("abcdef"), "label": ["normal", "normal", "normal", "benign", "malignant", "benign"]}
+    )
+    truth = _masks([0, 0, 0], [0, 0, 0], [0, 0, 0], [1, 1, 0], [1, 0, 0], [0, 1, 1])
+    # normal: empty, one false pixel, empty; lesion: half found, found only outside it, all found
+    pred = _masks([0, 0, 0], [0, 0, 0.9], [0, 0, 0], [0.9, 0, 0], [0, 0.9, 0], [0, 0.9, 0.9])
+    per_image, _ = evaluation.evaluate(truth, pred, frame, n_bootstrap=100)
+
+    summary = evaluation.detection_summary(per_image, n_bootstrap=500).set_index("metric")
+
+    assert summary.loc["specificity", "value"] == pytest.approx(2 / 3)
+    assert summary.loc["detection_rate", "value"] == pytest.approx(
+        2 / 3
+    )  # a miss beside the lesion is a miss
+    assert summary["n"].tolist() == [3, 3]
+    assert (summary["ci_low"] <= summary["value"]).all() and (summary["value"] <= summary["ci_high"]).all()
+    no_normal = evaluation.detection_summary(per_image[per_image["label"] != "normal"]).set_index("metric")
+    assert np.isnan(no_normal.loc["specificity", "value"]) and no_normal.loc["specificity", "n"] == 0
+    with pytest.raises(ValueError, match=r"missing columns \['recall'\]"):
+        evaluation.detection_summary(per_image.drop(columns="recall"))

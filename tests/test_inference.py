@@ -11,6 +11,7 @@ from helpers import tiny_model as _tiny_model
 
 import evaluation
 import inference
+import model as unet
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,45 @@ def test_tta_averages_the_prediction_with_its_mirror_by_hand():
     tta = inference.predict(_shift_model(), image, tta=True)
     np.testing.assert_allclose(tta[0, :, :, 0], [[0.1, 0.2, 0.3, 0.15]] * 4, atol=1e-7)
     assert tta.shape == image.shape and tta.dtype == np.float32
+
+
+def _shift_model_with_classes(side=4):
+    """`_shift_model`, and as "class" output the first row's first three grey levels (not mirror-symmetric)."""
+    shift = _shift_model(side)
+    first_row = keras.layers.Cropping2D(((0, side - 1), (0, side - 3)))(shift.input)
+    outputs = {unet.MASK_OUTPUT: shift.output, unet.CLASS_OUTPUT: keras.layers.Flatten()(first_row)}
+    return keras.Model(shift.input, outputs)
+
+
+def test_with_classes_tta_averages_the_class_probabilities_with_the_mirrors_by_hand():
+    image = np.array([[0.1, 0.2, 0.3, 0.4]] * 4, np.float32)[None, ..., None]
+    model = _shift_model_with_classes()
+
+    probabilities, classes = inference.predict(model, image, with_classes=True)
+    np.testing.assert_allclose(classes, [[0.1, 0.2, 0.3]], atol=1e-7)
+    np.testing.assert_allclose(probabilities, inference.predict(_shift_model(), image), atol=1e-7)
+    # the mirror image's first row starts 0.4, 0.3, 0.2; the mean of the two:
+    probabilities, classes = inference.predict(model, image, tta=True, with_classes=True)
+    np.testing.assert_allclose(classes, [[0.25, 0.25, 0.25]], atol=1e-7)
+    np.testing.assert_allclose(probabilities[0, :, :, 0], [[0.1, 0.2, 0.3, 0.15]] * 4, atol=1e-7)
+    assert classes.dtype == np.float32
+    # Without with_classes, a model with the head gives its masks alone, as any model.
+    np.testing.assert_allclose(inference.predict(model, image, tta=True), probabilities, atol=1e-7)
+
+
+def test_with_classes_in_batches_equals_one_pass_and_needs_the_head(tiny):
+    images = tiny[0]
+    model = _tiny_model(classifier=True)
+    whole = model(images, training=False)
+    probabilities, classes = inference.predict(model, images, batch_size=5, with_classes=True)
+    np.testing.assert_allclose(probabilities, keras.ops.convert_to_numpy(whole["mask"]), atol=1e-5)
+    np.testing.assert_allclose(classes, keras.ops.convert_to_numpy(whole["class"]), atol=1e-6)
+    masks, _ = inference.segment_many(model, list(images[:2, :, :, 0]))  # the commands take it too
+    assert masks[0].shape == (32, 32)
+    with pytest.raises(
+        ValueError, match=r"classification head for with_classes=True.*Leave out with_classes"
+    ):
+        inference.predict(_tiny_model(), images, with_classes=True)
 
 
 def test_tta_changes_nothing_for_a_mirror_symmetric_model_and_batches_agree():

@@ -77,3 +77,15 @@ def test_dice_metric_config_round_trip():
     metric = losses.DiceMetric(threshold=0.3, name="val_like")
     clone = losses.DiceMetric.from_config(metric.get_config())
     assert clone.threshold == 0.3 and clone.name == "val_like"
+
+
+def test_class_loss_is_the_cross_entropy_of_each_images_true_class_by_hand():
+    truth = np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]], np.float32)
+    probabilities = np.array([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8], [0.0, 0.4, 0.6]], np.float32)
+
+    loss = keras.ops.convert_to_numpy(losses.class_loss(truth, probabilities))
+
+    # -ln 0.5, -ln 0.8, and a certain mistake clipped to -ln(BCE_EPSILON) instead of infinity.
+    expected = [-np.log(0.5), -np.log(0.8), -np.log(losses.BCE_EPSILON)]
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    assert losses.CLASS_LOSS_WEIGHT == 0.2

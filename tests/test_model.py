@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import model
+from class_labels import CLASSES
 
 TINY = {"input_shape": (32, 32, 1), "base_filters": 4, "depth": 2}
 SEED = 0
@@ -169,11 +170,45 @@ def test_layers_are_named_by_stage(dropout_rate):
             {"dtype_policy": "float16"},
             r"one of \('float32', 'mixed_bfloat16', 'mixed_float16'\); received 'float16'",
         ),
+        ({"classifier": "yes"}, r"classifier to be True or False; received 'yes'"),
     ],
 )
 def test_build_unet_rejects_invalid_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         model.build_unet(**{**TINY, **kwargs})
+
+
+@pytest.mark.parametrize("dtype_policy", ["float32", "mixed_bfloat16"])
+def test_classifier_returns_mask_and_class_probabilities_in_float32(dtype_policy):
+    unet = model.build_unet(**TINY, classifier=True, dtype_policy=dtype_policy)
+    images = np.random.default_rng(SEED).random((3, 32, 32, 1), dtype=np.float32)
+
+    outputs = unet(images, training=False)
+
+    assert model.has_class_head(unet) and set(outputs) == {model.MASK_OUTPUT, model.CLASS_OUTPUT}
+    mask, classes = (np.asarray(o, dtype=np.float32) for o in model.split_outputs(outputs))
+    assert mask.shape == (3, 32, 32, 1) and classes.shape == (3, len(CLASSES))
+    assert all(keras.backend.standardize_dtype(o.dtype) == "float32" for o in outputs.values())
+    assert mask.min() >= 0 and mask.max() <= 1 and classes.min() >= 0
+    np.testing.assert_allclose(classes.sum(axis=1), 1.0, rtol=0, atol=1e-6)
+    assert unet.get_layer("classifier_head").compute_dtype == "float32"
+    compute = "bfloat16" if dtype_policy == "mixed_bfloat16" else "float32"
+    assert unet.get_layer("classifier_dense").compute_dtype == compute
+
+
+def test_classifier_adds_exactly_the_heads_parameters_on_the_bottleneck():
+    plain = model.build_unet(**TINY, batch_norm=False)
+    with_head = model.build_unet(**TINY, batch_norm=False, classifier=True)
+    bottleneck_filters, units, classes = 4 * 2**2, model.CLASS_HEAD_UNITS, len(CLASSES)
+
+    assert with_head.count_params() - plain.count_params() == (
+        bottleneck_filters * units + units + units * classes + classes
+    )
+    assert with_head.get_layer("classifier_pool").input.shape == (None, 8, 8, bottleneck_filters)
+    assert not model.has_class_head(plain)
+    assert model.split_outputs("mask tensor") == ("mask tensor", None)
+    with pytest.raises(ValueError, match=r"outputs 'mask' and 'class'.*received \['mask'\]"):
+        model.split_outputs({"mask": 1})
 
 
 def test_a_few_fit_steps_give_a_finite_falling_loss():

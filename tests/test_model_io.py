@@ -8,7 +8,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from helpers import tiny_datasets
+from helpers import tiny_datasets, tiny_labelled_datasets
 from helpers import tiny_model as _tiny_model
 
 import inference
@@ -128,6 +128,37 @@ def test_keras_and_savedmodel_exports_run_without_this_library(tmp_path):
     served_diff, keras_diff, dtype, shape = result.stdout.strip().splitlines()[-4:]
     assert float(served_diff) <= model_io.EXPORT_ATOL and float(keras_diff) <= model_io.EXPORT_ATOL
     assert dtype == "float32" and shape == "(4, 32, 32, 1)"
+
+
+def test_a_model_with_the_classification_head_saves_loads_and_exports_both_outputs(tmp_path):
+    import onnxruntime
+    import tensorflow as tf
+
+    images, _, train, val = tiny_labelled_datasets()
+    keras.backend.clear_session()
+    model, _ = training.train_model(
+        _tiny_model(classifier=True), train, val, tmp_path / "run", epochs=1, progress="none"
+    )
+    x = images[:4]
+    expected, expected_classes = inference.predict(model, x, with_classes=True)
+
+    loaded = model_io.load_model(model_io.save_model(model, tmp_path / "model.keras"))  # compiled
+    assert set(loaded.loss) == {unet.MASK_OUTPUT, unet.CLASS_OUTPUT}
+    for got, want in zip(inference.predict(loaded, x, with_classes=True), (expected, expected_classes)):
+        np.testing.assert_allclose(got, want, atol=model_io.EXPORT_ATOL)
+
+    exported = tf.saved_model.load(str(model_io.export_saved_model(model, tmp_path / "saved_model")))
+    served = exported.serve(tf.constant(x))
+    assert set(served) == {unet.MASK_OUTPUT, unet.CLASS_OUTPUT}
+    np.testing.assert_allclose(served["mask"].numpy(), expected, atol=model_io.EXPORT_ATOL)
+    np.testing.assert_allclose(served["class"].numpy(), expected_classes, atol=model_io.EXPORT_ATOL)
+
+    session = onnxruntime.InferenceSession(
+        str(model_io.export_onnx(model, tmp_path / "model.onnx")), providers=["CPUExecutionProvider"]
+    )
+    onnx_mask, onnx_classes = session.run([model_io.ONNX_OUTPUT, model_io.ONNX_CLASS_OUTPUT], {"image": x})
+    np.testing.assert_allclose(onnx_mask, expected, atol=model_io.EXPORT_ATOL)
+    np.testing.assert_allclose(onnx_classes, expected_classes, atol=model_io.EXPORT_ATOL)
 
 
 def test_export_errors(tmp_path):

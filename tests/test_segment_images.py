@@ -546,3 +546,67 @@ def test_tiff_and_dicom_files_are_segmented_and_cine_loops_frame_by_frame(identi
     assert list(written.columns[:4]) == ["file", "frame", "status", "reason"]
     assert written["file"].tolist()[:5] == ["cine.dcm"] * 3 + ["cine_f002.png", "colour.tif"]  # natural order
     assert written["frame"].astype(str).tolist()[:5] == ["1", "2", "3", "", ""] and len(written) == 12
+
+
+# ---------------------------------------------------------------- the classification head and its gate
+
+
+def _identity_with_classes(classes=(0.2, 0.1, 0.7)):
+    """The identity 'model' with a constant "class" output `classes` (lesion probability 1 - 0.7 = 0.3)."""
+    inputs = keras.Input((SIDE, SIDE, 1))
+    dense = keras.layers.Dense(3, activation="softmax")
+    outputs = {
+        "mask": keras.layers.Identity()(inputs),
+        "class": dense(keras.layers.GlobalAveragePooling2D()(inputs)),
+    }
+    model = keras.Model(inputs, outputs)
+    dense.set_weights([np.zeros((1, 3), np.float32), np.log(np.array(classes, np.float32))])
+    return model
+
+
+def test_segment_images_with_the_head_writes_classes_and_empties_gated_masks():
+    model = _identity_with_classes()
+    images = [_rectangle(), _rectangle(40, 40, (8, 32, 8, 32))]
+
+    masks, table = si.segment_images(model, images, threshold=0.5, gate_threshold=0.5)
+    assert all(not mask.any() for mask in masks) and table["gated"].all()
+    assert table["predicted_class"].tolist() == ["normal", "normal"]
+    np.testing.assert_allclose(table["class_probability"], 0.7, atol=1e-6)
+    np.testing.assert_allclose(table["lesion_probability"], 0.3, atol=1e-6)
+    np.testing.assert_allclose(
+        table[["p_benign", "p_malignant", "p_normal"]], [[0.2, 0.1, 0.7]] * 2, atol=1e-6
+    )
+    assert list(table.columns[-len(si.CLASS_COLUMNS) :]) == list(si.CLASS_COLUMNS)
+
+    masks, table = si.segment_images(
+        model, images, threshold=0.5, gate_threshold=0.25
+    )  # 0.3 is not under 0.25
+    assert all(mask.any() for mask in masks) and not table["gated"].any()
+    with pytest.raises(ValueError, match=r"classification head for gate_threshold=0.5"):
+        si.segment_images(keras.Model(model.input, model.output["mask"]), images, gate_threshold=0.5)
+
+
+def test_folder_command_honours_the_stored_gate_and_no_gate(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    path = model_io.save_model(_identity_with_classes(), run / "best.keras")
+    (run / "results.json").write_text(json.dumps({"threshold": 0.5, "gate_threshold": 0.4}))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), _rectangle())
+    args = ["--model", str(path), "--input", str(folder)]
+
+    assert si.main([*args, "--output", str(tmp_path / "gated")]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "gate 0.40 on 1 - p_normal (chosen on validation" in printed
+        and "emptied the masks of 1 images" in printed
+    )
+    gated = pd.read_csv(tmp_path / "gated" / si.MEASUREMENTS_CSV)
+    assert gated["gated"].tolist() == [True] and gated["area_px"].tolist() == [0]
+    assert gated["predicted_class"].tolist() == ["normal"] and gated["gate_threshold"].tolist() == [0.4]
+
+    assert si.main([*args, "--output", str(tmp_path / "kept"), "--no-gate"]) == 0
+    assert "gate off (--no-gate)" in capsys.readouterr().out
+    kept = pd.read_csv(tmp_path / "kept" / si.MEASUREMENTS_CSV)
+    assert kept["gated"].tolist() == [False] and kept["area_px"].iloc[0] > 0.9 * 32 * 48  # the rectangle

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import tiny_datasets
+from helpers import tiny_datasets, tiny_labelled_datasets
 from helpers import tiny_model as _tiny_model
 
 import data_loading as dl
@@ -324,6 +324,87 @@ def test_mixed_bfloat16_trains_with_a_float32_output(tiny, tmp_path):
     assert np.isfinite(history["loss"]).all()
     assert inference.predict(model, images[:2]).dtype == np.float32
     assert model.output.dtype == "float32"
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    return tiny_labelled_datasets()
+
+
+HEAD_COLUMNS = [
+    "class_accuracy",
+    "class_loss",
+    "mask_loss",
+    "val_class_accuracy",
+    "val_class_loss",
+    "val_mask_loss",
+]
+
+
+def test_a_model_with_the_classification_head_trains_on_the_joint_loss_resumes_and_exports(
+    labelled, tmp_path
+):
+    images, _, train, val = labelled
+    run = tmp_path / "run"
+    keras.backend.clear_session()
+    options = {"learning_rate": 1e-2, "lr_schedule": "plateau", "progress": "none", "class_loss_weight": 0.5}
+    _, history = training.train_model(_tiny_model(classifier=True), train, val, run, epochs=2, **options)
+
+    assert list(history.columns[:5]) == ["epoch", "loss", "dice", "val_loss", "val_dice"]
+    assert set(HEAD_COLUMNS) <= set(history.columns)
+    # loss = mask loss + class_loss_weight * class loss, per epoch (Keras averages each over the batches).
+    np.testing.assert_allclose(
+        history["val_loss"], history["val_mask_loss"] + 0.5 * history["val_class_loss"], rtol=1e-5
+    )
+    state = json.loads((run / training.STATE_JSON).read_text())
+    assert state["class_loss_weight"] == 0.5
+    assert state["best_val_dice"] == pytest.approx(history["val_dice"].max())
+
+    keras.backend.clear_session()
+    resumed, history = training.train_model(
+        _tiny_model(classifier=True), train, val, run, epochs=3, **options
+    )
+    assert list(history["epoch"]) == [1, 2, 3]
+    best = model_io.load_model(run / training.BEST_MODEL)
+    assert unet.has_class_head(best)
+    probabilities, classes = inference.predict(best, images[:3], with_classes=True)
+    assert probabilities.shape == (3, 32, 32, 1) and classes.shape == (3, 3)
+
+    with pytest.raises(ValueError, match=r"trained with class_loss_weight=0.5 .* have 0.2; resume it"):
+        training.train_model(
+            _tiny_model(classifier=True), train, val, run, epochs=3, **{**options, "class_loss_weight": 0.2}
+        )
+    with pytest.raises(ValueError, match=r"trained with class_loss_weight=0.5 .* have None; resume it"):
+        training.train_model(_tiny_model(), *tiny_datasets()[2:], run, epochs=3, **options)
+
+
+def test_the_data_must_hold_class_labels_exactly_when_the_model_has_the_head(tiny, labelled, tmp_path):
+    plain_train, plain_val = tiny[2:]
+    labelled_train, labelled_val = labelled[2:]
+    with pytest.raises(ValueError, match=r"Expected train_data with class labels .*labels=index\['label'\]"):
+        training.train_model(_tiny_model(classifier=True), plain_train, labelled_val, tmp_path / "a")
+    with pytest.raises(ValueError, match=r"Expected val_data with class labels"):
+        training.train_model(_tiny_model(classifier=True), labelled_train, plain_val, tmp_path / "a")
+    with pytest.raises(
+        ValueError, match=r"for a model without the classification head; received targets \['class', 'mask'\]"
+    ):
+        training.train_model(_tiny_model(), labelled_train, plain_val, tmp_path / "a")
+    with pytest.raises(ValueError, match=r"Expected class_loss_weight >= 0; received -1"):
+        training.train_model(
+            _tiny_model(classifier=True), labelled_train, labelled_val, tmp_path / "a", class_loss_weight=-1
+        )
+    assert not (tmp_path / "a").exists()  # refused before anything is written
+
+
+def test_mixed_bfloat16_trains_the_classification_head_with_float32_outputs(labelled, tmp_path):
+    images, _, train, val = labelled
+    keras.backend.clear_session()
+    model = _tiny_model(classifier=True, dtype_policy="mixed_bfloat16")
+    model, history = training.train_model(model, train, val, tmp_path, epochs=1, progress="none")
+    assert np.isfinite(history[["loss", "class_loss", "val_class_loss"]].to_numpy()).all()
+    probabilities, classes = inference.predict(model, images[:2], with_classes=True)
+    assert probabilities.dtype == classes.dtype == np.float32
+    np.testing.assert_allclose(classes.sum(axis=1), 1.0, atol=1e-5)
 
 
 @pytest.mark.busi

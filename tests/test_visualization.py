@@ -16,6 +16,7 @@ import pytest
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
+import classification_metrics as cm
 import overlays
 import plot_style
 import visualization as viz
@@ -442,3 +443,40 @@ def test_bad_inputs_raise_value_error(case):
     call, match = BAD_INPUTS[case]
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def _head_outputs():
+    """80 labels and (80, 3) class probabilities of a head that is mostly right."""
+    rng = np.random.default_rng(0)
+    labels = np.array(["benign"] * 40 + ["malignant"] * 25 + ["normal"] * 15)
+    logits = rng.normal(0, 1, (80, 3))
+    logits[np.arange(80), [("benign", "malignant", "normal").index(label) for label in labels]] += 1.5
+    probabilities = np.exp(logits)
+    return labels, probabilities / probabilities.sum(axis=1, keepdims=True)
+
+
+def test_confusion_matrix_figure_writes_counts_and_row_shares(tmp_path):
+    labels, probabilities = _head_outputs()
+    fig = viz.plot_confusion_matrix(labels, probabilities, tmp_path / "confusion.png")
+    texts = [text.get_text() for text in fig.axes[0].texts]
+    counts = cm.confusion_matrix(labels, probabilities).to_numpy()
+    assert len(texts) == 9 and texts[0] == f"{counts[0, 0]}\n{counts[0, 0] / 40:.0%}"
+    assert (tmp_path / "confusion.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="at least one image"):
+        viz.plot_confusion_matrix([], np.zeros((0, 3)))
+
+
+def test_roc_figure_draws_both_questions_and_says_when_one_cannot_be_drawn(tmp_path):
+    labels, probabilities = _head_outputs()
+    fig = viz.plot_roc_curves(labels, probabilities, tmp_path / "roc.png")
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
+    auc = cm.roc_auc(labels != "normal", cm.lesion_score(probabilities))
+    assert legend[1].startswith(f"lesion vs normal: AUC {auc:.3f}, n=80") and "n=65" in legend[2]
+    assert (tmp_path / "roc.png").stat().st_size > 0
+    no_malignant = labels != "malignant"
+    fig = viz.plot_roc_curves(labels[no_malignant], probabilities[no_malignant])
+    assert "benign vs malignant: not drawn, needs both classes" in [
+        t.get_text() for t in fig.legends[0].get_texts()
+    ]
+    with pytest.raises(ValueError, match=r"received \['cyst'\]"):
+        viz.plot_roc_curves(["cyst"] * 80, probabilities)

@@ -1,0 +1,317 @@
+"""The lesion-presence gate: declare an image lesion-free and empty its mask. Arrays in, arrays out.
+
+Importable without TensorFlow. Two rules, each with its parameters chosen on validation data:
+
+- With the classification head (``model.build_unet(..., classifier=True)``): the lesion
+  probability is ``1 - p_normal`` (`classification_metrics.lesion_score`); an image is
+  lesion-free when it is ``< gate_threshold`` (`lesion_free_by_class`).
+- Without a head, for comparison: an image is lesion-free when its largest pixel probability is
+  ``< max_probability`` or its predicted area (pixels ``>= mask_threshold``) is ``< min_area``
+  (`lesion_free_by_mask`).
+
+A lesion-free image's mask is emptied (`apply_gate`). Criterion for choosing a rule's parameters
+(`choose_gate_threshold`, `choose_mask_rule`), on validation images only, at the mask threshold
+already chosen there (`evaluation.choose_threshold`):
+
+Formula:
+    ``score = mean over all images of d_i``, with ``d_i`` the per-image Dice of the gated
+    prediction: for a lesion-free image ``d_i = 1`` if its truth is empty (a normal image kept
+    empty) and ``0`` otherwise (a lesion missed); for the others, the Dice of the mask at
+    ``mask_threshold`` (`evaluation.dice_score`, 1 when both masks are empty).
+
+Ties go to the candidate that empties the fewest validation images, then to the smallest
+values: the gate acts only where it pays on validation. A threshold of 0 (and an area of 0)
+never gates, so the chosen rule scores at least as well as no gate on validation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+import classification_metrics
+import evaluation
+import mask_processing
+
+# Candidates for the lesion-probability threshold; 0 never gates.
+GATE_THRESHOLDS = tuple(np.round(np.arange(0.0, 0.96, 0.05), 2))
+# Candidates of the rule without a head. A largest probability under the mask threshold means an
+# empty mask already, so only values above it act; 0 never gates, as does an area of 0.
+MAX_PROBABILITIES = (0.0, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+MIN_AREAS = (0, 10, 25, 50, 100, 200, 400)  # pixels at the model's input size
+
+
+def lesion_free_by_class(class_probabilities: np.ndarray, gate_threshold: float) -> np.ndarray:
+    """Images whose lesion probability ``1 - p_normal`` is below `gate_threshold`.
+
+    Args:
+        class_probabilities: ``(N, 3)`` float in [0, 1] in the order of ``class_labels.CLASSES``.
+        gate_threshold: in [0, 1); 0 declares no image lesion-free.
+
+    Returns:
+        ``(N,)`` bool, True for a lesion-free image.
+    """
+    _check_unit(gate_threshold, "gate_threshold")
+    return classification_metrics.lesion_score(class_probabilities) < gate_threshold
+
+
+def lesion_free_by_mask(
+    probabilities: np.ndarray, mask_threshold: float, max_probability: float, min_area: int
+) -> np.ndarray:
+    """Images whose largest probability is below `max_probability` or predicted area below `min_area`.
+
+    Args:
+        probabilities: ``(N, H, W[, 1])`` float in [0, 1].
+        mask_threshold: a pixel is lesion when its probability is ``>= mask_threshold``, in (0, 1).
+        max_probability: in [0, 1); 0 gates no image by this part of the rule.
+        min_area: pixels, >= 0; 0 gates no image by this part of the rule.
+
+    Returns:
+        ``(N,)`` bool, True for a lesion-free image.
+    """
+    peaks, areas = _peaks_and_areas(probabilities, mask_threshold)
+    _check_unit(max_probability, "max_probability")
+    if isinstance(min_area, bool) or not isinstance(min_area, (int, np.integer)) or min_area < 0:
+        raise ValueError(f"Expected min_area to be an integer >= 0 (pixels); received {min_area!r}.")
+    return (peaks < max_probability) | (areas < min_area)
+
+
+def apply_gate(probabilities: np.ndarray, lesion_free: np.ndarray) -> np.ndarray:
+    """A copy of `probabilities` with every lesion-free image's map set to 0 (an empty mask at any threshold).
+
+    Args:
+        probabilities: ``(N, H, W[, 1])`` float in [0, 1].
+        lesion_free: ``(N,)`` bool.
+
+    Returns:
+        Same shape and dtype as `probabilities`.
+    """
+    probabilities = np.asarray(probabilities)
+    lesion_free = _check_flags(lesion_free, len(probabilities))
+    gated = probabilities.copy()
+    gated[lesion_free] = 0
+    return gated
+
+
+def gated_dice(
+    y_true: np.ndarray, probabilities: np.ndarray, mask_threshold: float, lesion_free: np.ndarray
+) -> np.ndarray:
+    """Per-image Dice after the gate: 1 or 0 for a lesion-free image (empty truth or not), else the mask's Dice.
+
+    Args:
+        y_true: ``(N, H, W[, 1])`` in {0, 1}.
+        probabilities: same shape, float in [0, 1].
+        mask_threshold: in (0, 1).
+        lesion_free: ``(N,)`` bool.
+
+    Returns:
+        ``(N,)`` float64 in [0, 1].
+    """
+    dice = evaluation.dice_score(y_true, probabilities, mask_threshold)
+    return _gated(dice, _empty_truth(y_true), _check_flags(lesion_free, len(dice)))
+
+
+def choose_gate_threshold(
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    class_probabilities: np.ndarray,
+    mask_threshold: float,
+    thresholds: Sequence[float] = GATE_THRESHOLDS,
+) -> tuple[float, pd.DataFrame]:
+    """Chooses the lesion-probability threshold on validation data by the module's criterion.
+
+    Args:
+        y_true: ``(N, H, W[, 1])`` in {0, 1}, validation truths (normal images included).
+        probabilities: same shape, float in [0, 1].
+        class_probabilities: ``(N, 3)`` float in [0, 1].
+        mask_threshold: the mask threshold chosen on the same images, in (0, 1).
+        thresholds: candidates in [0, 1).
+
+    Returns:
+        ``(gate_threshold, curve)``: the best candidate and a DataFrame with one row per
+        candidate: ``gate_threshold``, ``dice`` (the criterion) and ``gated_fraction`` (share
+        of the images declared lesion-free).
+    """
+    scores = classification_metrics.lesion_score(class_probabilities)
+    dice = evaluation.dice_score(y_true, probabilities, mask_threshold)
+    if len(scores) != len(dice):
+        raise ValueError(
+            f"Expected one row of class probabilities per image ({len(dice)}); received {len(scores)}."
+        )
+    empty = _empty_truth(y_true)
+    rows = []
+    for threshold in _candidates(thresholds, "thresholds"):
+        lesion_free = scores < threshold
+        rows.append(
+            {
+                "gate_threshold": threshold,
+                "dice": float(_gated(dice, empty, lesion_free).mean()),
+                "gated_fraction": float(lesion_free.mean()),
+            }
+        )
+    curve = pd.DataFrame(rows)
+    best = _best(curve, ["gate_threshold"])
+    return float(curve.loc[best, "gate_threshold"]), curve
+
+
+def choose_mask_rule(
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    mask_threshold: float,
+    max_probabilities: Sequence[float] = MAX_PROBABILITIES,
+    min_areas: Sequence[int] = MIN_AREAS,
+) -> tuple[float, int, pd.DataFrame]:
+    """Chooses the rule without a head (largest probability, smallest area) on validation data.
+
+    Every pair of candidates is tried (`lesion_free_by_mask`) and scored by the module's
+    criterion.
+
+    Args:
+        y_true: ``(N, H, W[, 1])`` in {0, 1}, validation truths.
+        probabilities: same shape, float in [0, 1].
+        mask_threshold: the mask threshold chosen on the same images, in (0, 1).
+        max_probabilities: candidates in [0, 1).
+        min_areas: candidates, integers >= 0 (pixels).
+
+    Returns:
+        ``(max_probability, min_area, curve)``; the curve has one row per pair:
+        ``max_probability``, ``min_area``, ``dice`` and ``gated_fraction``.
+    """
+    peaks, areas = _peaks_and_areas(probabilities, mask_threshold)
+    dice = evaluation.dice_score(y_true, probabilities, mask_threshold)
+    empty = _empty_truth(y_true)
+    rows = []
+    for max_probability in _candidates(max_probabilities, "max_probabilities"):
+        for min_area in sorted(int(area) for area in min_areas):
+            lesion_free = (peaks < max_probability) | (areas < min_area)
+            rows.append(
+                {
+                    "max_probability": max_probability,
+                    "min_area": min_area,
+                    "dice": float(_gated(dice, empty, lesion_free).mean()),
+                    "gated_fraction": float(lesion_free.mean()),
+                }
+            )
+    curve = pd.DataFrame(rows)
+    best = _best(curve, ["max_probability", "min_area"])
+    return float(curve.loc[best, "max_probability"]), int(curve.loc[best, "min_area"]), curve
+
+
+def compare_rules(
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    frame: pd.DataFrame,
+    mask_threshold: float,
+    rules: Mapping[str, np.ndarray],
+    n_bootstrap: int = evaluation.N_BOOTSTRAP,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Scores the same predictions under several gates (e.g. none, the head's, the rule without a head).
+
+    Args:
+        y_true: ``(N, H, W, 1)`` in {0, 1}.
+        probabilities: same shape, float in [0, 1].
+        frame: N rows with ``image_id`` and ``label``.
+        mask_threshold: in (0, 1).
+        rules: rule name -> ``(N,)`` bool lesion-free flags (all False for "no gate").
+        n_bootstrap: bootstrap resamples of the CIs.
+        seed: bootstrap seed.
+
+    Returns:
+        One row per rule: ``rule``, ``gated`` (images emptied), ``lesion_dice`` with
+        ``lesion_dice_ci_low`` / ``_ci_high`` (mean per-image Dice of lesion images,
+        `evaluation.evaluate`), ``specificity`` and ``detection_rate`` with their CIs
+        (`evaluation.detection_summary`), and ``dice_all`` (the choice criterion).
+    """
+    rows = []
+    for rule, lesion_free in rules.items():
+        gated = apply_gate(probabilities, lesion_free)
+        per_image, summary = evaluation.evaluate(
+            y_true, gated, frame, mask_threshold, n_bootstrap=n_bootstrap, seed=seed
+        )
+        groups = summary.set_index("group")
+        detection = evaluation.detection_summary(per_image, n_bootstrap, seed).set_index("metric")
+        row = {"rule": rule, "gated": int(np.sum(lesion_free)), "dice_all": float(per_image["dice"].mean())}
+        for column in ("dice_mean", "dice_ci_low", "dice_ci_high"):
+            name = column.replace("dice_mean", "lesion_dice").replace("dice_ci", "lesion_dice_ci")
+            row[name] = float(groups.loc["lesion", column]) if "lesion" in groups.index else float("nan")
+        for metric in ("specificity", "detection_rate"):
+            row[metric] = detection.loc[metric, "value"]
+            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = detection.loc[metric, ["ci_low", "ci_high"]]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_comparison(comparison: pd.DataFrame) -> str:
+    """One line per rule of `compare_rules`: images emptied, lesion Dice, specificity, detection rate, with CIs."""
+    lines = []
+    for row in comparison.itertuples(index=False):
+        lines.append(
+            f"{row.rule:<27} emptied {row.gated:>4}; lesion Dice {row.lesion_dice:.3f} "
+            f"[{row.lesion_dice_ci_low:.3f}, {row.lesion_dice_ci_high:.3f}]; normal images kept empty "
+            f"{row.specificity:.1%} [{row.specificity_ci_low:.1%}, {row.specificity_ci_high:.1%}]; lesions found "
+            f"{row.detection_rate:.1%} [{row.detection_rate_ci_low:.1%}, {row.detection_rate_ci_high:.1%}]"
+        )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _gated(dice: np.ndarray, empty_truth: np.ndarray, lesion_free: np.ndarray) -> np.ndarray:
+    return np.where(lesion_free, empty_truth.astype(np.float64), dice)
+
+
+def _empty_truth(y_true: np.ndarray) -> np.ndarray:
+    y_true = mask_processing.drop_channel_axis(np.asarray(y_true), 3)
+    return ~y_true.reshape(len(y_true), -1).any(axis=1)
+
+
+def _peaks_and_areas(probabilities: np.ndarray, mask_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    if not 0 < mask_threshold < 1:
+        raise ValueError(f"Expected mask_threshold in (0, 1); received {mask_threshold!r}.")
+    probabilities = mask_processing.drop_channel_axis(np.asarray(probabilities), 3)
+    if probabilities.ndim != 3:
+        raise ValueError(
+            f"Expected probabilities of shape (N, H, W) or (N, H, W, 1); received {probabilities.shape}."
+        )
+    flat = probabilities.reshape(len(probabilities), -1)
+    return flat.max(axis=1, initial=0.0), (flat >= mask_threshold).sum(axis=1)
+
+
+def _check_unit(value: float, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 <= value < 1:
+        raise ValueError(f"Expected {name} in [0, 1); received {value!r}.")
+
+
+def _check_flags(lesion_free: np.ndarray, n: int) -> np.ndarray:
+    lesion_free = np.asarray(lesion_free)
+    if lesion_free.shape != (n,) or lesion_free.dtype != bool:
+        raise ValueError(
+            f"Expected lesion_free as ({n},) bool, one flag per image; "
+            f"received {lesion_free.dtype} {lesion_free.shape}."
+        )
+    return lesion_free
+
+
+def _candidates(values: Sequence[float], name: str) -> list[float]:
+    values = sorted(float(value) for value in values)
+    if not values:
+        raise ValueError(f"Expected at least one candidate in {name}; received none.")
+    for value in values:
+        _check_unit(value, name)
+    return values
+
+
+def _best(curve: pd.DataFrame, parameters: list[str]) -> int:
+    """Row of the highest Dice (to 12 decimals); ties: fewest images gated, then the smallest parameters."""
+    ranked = curve.assign(rounded=curve["dice"].round(12)).sort_values(
+        ["rounded", "gated_fraction", *parameters],
+        ascending=[False, True, *[True] * len(parameters)],
+        kind="stable",
+    )
+    return int(ranked.index[0])

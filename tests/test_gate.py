@@ -1,0 +1,125 @@
+"""Tests for gate: the lesion-free rules with and without the head, and their choice on hand-made images."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import gate
+
+MASK_THRESHOLD = 0.5
+
+
+def four_images():
+    """Four 1x4 images, by hand: truths, probabilities and class probabilities (benign, malignant, normal).
+
+    image 0: normal, no pixel >= 0.5 (Dice 1), p_normal 0.9 -> lesion probability 0.1, peak 0.2, area 0
+    image 1: normal, one false pixel (Dice 0), p_normal 0.7 -> 0.3, peak 0.6, area 1
+    image 2: lesion of 2 pixels found exactly (Dice 1), p_normal 0.2 -> 0.8, peak 0.9, area 2
+    image 3: lesion of 4 pixels, 2 found (Dice 2*2 / (2+4) = 2/3), p_normal 0.6 -> 0.4, peak 0.7, area 2
+    """
+    truth = np.array([[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]], np.uint8)[:, None, :, None]
+    probabilities = np.array(
+        [[0.1, 0.2, 0.1, 0.1], [0.6, 0.1, 0.0, 0.0], [0.9, 0.8, 0.0, 0.0], [0.7, 0.7, 0.0, 0.0]], np.float32
+    )[:, None, :, None]
+    classes = np.array([[0.05, 0.05, 0.9], [0.2, 0.1, 0.7], [0.3, 0.5, 0.2], [0.1, 0.3, 0.6]])
+    return truth, probabilities, classes
+
+
+def test_gate_threshold_is_chosen_by_the_mean_dice_over_all_images_by_hand():
+    truth, probabilities, classes = four_images()
+
+    threshold, curve = gate.choose_gate_threshold(
+        truth, probabilities, classes, MASK_THRESHOLD, thresholds=[0.0, 0.2, 0.35, 0.5, 0.9]
+    )
+
+    # 0: nothing gated (1 + 0 + 1 + 2/3) / 4; 0.2 gates image 0 (already right); 0.35 also image 1
+    # (a normal image kept empty: 0 -> 1); 0.5 also image 3 (a lesion missed: 2/3 -> 0); 0.9 all.
+    np.testing.assert_allclose(
+        curve["dice"], [(8 / 3) / 4, (8 / 3) / 4, (11 / 3) / 4, 3 / 4, 2 / 4], atol=1e-12
+    )
+    np.testing.assert_allclose(curve["gated_fraction"], [0, 0.25, 0.5, 0.75, 1.0])
+    assert threshold == 0.35
+
+
+def test_a_tie_goes_to_the_threshold_that_gates_fewer_images():
+    truth, probabilities, classes = four_images()
+    threshold, curve = gate.choose_gate_threshold(truth, probabilities, classes, MASK_THRESHOLD, [0.2, 0.0])
+    assert curve["dice"].nunique() == 1 and threshold == 0.0
+
+
+def test_the_rule_without_a_head_is_chosen_by_the_same_criterion_by_hand():
+    truth, probabilities, classes = four_images()
+
+    max_probability, min_area, curve = gate.choose_mask_rule(
+        truth, probabilities, MASK_THRESHOLD, max_probabilities=[0.0, 0.65, 0.75], min_areas=[0, 2, 3]
+    )
+
+    rows = curve.set_index(["max_probability", "min_area"])
+    assert rows.loc[(0.0, 0), "dice"] == pytest.approx((8 / 3) / 4)  # no gate
+    assert rows.loc[(0.0, 2), "dice"] == pytest.approx((11 / 3) / 4)  # areas 0 and 1 emptied
+    assert rows.loc[(0.65, 0), "dice"] == pytest.approx((11 / 3) / 4)  # peaks 0.2 and 0.6 emptied
+    assert rows.loc[(0.75, 0), "dice"] == pytest.approx(3 / 4)  # peak 0.7 of a lesion too
+    assert rows.loc[(0.0, 3), "dice"] == pytest.approx(2 / 4)  # every area is under 3
+    # Two rules tie at 11/12, gating the same two images: the smaller parameters win.
+    assert (max_probability, min_area) == (0.0, 2)
+    np.testing.assert_array_equal(
+        gate.lesion_free_by_mask(probabilities, MASK_THRESHOLD, 0.65, 0), [True, True, False, False]
+    )
+
+
+def test_apply_gate_empties_the_lesion_free_images_and_gated_dice_scores_them():
+    truth, probabilities, classes = four_images()
+    lesion_free = gate.lesion_free_by_class(classes, 0.5)
+    np.testing.assert_array_equal(lesion_free, [True, True, False, True])
+
+    gated = gate.apply_gate(probabilities, lesion_free)
+
+    assert gated.dtype == probabilities.dtype and gated.shape == probabilities.shape
+    assert not gated[lesion_free].any()
+    np.testing.assert_array_equal(gated[2], probabilities[2])
+    np.testing.assert_allclose(
+        gate.gated_dice(truth, probabilities, MASK_THRESHOLD, lesion_free), [1, 1, 1, 0]
+    )
+    assert probabilities[1].max() == np.float32(0.6)  # the input is not changed
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda t, p, c: gate.lesion_free_by_class(c, 1.0), r"gate_threshold in \[0, 1\); received 1.0"),
+        (
+            lambda t, p, c: gate.lesion_free_by_mask(p, 0.0, 0.5, 0),
+            r"mask_threshold in \(0, 1\); received 0.0",
+        ),
+        (lambda t, p, c: gate.lesion_free_by_mask(p, 0.5, 0.5, -1), r"min_area to be an integer >= 0"),
+        (lambda t, p, c: gate.apply_gate(p, [1, 0, 0, 1]), r"lesion_free as \(4,\) bool"),
+        (
+            lambda t, p, c: gate.choose_gate_threshold(t, p, c, 0.5, []),
+            r"at least one candidate in thresholds",
+        ),
+        (
+            lambda t, p, c: gate.choose_gate_threshold(t, p, c[:3], 0.5),
+            r"one row of class probabilities per image \(4\)",
+        ),
+        (lambda t, p, c: gate.choose_gate_threshold(t, p, c[:, :2], 0.5), r"shape \('N', 3\)"),
+    ],
+)
+def test_bad_arguments_are_refused_naming_what_was_expected(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(*four_images())
+
+
+def test_compare_rules_scores_each_gate_by_hand():
+    truth, probabilities, classes = four_images()
+    frame = pd.DataFrame({"image_id": list("abcd"), "label": ["normal", "normal", "benign", "malignant"]})
+    rules = {"no gate": np.zeros(4, bool), "head": gate.lesion_free_by_class(classes, 0.35)}
+
+    comparison = gate.compare_rules(truth, probabilities, frame, MASK_THRESHOLD, rules, n_bootstrap=100)
+
+    rows = comparison.set_index("rule")
+    assert rows["gated"].tolist() == [0, 2]
+    np.testing.assert_allclose(rows["lesion_dice"], [(1 + 2 / 3) / 2] * 2)  # lesions untouched by this gate
+    np.testing.assert_allclose(rows["specificity"], [1 / 2, 1.0])  # image 1 kept empty by the gate
+    np.testing.assert_allclose(rows["detection_rate"], [1.0, 1.0])
+    np.testing.assert_allclose(rows["dice_all"], [(8 / 3) / 4, (11 / 3) / 4])
+    assert "lesions found 100.0%" in gate.format_comparison(comparison)
