@@ -384,6 +384,7 @@ def _build(config: dict):
         dtype_policy=config["dtype_policy"],
         fused_batch_norm=_fused(config),
         standardize_input=config.get("standardize_input", False),
+        **({"classifier": True} if config.get("classifier") else {}),
     )
 
 
