@@ -197,6 +197,32 @@ CONFIGS = {
         ema_momentum=0.99,
         standardize_input=True,
     ),
+    # The same recipes with the classification head (normal / benign / malignant) trained jointly.
+    "b16_128_us_ema_std_cls": dict(
+        image_size=128,
+        base_filters=16,
+        batch_size=8,
+        dtype_policy="float32",
+        lr_schedule="cosine",
+        learning_rate=2e-3,
+        loss="bce_dice",
+        augment="ultrasound",
+        ema_momentum=0.99,
+        standardize_input=True,
+        classifier=True,
+    ),
+    "b16_128_us_ema_cls": dict(
+        image_size=128,
+        base_filters=16,
+        batch_size=8,
+        dtype_policy="float32",
+        lr_schedule="cosine",
+        learning_rate=2e-3,
+        loss="bce_dice",
+        augment="ultrasound",
+        ema_momentum=0.99,
+        classifier=True,
+    ),
 }
 DEFAULT_CONFIGS = (BASELINE, "b32_128_cos", "b16_128_cos")
 QUICK_CONFIGS = ("b16_128_cos", "b32_128_plateau")
