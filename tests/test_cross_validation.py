@@ -338,6 +338,7 @@ def test_the_notebooks_cross_validation_cell_runs(data, two_folds, tmp_path, cap
         "base_filters": 4,
         "depth": 2,
         "dtype_policy": "float32",
+        "classifier": False,  # the fixture's run has no classification head
         "batch_size": 4,
         "seed": 0,
         "epochs": 1,

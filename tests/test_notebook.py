@@ -136,9 +136,10 @@ def test_notebook_on_a_fresh_headless_machine_runs_on_the_demo_set_quietly_with_
         and "external_dir" not in "".join(c["source"])
     ]
     shown = [sum("image/png" in o.get("data", {}) for o in c["outputs"]) for c in plotting]
-    assert len(plotting) == 9 and shown == [1] * 9
-    assert sum("image/png" in o.get("data", {}) for c in cells for o in c["outputs"]) == 9
-    assert len(list((repo / "runs" / "notebook" / "figures").glob("*.png"))) == 9
+    # 9 figures, and the classification head's confusion matrix and ROC curves (classifier = True)
+    assert len(plotting) == 11 and shown == [1] * 11
+    assert sum("image/png" in o.get("data", {}) for c in cells for o in c["outputs"]) == 11
+    assert len(list((repo / "runs" / "notebook" / "figures").glob("*.png"))) == 11
 
     outputs = "\n".join(_output_text(o) for c in cells for o in c["outputs"])
     assert not tensorflow_lines(outputs), tensorflow_lines(outputs)

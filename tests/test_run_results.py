@@ -1,5 +1,6 @@
 """Tests for run_results: `write_results` / `read_results` round trip and the checks on both sides."""
 
+import json
 import re
 
 import pandas as pd
@@ -105,3 +106,12 @@ def test_read_errors_name_the_file(tmp_path):
     path.write_text('{"threshold": 1.5}')
     with pytest.raises(ValueError, match=re.escape(f"'{path}' holds threshold 1.5, outside (0, 1)")):
         run_results.read_results(path)
+
+
+@pytest.mark.parametrize("gate_threshold", [1.0, -0.1, "0.5"])
+def test_read_refuses_a_gate_threshold_outside_0_1(tmp_path, gate_threshold):
+    (tmp_path / "results.json").write_text(json.dumps({"threshold": 0.5, "gate_threshold": gate_threshold}))
+    with pytest.raises(ValueError, match=r"holds gate_threshold .*, outside \[0, 1\)"):
+        run_results.read_results(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({"threshold": 0.5, "gate_threshold": 0.0}))
+    assert run_results.read_results(tmp_path)["gate_threshold"] == 0.0  # 0: a gate that never acts
