@@ -44,7 +44,7 @@ HISTORY_CSV = "history.csv"
 STATE_JSON = "train_state.json"
 CHECKPOINT_DIR = "checkpoints"
 MIN_LEARNING_RATE = 1e-6
-DEFAULT_EMA_MOMENTUM = 0.99  # Keras's default; only used when the average is on
+DEFAULT_EMA_MOMENTUM = 0.99  # train_model's default: an average over about the last 100 steps
 LR_FACTOR = 0.5
 LR_SCHEDULES = ("plateau", "cosine")
 WARMUP_FRACTION = 0.05  # share of the cosine schedule's steps spent warming up linearly from 0
@@ -653,6 +653,7 @@ def _resume(
     _restore_checkpoint(model, run_dir, state["last_checkpoint"], optimizer=True)
     _save_averaged(model, run_dir / LAST_MODEL)
     if state["stopped_early"] or state["epochs_done"] >= epochs:
+        model.set_weights(_averaged_weights(model))  # returned as fit returns it (the average, if kept)
         if progress != "none":
             print(
                 f"run in {run_dir} already finished after epoch {state['epochs_done']}; nothing to train",
@@ -745,7 +746,7 @@ def train_model(
     train_data,
     val_data,
     run_dir: str | os.PathLike,
-    epochs: int = 50,
+    epochs: int = 30,
     loss: str = "bce_dice",
     learning_rate: float = 2e-3,
     early_stopping_patience: int | None = None,
@@ -754,7 +755,7 @@ def train_model(
     lr_schedule: str = "cosine",
     time_budget_s: float | None = None,
     strategy=None,
-    ema_momentum: float | None = None,
+    ema_momentum: float | None = DEFAULT_EMA_MOMENTUM,
     class_loss_weight: float = losses.CLASS_LOSS_WEIGHT,
 ) -> tuple[keras.Model, pd.DataFrame]:
     """Compiles and fits `model` with Adam, or resumes the run saved in `run_dir`.
@@ -841,7 +842,8 @@ def train_model(
             trainable weights (``avg = m * avg + (1 - m) * w`` after every step, Keras's
             ``use_ema``); validation (hence the best epoch), ``best.keras``, ``last.keras`` and the
             returned model use the averaged weights, while training continues from its own. None:
-            no average. A resumed run must keep its value.
+            no average. A resumed run must keep its value. The default, 0.99, averages over about
+            the last 100 steps (1.5 epochs of BUSI at batch 8).
 
     Distribution:
         With `tf.distribute.MirroredStrategy` (several GPUs of one machine) or

@@ -145,8 +145,10 @@ def test_exports_hold_the_best_and_last_epochs_also_after_an_interrupt(tiny, tmp
     _, _, train, val = tiny
     run = tmp_path / "run"
     keras.backend.clear_session()
+    # Without the weight average, the exports are the checkpoints' own weights (with it, see
+    # test_a_moving_average_of_the_weights_is_validated_exported_and_resumed).
     model, _ = training.train_model(
-        _tiny_model(), train, val, run, epochs=3, progress="none", lr_schedule="plateau"
+        _tiny_model(), train, val, run, epochs=3, progress="none", lr_schedule="plateau", ema_momentum=None
     )
     state = json.loads((run / training.STATE_JSON).read_text())
     assert _same_weights(
@@ -170,7 +172,16 @@ def test_exports_hold_the_best_and_last_epochs_also_after_an_interrupt(tiny, tmp
     monkeypatch.setattr(training.atomic_io, "write_csv", interrupt_in_epoch_5)
     keras.backend.clear_session()
     with pytest.raises(KeyboardInterrupt):
-        training.train_model(_tiny_model(), train, val, run, epochs=6, progress="none", lr_schedule="plateau")
+        training.train_model(
+            _tiny_model(),
+            train,
+            val,
+            run,
+            epochs=6,
+            progress="none",
+            lr_schedule="plateau",
+            ema_momentum=None,
+        )
     state = json.loads((run / training.STATE_JSON).read_text())
     assert state["epochs_done"] == 4 and state["last_checkpoint"]["weights"].endswith("epoch-0004.weights.h5")
     assert _same_weights(
@@ -597,7 +608,16 @@ def test_a_moving_average_of_the_weights_is_validated_exported_and_resumed(tiny,
 
     keras.backend.clear_session()
     with pytest.raises(ValueError, match="ema_momentum=0.5, not None"):
-        training.train_model(_tiny_model(), train, val, run, epochs=3, lr_schedule="plateau", progress="none")
+        training.train_model(
+            _tiny_model(),
+            train,
+            val,
+            run,
+            epochs=3,
+            lr_schedule="plateau",
+            progress="none",
+            ema_momentum=None,
+        )
     keras.backend.clear_session()
     resumed, history = training.train_model(
         _tiny_model(), train, val, run, epochs=3, lr_schedule="plateau", progress="none", ema_momentum=0.5
