@@ -13,7 +13,15 @@ stratified by class, and near-duplicate groups never straddle folds):
    early stopping, the learning-rate halving and the best checkpoint (``val_dice``).
 4. The binarisation threshold is chosen on the inner validation part with the best checkpoint
    (`evaluation.choose_threshold`).
-5. The best checkpoint, at that threshold, is scored on the held-out fold (`evaluation.evaluate`).
+5. The lesion-presence gates are chosen on the inner validation part too, at that threshold
+   (`gate`): the head's threshold on ``1 - p_normal`` (models with the classification head) and
+   the rule without a head (largest probability, smallest area).
+6. The best checkpoint, at that threshold, is scored on the held-out fold (`evaluation.evaluate`),
+   and each held-out image is flagged lesion-free or not by each gate of step 5.
+
+The gates' comparison (`gate_comparison`, ``cv_gate.csv``) scores the out-of-fold images with no
+gate and with each fold's gates: no choice is made on the images scored. `rescore_folds` redoes
+steps 4 to 6 and the tables on a finished run, without training.
 
 When every fold is done, the threshold of the fold ensemble (the mean probability of the k fold
 models, `ensemble.load_ensemble`) is chosen on the out-of-fold predictions: every image predicted
@@ -26,15 +34,22 @@ Files, under `run_dir` (every file written atomically)::
 
     fold-<k>/            train_model's run folder (checkpoints, history, best.keras, ...), plus
       split.csv          image_id, label, role ("train", "val" or "test") of every image
-      per_image.csv      the held-out images' scores (evaluation.evaluate), with a "fold" column
-                         (and p_benign, p_malignant, p_normal for models with the classification head)
-      summary.csv        the held-out fold's summary by class (evaluation.evaluate)
-      fold_result.json   the fold's row of the results table: written last, the commit point
+      per_image.csv      the held-out images' scores (evaluation.evaluate), with a "fold" column,
+                         lesion_free_mask_rule (bool: the fold's rule without a head empties the image)
+                         and, for models with the classification head, p_benign, p_malignant,
+                         p_normal and lesion_free_head (bool: the fold's head gate empties it);
+                         models without the head have neither the p_ columns nor lesion_free_head
+      summary.csv        the held-out fold's summary by class (evaluation.evaluate), without gate
+      fold_result.json   the fold's row of the results table, with its gates (`GATE_KEYS`):
+                         written last, the commit point
     cv_folds.csv         one row per fold (`fold_results`)
-    cv_summary.csv       mean, sd, min, max over folds per metric (`summarize_folds`)
+    cv_summary.csv       mean, sd, min, max over folds per metric (`summarize_folds`), without gate
     cv_per_image.csv     every image's score from the fold that held it out (out-of-fold)
-    ensemble.json        the fold ensemble's threshold, chosen on the out-of-fold predictions,
-                         with its curve and the out-of-fold summary at it (`read_out_of_fold_threshold`)
+    cv_gate.csv          no gate vs each fold's gates over the out-of-fold images (`gate_comparison`)
+    cv_classification.csv  the head's accuracy, recall, AUCs out of fold (`out_of_fold_classification`)
+    ensemble.json        the fold ensemble's threshold and gates to apply to new images, chosen on the
+                         out-of-fold predictions, with the threshold's curve and the (optimistic)
+                         out-of-fold summary at it (`read_out_of_fold_threshold`)
 
 Resume: rerunning with the same `run_dir` skips every fold whose ``fold_result.json`` exists
 and resumes the others where `train_model` left them. A fold's ``split.csv`` is checked against
@@ -81,7 +96,36 @@ FOLD_RESULT_JSON = "fold_result.json"
 CV_FOLDS_CSV = "cv_folds.csv"
 CV_SUMMARY_CSV = "cv_summary.csv"
 CV_PER_IMAGE_CSV = "cv_per_image.csv"
+CV_GATE_CSV = "cv_gate.csv"
+CV_CLASSIFICATION_CSV = "cv_classification.csv"
 ENSEMBLE_JSON = "ensemble.json"
+# The gates compared (`gate`), and the per-image column of each that flags the images it declared
+# lesion-free with the gate chosen on the fold's inner validation part.
+NO_GATE, MASK_RULE, HEAD_GATE = "no gate", "max probability / min area", "classification head"
+LESION_FREE_COLUMNS = {MASK_RULE: "lesion_free_mask_rule", HEAD_GATE: "lesion_free_head"}
+# A fold's gates, chosen on its inner validation part (fold_result.json; gate_threshold None without the head).
+GATE_KEYS = ("gate_threshold", "mask_rule_max_probability", "mask_rule_min_area")
+# cv_gate.csv's columns (`gate_comparison`).
+GATE_COLUMNS = (
+    "rule",
+    "n_images",
+    "gated",
+    "lesion_dice",
+    "lesion_dice_ci_low",
+    "lesion_dice_ci_high",
+    "normal_false_lesion",
+    "normal_false_lesion_ci_low",
+    "normal_false_lesion_ci_high",
+    "detection_rate",
+    "detection_rate_ci_low",
+    "detection_rate_ci_high",
+    "dice_all",
+    "n_folds",
+    "lesion_dice_fold_mean",
+    "lesion_dice_fold_sd",
+    "normal_false_lesion_fold_mean",
+    "normal_false_lesion_fold_sd",
+)
 ROLES = ("train", "val", "test")
 # Fold-level metrics: (column, group row of evaluation.evaluate's summary, summary column).
 METRICS = (
@@ -117,8 +161,9 @@ def cross_validate(
     ``training.set_seeds(seed + fold)``, so it is always built under the strategy it trains
     with. Fold ``k`` (1-based) uses ``seed + k`` for the initial weights and the shuffling and
     augmentation of its training data; the folds themselves come from `seed`. When every fold
-    is done, the fold ensemble's threshold is chosen on the out-of-fold predictions and written
-    to ``ensemble.json`` (`choose_out_of_fold_threshold`; recomputed on every call, in seconds).
+    is done, the run's tables are written and the fold ensemble's threshold is chosen on the
+    out-of-fold predictions and written to ``ensemble.json`` (`choose_out_of_fold_threshold`;
+    recomputed on every call, in seconds).
 
     Args:
         index: one row per image, aligned with `images` by position, with columns
@@ -143,9 +188,11 @@ def cross_validate(
     Returns:
         ``(folds, summary, per_image)``: `fold_results` (one row per fold), `summarize_folds`
         (one row per metric: mean and sd over folds) and the out-of-fold per-image table
-        (`evaluation.evaluate` columns plus ``fold``, every image exactly once; for models with
-        the classification head also ``p_benign``, ``p_malignant``, ``p_normal``, the held-out
-        image's class probabilities from its fold's model, `class_labels.PROBABILITY_COLUMNS`).
+        (`evaluation.evaluate` columns plus ``fold``, every image exactly once, and
+        ``lesion_free_mask_rule``; for models with the classification head also ``p_benign``,
+        ``p_malignant``, ``p_normal``, the held-out image's class probabilities from its fold's
+        model, `class_labels.PROBABILITY_COLUMNS`, and ``lesion_free_head``). The gates'
+        comparison is written to ``cv_gate.csv`` (`gate_comparison`).
 
     Raises:
         ValueError: ``n_folds < 2``; a class with fewer images than folds (or an inner training
@@ -176,8 +223,9 @@ def cross_validate(
                         f"fold {fold}/{n_folds}: done in an earlier run; results read from {fold_dir}",
                         flush=True,
                     )
-                results.append(json.loads(result_path.read_text()))
-                per_image_parts.append(pd.read_csv(fold_dir / PER_IMAGE_CSV, dtype={"image_id": str}))
+                result, per_image = _read_fold(fold_dir)
+                results.append(result)
+                per_image_parts.append(per_image)
                 continue
             part = {role: np.flatnonzero(roles == role) for role in ROLES}
             if verbose:
@@ -205,9 +253,12 @@ def cross_validate(
             _, history = training.train_model(
                 model, train_data, val_data, fold_dir, strategy=strategy, **train_options
             )
-            result, per_image = _score_fold(fold, fold_dir, history, index, images, masks, part, seed)
-            atomic_io.write_csv(fold_dir / PER_IMAGE_CSV, per_image)
-            atomic_io.write_json(result_path, result)  # commit point of the fold
+            result, per_image = _score_fold(fold, fold_dir, index, images, masks, part, seed)
+            result.update(
+                epochs_run=len(history),
+                best_epoch=int(history.loc[history["val_dice"].idxmax(), "epoch"]),
+            )
+            _write_fold(fold_dir, result, per_image)  # fold_result.json last: the fold's commit point
             if verbose:
                 print(
                     f"fold {fold}/{n_folds}: held-out lesion Dice {result['lesion_dice']:.3f}, "
@@ -216,27 +267,7 @@ def cross_validate(
                 )
             results.append(result)
             per_image_parts.append(per_image)
-        folds = fold_results(results)
-        summary = summarize_folds(folds)
-        per_image = pd.concat(per_image_parts, ignore_index=True)
-        atomic_io.write_csv(run_dir / CV_FOLDS_CSV, folds)
-        atomic_io.write_csv(run_dir / CV_SUMMARY_CSV, summary)
-        atomic_io.write_csv(run_dir / CV_PER_IMAGE_CSV, per_image)
-        threshold, curve, _ = choose_out_of_fold_threshold(run_dir, index, images, masks, seed=seed)
-        if verbose:
-            print(
-                f"fold ensemble: threshold {threshold:.2f} chosen on the out-of-fold predictions (mean per-image "
-                f"Dice {curve['dice'].max():.3f} over all {len(index)} images); wrote {run_dir / ENSEMBLE_JSON}",
-                flush=True,
-            )
-            record = run_results.read_results(run_dir / ENSEMBLE_JSON)
-            print(
-                f"gates chosen on the out-of-fold predictions (gate threshold on 1 - p_normal: "
-                f"{record['gate_threshold']}; scored on the images they were chosen on):\n"
-                + gate.format_comparison(pd.DataFrame(record["gate_comparison"])),
-                flush=True,
-            )
-        return folds, summary, per_image
+        return _finish_run(run_dir, index, images, masks, results, per_image_parts, seed, verbose)
 
 
 def make_fold_splits(index: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> list[np.ndarray]:
@@ -284,7 +315,10 @@ def fold_results(results: list[dict]) -> pd.DataFrame:
         DataFrame ordered by fold with columns ``fold``, ``n_train``, ``n_val``, ``n_test``,
         ``n_lesion``, ``n_normal`` (held-out images), ``epochs_run``, ``best_epoch``,
         ``threshold`` (chosen on inner validation), ``val_dice`` (mean per-image Dice on inner
-        validation at that threshold) and the `METRIC_COLUMNS` (held-out means per image;
+        validation at that threshold), the gates chosen on inner validation (`GATE_KEYS`:
+        ``gate_threshold``, NaN without the head, ``mask_rule_max_probability``,
+        ``mask_rule_min_area``; NaN for folds scored before the gates, see `rescore_folds`) and
+        the `METRIC_COLUMNS` (held-out means per image;
         ``normal_fp_fraction`` is the share of held-out normal images with any predicted
         pixel; NaN where a fold has no image of a group).
     """
@@ -299,11 +333,11 @@ def fold_results(results: list[dict]) -> pd.DataFrame:
         "best_epoch",
         "threshold",
         "val_dice",
+        *GATE_KEYS,
         *METRIC_COLUMNS,
     ]
-    frame = pd.DataFrame(
-        [{column: result.get(column, np.nan) for column in columns} for result in results], columns=columns
-    )
+    rows = [{column: _number(result.get(column)) for column in columns} for result in results]
+    frame = pd.DataFrame(rows, columns=columns)
     return frame.sort_values("fold", ignore_index=True)
 
 
@@ -369,6 +403,159 @@ def format_cross_validation(folds: pd.DataFrame, summary: pd.DataFrame) -> str:
             f"  {row.metric:<19} {row.mean:.3f} ± {row.sd:.3f}   (min {row.min:.3f}, max {row.max:.3f})"
         )
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# The gates, chosen per fold on inner validation, and rescoring a finished run
+# ----------------------------------------------------------------------------------------------
+
+
+def gate_comparison(
+    per_image: pd.DataFrame, n_bootstrap: int = evaluation.N_BOOTSTRAP, seed: int = 0
+) -> pd.DataFrame:
+    """The out-of-fold images scored with no gate and with each gate chosen on its fold's inner validation.
+
+    Each held-out image carries the flags of the gates its fold chose on the inner validation
+    part (`LESION_FREE_COLUMNS`); a flagged image's mask counts as emptied (`gate.gate_per_image`).
+    A rule whose column is absent (the head's, for models without it) or incomplete (folds
+    scored before the gates existed: `rescore_folds` adds them) is left out.
+
+    Args:
+        per_image: the out-of-fold per-image table (``cv_per_image.csv``): `evaluation.evaluate`'s
+            columns, ``fold``, and the lesion-free flags (bool).
+        n_bootstrap: bootstrap resamples of the 95% CIs (images resampled).
+        seed: bootstrap seed.
+
+    Returns:
+        One row per rule (``no gate``, then those present), columns `GATE_COLUMNS`: over all
+        out-of-fold images, ``gated`` (images emptied), ``lesion_dice`` (mean per-image Dice of
+        lesion images), ``normal_false_lesion`` (share of normal images with any predicted pixel,
+        ``1 - specificity``), ``detection_rate`` (lesion images with any overlap), each with its
+        CI, and ``dice_all`` (all images); per fold, ``lesion_dice_fold_mean`` / ``_sd`` and
+        ``normal_false_lesion_fold_mean`` / ``_sd`` (sample sd over the ``n_folds`` folds).
+    """
+    rules = {NO_GATE: np.zeros(len(per_image), bool)}
+    for rule, column in LESION_FREE_COLUMNS.items():
+        if column in per_image.columns and per_image[column].notna().all():
+            rules[rule] = per_image[column].astype(bool).to_numpy()
+    table = gate.compare_per_image(per_image, rules, n_bootstrap, seed)
+    by_fold = []
+    for fold in sorted(per_image["fold"].unique()):
+        rows = (per_image["fold"] == fold).to_numpy()
+        fold_rules = {rule: flags[rows] for rule, flags in rules.items()}
+        by_fold.append(gate.compare_per_image(per_image[rows], fold_rules, n_bootstrap, seed))
+    table["n_images"], table["n_folds"] = len(per_image), len(by_fold)
+    for metric in ("lesion_dice", "normal_false_lesion"):
+        values = np.array([part[metric].to_numpy() for part in by_fold])  # (folds, rules)
+        table[f"{metric}_fold_mean"] = np.nanmean(values, axis=0)
+        table[f"{metric}_fold_sd"] = (
+            np.nanstd(values, axis=0, ddof=1) if len(by_fold) > 1 else np.full(len(rules), np.nan)
+        )
+    return table[list(GATE_COLUMNS)]
+
+
+def format_gate_comparison(comparison: pd.DataFrame) -> str:
+    """`gate_comparison` as text: a title, then per rule the out-of-fold figures, CIs and mean ± sd over folds."""
+    n_images, n_folds = int(comparison["n_images"].iloc[0]), int(comparison["n_folds"].iloc[0])
+    lines = [
+        f"gates chosen per fold on its inner validation part, applied to its held-out images "
+        f"({n_images} images out of fold; [95% CI]; mean ± sd over {n_folds} folds)"
+    ]
+    for row in comparison.itertuples(index=False):
+        lines.append(
+            f"  {row.rule:<27} emptied {row.gated:>4}; lesion Dice {row.lesion_dice:.3f} "
+            f"[{row.lesion_dice_ci_low:.3f}, {row.lesion_dice_ci_high:.3f}] ({row.lesion_dice_fold_mean:.3f} ± "
+            f"{row.lesion_dice_fold_sd:.3f}); normal images with a false lesion {row.normal_false_lesion:.1%} "
+            f"[{row.normal_false_lesion_ci_low:.1%}, {row.normal_false_lesion_ci_high:.1%}] "
+            f"({row.normal_false_lesion_fold_mean:.1%} ± {row.normal_false_lesion_fold_sd:.1%}); lesions found "
+            f"{row.detection_rate:.1%} [{row.detection_rate_ci_low:.1%}, {row.detection_rate_ci_high:.1%}]"
+        )
+    return "\n".join(lines)
+
+
+def out_of_fold_classification(
+    per_image: pd.DataFrame, n_bootstrap: int = evaluation.N_BOOTSTRAP, seed: int = 0
+) -> pd.DataFrame | None:
+    """The classification head's accuracy, recall per class and ROC AUCs on the out-of-fold images.
+
+    Each image's class probabilities come from the fold model that held it out; nothing is
+    chosen on them (most probable class; AUCs need no threshold), so this is a cross-validated
+    estimate (`classification_metrics.classification_summary`).
+
+    Args:
+        per_image: the out-of-fold per-image table, with ``label`` and
+            `class_labels.PROBABILITY_COLUMNS`.
+        n_bootstrap: bootstrap resamples of the 95% CIs.
+        seed: bootstrap seed.
+
+    Returns:
+        The summary table (``metric``, ``value``, ``ci_low``, ``ci_high``, ``n``), or None when
+        the table has no class probabilities (fold models without the head).
+    """
+    columns = list(class_labels.PROBABILITY_COLUMNS)
+    if not set(columns) <= set(per_image.columns):
+        return None
+    return classification_metrics.classification_summary(
+        per_image["label"], per_image[columns].to_numpy(), n_bootstrap=n_bootstrap, seed=seed
+    )
+
+
+def rescore_folds(
+    run_dir: str | os.PathLike,
+    index: pd.DataFrame,
+    images: np.ndarray,
+    masks: np.ndarray,
+    seed: int = 0,
+    verbose: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Scores a finished run's folds again, without training: thresholds and gates on inner validation.
+
+    For each fold (`finished_folds`), its ``best.keras`` predicts the inner validation and held-out
+    images named by its ``split.csv``; the mask threshold and both gates are chosen on the inner
+    validation part and applied to the held-out images, as `cross_validate` does. The fold's
+    ``summary.csv``, ``per_image.csv`` and ``fold_result.json`` are written again (the training
+    keys, e.g. ``epochs_run`` and ``best_epoch``, kept from the old ``fold_result.json``), then the
+    run's tables: ``cv_folds.csv``, ``cv_summary.csv``, ``cv_per_image.csv``, ``cv_gate.csv``
+    (`gate_comparison`), ``cv_classification.csv`` (models with the head) and ``ensemble.json``.
+    Use it on runs scored before the per-fold gates existed.
+
+    Args:
+        run_dir: a finished `cross_validate` run.
+        index: the run's index (columns ``image_id``, ``label``), in the order of its ``split.csv``.
+        images: ``(N, H, W, 1)`` float32 in [0, 1], aligned with `index`, at the run's input size.
+        masks: ``(N, H, W, 1)`` uint8 in {0, 1}.
+        seed: bootstrap seed (as `cross_validate`'s `seed`).
+        verbose: print the gate comparison and the classification summary.
+
+    Returns:
+        ``(folds, summary, per_image)`` as `cross_validate`.
+
+    Raises:
+        ValueError: an unfinished run (`finished_folds`); images, masks or an index other than
+            the run's; fold models for another image size.
+        run_lock.RunFolderLocked: another writer (e.g. a `cross_validate` still running) holds
+            `run_dir`.
+    """
+    images, masks = np.asarray(images), np.asarray(masks)
+    if images.ndim != 4 or images.shape != masks.shape or len(images) != len(index):
+        raise ValueError(
+            f"Expected images and masks of one shape (N, H, W, 1) with one per index row ({len(index)}); "
+            f"received {images.shape} and {masks.shape}."
+        )
+    index = index.reset_index(drop=True)
+    fold_dirs = finished_folds(run_dir)
+    with run_lock.RunFolderLock(run_dir, "rescore_folds"):
+        results, per_image_parts = [], []
+        for fold, fold_dir in enumerate(fold_dirs, start=1):
+            roles = _split_roles(fold_dir, index)
+            part = {role: np.flatnonzero(roles == role) for role in ROLES}
+            old, _ = _read_fold(fold_dir)
+            result, per_image = _score_fold(fold, fold_dir, index, images, masks, part, seed)
+            result = {**old, **result}
+            _write_fold(fold_dir, result, per_image)
+            results.append(result)
+            per_image_parts.append(per_image)
+        return _finish_run(Path(run_dir), index, images, masks, results, per_image_parts, seed, verbose)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -474,17 +661,10 @@ def out_of_fold_predictions(
         raise ValueError(
             f"Expected images of shape (N, H, W, 1) with one per index row ({len(index)}); received {images.shape}."
         )
-    image_ids = index["image_id"].astype(str).tolist()
     probabilities = np.empty(images.shape[:3] + (1,), np.float32)
     classes, heads = np.full((len(images), len(class_labels.CLASSES)), np.nan, np.float32), set()
     for fold_dir in finished_folds(run_dir):
-        split = _read_split(fold_dir)
-        if split["image_id"].tolist() != image_ids:
-            raise ValueError(
-                f"'{fold_dir / SPLIT_CSV}' lists other images, or another order, than the index given; pass the "
-                f"run's index and images (as given to cross_validate)."
-            )
-        rows = np.flatnonzero(split["role"].to_numpy() == "test")
+        rows = np.flatnonzero(_split_roles(fold_dir, index) == "test")
         model = model_io.load_model(
             fold_dir / training.BEST_MODEL, compile=False, input_shape=images.shape[1:]
         )
@@ -533,13 +713,13 @@ def choose_out_of_fold_threshold(
         ``(threshold, curve, summary)``: the threshold, in (0, 1); the mean per-image Dice of
         every candidate (`evaluation.choose_threshold`); the out-of-fold summary by class at the
         threshold (`evaluation.evaluate`). All three are written to ``run_dir/ensemble.json``
-        (atomically), with ``n_folds``, ``n_images`` and ``input_shape``, and the gates chosen on
-        the same predictions at that threshold (`gate`): ``mask_rule`` (the rule without a head:
-        ``max_probability``, ``min_area``) and, for fold models with the classification head,
-        ``gate_threshold`` (on ``1 - p_normal``; None without the head) with its ``gate_curve``,
-        the ``classification_summary`` (`classification_metrics.classification_summary`), and
-        ``gate_comparison`` (`gate.compare_rules`: no gate, the rule without a head, the head's
-        gate), all scored on the images they were chosen on (optimistic, as the summary).
+        (atomically), with ``n_folds``, ``n_images`` and ``input_shape``, and the gates to apply
+        to new images with the fold ensemble, chosen on the same predictions at that threshold
+        (`gate`): ``mask_rule`` (the rule without a head: ``max_probability``, ``min_area``) and
+        ``gate_threshold`` (on ``1 - p_normal``; None without the head), read by
+        ``segment_images.py`` and ``evaluate_external.py``. The gates are not scored here:
+        their cross-validated comparison, each gate chosen on its fold's inner validation part,
+        is ``cv_gate.csv`` (`gate_comparison`).
     """
     images, masks = np.asarray(images), np.asarray(masks)
     if images.shape != masks.shape:
@@ -550,7 +730,7 @@ def choose_out_of_fold_threshold(
     threshold, curve = evaluation.choose_threshold(masks, probabilities)
     _, summary = evaluation.evaluate(masks, probabilities, index, threshold, seed=seed)
     record = {
-        **_out_of_fold_gates(masks, probabilities, classes, index, threshold, seed),
+        **_ensemble_gates(masks, probabilities, classes, threshold),
         "threshold": threshold,
         "chosen_on": "out-of-fold predictions: each image predicted by the fold model that held it out",
         "criterion": "mean per-image Dice, normal images included (evaluation.choose_threshold)",
@@ -559,41 +739,30 @@ def choose_out_of_fold_threshold(
         "input_shape": [int(d) for d in probabilities.shape[1:]],
         "threshold_curve": curve.to_dict("records"),
         "out_of_fold_summary": summary.to_dict("records"),
+        "out_of_fold_summary_note": (
+            "scored at the threshold chosen on these same predictions: optimistic; the cross-validated "
+            f"estimate is {CV_SUMMARY_CSV}"
+        ),
     }
     atomic_io.write_json(Path(run_dir) / ENSEMBLE_JSON, record)
     return threshold, curve, summary
 
 
-def _out_of_fold_gates(masks, probabilities, classes, index, threshold, seed) -> dict:
-    """``ensemble.json``'s gate entries: both rules chosen on the out-of-fold predictions and compared."""
-    max_probability, min_area, _ = gate.choose_mask_rule(masks, probabilities, threshold)
-    rules = {
-        "no gate": np.zeros(len(index), bool),
-        "max probability / min area": gate.lesion_free_by_mask(
-            probabilities, threshold, max_probability, min_area
+def _ensemble_gates(masks, probabilities, classes, threshold) -> dict:
+    """``ensemble.json``'s gates: chosen on the out-of-fold predictions, to apply to new images, not scored."""
+    gates = _choose_gates(masks, probabilities, classes, threshold)
+    return {
+        "gate_threshold": gates["gate_threshold"],
+        "mask_rule": {
+            "max_probability": gates["mask_rule_max_probability"],
+            "min_area": gates["mask_rule_min_area"],
+        },
+        "gates_chosen_on": (
+            "out-of-fold predictions, to apply to new images with the fold ensemble; not scored on them "
+            f"(the cross-validated comparison, each gate chosen on its fold's inner validation part: {CV_GATE_CSV})"
         ),
-    }
-    record = {
-        "gate_threshold": None,
         "gate_criterion": "mean per-image Dice over all images, a lesion-free normal image scoring 1 (gate module)",
-        "mask_rule": {"max_probability": max_probability, "min_area": min_area},
     }
-    if classes is not None:
-        gate_threshold, gate_curve = gate.choose_gate_threshold(masks, probabilities, classes, threshold)
-        rules["classification head"] = gate.lesion_free_by_class(classes, gate_threshold)
-        labels = index["label"].to_numpy()
-        record.update(
-            {
-                "gate_threshold": gate_threshold,
-                "gate_curve": gate_curve.to_dict("records"),
-                "classification_summary": classification_metrics.classification_summary(
-                    labels, classes, seed=seed
-                ).to_dict("records"),
-            }
-        )
-    comparison = gate.compare_rules(masks, probabilities, index, threshold, rules, seed=seed)
-    record["gate_comparison"] = comparison.to_dict("records")
-    return record
 
 
 def read_out_of_fold_threshold(run_dir: str | os.PathLike) -> tuple[float, pd.DataFrame, pd.DataFrame]:
@@ -679,16 +848,19 @@ def _check_or_write_split(fold_dir: Path, index: pd.DataFrame, roles: np.ndarray
         )
 
 
-def _score_fold(fold, fold_dir, history, index, images, masks, part, seed) -> tuple[dict, pd.DataFrame]:
-    """Best checkpoint -> threshold on inner validation -> scores on the held-out fold."""
-    best = model_io.load_model(fold_dir / training.BEST_MODEL, compile=False)
+def _score_fold(fold, fold_dir, index, images, masks, part, seed) -> tuple[dict, pd.DataFrame]:
+    """Best checkpoint -> threshold and gates on inner validation -> scores on the held-out fold.
+
+    Writes the fold's ``summary.csv``; returns its result (without ``epochs_run`` and
+    ``best_epoch``, the training's) and its per-image table with the gates' flags.
+    """
+    best = model_io.load_model(fold_dir / training.BEST_MODEL, compile=False, input_shape=images.shape[1:])
     val_rows, test_rows = part["val"], part["test"]
-    threshold, curve = evaluation.choose_threshold(masks[val_rows], inference.predict(best, images[val_rows]))
+    val_probabilities, val_classes = _predict(best, images[val_rows])
+    threshold, curve = evaluation.choose_threshold(masks[val_rows], val_probabilities)
+    gates = _choose_gates(masks[val_rows], val_probabilities, val_classes, threshold)
     test_frame = index.iloc[test_rows]
-    if unet.has_class_head(best):
-        test_probabilities, classes = inference.predict(best, images[test_rows], with_classes=True)
-    else:
-        test_probabilities, classes = inference.predict(best, images[test_rows]), None
+    test_probabilities, classes = _predict(best, images[test_rows])
     per_image, summary = evaluation.evaluate(
         masks[test_rows], test_probabilities, test_frame, threshold, seed=seed
     )
@@ -696,6 +868,13 @@ def _score_fold(fold, fold_dir, history, index, images, masks, part, seed) -> tu
     per_image.insert(0, "fold", fold)
     if classes is not None:  # each held-out image's class probabilities, from the fold's model
         per_image = classification_metrics.add_class_columns(per_image, classes)
+    per_image[LESION_FREE_COLUMNS[MASK_RULE]] = gate.lesion_free_by_mask(
+        test_probabilities, threshold, gates["mask_rule_max_probability"], gates["mask_rule_min_area"]
+    )
+    if classes is not None:
+        per_image[LESION_FREE_COLUMNS[HEAD_GATE]] = gate.lesion_free_by_class(
+            classes, gates["gate_threshold"]
+        )
     groups = summary.set_index("group")
     result = {
         "fold": fold,
@@ -704,10 +883,9 @@ def _score_fold(fold, fold_dir, history, index, images, masks, part, seed) -> tu
         "n_test": len(test_rows),
         "n_lesion": int(test_frame["label"].isin(class_labels.LESION_CLASSES).sum()),
         "n_normal": int((test_frame["label"] == "normal").sum()),
-        "epochs_run": len(history),
-        "best_epoch": int(history.loc[history["val_dice"].idxmax(), "epoch"]),
         "threshold": threshold,
         "val_dice": float(curve["dice"].max()),
+        **gates,
     }
     for column, group, statistic in METRICS:
         result[column] = float(groups.loc[group, statistic]) if group in groups.index else float("nan")
@@ -715,8 +893,87 @@ def _score_fold(fold, fold_dir, history, index, images, masks, part, seed) -> tu
     return result, per_image
 
 
+def _predict(model: keras.Model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(probabilities, classes)``: the class probabilities are None for a model without the head."""
+    if unet.has_class_head(model):
+        return inference.predict(model, images, with_classes=True)
+    return inference.predict(model, images), None
+
+
+def _choose_gates(masks, probabilities, classes, threshold) -> dict:
+    """The fold's gates, chosen on its inner validation predictions (`gate`); gate_threshold None without the head."""
+    max_probability, min_area, _ = gate.choose_mask_rule(masks, probabilities, threshold)
+    gate_threshold = None
+    if classes is not None:
+        gate_threshold, _ = gate.choose_gate_threshold(masks, probabilities, classes, threshold)
+    return {
+        "gate_threshold": gate_threshold,
+        "mask_rule_max_probability": max_probability,
+        "mask_rule_min_area": min_area,
+    }
+
+
+def _write_fold(fold_dir: Path, result: dict, per_image: pd.DataFrame) -> None:
+    atomic_io.write_csv(fold_dir / PER_IMAGE_CSV, per_image)
+    atomic_io.write_json(fold_dir / FOLD_RESULT_JSON, result)  # the fold's commit point, written last
+
+
+def _read_fold(fold_dir: Path) -> tuple[dict, pd.DataFrame]:
+    return (
+        json.loads((fold_dir / FOLD_RESULT_JSON).read_text()),
+        pd.read_csv(fold_dir / PER_IMAGE_CSV, dtype={"image_id": str}),
+    )
+
+
+def _finish_run(run_dir, index, images, masks, results, per_image_parts, seed, verbose):
+    """Writes the run's tables (cv_*.csv, ensemble.json) from its folds; returns cross_validate's triple."""
+    folds = fold_results(results)
+    summary = summarize_folds(folds)
+    per_image = pd.concat(per_image_parts, ignore_index=True)
+    gates = gate_comparison(per_image, seed=seed)
+    classification = out_of_fold_classification(per_image, seed=seed)
+    atomic_io.write_csv(run_dir / CV_FOLDS_CSV, folds)
+    atomic_io.write_csv(run_dir / CV_SUMMARY_CSV, summary)
+    atomic_io.write_csv(run_dir / CV_PER_IMAGE_CSV, per_image)
+    atomic_io.write_csv(run_dir / CV_GATE_CSV, gates)
+    if classification is not None:
+        atomic_io.write_csv(run_dir / CV_CLASSIFICATION_CSV, classification)
+    threshold, curve, _ = choose_out_of_fold_threshold(run_dir, index, images, masks, seed=seed)
+    if verbose:
+        print(format_gate_comparison(gates), flush=True)
+        if classification is not None:
+            print(
+                "classification head, out of fold:\n"
+                + classification_metrics.format_classification_summary(classification),
+                flush=True,
+            )
+        print(
+            f"fold ensemble: threshold {threshold:.2f} chosen on the out-of-fold predictions (mean per-image "
+            f"Dice {curve['dice'].max():.3f} over all {len(index)} images), with the gates to apply to new "
+            f"images; wrote {run_dir / ENSEMBLE_JSON}",
+            flush=True,
+        )
+    return folds, summary, per_image
+
+
+def _number(value):
+    """None (a key absent, or JSON null) as NaN, for the numeric columns of `fold_results`."""
+    return np.nan if value is None else value
+
+
 def _read_split(fold_dir: Path) -> pd.DataFrame:
     return pd.read_csv(fold_dir / SPLIT_CSV, dtype=str, keep_default_na=False)
+
+
+def _split_roles(fold_dir: Path, index: pd.DataFrame) -> np.ndarray:
+    """``(N,)`` object: each image's role in the fold (`ROLES`), from its ``split.csv``, checked against `index`."""
+    split = _read_split(fold_dir)
+    if split["image_id"].tolist() != index["image_id"].astype(str).tolist():
+        raise ValueError(
+            f"'{fold_dir / SPLIT_CSV}' lists other images, or another order, than the index given; pass the "
+            f"run's index and images (as given to cross_validate)."
+        )
+    return split["role"].to_numpy()
 
 
 def _held_out_counts(fold_dirs: list[Path]) -> np.ndarray:

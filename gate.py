@@ -34,6 +34,7 @@ import pandas as pd
 import classification_metrics
 import evaluation
 import mask_processing
+from class_labels import LESION_CLASSES
 
 # Candidates for the lesion-probability threshold; 0 never gates.
 GATE_THRESHOLDS = tuple(np.round(np.arange(0.0, 0.96, 0.05), 2))
@@ -41,6 +42,8 @@ GATE_THRESHOLDS = tuple(np.round(np.arange(0.0, 0.96, 0.05), 2))
 # empty mask already, so only values above it act; 0 never gates, as does an area of 0.
 MAX_PROBABILITIES = (0.0, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 MIN_AREAS = (0, 10, 25, 50, 100, 200, 400)  # pixels at the model's input size
+# Per-image scores of `evaluation.evaluate` that an emptied mask changes (with pred_area).
+_SCORE_COLUMNS = ("dice", "iou", "precision", "recall")
 
 
 def lesion_free_by_class(class_probabilities: np.ndarray, gate_threshold: float) -> np.ndarray:
@@ -199,6 +202,83 @@ def choose_mask_rule(
     return float(curve.loc[best, "max_probability"]), int(curve.loc[best, "min_area"]), curve
 
 
+def gate_per_image(per_image: pd.DataFrame, lesion_free: np.ndarray) -> pd.DataFrame:
+    """A per-image table as it would read had every lesion-free image's mask been emptied.
+
+    An emptied mask has no predicted pixel, so under `evaluation`'s empty-mask policy its Dice,
+    IoU, precision and recall are 1 when the truth is empty too (a normal image kept empty) and
+    0 otherwise (a lesion missed); the other images keep their rows. This is what scoring
+    `apply_gate`'s probabilities gives, without the probabilities.
+
+    Args:
+        per_image: N rows of `evaluation.evaluate`'s per-image table (columns ``dice``,
+            ``iou``, ``precision``, ``recall``, ``true_area``, ``pred_area``).
+        lesion_free: ``(N,)`` bool, True for an image whose mask is emptied.
+
+    Returns:
+        A copy of `per_image` with those columns changed on the lesion-free rows.
+    """
+    missing = [c for c in (*_SCORE_COLUMNS, "true_area", "pred_area") if c not in per_image.columns]
+    if missing:
+        raise ValueError(
+            f"Expected a per-image table as evaluation.evaluate returns; missing columns {missing}."
+        )
+    lesion_free = _check_flags(lesion_free, len(per_image))
+    empty_truth = (per_image["true_area"] == 0).to_numpy()
+    gated = per_image.copy()
+    for column in _SCORE_COLUMNS:
+        gated[column] = np.where(lesion_free, empty_truth.astype(np.float64), per_image[column].to_numpy())
+    gated["pred_area"] = np.where(lesion_free, 0, per_image["pred_area"].to_numpy()).astype(np.int64)
+    return gated
+
+
+def compare_per_image(
+    per_image: pd.DataFrame,
+    rules: Mapping[str, np.ndarray],
+    n_bootstrap: int = evaluation.N_BOOTSTRAP,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Scores one per-image table under several gates (`gate_per_image`), with 95% bootstrap CIs.
+
+    Args:
+        per_image: N rows of `evaluation.evaluate`'s per-image table (``label`` among them).
+        rules: rule name -> ``(N,)`` bool lesion-free flags (all False for "no gate").
+        n_bootstrap: bootstrap resamples of the CIs (`evaluation.bootstrap_ci`).
+        seed: bootstrap seed.
+
+    Returns:
+        One row per rule: ``rule``, ``gated`` (images emptied), ``lesion_dice`` with
+        ``lesion_dice_ci_low`` / ``_ci_high`` (mean per-image Dice of lesion images; NaN
+        without any), ``specificity`` and ``detection_rate`` with their CIs
+        (`evaluation.detection_summary`), ``normal_false_lesion`` (``1 - specificity``: share
+        of normal images with any predicted pixel) with its CI, and ``dice_all`` (mean Dice
+        over all images, the choice criterion).
+    """
+    lesion = per_image["label"].isin(LESION_CLASSES).to_numpy()
+    rows = []
+    for rule, lesion_free in rules.items():
+        gated = gate_per_image(per_image, lesion_free)
+        dice = gated["dice"].to_numpy()
+        low, high = evaluation.bootstrap_ci(dice[lesion], n_bootstrap, evaluation.CONFIDENCE, seed)
+        row = {
+            "rule": rule,
+            "gated": int(np.sum(lesion_free)),
+            "dice_all": float(dice.mean()),
+            "lesion_dice": float(dice[lesion].mean()) if lesion.any() else float("nan"),
+            "lesion_dice_ci_low": low,
+            "lesion_dice_ci_high": high,
+        }
+        detection = evaluation.detection_summary(gated, n_bootstrap, seed).set_index("metric")
+        for metric in ("specificity", "detection_rate"):
+            row[metric] = detection.loc[metric, "value"]
+            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = detection.loc[metric, ["ci_low", "ci_high"]]
+        row["normal_false_lesion"] = 1.0 - row["specificity"]
+        row["normal_false_lesion_ci_low"] = 1.0 - row["specificity_ci_high"]
+        row["normal_false_lesion_ci_high"] = 1.0 - row["specificity_ci_low"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def compare_rules(
     y_true: np.ndarray,
     probabilities: np.ndarray,
@@ -210,6 +290,9 @@ def compare_rules(
 ) -> pd.DataFrame:
     """Scores the same predictions under several gates (e.g. none, the head's, the rule without a head).
 
+    The predictions are scored once (`evaluation.evaluate`), then under each gate
+    (`compare_per_image`).
+
     Args:
         y_true: ``(N, H, W, 1)`` in {0, 1}.
         probabilities: same shape, float in [0, 1].
@@ -220,28 +303,12 @@ def compare_rules(
         seed: bootstrap seed.
 
     Returns:
-        One row per rule: ``rule``, ``gated`` (images emptied), ``lesion_dice`` with
-        ``lesion_dice_ci_low`` / ``_ci_high`` (mean per-image Dice of lesion images,
-        `evaluation.evaluate`), ``specificity`` and ``detection_rate`` with their CIs
-        (`evaluation.detection_summary`), and ``dice_all`` (the choice criterion).
+        One row per rule, columns of `compare_per_image`.
     """
-    rows = []
-    for rule, lesion_free in rules.items():
-        gated = apply_gate(probabilities, lesion_free)
-        per_image, summary = evaluation.evaluate(
-            y_true, gated, frame, mask_threshold, n_bootstrap=n_bootstrap, seed=seed
-        )
-        groups = summary.set_index("group")
-        detection = evaluation.detection_summary(per_image, n_bootstrap, seed).set_index("metric")
-        row = {"rule": rule, "gated": int(np.sum(lesion_free)), "dice_all": float(per_image["dice"].mean())}
-        for column in ("dice_mean", "dice_ci_low", "dice_ci_high"):
-            name = column.replace("dice_mean", "lesion_dice").replace("dice_ci", "lesion_dice_ci")
-            row[name] = float(groups.loc["lesion", column]) if "lesion" in groups.index else float("nan")
-        for metric in ("specificity", "detection_rate"):
-            row[metric] = detection.loc[metric, "value"]
-            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = detection.loc[metric, ["ci_low", "ci_high"]]
-        rows.append(row)
-    return pd.DataFrame(rows)
+    per_image, _ = evaluation.evaluate(
+        y_true, probabilities, frame, mask_threshold, n_bootstrap=n_bootstrap, seed=seed
+    )
+    return compare_per_image(per_image, rules, n_bootstrap, seed)
 
 
 def format_comparison(comparison: pd.DataFrame) -> str:

@@ -19,8 +19,10 @@ validation part carved from each fold's training folds, never on the held-out fo
 BUSI comes from --root, $BUSI_ROOT or ../shared/data/BUSI; without it the script stops. Rerunning
 with the same --run-dir skips finished folds and resumes an interrupted one. Prints a per-fold
 table and mean ± sd over folds (lesion, benign, malignant Dice and IoU; normal images'
-false-positive fraction) and writes cv_folds.csv, cv_summary.csv, cv_per_image.csv,
-cv_results.json and cross_validation.png into the run folder.
+false-positive fraction), and the lesion-presence gates chosen per fold on its inner validation
+part against no gate (cv_gate.csv), and writes cv_folds.csv, cv_summary.csv, cv_per_image.csv,
+cv_gate.csv, cv_results.json and cross_validation.png into the run folder. A finished run is scored
+again without training by benchmarks/rescore_cv.py.
 """
 
 import argparse

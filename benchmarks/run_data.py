@@ -1,15 +1,22 @@
 """The data of a finished run, rebuilt from its results.json: the same index, image size,
-max_samples, near-duplicate groups and seeded split (sizes checked against the record).
+max_samples, near-duplicate groups and seeded split (sizes checked against the record); and the
+data of a finished cross-validation run, rebuilt from its split.csv and train_state.json.
 
-Shared by the benchmarks that re-score a trained run (tta_effect.py, external_validation.py).
+Shared by the benchmarks that re-score a trained run (tta_effect.py, external_validation.py,
+rescore_cv.py).
 """
 
+import json
 import sys
 from pathlib import Path
 
+import pandas as pd
+
+import cross_validation as cv
 import data_loading as dl
 import run_results
 import splits
+import training
 
 
 def rebuild_run_data(run_dir, root=None, cache_dir=None):
@@ -40,3 +47,40 @@ def rebuild_run_data(run_dir, root=None, cache_dir=None):
             f"Split sizes {sizes} differ from the run's {record['split_sizes']}: not the run's data or code."
         )
     return record, images, masks, train_df, val_df, test_df
+
+
+def rebuild_cv_data(run_dir, root=None, cache_dir=None):
+    """Returns ``(index, images, masks)`` of a cross-validation run, in the order of its split.csv.
+
+    The images are BUSI's (`root`, else `data_loading.find_busi_root`), the ones the run's
+    ``fold-1/split.csv`` lists, in its order, loaded at the run's input size (``input_shape`` of
+    ``fold-1/train_state.json``).
+
+    Args:
+        run_dir: a `cross_validation.cross_validate` run folder.
+        root: BUSI's folder, or None.
+        cache_dir: a data cache folder, or None (nothing written).
+
+    Raises:
+        FileNotFoundError: no fold-1 split.csv or train_state.json, or BUSI not found.
+        ValueError: the split lists images that BUSI at `root` does not have.
+    """
+    fold_dir = Path(run_dir) / cv.FOLD_DIR.format(fold=1)
+    for name in (cv.SPLIT_CSV, training.STATE_JSON):
+        if not (fold_dir / name).is_file():
+            raise FileNotFoundError(f"No {name} in '{fold_dir}': expected a cross_validate run folder.")
+    root = dl.find_busi_root(root)
+    if root is None:
+        raise FileNotFoundError("BUSI not found; pass --root or set BUSI_ROOT.")
+    image_ids = pd.read_csv(fold_dir / cv.SPLIT_CSV, dtype=str, keep_default_na=False)["image_id"]
+    index = dl.index_busi(root).set_index("image_id", drop=False)
+    missing = sorted(set(image_ids) - set(index.index))
+    if missing:
+        raise ValueError(
+            f"Expected BUSI at '{root}' to hold the run's {len(image_ids)} images; "
+            f"{len(missing)} are missing, e.g. {missing[:3]}."
+        )
+    index = index.loc[image_ids].reset_index(drop=True)
+    height, width = json.loads((fold_dir / training.STATE_JSON).read_text())["input_shape"][:2]
+    images, masks = dl.load_dataset(index, (height, width), cache_dir=cache_dir)
+    return index, images, masks

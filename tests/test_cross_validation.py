@@ -1,6 +1,7 @@
 """k-fold cross-validation: fold roles without leakage, per-fold results, resume, errors, figure."""
 
 import functools
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -23,7 +24,8 @@ import splits
 import training
 import visualization as viz
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "breast-cancer-ultrasound-unet.ipynb"
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "breast-cancer-ultrasound-unet.ipynb"
 BUILD = functools.partial(unet.build_unet, (32, 32, 1), base_filters=4, depth=2)
 OPTIONS = {"epochs": 1, "learning_rate": 1e-2, "progress": "none"}
 
@@ -133,18 +135,37 @@ def test_folds_with_the_classification_head_write_each_images_class_probabilitie
             best, images[[rows[i] for i in held_out["image_id"]]], with_classes=True
         )
         np.testing.assert_allclose(held_out[columns], classes, atol=1e-6)
-    assert not set(columns) & set(two_folds[3].columns)  # a model without the head: no such columns
-    # The gate threshold is chosen on the out-of-fold predictions, as the ensemble's mask threshold.
+    plain = two_folds[3]  # a model without the head: no class columns, no head gate
+    assert not (set(columns) | {"lesion_free_head"}) & set(plain.columns)
+    assert plain["lesion_free_mask_rule"].dtype == bool
+    # Each fold's gates, chosen on its inner validation part, flag its held-out images.
+    assert per_image["lesion_free_head"].dtype == bool and per_image["lesion_free_mask_rule"].dtype == bool
+    for fold in (1, 2):
+        result = json.loads((tmp_path / f"fold-{fold}" / cv.FOLD_RESULT_JSON).read_text())
+        assert 0 <= result["gate_threshold"] < 1 and result["mask_rule_min_area"] in gate.MIN_AREAS
+        held_out = per_image[per_image["fold"] == fold]
+        expected = gate.lesion_free_by_class(held_out[columns].to_numpy(), result["gate_threshold"])
+        np.testing.assert_array_equal(held_out["lesion_free_head"], expected)
+    comparison = pd.read_csv(tmp_path / cv.CV_GATE_CSV)
+    assert comparison["rule"].tolist() == [cv.NO_GATE, cv.MASK_RULE, cv.HEAD_GATE]
+    assert comparison["gated"].tolist()[::2] == [0, per_image["lesion_free_head"].sum()]
+    summary = pd.read_csv(tmp_path / cv.CV_CLASSIFICATION_CSV)
+    assert summary["metric"].tolist()[0] == "accuracy" and summary["n"].tolist()[0] == len(index)
+    assert (
+        cv.out_of_fold_classification(plain) is None
+        and not (two_folds[0] / cv.CV_CLASSIFICATION_CSV).exists()
+    )
+    # The ensemble's gates are chosen on the out-of-fold predictions, to apply to new images, not scored.
     record = json.loads((tmp_path / cv.ENSEMBLE_JSON).read_text())
     probabilities, classes = cv.out_of_fold_predictions(tmp_path, index, images)
     expected, _ = gate.choose_gate_threshold(masks, probabilities, classes, record["threshold"])
-    assert record["gate_threshold"] == expected and len(record["gate_curve"]) == len(gate.GATE_THRESHOLDS)
-    rules = [row["rule"] for row in record["gate_comparison"]]
-    assert rules == ["no gate", "max probability / min area", "classification head"]
-    assert [row["metric"] for row in record["classification_summary"]][0] == "accuracy"
-    plain = json.loads((two_folds[0] / cv.ENSEMBLE_JSON).read_text())
-    assert plain["gate_threshold"] is None and len(plain["gate_comparison"]) == 2
-    assert set(plain["mask_rule"]) == {"max_probability", "min_area"}
+    assert record["gate_threshold"] == expected and cv.CV_GATE_CSV in record["gates_chosen_on"]
+    assert not {"gate_comparison", "gate_curve", "classification_summary"} & set(record)
+    plain_record = json.loads((two_folds[0] / cv.ENSEMBLE_JSON).read_text())
+    assert plain_record["gate_threshold"] is None and set(plain_record["mask_rule"]) == {
+        "max_probability",
+        "min_area",
+    }
     # A finished run is read back with its columns.
     _, _, again = cv.cross_validate(
         index, images, masks, build, tmp_path, n_folds=2, batch_size=4, seed=0, **options
@@ -171,6 +192,107 @@ def test_threshold_is_chosen_on_the_inner_validation_part_only(data, two_folds, 
     # Fold 1's threshold on its inner validation part; then, once every fold is scored, the fold
     # ensemble's on the out-of-fold predictions of all images (ensemble.json).
     assert seen == [int(folds.loc[0, "n_val"]), len(index)]
+
+
+def test_gates_are_chosen_on_the_inner_validation_part_and_scored_on_the_held_out_images(
+    data, two_folds, tmp_path, monkeypatch
+):
+    index, images, masks = data
+    run = tmp_path / "run"
+    shutil.copytree(two_folds[0], run)
+    seen = []
+
+    def gate_everything(y_true, probabilities, mask_threshold):  # a rule that empties every image
+        seen.append(np.asarray(y_true))
+        return 0.0, 10**6, pd.DataFrame()
+
+    monkeypatch.setattr(gate, "choose_mask_rule", gate_everything)
+    folds, _, per_image = cv.rescore_folds(run, index, images, masks, verbose=False)
+
+    # Fold k's rule was chosen on fold k's inner validation masks, in split order; then the
+    # ensemble's on all out-of-fold predictions (ensemble.json).
+    for fold, chosen_on in zip((1, 2), seen):
+        roles = pd.read_csv(run / f"fold-{fold}" / cv.SPLIT_CSV)["role"].to_numpy()
+        np.testing.assert_array_equal(chosen_on, masks[roles == "val"])
+    assert len(seen) == 3 and len(seen[2]) == len(index)
+    assert folds["mask_rule_min_area"].tolist() == [10**6] * 2 and folds["gate_threshold"].isna().all()
+    assert per_image["lesion_free_mask_rule"].all()
+    rows = pd.read_csv(run / cv.CV_GATE_CSV).set_index("rule")
+    assert rows.index.tolist() == [cv.NO_GATE, cv.MASK_RULE]  # no head, no head gate
+    # By hand: every mask emptied -> lesions all missed (Dice 0, none found), the 6 normal images
+    # of 20 kept empty (Dice 1).
+    assert rows.loc[
+        cv.MASK_RULE, ["gated", "lesion_dice", "normal_false_lesion", "detection_rate"]
+    ].tolist() == [
+        20,
+        0,
+        0,
+        0,
+    ]
+    assert rows.loc[cv.MASK_RULE, "dice_all"] == pytest.approx(6 / 20)
+    assert rows.loc[cv.MASK_RULE, ["lesion_dice_fold_mean", "lesion_dice_fold_sd"]].tolist() == [0, 0]
+    # No gate: the held-out scores as they are; per fold, mean and sample sd of the fold means.
+    lesion, normal = per_image[per_image["label"] != "normal"], per_image[per_image["label"] == "normal"]
+    assert rows.loc[cv.NO_GATE, "lesion_dice"] == pytest.approx(lesion["dice"].mean())
+    assert rows.loc[cv.NO_GATE, "normal_false_lesion"] == pytest.approx((normal["pred_area"] > 0).mean())
+    fold_means = lesion.groupby("fold")["dice"].mean()
+    assert rows.loc[cv.NO_GATE, "lesion_dice_fold_mean"] == pytest.approx(fold_means.mean())
+    assert rows.loc[cv.NO_GATE, "lesion_dice_fold_sd"] == pytest.approx(fold_means.std(ddof=1))
+    text = cv.format_gate_comparison(rows.reset_index())
+    assert "20 images out of fold" in text and "mean ± sd over 2 folds" in text and text.count("\n") == 2
+
+
+def test_rescoring_a_run_scored_before_the_gates_writes_the_same_files(data, two_folds, tmp_path):
+    index, images, masks = data
+    run = tmp_path / "run"
+    shutil.copytree(two_folds[0], run)
+    gate_columns = list(cv.LESION_FREE_COLUMNS.values())
+    for fold in (1, 2):  # as written before the gates: no flags, no gate keys
+        fold_dir = run / f"fold-{fold}"
+        per_image = pd.read_csv(fold_dir / cv.PER_IMAGE_CSV)
+        per_image.drop(columns=gate_columns, errors="ignore").to_csv(fold_dir / cv.PER_IMAGE_CSV, index=False)
+        result = json.loads((fold_dir / cv.FOLD_RESULT_JSON).read_text())
+        (fold_dir / cv.FOLD_RESULT_JSON).write_text(
+            json.dumps({k: result[k] for k in result if k not in cv.GATE_KEYS})
+        )
+    # Read back as it is, the run compares no gate only, and its folds table has NaN gates.
+    folds, _, _ = cv.cross_validate(index, images, masks, BUILD, run, n_folds=2, batch_size=4, **OPTIONS)
+    assert pd.read_csv(run / cv.CV_GATE_CSV)["rule"].tolist() == [cv.NO_GATE]
+    assert folds[list(cv.GATE_KEYS)].isna().all().all()
+
+    again, _, _ = cv.rescore_folds(run, index, images, masks, verbose=False)
+
+    pd.testing.assert_frame_equal(again, two_folds[1])  # epochs and best epoch kept from the old results
+    for name in [f"fold-{fold}/{cv.PER_IMAGE_CSV}" for fold in (1, 2)] + [
+        cv.CV_PER_IMAGE_CSV,
+        cv.CV_GATE_CSV,
+    ]:
+        pd.testing.assert_frame_equal(pd.read_csv(run / name), pd.read_csv(two_folds[0] / name), atol=1e-6)
+    for fold in (1, 2):
+        name = f"fold-{fold}/{cv.FOLD_RESULT_JSON}"
+        assert json.loads((run / name).read_text()) == json.loads((two_folds[0] / name).read_text())
+    with pytest.raises(ValueError, match="lists other images, or another order"):
+        cv.rescore_folds(run, index.iloc[::-1], images[::-1], masks[::-1], verbose=False)
+
+
+def test_the_rescore_command_reloads_the_runs_data_and_prints_the_gates(data, two_folds, tmp_path, capsys):
+    index = data[0]
+    run = tmp_path / "run"
+    shutil.copytree(two_folds[0], run)
+    spec = importlib.util.spec_from_file_location("rescore_cv", REPO / "benchmarks" / "rescore_cv.py")
+    command = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(command)
+    root = Path(index["image_path"].iloc[0]).parents[1]
+
+    command.main(["--run-dir", str(run), "--root", str(root)])
+
+    out = capsys.readouterr().out
+    assert "20 images" in out and "(32, 32)" in out and "gates chosen per fold" in out and cv.MASK_RULE in out
+    for name in (cv.CV_PER_IMAGE_CSV, cv.CV_GATE_CSV):
+        pd.testing.assert_frame_equal(pd.read_csv(run / name), pd.read_csv(two_folds[0] / name), atol=1e-6)
+    with pytest.raises(SystemExit):
+        command.main(["--run-dir", str(tmp_path / "none")])
+    assert "error: No cross-validation run folder at" in capsys.readouterr().err
 
 
 def test_finished_folds_are_not_retrained_and_an_unfinished_one_resumes(

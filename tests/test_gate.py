@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import evaluation
 import gate
 
 MASK_THRESHOLD = 0.5
@@ -123,3 +124,37 @@ def test_compare_rules_scores_each_gate_by_hand():
     np.testing.assert_allclose(rows["detection_rate"], [1.0, 1.0])
     np.testing.assert_allclose(rows["dice_all"], [(8 / 3) / 4, (11 / 3) / 4])
     assert "lesions found 100.0%" in gate.format_comparison(comparison)
+
+
+def test_gating_a_per_image_table_equals_scoring_the_gated_probabilities():
+    truth, probabilities, classes = four_images()
+    frame = pd.DataFrame({"image_id": list("abcd"), "label": ["normal", "normal", "benign", "malignant"]})
+    lesion_free = np.array([False, True, False, True])  # a normal image kept empty, a lesion missed
+    per_image, _ = evaluation.evaluate(truth, probabilities, frame, MASK_THRESHOLD, n_bootstrap=10)
+
+    gated = gate.gate_per_image(per_image, lesion_free)
+
+    expected, _ = evaluation.evaluate(
+        truth, gate.apply_gate(probabilities, lesion_free), frame, MASK_THRESHOLD, n_bootstrap=10
+    )
+    pd.testing.assert_frame_equal(gated, expected)
+    np.testing.assert_allclose(gated["dice"], [1, 1, 1, 0])  # image 1: 0 -> 1; image 3: 2/3 -> 0
+    with pytest.raises(ValueError, match=r"missing columns \['true_area'\]"):
+        gate.gate_per_image(per_image.drop(columns="true_area"), lesion_free)
+
+
+def test_compare_per_image_counts_normal_images_with_a_false_lesion_by_hand():
+    truth, probabilities, classes = four_images()
+    frame = pd.DataFrame({"image_id": list("abcd"), "label": ["normal", "normal", "benign", "malignant"]})
+    per_image, _ = evaluation.evaluate(truth, probabilities, frame, MASK_THRESHOLD, n_bootstrap=10)
+    rules = {"no gate": np.zeros(4, bool), "all": np.ones(4, bool)}
+
+    rows = gate.compare_per_image(per_image, rules, n_bootstrap=100).set_index("rule")
+
+    # No gate: image 1 (normal) has a false pixel -> 1 of 2 normal images; all gated: none, lesions lost.
+    np.testing.assert_allclose(rows["normal_false_lesion"], [1 / 2, 0.0])
+    np.testing.assert_allclose(rows["normal_false_lesion"], 1 - rows["specificity"])
+    np.testing.assert_allclose(rows["normal_false_lesion_ci_low"], 1 - rows["specificity_ci_high"])
+    np.testing.assert_allclose(rows["lesion_dice"], [(1 + 2 / 3) / 2, 0.0])
+    np.testing.assert_allclose(rows["detection_rate"], [1.0, 0.0])
+    assert rows["gated"].tolist() == [0, 4]
