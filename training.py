@@ -527,6 +527,12 @@ def _resume(
             f"The run in {str(run_dir)!r} was trained on inputs of shape {state.get('input_shape')}, the "
             f"model given takes {input_shape}; use the run's image size, or another run folder."
         )
+    if state["dtype_policy"] != model.dtype_policy.name:
+        raise ValueError(
+            f"The run in {str(run_dir)!r} was trained with dtype_policy {state['dtype_policy']!r}, the model "
+            f"given has {model.dtype_policy.name!r}; build it with the run's policy "
+            f"(precision.resolve_dtype_policy(..., run_dir) returns it), or use another run folder."
+        )
     _restore_checkpoint(model, run_dir, state["best_checkpoint"], optimizer=False)
     model_io.save_model(model, run_dir / BEST_MODEL)
     _restore_checkpoint(model, run_dir, state["last_checkpoint"], optimizer=True)
@@ -628,6 +634,7 @@ def train_model(
     lr_schedule: str = "cosine",
     time_budget_s: float | None = None,
     strategy=None,
+    dtype_policy_reason: str | None = None,
 ) -> tuple[keras.Model, pd.DataFrame]:
     """Compiles and fits `model` with Adam, or resumes the run saved in `run_dir`.
 
@@ -669,7 +676,13 @@ def train_model(
 
     Args:
         model: a Keras model mapping ``(B, H, W, 1)`` images to ``(B, H, W, 1)`` probabilities;
-            its dtype policy (see `model.build_unet`) sets mixed precision.
+            its dtype policy (see `model.build_unet`) sets mixed precision. This function takes
+            the model as built, so ``dtype_policy="auto"`` (the notebook's default) is resolved
+            before building it: ``choice = precision.resolve_dtype_policy("auto", run_dir)``,
+            then ``build_unet(..., dtype_policy=choice.policy)`` and
+            ``train_model(..., dtype_policy_reason=choice.reason)``. For a folder that holds a
+            run, `precision.resolve_dtype_policy` returns that run's policy, and resuming with a
+            model of another policy raises ValueError.
         train_data: `tf.data.Dataset` of ``(images, masks)`` batches, float32 (see
             `data_loading.make_tf_dataset`).
         val_data: the same for validation (always required).
@@ -689,6 +702,9 @@ def train_model(
             finished run to more epochs, train it with "plateau".
         time_budget_s: wall-clock seconds of training allowed in this call (> 0), or None for
             no limit.
+        dtype_policy_reason: why the model has its dtype policy, e.g. the reason of
+            `precision.resolve_dtype_policy`; stored in ``train_state.json`` with the policy
+            (a resumed run keeps the reason of its first call). None stores "not given".
         strategy: the `tf.distribute.Strategy` to train under; None takes
             ``tf.distribute.get_strategy()`` (the strategy whose scope is open, else TensorFlow's
             default single-device one). `model` must have been built inside
@@ -752,6 +768,7 @@ def train_model(
             state = {
                 "loss": loss,
                 "dtype_policy": model.dtype_policy.name,
+                "dtype_policy_reason": dtype_policy_reason or "not given",
                 "input_shape": input_shape,
                 "lr_schedule": lr_schedule,
                 "schedule_epochs": _schedule_epochs(lr_schedule, epochs),

@@ -15,6 +15,7 @@ from helpers import tiny_busi
 import cross_validation as cv
 import evaluation
 import model as unet
+import precision
 import splits
 import training
 import visualization as viz
@@ -279,7 +280,7 @@ def test_the_notebooks_cross_validation_cell_runs(data, two_folds, tmp_path, cap
         "image_size": 32,
         "base_filters": 4,
         "depth": 2,
-        "dtype_policy": "float32",
+        "dtype_choice": precision.PolicyChoice("float32", "given explicitly"),
         "batch_size": 4,
         "seed": 0,
         "epochs": 1,
