@@ -11,6 +11,7 @@ prediction in `inference`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -584,6 +585,49 @@ def _make_callbacks(
     return [*controls, committer, exporter, printer], exporter
 
 
+@contextlib.contextmanager
+def _multi_worker_workarounds(model: keras.Model, train_data):
+    """Makes `model.fit` work under MultiWorkerMirroredStrategy in Keras 3 (keras-team/keras#20585).
+
+    Two steps of Keras 3.15's TensorFlow trainer fail under that strategy, and are replaced while
+    the context is open (nothing changes under other strategies):
+
+    1. Before fitting, ``_maybe_symbolic_build`` draws a distributed batch and averages it across
+       workers only to learn its shapes; the strategy cannot reduce a nested ``(images, masks)``
+       batch. Replaced, on this model object only, by a build from `train_data`'s element spec
+       (the same shapes, no batch drawn).
+    2. Each step reduces its logs with ``reduce_per_replica(..., reduction="auto")``, which for
+       this strategy means ``strategy.reduce("MEAN", value, axis=0)``, invalid for the scalar
+       logs. Replaced by ``reduction="first"``, Keras's own choice for synchronised values: the
+       loss tracker and the metrics sum their totals and counts across replicas, so every
+       replica holds the global value.
+    """
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    if not isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        yield
+        return
+    spec = tf.nest.map_structure(lambda s: keras.KerasTensor(s.shape, s.dtype.name), train_data.element_spec)
+
+    def build(iterator=None, data_batch=None):
+        with model.distribute_strategy.scope():
+            model._symbolic_build(data_batch=spec)
+
+    reduce_per_replica = tf_trainer.reduce_per_replica
+
+    def reduce_first(values, strategy, reduction):
+        return reduce_per_replica(values, strategy, "first" if reduction == "auto" else reduction)
+
+    object.__setattr__(model, "_maybe_symbolic_build", build)
+    tf_trainer.reduce_per_replica = reduce_first
+    try:
+        yield
+    finally:
+        tf_trainer.reduce_per_replica = reduce_per_replica
+        model.__dict__.pop("_maybe_symbolic_build", None)
+
+
 def _fit_and_export(
     model: keras.Model,
     train_data,
@@ -596,28 +640,29 @@ def _fit_and_export(
     progress: str,
 ) -> None:
     """Fits `model`, then exports best/last, also when fitting raises (the exception is re-raised)."""
-    try:
-        model.fit(
-            train_data,
-            validation_data=val_data,
-            epochs=int(epochs),
-            initial_epoch=initial_epoch,
-            callbacks=callbacks,
-            verbose=1 if progress == "bar" else 0,
-            shuffle=False,  # the tf.data pipeline shuffles
-        )
-    except BaseException:  # e.g. KeyboardInterrupt in a notebook: still export the completed epochs
+    with _multi_worker_workarounds(model, train_data):
         try:
-            exporter.export()
-        except Exception as error:  # the original exception matters more; the checkpoints are intact
-            # stacklevel 3: the warning points at the caller of train_model
-            warnings.warn(
-                f"Could not export the models of {str(run_dir)!r} after an interruption ({error}); "
-                "resuming the run rewrites them from the checkpoints.",
-                stacklevel=3,
+            model.fit(
+                train_data,
+                validation_data=val_data,
+                epochs=int(epochs),
+                initial_epoch=initial_epoch,
+                callbacks=callbacks,
+                verbose=1 if progress == "bar" else 0,
+                shuffle=False,  # the tf.data pipeline shuffles
             )
-        raise
-    exporter.export()
+        except BaseException:  # e.g. KeyboardInterrupt in a notebook: still export the completed epochs
+            try:
+                exporter.export()
+            except Exception as error:  # the original exception matters more; the checkpoints are intact
+                # stacklevel 3: the warning points at the caller of train_model
+                warnings.warn(
+                    f"Could not export the models of {str(run_dir)!r} after an interruption ({error}); "
+                    "resuming the run rewrites them from the checkpoints.",
+                    stacklevel=3,
+                )
+            raise
+        exporter.export()
 
 
 def train_model(
