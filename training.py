@@ -773,6 +773,9 @@ def train_model(
         A model built outside the scope would silently train on one device (Keras takes the
         strategy from where a model was built), so it is rejected with a ValueError that
         names the fix. Every worker writes its own `run_dir`; give each machine a local one.
+        Under `MultiWorkerMirroredStrategy` two steps of Keras 3.15's `fit` that fail there are
+        replaced while fitting (`_multi_worker_workarounds`); tested with two worker processes
+        over loopback, interrupted and resumed (``tests/test_multi_worker.py``).
 
     One writer per run folder: the call holds `run_lock.RunFolderLock` on `run_dir` from before it
     reads the saved state until the exports are written; readers take no lock.
