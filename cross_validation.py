@@ -67,7 +67,7 @@ import inspect
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
@@ -153,6 +153,7 @@ def cross_validate(
     seed: int = 0,
     strategy=None,
     augment: bool | str = True,
+    folds: Sequence[int] | None = None,
     **train_options,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Runs grouped, stratified k-fold cross-validation (see the module docstring), resumably.
@@ -181,6 +182,12 @@ def cross_validate(
         seed: seed of the fold split; fold ``k`` trains with ``seed + k``.
         strategy: a `tf.distribute.Strategy`, or None for ``tf.distribute.get_strategy()``.
         augment: the training augmentation (`data_loading.make_tf_dataset`'s `augment`).
+        folds: None trains every unfinished fold, then writes the run's tables and
+            ``ensemble.json``. A list of 1-based fold numbers (e.g. ``[3]``) trains and scores
+            only those folds and writes nothing at the run level: one process (or machine) per
+            fold, each in the same run folder or in a copy of it; `gather_folds` (or a call
+            without `folds`) then builds the tables. Such calls take no lock on `run_dir`, only
+            `train_model`'s on each fold folder, so they may run side by side on different folds.
         **train_options: passed to `training.train_model` (``epochs``, ``loss``,
             ``learning_rate``, ``early_stopping_patience``, ``progress``, ...). With
             ``progress="none"`` the fold messages are silent too.
@@ -192,12 +199,14 @@ def cross_validate(
         ``lesion_free_mask_rule``; for models with the classification head also ``p_benign``,
         ``p_malignant``, ``p_normal``, the held-out image's class probabilities from its fold's
         model, `class_labels.PROBABILITY_COLUMNS`, and ``lesion_free_head``). The gates'
-        comparison is written to ``cv_gate.csv`` (`gate_comparison`).
+        comparison is written to ``cv_gate.csv`` (`gate_comparison`) With `folds`,
+        the same tables over those folds only.
 
     Raises:
-        ValueError: ``n_folds < 2``; a class with fewer images than folds (or an inner training
-            part too small to split again); misaligned or misshapen arrays; a missing column;
-            an unknown training option; a `run_dir` that holds folds of another split.
+        ValueError: ``n_folds < 2``; `folds` not a list of fold numbers in 1..n_folds; a class
+            with fewer images than folds (or an inner training part too small to split again);
+            misaligned or misshapen arrays; a missing column; an unknown training option; a
+            `run_dir` that holds folds of another split.
         run_lock.RunFolderLocked: another writer holds `run_dir` (the call holds its lock, and
             `train_model` each fold folder's, for the whole write phase); raised at once.
         NotADirectoryError, OSError: `run_dir` cannot be created or written; raised before the
@@ -205,69 +214,78 @@ def cross_validate(
     """
     images, masks = np.asarray(images), np.asarray(masks)
     _check_inputs(index, images, masks, build_model, n_folds, train_options)
+    selected = _check_fold_selection(folds, n_folds)
     index = index.reset_index(drop=True)
     strategy = training.resolve_strategy(strategy)
     verbose = train_options.get("progress", "epoch") != "none"
     fold_roles = make_fold_splits(index, n_folds, seed)  # its checks come before any write
     # A file in its place or a read-only folder is refused before the first fold starts.
     run_dir = atomic_io.check_writable_folder(run_dir)
+    data = (index, images, masks)
+    setup = (build_model, batch_size, seed, strategy, augment, train_options)
+    if folds is not None:  # one process per fold: only the fold folders are locked, by train_model
+        done = [_run_fold(run_dir, fold, fold_roles[fold - 1], n_folds, data, setup) for fold in selected]
+        results, per_image_parts = zip(*done)
+        table = fold_results(list(results))
+        return table, summarize_folds(table), pd.concat(per_image_parts, ignore_index=True)
     with run_lock.RunFolderLock(run_dir, "cross_validate"):  # refuses a second writer at once
-        results, per_image_parts = [], []
         for fold, roles in enumerate(fold_roles, start=1):
-            fold_dir = run_dir / FOLD_DIR.format(fold=fold)
-            _check_or_write_split(fold_dir, index, roles, fold)
-            result_path = fold_dir / FOLD_RESULT_JSON
-            if result_path.is_file():
-                if verbose:
-                    print(
-                        f"fold {fold}/{n_folds}: done in an earlier run; results read from {fold_dir}",
-                        flush=True,
-                    )
-                result, per_image = _read_fold(fold_dir)
-                results.append(result)
-                per_image_parts.append(per_image)
-                continue
-            part = {role: np.flatnonzero(roles == role) for role in ROLES}
-            if verbose:
-                sizes = ", ".join(f"{role} {len(rows)}" for role, rows in part.items())
-                print(f"fold {fold}/{n_folds}: {sizes} (test = held out)", flush=True)
-            training.set_seeds(seed + fold)
-            with strategy.scope():
-                model = build_model()
-            labels = index["label"].to_numpy() if unet.has_class_head(model) else None
-            train_data = data_loading.make_tf_dataset(
-                images[part["train"]],
-                masks[part["train"]],
-                batch_size,
-                training=True,
-                augment=augment,
-                seed=seed + fold,
-                labels=None if labels is None else labels[part["train"]],
-            )
-            val_data = data_loading.make_tf_dataset(
-                images[part["val"]],
-                masks[part["val"]],
-                batch_size,
-                labels=None if labels is None else labels[part["val"]],
-            )
-            _, history = training.train_model(
-                model, train_data, val_data, fold_dir, strategy=strategy, **train_options
-            )
-            result, per_image = _score_fold(fold, fold_dir, index, images, masks, part, seed)
-            result.update(
-                epochs_run=len(history),
-                best_epoch=int(history.loc[history["val_dice"].idxmax(), "epoch"]),
-            )
-            _write_fold(fold_dir, result, per_image)  # fold_result.json last: the fold's commit point
-            if verbose:
-                print(
-                    f"fold {fold}/{n_folds}: held-out lesion Dice {result['lesion_dice']:.3f}, "
-                    f"normal FP fraction {result['normal_fp_fraction']:.3f} (threshold {result['threshold']:.2f})",
-                    flush=True,
-                )
-            results.append(result)
-            per_image_parts.append(per_image)
-        return _finish_run(run_dir, index, images, masks, results, per_image_parts, seed, verbose)
+            _run_fold(run_dir, fold, roles, n_folds, data, setup)
+        return _gather(run_dir, fold_roles, data, seed, verbose)
+
+
+def gather_folds(
+    run_dir: str | os.PathLike,
+    index: pd.DataFrame,
+    images: np.ndarray,
+    masks: np.ndarray,
+    n_folds: int = 5,
+    seed: int = 0,
+    verbose: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Builds the tables and ``ensemble.json`` of a run whose folds were trained separately.
+
+    The gather step after ``cross_validate(..., folds=[k])`` calls (one per fold, in processes
+    or on machines of their own, their ``fold-<k>`` folders copied into one `run_dir`): it trains
+    nothing, checks each fold's split against the split of these images with `seed` and
+    `n_folds`, and writes what `cross_validate` writes when every fold is done. Calling
+    `cross_validate` without `folds` on that folder does the same, training any fold still missing.
+
+    Args:
+        run_dir: the run folder holding ``fold-1`` to ``fold-<n_folds>``.
+        index, images, masks: the run's data, as given to `cross_validate`.
+        n_folds: the run's number of folds.
+        seed: the run's seed.
+        verbose: print the fold ensemble's threshold line.
+
+    Returns:
+        ``(folds, summary, per_image)`` as `cross_validate` returns them.
+
+    Raises:
+        ValueError: a fold not finished (its ``fold_result.json`` is missing; the message lists
+            them and how to train them), a fold of another split, or invalid data.
+        FileNotFoundError: no folder `run_dir`.
+        run_lock.RunFolderLocked: another writer holds `run_dir`.
+    """
+    images, masks = np.asarray(images), np.asarray(masks)
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"No cross-validation run folder at '{run_dir}'.")
+    index = index.reset_index(drop=True)
+    fold_roles = make_fold_splits(index, n_folds, seed)
+    missing = [
+        fold
+        for fold in range(1, n_folds + 1)
+        if not (run_dir / FOLD_DIR.format(fold=fold) / FOLD_RESULT_JSON).is_file()
+    ]
+    if missing:
+        raise ValueError(
+            f"Fold(s) {missing} of {n_folds} in '{run_dir}' are unfinished (no {FOLD_RESULT_JSON}); train each "
+            f"first (cross_validate(..., folds=[k]), or benchmarks/cross_validate_busi.py --fold k) and copy "
+            f"its fold-<k> folder here, or run cross_validate without folds to train them."
+        )
+    with run_lock.RunFolderLock(run_dir, "cross_validate"):
+        return _gather(run_dir, fold_roles, (index, images, masks), seed, verbose)
 
 
 def make_fold_splits(index: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> list[np.ndarray]:
@@ -819,6 +837,89 @@ def _check_inputs(index, images, masks, build_model, n_folds, train_options) -> 
     if unknown:
         raise ValueError(f"Unknown training option(s) {unknown}; expected train_model arguments {allowed}.")
     _check_fold_counts(index, n_folds)
+
+
+def _check_fold_selection(folds, n_folds: int) -> list[int]:
+    """Returns `folds` as a sorted list of distinct fold numbers; all folds when None."""
+    if folds is None:
+        return list(range(1, n_folds + 1))
+    if isinstance(folds, (str, bytes)) or not isinstance(folds, Sequence):
+        raise ValueError(f"Expected folds as a list of fold numbers, e.g. [2], or None; received {folds!r}.")
+    valid = all(
+        isinstance(f, (int, np.integer)) and not isinstance(f, bool) and 1 <= f <= n_folds for f in folds
+    )
+    if not folds or not valid:
+        raise ValueError(
+            f"Expected folds to be 1-based fold numbers in 1..{n_folds}, e.g. [2]; received {list(folds)!r}."
+        )
+    return sorted({int(f) for f in folds})
+
+
+def _run_fold(
+    run_dir: Path, fold: int, roles: np.ndarray, n_folds: int, data, setup
+) -> tuple[dict, pd.DataFrame]:
+    """Trains and scores one fold, or reads it back when done; returns its result and per-image rows."""
+    index, images, masks = data
+    build_model, batch_size, seed, strategy, augment, train_options = setup
+    verbose = train_options.get("progress", "epoch") != "none"
+    fold_dir = run_dir / FOLD_DIR.format(fold=fold)
+    _check_or_write_split(fold_dir, index, roles, fold)
+    if (fold_dir / FOLD_RESULT_JSON).is_file():
+        if verbose:
+            print(f"fold {fold}/{n_folds}: done in an earlier run; results read from {fold_dir}", flush=True)
+        return _read_fold(fold_dir)
+    part = {role: np.flatnonzero(roles == role) for role in ROLES}
+    if verbose:
+        sizes = ", ".join(f"{role} {len(rows)}" for role, rows in part.items())
+        print(f"fold {fold}/{n_folds}: {sizes} (test = held out)", flush=True)
+    training.set_seeds(seed + fold)
+    with strategy.scope():
+        model = build_model()
+    labels = index["label"].to_numpy() if unet.has_class_head(model) else None
+    train_data = data_loading.make_tf_dataset(
+        images[part["train"]],
+        masks[part["train"]],
+        batch_size,
+        training=True,
+        augment=augment,
+        seed=seed + fold,
+        labels=None if labels is None else labels[part["train"]],
+    )
+    val_data = data_loading.make_tf_dataset(
+        images[part["val"]],
+        masks[part["val"]],
+        batch_size,
+        labels=None if labels is None else labels[part["val"]],
+    )
+    _, history = training.train_model(
+        model, train_data, val_data, fold_dir, strategy=strategy, **train_options
+    )
+    result, per_image = _score_fold(fold, fold_dir, index, images, masks, part, seed)
+    result.update(
+        epochs_run=len(history),
+        best_epoch=int(history.loc[history["val_dice"].idxmax(), "epoch"]),
+    )
+    _write_fold(fold_dir, result, per_image)  # fold_result.json last: the fold's commit point
+    if verbose:
+        print(
+            f"fold {fold}/{n_folds}: held-out lesion Dice {result['lesion_dice']:.3f}, "
+            f"normal FP fraction {result['normal_fp_fraction']:.3f} (threshold {result['threshold']:.2f})",
+            flush=True,
+        )
+    return result, per_image
+
+
+def _gather(run_dir: Path, fold_roles, data, seed: int, verbose: bool):
+    """Reads every finished fold (splits checked), writes the run's tables and ensemble.json; returns the tables."""
+    index, images, masks = data
+    results, per_image_parts = [], []
+    for fold, roles in enumerate(fold_roles, start=1):
+        fold_dir = run_dir / FOLD_DIR.format(fold=fold)
+        _check_or_write_split(fold_dir, index, roles, fold)
+        result, per_image = _read_fold(fold_dir)
+        results.append(result)
+        per_image_parts.append(per_image)
+    return _finish_run(run_dir, index, images, masks, results, per_image_parts, seed, verbose)
 
 
 def _check_fold_counts(index: pd.DataFrame, n_folds: int) -> None:

@@ -26,10 +26,12 @@ Layer names, e.g. for stage 1: ``encoder_stage1_conv1``, ``encoder_stage1_bn1``,
 ``decoder_stage1_conv2``, ``head``; the classification head's ``classifier_pool``,
 ``classifier_dense``, ``classifier_dropout``, ``classifier_head``.
 
-Batch normalisation: with ``dtype_policy="float32"`` (and ``fused_batch_norm=True``, the default)
-the BatchNorm layers are `FusedBatchNormalization`: Keras's ``BatchNormalization`` (same weights,
-same configuration, same results within float rounding) computed by TensorFlow's fused kernel,
-which makes a training step about a third faster on a CPU (``benchmarks/fit_overhead.py``).
+Batch normalisation: with ``dtype_policy`` ``"float32"`` or ``"mixed_bfloat16"`` (and
+``fused_batch_norm=True``, the default) the BatchNorm layers are `FusedBatchNormalization`: Keras's
+``BatchNormalization`` (same weights, same configuration, same results within float rounding)
+computed by TensorFlow's fused kernel, which makes a float32 training step about a third faster on
+a CPU (``benchmarks/fit_overhead.py``). In bfloat16 the kernel takes bfloat16 activations with
+float32 scale, offset and statistics, as Keras's layer (which computes in float32) keeps them.
 `portable_model` turns such a model into one with plain Keras layers; ``model_io.save_model``
 does so before writing, so saved ``.keras`` files load without this library.
 
@@ -38,7 +40,10 @@ Mixed precision is set per model, never globally: every layer receives ``dtype=d
 policy too, so ``model.compile`` wraps the optimizer in a ``LossScaleOptimizer`` for
 ``"mixed_float16"`` (bfloat16 needs no loss scaling). ``keras.models.load_model`` restores every
 layer's policy but not the model's: before compiling a reloaded ``"mixed_float16"`` model again,
-set ``model.dtype_policy = "mixed_float16"`` or wrap the optimizer yourself.
+set ``model.dtype_policy = "mixed_float16"`` or wrap the optimizer yourself. As the head's output
+is float32, so are the loss and the Dice metric computed on it. Choosing the policy per machine
+(``"auto"``: bfloat16 only where the CPU has it natively and a probe finds it faster) is
+`precision.resolve_dtype_policy`'s job, done before building the model.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ import tensorflow as tf
 from class_labels import CLASSES
 
 DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+# Compute dtypes in which `FusedBatchNormalization` uses TensorFlow's fused kernel.
+FUSED_COMPUTE_DTYPES = ("float32", "bfloat16")
 OUTPUT_DTYPE = "float32"
 STANDARDIZE_EPSILON = 1e-3  # added to the variance; an image of one grey level maps to zeros
 KERNEL_SIZE = 3
@@ -135,9 +142,14 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         with ``var_b`` (the kernel returns ``var_b * n / (n - 1)``; it is scaled back).
     Inference uses the moving statistics. Cases the fused kernel does not cover (a mask,
     renormalisation, synchronised statistics, inputs that are not 4-D channels-last, a compute
-    dtype other than float32) fall back to Keras's own computation.
+    dtype outside `FUSED_COMPUTE_DTYPES`) fall back to Keras's own computation.
 
-    Inputs and outputs: ``(batch, height, width, channels)`` float32.
+    Mixed precision: under ``"mixed_bfloat16"`` the inputs and outputs are bfloat16, while
+    ``gamma``, ``beta``, the batch statistics and the moving statistics stay float32 (the kernel
+    accumulates the moments in float32), as in Keras's layer, which upcasts to float32.
+
+    Inputs and outputs: ``(batch, height, width, channels)`` in the layer's compute dtype
+    (float32 or bfloat16).
     """
 
     def _fused(self, inputs, mask) -> bool:
@@ -147,20 +159,21 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             and not self.synchronized
             and len(inputs.shape) == 4
             and self._reduction_axes == [0, 1, 2]
-            and self.compute_dtype == "float32"
+            and self.compute_dtype in FUSED_COMPUTE_DTYPES
         )
 
     def call(self, inputs, training=None, mask=None):
         if not self._fused(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         channels = inputs.shape[-1]
-        gamma = self.gamma if self.scale else tf.ones([channels], inputs.dtype)
-        beta = self.beta if self.center else tf.zeros([channels], inputs.dtype)
+        # Scale, offset and statistics are float32 whatever the inputs' dtype (the kernel's rule).
+        gamma = self.gamma if self.scale else tf.ones([channels], tf.float32)
+        beta = self.beta if self.center else tf.zeros([channels], tf.float32)
         if training and self.trainable:
             outputs, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
                 inputs, gamma, beta, epsilon=self.epsilon, is_training=True, data_format="NHWC"
             )[:3]
-            n = tf.cast(tf.size(inputs) // channels, inputs.dtype)
+            n = tf.cast(tf.size(inputs) // channels, tf.float32)
             variance = unbiased_variance * tf.math.divide_no_nan(n - 1.0, n)
             self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
             self.moving_variance.assign(
@@ -322,9 +335,10 @@ def build_unet(
             (``"float32"``, ``"mixed_bfloat16"``, ``"mixed_float16"``). Variables stay float32;
             mixed policies compute in 16 bits. No global policy is set.
         name: name of the model.
-        fused_batch_norm: with ``dtype_policy="float32"``, use `FusedBatchNormalization` (the
-            same computation, faster on a CPU); False, or a mixed policy, gives Keras's own
-            ``BatchNormalization``. Save with ``model_io.save_model`` (see `portable_model`).
+        fused_batch_norm: with ``dtype_policy`` ``"float32"`` or ``"mixed_bfloat16"``, use
+            `FusedBatchNormalization` (the same computation, faster on a CPU); False, or
+            ``"mixed_float16"``, gives Keras's own ``BatchNormalization``. Save with
+            ``model_io.save_model`` (see `portable_model`).
         standardize_input: first rescale each image to zero mean and unit variance over its
             pixels (a weightless ``LayerNormalization`` named ``input_standardize``, epsilon
             ``STANDARDIZE_EPSILON``), so that a scanner's overall gain and contrast do not reach
@@ -361,12 +375,14 @@ def build_unet(
     if dtype_policy not in DTYPE_POLICIES:
         raise ValueError(
             f"Expected dtype_policy to be one of {DTYPE_POLICIES}; received {dtype_policy!r}. "
-            f"Use 'mixed_bfloat16' on CPUs and TPUs or recent GPUs, 'mixed_float16' on older GPUs."
+            f"Use 'mixed_bfloat16' on CPUs and TPUs or recent GPUs, 'mixed_float16' on older GPUs; "
+            f"for 'auto', resolve it first with precision.resolve_dtype_policy (its probe must run "
+            f"before the model's seeded initialisation)."
         )
     if not isinstance(classifier, bool):
         raise ValueError(f"Expected classifier to be True or False; received {classifier!r}.")
 
-    fused = bool(fused_batch_norm) and dtype_policy == "float32"
+    fused = bool(fused_batch_norm) and dtype_policy in ("float32", "mixed_bfloat16")
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = inputs
     if standardize_input:  # per image: zero mean, unit variance over all pixels (no weights)

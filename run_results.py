@@ -32,6 +32,7 @@ SETTINGS_KEYS = (
     "lr_schedule",
     "time_budget_minutes",
     "dtype_policy",
+    "dtype_policy_reason",
     "seed",
     "val_fraction",
     "test_fraction",

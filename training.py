@@ -11,6 +11,7 @@ prediction in `inference`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -648,6 +649,12 @@ def _resume(
             f"The run in {str(run_dir)!r} was trained with ema_momentum={state.get('ema_momentum')}, not "
             f"{ema_momentum}; use the run's setting to resume it, or another run folder."
         )
+    if state["dtype_policy"] != model.dtype_policy.name:
+        raise ValueError(
+            f"The run in {str(run_dir)!r} was trained with dtype_policy {state['dtype_policy']!r}, the model "
+            f"given has {model.dtype_policy.name!r}; build it with the run's policy "
+            f"(precision.resolve_dtype_policy(..., run_dir) returns it), or use another run folder."
+        )
     _restore_checkpoint(model, run_dir, state["best_checkpoint"], optimizer=True)  # (the averages)
     _save_averaged(model, run_dir / BEST_MODEL)
     _restore_checkpoint(model, run_dir, state["last_checkpoint"], optimizer=True)
@@ -705,6 +712,49 @@ def _make_callbacks(
     return [*swap, *controls, committer, exporter, printer], exporter
 
 
+@contextlib.contextmanager
+def _multi_worker_workarounds(model: keras.Model, train_data):
+    """Makes `model.fit` work under MultiWorkerMirroredStrategy in Keras 3 (keras-team/keras#20585).
+
+    Two steps of Keras 3.15's TensorFlow trainer fail under that strategy, and are replaced while
+    the context is open (nothing changes under other strategies):
+
+    1. Before fitting, ``_maybe_symbolic_build`` draws a distributed batch and averages it across
+       workers only to learn its shapes; the strategy cannot reduce a nested ``(images, masks)``
+       batch. Replaced, on this model object only, by a build from `train_data`'s element spec
+       (the same shapes, no batch drawn).
+    2. Each step reduces its logs with ``reduce_per_replica(..., reduction="auto")``, which for
+       this strategy means ``strategy.reduce("MEAN", value, axis=0)``, invalid for the scalar
+       logs. Replaced by ``reduction="first"``, Keras's own choice for synchronised values: the
+       loss tracker and the metrics sum their totals and counts across replicas, so every
+       replica holds the global value.
+    """
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    if not isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        yield
+        return
+    spec = tf.nest.map_structure(lambda s: keras.KerasTensor(s.shape, s.dtype.name), train_data.element_spec)
+
+    def build(iterator=None, data_batch=None):
+        with model.distribute_strategy.scope():
+            model._symbolic_build(data_batch=spec)
+
+    reduce_per_replica = tf_trainer.reduce_per_replica
+
+    def reduce_first(values, strategy, reduction):
+        return reduce_per_replica(values, strategy, "first" if reduction == "auto" else reduction)
+
+    object.__setattr__(model, "_maybe_symbolic_build", build)
+    tf_trainer.reduce_per_replica = reduce_first
+    try:
+        yield
+    finally:
+        tf_trainer.reduce_per_replica = reduce_per_replica
+        model.__dict__.pop("_maybe_symbolic_build", None)
+
+
 def _fit_and_export(
     model: keras.Model,
     train_data,
@@ -717,28 +767,29 @@ def _fit_and_export(
     progress: str,
 ) -> None:
     """Fits `model`, then exports best/last, also when fitting raises (the exception is re-raised)."""
-    try:
-        model.fit(
-            train_data,
-            validation_data=val_data,
-            epochs=int(epochs),
-            initial_epoch=initial_epoch,
-            callbacks=callbacks,
-            verbose=1 if progress == "bar" else 0,
-            shuffle=False,  # the tf.data pipeline shuffles
-        )
-    except BaseException:  # e.g. KeyboardInterrupt in a notebook: still export the completed epochs
+    with _multi_worker_workarounds(model, train_data):
         try:
-            exporter.export()
-        except Exception as error:  # the original exception matters more; the checkpoints are intact
-            # stacklevel 3: the warning points at the caller of train_model
-            warnings.warn(
-                f"Could not export the models of {str(run_dir)!r} after an interruption ({error}); "
-                "resuming the run rewrites them from the checkpoints.",
-                stacklevel=3,
+            model.fit(
+                train_data,
+                validation_data=val_data,
+                epochs=int(epochs),
+                initial_epoch=initial_epoch,
+                callbacks=callbacks,
+                verbose=1 if progress == "bar" else 0,
+                shuffle=False,  # the tf.data pipeline shuffles
             )
-        raise
-    exporter.export()
+        except BaseException:  # e.g. KeyboardInterrupt in a notebook: still export the completed epochs
+            try:
+                exporter.export()
+            except Exception as error:  # the original exception matters more; the checkpoints are intact
+                # stacklevel 3: the warning points at the caller of train_model
+                warnings.warn(
+                    f"Could not export the models of {str(run_dir)!r} after an interruption ({error}); "
+                    "resuming the run rewrites them from the checkpoints.",
+                    stacklevel=3,
+                )
+            raise
+        exporter.export()
 
 
 def train_model(
@@ -757,6 +808,7 @@ def train_model(
     strategy=None,
     ema_momentum: float | None = DEFAULT_EMA_MOMENTUM,
     class_loss_weight: float = losses.CLASS_LOSS_WEIGHT,
+    dtype_policy_reason: str | None = None,
 ) -> tuple[keras.Model, pd.DataFrame]:
     """Compiles and fits `model` with Adam, or resumes the run saved in `run_dir`.
 
@@ -806,7 +858,13 @@ def train_model(
     Args:
         model: a Keras model mapping ``(B, H, W, 1)`` images to ``(B, H, W, 1)`` probabilities,
             or to the dict of `model.build_unet` with ``classifier=True``; its dtype policy (see
-            `model.build_unet`) sets mixed precision.
+            `model.build_unet`) sets mixed precision. This function takes the model as built, so
+            ``dtype_policy="auto"`` (the notebook's default) is resolved before building it:
+            ``choice = precision.resolve_dtype_policy("auto", run_dir)``, then
+            ``build_unet(..., dtype_policy=choice.policy)`` and
+            ``train_model(..., dtype_policy_reason=choice.reason)``. For a folder that holds a
+            run, `precision.resolve_dtype_policy` returns that run's policy, and resuming with a
+            model of another policy raises ValueError.
         train_data: `tf.data.Dataset` of ``(images, masks)`` batches, float32 (see
             `data_loading.make_tf_dataset`); for a model with the classification head, of
             ``(images, {"mask": masks, "class": one_hot})`` batches.
@@ -834,6 +892,9 @@ def train_model(
         class_loss_weight: weight of the class loss in the joint loss of a model with the
             classification head (>= 0; `losses`' module docstring); ignored for a model without
             it. A resumed run must keep its weight.
+        dtype_policy_reason: why the model has its dtype policy, e.g. the reason of
+            `precision.resolve_dtype_policy`; stored in ``train_state.json`` with the policy
+            (a resumed run keeps the reason of its first call). None stores "not given".
         strategy: the `tf.distribute.Strategy` to train under; None takes
             ``tf.distribute.get_strategy()`` (the strategy whose scope is open, else TensorFlow's
             default single-device one). `model` must have been built inside
@@ -863,6 +924,9 @@ def train_model(
         A model built outside the scope would silently train on one device (Keras takes the
         strategy from where a model was built), so it is rejected with a ValueError that
         names the fix. Every worker writes its own `run_dir`; give each machine a local one.
+        Under `MultiWorkerMirroredStrategy` two steps of Keras 3.15's `fit` that fail there are
+        replaced while fitting (`_multi_worker_workarounds`); tested with two worker processes
+        over loopback, interrupted and resumed (``tests/test_multi_worker.py``).
 
     One writer per run folder: the call holds `run_lock.RunFolderLock` on `run_dir` from before it
     reads the saved state until the exports are written; readers take no lock.
@@ -922,6 +986,7 @@ def train_model(
                 "loss": loss,
                 "class_loss_weight": class_loss_weight,
                 "dtype_policy": model.dtype_policy.name,
+                "dtype_policy_reason": dtype_policy_reason or "not given",
                 "input_shape": input_shape,
                 "lr_schedule": lr_schedule,
                 "schedule_epochs": _schedule_epochs(lr_schedule, epochs),

@@ -4,7 +4,8 @@ Usage:
     python benchmarks/cross_validate_busi.py [--root PATH] [--folds 5] [--image-size 128]
         [--base-filters 16] [--depth 4] [--epochs 12] [--early-stopping-patience 5]
         [--batch-size 8] [--loss bce_dice] [--learning-rate 2e-3] [--lr-schedule cosine] [--seed 0]
-        [--run-dir runs/cv_busi] [--max-samples 0] [--quick]
+        [--run-dir runs/cv_busi] [--max-samples 0] [--dtype-policy float32] [--quick]
+        [--fold K | --gather]
 
 The default configuration is the notebook's (benchmarks/time_to_quality.py's winner) shortened for
 a 2-core CPU: 128 px, base_filters 16 (1.9 M parameters), cosine schedule peaking at 2e-3 over
@@ -15,6 +16,15 @@ runs/cv_busi_quick) that checks the whole path in a minute or two.
 Protocol (see cross_validation.py): every image is held out exactly once; near-duplicate groups
 never straddle folds; early stopping, the best checkpoint and the threshold are chosen on an inner
 validation part carved from each fold's training folds, never on the held-out fold.
+
+Folds in parallel: ``--fold K`` trains and scores fold K only (one process, machine or GPU per
+fold, each writing RUN_DIR/fold-K, in one shared run folder or in copies; the folds come from
+--seed and --folds, so every process must get the same data options). Once every fold-K folder is
+in one run folder, ``--gather`` builds the table (and ensemble.json) without training; a run
+without --fold or --gather does the same after training any fold still missing.
+
+--dtype-policy auto chooses the precision per machine (precision.py); float32, the default, is the
+precision of the published results. A fold being resumed keeps its own policy.
 
 BUSI comes from --root, $BUSI_ROOT or ../shared/data/BUSI; without it the script stops. Rerunning
 with the same --run-dir skips finished folds and resumes an interrupted one. Prints a per-fold
@@ -39,10 +49,12 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import atomic_io  # noqa: E402
+import cli  # noqa: E402
 import cross_validation as cv  # noqa: E402
 import data_loading as dl  # noqa: E402
 import losses  # noqa: E402
 import model as unet  # noqa: E402
+import precision  # noqa: E402
 import splits  # noqa: E402
 import training  # noqa: E402
 import visualization as viz  # noqa: E402
@@ -75,6 +87,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default=str(REPO / "runs" / "cv_busi"))
     parser.add_argument("--max-samples", type=int, default=0, help="0: all; N: first N images per class")
+    parser.add_argument("--dtype-policy", default="float32", choices=precision.DTYPE_POLICY_CHOICES)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--fold", type=int, default=0, help="train and score only this fold (1..--folds)")
+    mode.add_argument(
+        "--gather", action="store_true", help="train nothing: build the table from finished folds"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items())
     )
@@ -85,6 +103,8 @@ def main() -> None:
             setattr(args, key, value)
     if args.root is None:
         sys.exit("BUSI not found; pass --root or set BUSI_ROOT.")
+    if args.fold and not 1 <= args.fold <= args.folds:
+        parser.error(f"--fold must be in 1..{args.folds} (--folds); received {args.fold}")
     settings = vars(args).copy()
     print("settings:", " ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
 
@@ -101,11 +121,27 @@ def main() -> None:
         flush=True,
     )
 
+    if args.gather:
+        start = time.perf_counter()
+        try:
+            folds, summary, per_image = cv.gather_folds(
+                run_dir, index, images, masks, n_folds=args.folds, seed=args.seed
+            )
+        except (ValueError, FileNotFoundError) as error:  # unfinished folds, another split
+            cli.fail(str(error))
+        report(run_dir, settings, folds, summary, per_image, time.perf_counter() - start)
+        return
+    # A resumed fold keeps its policy (fold 1's stands for the run when all folds train here).
+    policy_dir = run_dir / cv.FOLD_DIR.format(fold=args.fold or 1)
+    choice = precision.resolve_dtype_policy(args.dtype_policy, policy_dir)  # before seeding: it may probe
+    settings.update(dtype_policy=choice.policy, dtype_policy_reason=choice.reason)
+    print(f"dtype policy {choice.policy}: {choice.reason}", flush=True)
     build = functools.partial(
         unet.build_unet,
         (args.image_size, args.image_size, 1),
         base_filters=args.base_filters,
         depth=args.depth,
+        dtype_policy=choice.policy,
     )
     print(f"U-Net: {build().count_params():,} parameters", flush=True)
     start = time.perf_counter()
@@ -118,13 +154,34 @@ def main() -> None:
         n_folds=args.folds,
         batch_size=args.batch_size,
         seed=args.seed,
+        folds=[args.fold] if args.fold else None,
         epochs=args.epochs,
         loss=args.loss,
         learning_rate=args.learning_rate,
         lr_schedule=args.lr_schedule,
         early_stopping_patience=args.early_stopping_patience,
+        dtype_policy_reason=choice.reason,
     )
     seconds = time.perf_counter() - start
+    if args.fold:
+        done = [
+            k
+            for k in range(1, args.folds + 1)
+            if (run_dir / cv.FOLD_DIR.format(fold=k) / cv.FOLD_RESULT_JSON).is_file()
+        ]
+        print(
+            f"\nfold {args.fold}: held-out lesion Dice {folds['lesion_dice'].iloc[0]:.3f} ({seconds:.0f} s)"
+        )
+        print(
+            f"folds finished in {run_dir}: {done} of {args.folds}; once all are in one run folder, "
+            f"rerun with --gather to build the table"
+        )
+        return
+    report(run_dir, settings, folds, summary, per_image, seconds)
+
+
+def report(run_dir: Path, settings: dict, folds, summary, per_image, seconds: float) -> None:
+    """Prints the fold table and the out-of-fold scores; writes cv_results.json and the figure."""
     print()
     print(cv.format_cross_validation(folds, summary))
     lesion = per_image[per_image["label"].ne("normal")]

@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/train_busi.py [--root PATH] [--image-size 128] [--base-filters 32] [--epochs 30]
         [--batch-size 8] [--loss bce_dice] [--learning-rate 1e-3] [--lr-schedule plateau]
-        [--dtype-policy float32] [--seed 0]
+        [--dtype-policy float32|auto|mixed_bfloat16|mixed_float16] [--seed 0]
         [--run-dir runs/train_busi] [--max-samples 0]
 
 BUSI comes from --root, $BUSI_ROOT or ../shared/data/BUSI; without it the script stops (training
@@ -33,6 +33,7 @@ import inference  # noqa: E402
 import losses  # noqa: E402
 import model as unet  # noqa: E402
 import model_io  # noqa: E402
+import precision  # noqa: E402
 import run_results  # noqa: E402
 import splits  # noqa: E402
 import training  # noqa: E402
@@ -60,7 +61,12 @@ def main() -> None:
         choices=training.LR_SCHEDULES,
         help="plateau: the schedule of the README's results (train_model's default is cosine)",
     )
-    parser.add_argument("--dtype-policy", default="float32", choices=unet.DTYPE_POLICIES)
+    parser.add_argument(
+        "--dtype-policy",
+        default="float32",
+        choices=precision.DTYPE_POLICY_CHOICES,
+        help="float32: the precision of the README's results; auto: chosen per machine (precision.py)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default=str(REPO / "runs" / "train_busi"))
     parser.add_argument("--max-samples", type=int, default=0, help="0: all; N: first N images per class")
@@ -93,12 +99,15 @@ def main() -> None:
         print(f"{name}: {len(part)} images {part['label'].value_counts().to_dict()}")
     print(f"data ready in {time.perf_counter() - start:.1f} s", flush=True)
 
+    choice = precision.resolve_dtype_policy(args.dtype_policy, run_dir)  # before seeding: it may probe
+    settings.update(dtype_policy=choice.policy, dtype_policy_reason=choice.reason)
+    print(f"dtype policy {choice.policy}: {choice.reason}", flush=True)
     training.set_seeds(args.seed)
     model = unet.build_unet(
         (args.image_size, args.image_size, 1),
         base_filters=args.base_filters,
         depth=args.depth,
-        dtype_policy=args.dtype_policy,
+        dtype_policy=choice.policy,
     )
     train_ds = dl.make_tf_dataset(
         images[train_df.index], masks[train_df.index], args.batch_size, training=True, seed=args.seed
@@ -115,6 +124,7 @@ def main() -> None:
         learning_rate=args.learning_rate,
         lr_schedule=args.lr_schedule,
         early_stopping_patience=EARLY_STOPPING_PATIENCE,
+        dtype_policy_reason=choice.reason,
     )
     print(f"training wall time this session: {time.perf_counter() - start:.0f} s")
 

@@ -1,16 +1,21 @@
-"""Training and inference speed of `model.build_unet`: float32 vs mixed_bfloat16, base_filters 64 vs 32.
+"""Training and inference speed of `model.build_unet`, float32 against mixed_bfloat16, per configuration.
 
-For each (dtype_policy, base_filters) pair, at depth 4 with BatchNorm, it times `train_on_batch`
+Configurations (image size, base_filters): (128, 16), the notebook's default; (128, 32); (256, 32);
+depth 4 with BatchNorm (the fused layer in both precisions). For each it times `train_on_batch`
 (Adam + binary cross-entropy, one fixed random batch, so no input pipeline is measured) and
 `predict_on_batch`, and reports the median images/s over the timed steps after some warm-up steps
-(the first includes tracing). Achieved GFLOP/s use the analytic forward FLOPs of `model.unet_flops`
+(the first includes tracing). Useful GFLOP/s use the analytic forward FLOPs of `model.unet_flops`
 (convolutions only), with a training step counted as 3 forward passes. The machine's peak is
 measured in the same run by a square float32 and bfloat16 `tf.matmul` (median of a few reps);
 each model is compared with the peak of its compute dtype.
 
+It first prints the CPU model, the bfloat16 and AMX flags of /proc/cpuinfo, and the decision of
+``dtype_policy="auto"`` on this machine with its reason (`precision.choose_dtype_policy`, which
+runs its short probe).
+
 Usage (from the repository root):
-    python benchmarks/train_speed.py            # default: 256x256, batch 8, a few minutes on 2 cores
-    python benchmarks/train_speed.py --quick    # smoke run on 32x32 images, seconds
+    python benchmarks/train_speed.py            # batch 8; minutes on 2 cores
+    python benchmarks/train_speed.py --quick    # smoke run on the configurations scaled down, seconds
 """
 
 from __future__ import annotations
@@ -33,19 +38,21 @@ import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import model  # noqa: E402
+import precision  # noqa: E402
 
 DTYPE_POLICIES = ("float32", "mixed_bfloat16")
-BASE_FILTERS = (64, 32)
+# (image size, base_filters) of each configuration; --quick scales them down.
+CONFIGS = ((128, 16), (128, 32), (256, 32))
+QUICK_CONFIGS = ((32, 4), (32, 8), (64, 8))
+CPU_FLAGS_SHOWN = ("avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
 COMPUTE_DTYPES = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
 DEPTH = 4
 LEARNING_RATE = 1e-3
 SEED = 0
 GIGA = 1e9
 QUICK_SETTINGS = {
-    "image_size": 32,
     "batch_size": 2,
     "steps": 2,
-    "steps_base64": 2,
     "warmup": 1,
     "matmul_size": 512,
     "matmul_reps": 2,
@@ -54,12 +61,8 @@ QUICK_SETTINGS = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image-size", type=int, default=256, help="height = width of the square images")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=6, help="timed steps for base_filters 32")
-    parser.add_argument(
-        "--steps-base64", type=int, default=3, help="timed steps for base_filters 64 (4x the work of base 32)"
-    )
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per configuration and precision")
     parser.add_argument(
         "--warmup", type=int, default=2, help="untimed steps before timing (tracing, allocation)"
     )
@@ -74,7 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         for key, value in QUICK_SETTINGS.items():
             setattr(args, key, value)
-    for key in ("image_size", "batch_size", "steps", "steps_base64", "matmul_size", "matmul_reps"):
+    args.configs = QUICK_CONFIGS if args.quick else CONFIGS
+    for key in ("batch_size", "steps", "matmul_size", "matmul_reps"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1; received {getattr(args, key)}")
     if args.warmup < 0:
@@ -109,18 +113,18 @@ def matmul_peak_gflops(size: int, dtype: str, reps: int) -> float:
 
 
 def benchmark_unet(
-    args: argparse.Namespace, dtype_policy: str, base_filters: int
+    args: argparse.Namespace, dtype_policy: str, image_size: int, base_filters: int
 ) -> dict[str, float | int | str]:
     """Times training and inference of one U-Net configuration on a fixed random batch."""
     keras.backend.clear_session()
     keras.utils.set_random_seed(SEED)
-    input_shape = (args.image_size, args.image_size, 1)
+    input_shape = (image_size, image_size, 1)
     unet = model.build_unet(input_shape, base_filters=base_filters, depth=DEPTH, dtype_policy=dtype_policy)
     unet.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="binary_crossentropy")
     rng = np.random.default_rng(SEED)
     images = rng.random((args.batch_size, *input_shape), dtype=np.float32)
     masks = (rng.random(images.shape) > 0.5).astype(np.float32)
-    steps = args.steps_base64 if base_filters >= 64 else args.steps
+    steps = args.steps
 
     train_seconds = median_seconds(lambda: unet.train_on_batch(images, masks), args.warmup, steps)
     predict_seconds = median_seconds(lambda: unet.predict_on_batch(images), args.warmup, steps)
@@ -129,8 +133,8 @@ def benchmark_unet(
     train_images_per_s = args.batch_size / train_seconds
     predict_images_per_s = args.batch_size / predict_seconds
     return {
+        "config": f"{image_size} px base {base_filters}",
         "dtype_policy": dtype_policy,
-        "base_filters": base_filters,
         "params_M": unet.count_params() / 1e6,
         "fwd_GFLOP/img": forward_flops / GIGA,
         "timed_steps": steps,
@@ -140,6 +144,18 @@ def benchmark_unet(
         "infer_img/s": predict_images_per_s,
         "infer_GFLOP/s": forward_flops * predict_images_per_s / GIGA,
     }
+
+
+def cpu_model(path: str = precision.CPUINFO) -> str:
+    """The first ``model name`` of /proc/cpuinfo, or the platform's processor name elsewhere."""
+    try:
+        for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def print_environment(args: argparse.Namespace) -> None:
@@ -160,12 +176,19 @@ def print_environment(args: argparse.Namespace) -> None:
         f"  tf threads: intra_op {tf.config.threading.get_intra_op_parallelism_threads()}, "
         f"inter_op {tf.config.threading.get_inter_op_parallelism_threads()} (0 = all cores)"
     )
-    print("Settings:")
+    print(f"  cpu: {cpu_model()}")
+    flags = precision.read_cpu_flags()
     print(
-        f"  image {args.image_size}x{args.image_size}x1, batch {args.batch_size}, depth {DEPTH}, batch_norm True, "
-        f"Adam({LEARNING_RATE}) + binary cross-entropy, warmup {args.warmup}, timed steps {args.steps} "
-        f"(base 32) / {args.steps_base64} (base 64), peak matmul {args.matmul_size}^2 x {args.matmul_reps} reps"
-        + (" [--quick]" if args.quick else "")
+        "  cpu flags: " + ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in CPU_FLAGS_SHOWN)
+    )
+    choice = precision.choose_dtype_policy()
+    print(f"  dtype_policy='auto' here: {choice.policy} ({choice.reason})")
+    print("Settings:")
+    configs = ", ".join(f"{size} px base {base}" for size, base in args.configs)
+    print(
+        f"  configurations {configs}; batch {args.batch_size}, depth {DEPTH}, batch_norm True (fused), "
+        f"Adam({LEARNING_RATE}) + binary cross-entropy, warmup {args.warmup}, timed steps {args.steps}, "
+        f"peak matmul {args.matmul_size}^2 x {args.matmul_reps} reps" + (" [--quick]" if args.quick else "")
     )
     print(flush=True)
 
@@ -183,39 +206,36 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     rows = []
-    for base_filters in BASE_FILTERS:
+    for image_size, base_filters in args.configs:
         for dtype_policy in DTYPE_POLICIES:
             start = time.perf_counter()
-            row = benchmark_unet(args, dtype_policy, base_filters)
+            row = benchmark_unet(args, dtype_policy, image_size, base_filters)
             peak = peak_gflops[COMPUTE_DTYPES[dtype_policy]]
             row["train_%peak"] = 100 * row["train_GFLOP/s"] / peak
             row["infer_%peak"] = 100 * row["infer_GFLOP/s"] / peak
             rows.append(row)
             print(
-                f"done {dtype_policy} base {base_filters} in {time.perf_counter() - start:.0f} s: "
+                f"done {dtype_policy} {row['config']} in {time.perf_counter() - start:.0f} s: "
                 f"train {row['train_img/s']:.2f} img/s, infer {row['infer_img/s']:.2f} img/s",
                 flush=True,
             )
 
-    table = pd.DataFrame(rows).set_index(["base_filters", "dtype_policy"])
+    table = pd.DataFrame(rows).set_index(["config", "dtype_policy"])
     print("\nResults (img/s: median over timed steps; GFLOP/s from unet_flops, training = 3x forward;")
     print("%peak: against the matmul peak of the policy's compute dtype):")
     print(table.to_string(float_format=lambda value: f"{value:.2f}"))
 
+    configs = list(dict.fromkeys(table.index.get_level_values("config")))
     ratios = pd.DataFrame(
         {
-            "train_bf16/f32": [
-                table.loc[(base, "mixed_bfloat16"), "train_img/s"]
-                / table.loc[(base, "float32"), "train_img/s"]
-                for base in BASE_FILTERS
-            ],
-            "infer_bf16/f32": [
-                table.loc[(base, "mixed_bfloat16"), "infer_img/s"]
-                / table.loc[(base, "float32"), "infer_img/s"]
-                for base in BASE_FILTERS
-            ],
+            f"{kind}_bf16/f32": [
+                table.loc[(config, "mixed_bfloat16"), f"{kind}_img/s"]
+                / table.loc[(config, "float32"), f"{kind}_img/s"]
+                for config in configs
+            ]
+            for kind in ("train", "infer")
         },
-        index=pd.Index(BASE_FILTERS, name="base_filters"),
+        index=pd.Index(configs, name="config"),
     )
     print("\nThroughput ratio mixed_bfloat16 / float32 (> 1: bfloat16 is faster):")
     print(ratios.to_string(float_format=lambda value: f"{value:.2f}"))

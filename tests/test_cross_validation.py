@@ -20,6 +20,7 @@ import gate
 import inference
 import model as unet
 import model_io
+import precision
 import splits
 import training
 import visualization as viz
@@ -459,7 +460,7 @@ def test_the_notebooks_cross_validation_cell_runs(data, two_folds, tmp_path, cap
         "image_size": 32,
         "base_filters": 4,
         "depth": 2,
-        "dtype_policy": "float32",
+        "dtype_choice": precision.PolicyChoice("float32", "given explicitly"),
         "classifier": False,  # the fixture's run has no classification head
         "batch_size": 4,
         "seed": 0,
@@ -474,3 +475,55 @@ def test_the_notebooks_cross_validation_cell_runs(data, two_folds, tmp_path, cap
     assert "fold 1/2: done in an earlier run" in out and "mean ± sd over 2 folds" in out
     assert (tmp_path / "figures" / "cross_validation.png").is_file() and len(shown) == 1
     pd.testing.assert_frame_equal(namespace["cv_table"], two_folds[1])
+
+
+# -------------------------------------------------------------- folds as independent processes
+
+
+def test_folds_trained_separately_are_gathered_into_one_table(data, tmp_path, monkeypatch):
+    index, images, masks = data
+    machine_a, machine_b = tmp_path / "a", tmp_path / "b"
+    table_b, _, per_image_b = cv.cross_validate(
+        index, images, masks, BUILD, machine_b, n_folds=2, batch_size=4, folds=[2], **OPTIONS
+    )
+    assert list(table_b["fold"]) == [2] and not (machine_b / "fold-1").exists()
+    assert not (machine_b / cv.CV_FOLDS_CSV).exists() and not (machine_b / cv.ENSEMBLE_JSON).exists()
+    assert set(per_image_b["fold"]) == {2}
+    with pytest.raises(
+        ValueError, match=r"Fold\(s\) \[1\] of 2 in '.*b' are unfinished \(no fold_result\.json\)"
+    ):
+        cv.gather_folds(machine_b, index, images, masks, n_folds=2)
+
+    cv.cross_validate(index, images, masks, BUILD, machine_a, n_folds=2, batch_size=4, folds=[1], **OPTIONS)
+    shutil.copytree(machine_b / "fold-2", machine_a / "fold-2")  # fold 2, trained elsewhere, copied in
+    folds, summary, per_image = cv.gather_folds(machine_a, index, images, masks, n_folds=2, verbose=False)
+    assert list(folds["fold"]) == [1, 2]
+    pd.testing.assert_frame_equal(folds.iloc[[1]].reset_index(drop=True), table_b)
+    assert sorted(per_image["image_id"]) == sorted(index["image_id"])
+    assert summary.set_index("metric").loc["lesion_dice", "n_folds"] == 2
+    for name in (cv.CV_FOLDS_CSV, cv.CV_SUMMARY_CSV, cv.CV_PER_IMAGE_CSV, cv.ENSEMBLE_JSON):
+        assert (machine_a / name).is_file()
+    assert cv.read_out_of_fold_threshold(machine_a)[0] == pytest.approx(
+        json.loads((machine_a / cv.ENSEMBLE_JSON).read_text())["threshold"]
+    )
+
+    # The normal run finds every fold done: it trains nothing and returns the same table.
+    @functools.wraps(training.train_model)  # cross_validate checks its options against this signature
+    def refuse(*args, **kwargs):
+        pytest.fail("a finished fold was trained again")
+
+    monkeypatch.setattr(training, "train_model", refuse)
+    again, _, _ = cv.cross_validate(
+        index, images, masks, BUILD, machine_a, n_folds=2, batch_size=4, **OPTIONS
+    )
+    pd.testing.assert_frame_equal(again, folds)
+    with pytest.raises(ValueError, match="holds fold 1 of another split"):
+        cv.gather_folds(machine_a, index, images, masks, n_folds=2, seed=5)
+
+
+@pytest.mark.parametrize("folds", [[3], [0], [], "1", [True], [1.0]])
+def test_a_bad_fold_selection_is_refused_before_anything_is_written(data, tmp_path, folds):
+    index, images, masks = data
+    with pytest.raises(ValueError, match=r"Expected folds (to be 1-based fold numbers in 1\.\.2|as a list)"):
+        cv.cross_validate(index, images, masks, BUILD, tmp_path / "run", n_folds=2, folds=folds, **OPTIONS)
+    assert not (tmp_path / "run").exists()

@@ -23,6 +23,7 @@ import image_io
 import inference
 import model as unet
 import model_io
+import precision
 import segment_images as si
 import training
 import visualization as viz
@@ -457,7 +458,7 @@ def test_the_notebooks_ensemble_cell_runs_after_the_cross_validation_cell(data, 
         "image_size": 32,
         "base_filters": 4,
         "depth": 2,
-        "dtype_policy": "float32",
+        "dtype_choice": precision.PolicyChoice("float32", "given explicitly"),
         "classifier": False,  # the fixture's run has no classification head
         "batch_size": 4,
         "seed": 0,

@@ -21,6 +21,7 @@ SETTINGS = {
     "lr_schedule": "cosine",
     "time_budget_minutes": None,
     "dtype_policy": "float32",
+    "dtype_policy_reason": "given explicitly",
     "seed": 0,
     "val_fraction": 0.15,
     "test_fraction": 0.15,
