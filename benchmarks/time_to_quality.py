@@ -211,6 +211,18 @@ CONFIGS = {
         standardize_input=True,
         classifier=True,
     ),
+    "b16_128_ema_cls": dict(
+        image_size=128,
+        base_filters=16,
+        batch_size=8,
+        dtype_policy="float32",
+        lr_schedule="cosine",
+        learning_rate=2e-3,
+        loss="bce_dice",
+        augment="basic",
+        ema_momentum=0.99,
+        classifier=True,
+    ),
     "b16_128_us_ema_cls": dict(
         image_size=128,
         base_filters=16,
