@@ -152,7 +152,8 @@ def _hand_case():
     """4 images of 8x8; fold 1 (identity) holds out images 0 and 1, fold 2 (1 - x) images 2 and 3.
 
     Out of fold, a lesion pixel is 0.8 (image 0) or 0.38 (image 2), a background pixel 0.32 (images
-    0 and 1) or 0.1 (images 2 and 3): only the candidate 0.35 separates them all. The ensemble's
+    0 and 1) or 0.1 (images 2 and 3): only the candidates 0.325, 0.35 and 0.375 separate them all,
+    and the tie goes to the one closest to 0.5, 0.375. The ensemble's
     own probability is 0.5 everywhere (no threshold separates anything), and one model applied
     to every image gets images 2 and 3 backwards.
     """
@@ -175,9 +176,10 @@ def test_the_threshold_is_chosen_on_out_of_fold_predictions_by_hand(tmp_path):
     np.testing.assert_allclose(probabilities[3], 0.1, atol=1e-6)
 
     threshold, curve, summary = cv.choose_out_of_fold_threshold(run, index, images, masks)
-    assert threshold == 0.35
+    assert threshold == 0.375
     dice = curve.set_index("threshold")["dice"]
-    assert dice[0.35] == pytest.approx(1.0)
+    assert dice[0.325] == dice[0.35] == dice[0.375] == pytest.approx(1.0)
+    assert dice[0.3] < 1 and dice[0.4] < 1
     # 0.5: image 2's lesion (0.38) is missed -> Dice 0 there, 1 for the other three
     assert dice[0.5] == pytest.approx(0.75)
     # 0.3: image 0 all predicted (2 * 16 / (16 + 64) = 0.4), normal image 1 all predicted (0)
@@ -187,14 +189,14 @@ def test_the_threshold_is_chosen_on_out_of_fold_predictions_by_hand(tmp_path):
     np.testing.assert_allclose(inference.predict(ensemble.load_ensemble(run), images), 0.5, atol=1e-6)
 
     record = json.loads((run / cv.ENSEMBLE_JSON).read_text())
-    assert record["threshold"] == 0.35 and record["n_folds"] == 2 and record["n_images"] == 4
+    assert record["threshold"] == 0.375 and record["n_folds"] == 2 and record["n_images"] == 4
     assert record["input_shape"] == [SIDE, SIDE, 1]
     read_threshold, read_curve, read_summary = cv.read_out_of_fold_threshold(run)
-    assert read_threshold == 0.35
+    assert read_threshold == 0.375
     pd.testing.assert_frame_equal(read_curve, curve)
     pd.testing.assert_frame_equal(read_summary, summary, check_dtype=False)
     assert ensemble.ensemble_threshold(run) == (
-        0.35,
+        0.375,
         f"chosen on the out-of-fold predictions ({run / 'ensemble.json'})",
     )
     assert si.default_threshold(run) == ensemble.ensemble_threshold(run)
