@@ -38,6 +38,8 @@ SETTINGS_KEYS = (
     "test_fraction",
     "max_samples",
     "cv_folds",
+    "augment",
+    "ema_momentum",
 )
 
 

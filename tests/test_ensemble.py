@@ -468,6 +468,9 @@ def test_the_notebooks_ensemble_cell_runs_after_the_cross_validation_cell(data, 
         "loss": "bce_dice",
         "learning_rate": 1e-2,
         "early_stopping_patience": 10,
+        "lr_schedule": "cosine",
+        "ema_momentum": 0.99,  # the fixture's run kept train_model's default average
+        "augment": "basic",
         "display": shown.append,
     }
     for cell in cells[at : at + 2]:

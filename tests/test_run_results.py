@@ -27,6 +27,8 @@ SETTINGS = {
     "test_fraction": 0.15,
     "max_samples": None,
     "cv_folds": 0,
+    "augment": "basic",
+    "ema_momentum": 0.99,
 }
 SPLIT_SIZES = {"train": 10, "val": 3, "test": 3}
 
