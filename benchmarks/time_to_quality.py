@@ -293,7 +293,6 @@ def run_config(name: str, config: dict, args) -> dict:
     """Trains and evaluates one configuration in this process; returns its result row."""
     import evaluation
     import inference
-    import model as unet
     import model_io
     import training
 
@@ -332,15 +331,8 @@ def run_config(name: str, config: dict, args) -> dict:
         done = pd.read_csv(run_dir / training.HISTORY_CSV)["seconds"].sum() + plan["probe_seconds"]
         remaining = budget_s - done
     training.set_seeds(args.seed)
-    size = config["image_size"]
-    model = unet.build_unet(
-        (size, size, 1),
-        base_filters=config["base_filters"],
-        depth=DEPTH,
-        dtype_policy=config["dtype_policy"],
-        fused_batch_norm=_fused(config),
-        standardize_input=config.get("standardize_input", False),
-    )
+    model = _build(config)()
+    labels = index["label"].to_numpy() if config.get("classifier") else None
     train_ds = dl.make_tf_dataset(
         images[train_idx],
         masks[train_idx],
@@ -348,8 +340,14 @@ def run_config(name: str, config: dict, args) -> dict:
         training=True,
         seed=args.seed,
         augment=config.get("augment", "basic"),
+        **({} if labels is None else {"labels": labels[train_idx]}),
     )
-    val_ds = dl.make_tf_dataset(images[val_idx], masks[val_idx], config["batch_size"])
+    val_ds = dl.make_tf_dataset(
+        images[val_idx],
+        masks[val_idx],
+        config["batch_size"],
+        **({} if labels is None else {"labels": labels[val_idx]}),
+    )
     # At least one epoch, even when the probe used the whole budget (the budget then stops it).
     training.train_model(
         model,
