@@ -197,6 +197,35 @@ CONFIGS = {
         ema_momentum=0.99,
         standardize_input=True,
     ),
+    # The default before the robust-recipe work, as the notebook ran it: 54 epochs, early stopping
+    # with patience 10 (which could end the cosine schedule in its high-rate phase), no average.
+    "old_default": dict(
+        image_size=128,
+        base_filters=16,
+        batch_size=8,
+        dtype_policy="float32",
+        lr_schedule="cosine",
+        learning_rate=2e-3,
+        loss="bce_dice",
+        augment="basic",
+        epochs=54,
+        early_stopping_patience=10,
+    ),
+    # What a typical Kaggle notebook trains: 128 px, base 16, binary cross-entropy, no augmentation,
+    # Keras's own batch norm, a constant rate halved on plateaus (its random split is not emulated:
+    # every row here uses the same grouped split or folds).
+    "kaggle_style": dict(
+        image_size=128,
+        base_filters=16,
+        batch_size=8,
+        dtype_policy="float32",
+        lr_schedule="plateau",
+        learning_rate=1e-3,
+        loss="bce",
+        augment=False,
+        fused_batch_norm=False,
+        epochs=30,
+    ),
     # The same recipes with the classification head (normal / benign / malignant) trained jointly.
     "b16_128_us_ema_std_cls": dict(
         image_size=128,
@@ -293,7 +322,6 @@ def run_config(name: str, config: dict, args) -> dict:
     """Trains and evaluates one configuration in this process; returns its result row."""
     import evaluation
     import inference
-    import model as unet
     import model_io
     import training
 
@@ -332,15 +360,8 @@ def run_config(name: str, config: dict, args) -> dict:
         done = pd.read_csv(run_dir / training.HISTORY_CSV)["seconds"].sum() + plan["probe_seconds"]
         remaining = budget_s - done
     training.set_seeds(args.seed)
-    size = config["image_size"]
-    model = unet.build_unet(
-        (size, size, 1),
-        base_filters=config["base_filters"],
-        depth=DEPTH,
-        dtype_policy=config["dtype_policy"],
-        fused_batch_norm=_fused(config),
-        standardize_input=config.get("standardize_input", False),
-    )
+    model = _build(config)()
+    labels = index["label"].to_numpy() if config.get("classifier") else None
     train_ds = dl.make_tf_dataset(
         images[train_idx],
         masks[train_idx],
@@ -348,8 +369,14 @@ def run_config(name: str, config: dict, args) -> dict:
         training=True,
         seed=args.seed,
         augment=config.get("augment", "basic"),
+        **({} if labels is None else {"labels": labels[train_idx]}),
     )
-    val_ds = dl.make_tf_dataset(images[val_idx], masks[val_idx], config["batch_size"])
+    val_ds = dl.make_tf_dataset(
+        images[val_idx],
+        masks[val_idx],
+        config["batch_size"],
+        **({} if labels is None else {"labels": labels[val_idx]}),
+    )
     # At least one epoch, even when the probe used the whole budget (the budget then stops it).
     training.train_model(
         model,
@@ -360,7 +387,7 @@ def run_config(name: str, config: dict, args) -> dict:
         loss=config["loss"],
         learning_rate=config["learning_rate"],
         lr_schedule=config["lr_schedule"],
-        early_stopping_patience=EARLY_STOPPING_PATIENCE,
+        early_stopping_patience=config.get("early_stopping_patience", EARLY_STOPPING_PATIENCE),
         time_budget_s=max(remaining, 1.0),
         ema_momentum=config.get("ema_momentum"),
     )
@@ -467,7 +494,7 @@ def run_config_cv(name: str, config: dict, args) -> dict:
         loss=config["loss"],
         learning_rate=config["learning_rate"],
         lr_schedule=config["lr_schedule"],
-        early_stopping_patience=EARLY_STOPPING_PATIENCE,
+        early_stopping_patience=config.get("early_stopping_patience", EARLY_STOPPING_PATIENCE),
         time_budget_s=args.budget_minutes * 60,
         ema_momentum=config.get("ema_momentum"),
     )
