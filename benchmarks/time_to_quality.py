@@ -48,6 +48,18 @@ import data_loading as dl  # noqa: E402
 import splits  # noqa: E402
 import synthetic_data  # noqa: E402
 
+# The settings the recipe configurations below share, and the recipe itself.
+_B16_128_COSINE = dict(
+    image_size=128,
+    base_filters=16,
+    batch_size=8,
+    dtype_policy="float32",
+    lr_schedule="cosine",
+    learning_rate=2e-3,
+    loss="bce_dice",
+)
+_RECIPE = {**_B16_128_COSINE, "augment": "basic", "ema_momentum": 0.99, "classifier": True}
+
 BASELINE = "baseline"
 # name: settings. Cosine configurations plan their epochs from the probe (or take a fixed
 # "epochs"); plateau ones run until the budget stops them. fused_batch_norm:
@@ -154,156 +166,45 @@ CONFIGS = {
     ),
     # The recipe candidates of the robust-recipe work: the earlier default (basic augmentation), then
     # ultrasound augmentation, a moving average of the weights, per-image input standardisation.
-    "b16_128_basic": dict(
-        image_size=128,
-        base_filters=16,
-        batch_size=8,
-        dtype_policy="float32",
-        lr_schedule="cosine",
-        learning_rate=2e-3,
-        loss="bce_dice",
-        augment="basic",
-    ),
-    "b16_128_us": dict(
-        image_size=128,
-        base_filters=16,
-        batch_size=8,
-        dtype_policy="float32",
-        lr_schedule="cosine",
-        learning_rate=2e-3,
-        loss="bce_dice",
-        augment="ultrasound",
-    ),
-    "b16_128_us_ema": dict(
-        image_size=128,
-        base_filters=16,
-        batch_size=8,
-        dtype_policy="float32",
-        lr_schedule="cosine",
-        learning_rate=2e-3,
-        loss="bce_dice",
-        augment="ultrasound",
-        ema_momentum=0.99,
-    ),
-    "b16_128_us_ema_std": dict(
-        image_size=128,
-        base_filters=16,
-        batch_size=8,
-        dtype_policy="float32",
-        lr_schedule="cosine",
-        learning_rate=2e-3,
-        loss="bce_dice",
-        augment="ultrasound",
-        ema_momentum=0.99,
-        standardize_input=True,
-    ),
+    "b16_128_basic": {**_B16_128_COSINE, "augment": "basic"},
+    "b16_128_us": {**_B16_128_COSINE, "augment": "ultrasound"},
+    "b16_128_us_ema": {**_B16_128_COSINE, "augment": "ultrasound", "ema_momentum": 0.99},
+    "b16_128_us_ema_std": {
+        **_B16_128_COSINE,
+        "augment": "ultrasound",
+        "ema_momentum": 0.99,
+        "standardize_input": True,
+    },
     # The default before the robust-recipe work, as the notebook ran it: 54 epochs, early stopping
     # with patience 10 (which could end the cosine schedule in its high-rate phase), no average.
-    "old_default": dict(
-        image_size=128,
-        base_filters=16,
-        batch_size=8,
-        dtype_policy="float32",
-        lr_schedule="cosine",
-        learning_rate=2e-3,
-        loss="bce_dice",
-        augment="basic",
-        epochs=54,
-        early_stopping_patience=10,
-    ),
+    "old_default": {**_B16_128_COSINE, "augment": "basic", "epochs": 54, "early_stopping_patience": 10},
     # What a typical Kaggle notebook trains: 128 px, base 16, binary cross-entropy, no augmentation,
     # Keras's own batch norm, a constant rate halved on plateaus (its random split is not emulated:
     # every row here uses the same grouped split or folds).
-    "kaggle_style": dict(
-        image_size=128,
-        base_filters=16,
-        batch_size=8,
-        dtype_policy="float32",
-        lr_schedule="plateau",
-        learning_rate=1e-3,
-        loss="bce",
-        augment=False,
-        fused_batch_norm=False,
-        epochs=30,
-    ),
-    # The same recipes with the classification head (normal / benign / malignant) trained jointly.
-    "b16_128_us_ema_std_cls": dict(
-        image_size=128,
-        base_filters=16,
-        batch_size=8,
-        dtype_policy="float32",
-        lr_schedule="cosine",
-        learning_rate=2e-3,
-        loss="bce_dice",
-        augment="ultrasound",
-        ema_momentum=0.99,
-        standardize_input=True,
-        classifier=True,
-    ),
-    "b16_128_ema_cls": dict(
-        image_size=128,
-        base_filters=16,
-        batch_size=8,
-        dtype_policy="float32",
-        lr_schedule="cosine",
-        learning_rate=2e-3,
-        loss="bce_dice",
-        augment="basic",
-        ema_momentum=0.99,
-        classifier=True,
-    ),
+    "kaggle_style": {
+        **_B16_128_COSINE,
+        "lr_schedule": "plateau",
+        "learning_rate": 1e-3,
+        "loss": "bce",
+        "augment": False,
+        "fused_batch_norm": False,
+        "epochs": 30,
+    },
+    # The same recipes with the classification head (normal / benign / malignant) trained jointly;
+    # b16_128_ema_cls is the recipe (docs/recipe.md).
+    "b16_128_us_ema_std_cls": {
+        **_B16_128_COSINE,
+        "augment": "ultrasound",
+        "ema_momentum": 0.99,
+        "standardize_input": True,
+        "classifier": True,
+    },
+    "b16_128_ema_cls": _RECIPE,
     # The class-loss weight of the joint loss (the default, 0.2, is b16_128_ema_cls's), screened in bfloat16.
-    "cls_w02_bf16": dict(
-        image_size=128,
-        base_filters=16,
-        batch_size=8,
-        dtype_policy="mixed_bfloat16",
-        lr_schedule="cosine",
-        learning_rate=2e-3,
-        loss="bce_dice",
-        augment="basic",
-        ema_momentum=0.99,
-        classifier=True,
-        class_loss_weight=0.2,
-    ),
-    "cls_w05_bf16": dict(
-        image_size=128,
-        base_filters=16,
-        batch_size=8,
-        dtype_policy="mixed_bfloat16",
-        lr_schedule="cosine",
-        learning_rate=2e-3,
-        loss="bce_dice",
-        augment="basic",
-        ema_momentum=0.99,
-        classifier=True,
-        class_loss_weight=0.5,
-    ),
-    "cls_w1_bf16": dict(
-        image_size=128,
-        base_filters=16,
-        batch_size=8,
-        dtype_policy="mixed_bfloat16",
-        lr_schedule="cosine",
-        learning_rate=2e-3,
-        loss="bce_dice",
-        augment="basic",
-        ema_momentum=0.99,
-        classifier=True,
-        class_loss_weight=1.0,
-    ),
-    "b16_128_us_ema_cls": dict(
-        image_size=128,
-        base_filters=16,
-        batch_size=8,
-        dtype_policy="float32",
-        lr_schedule="cosine",
-        learning_rate=2e-3,
-        loss="bce_dice",
-        augment="ultrasound",
-        ema_momentum=0.99,
-        classifier=True,
-    ),
+    "cls_w02_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "class_loss_weight": 0.2},
+    "cls_w05_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "class_loss_weight": 0.5},
+    "cls_w1_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "class_loss_weight": 1.0},
+    "b16_128_us_ema_cls": {**_RECIPE, "augment": "ultrasound"},
 }
 DEFAULT_CONFIGS = (BASELINE, "b32_128_cos", "b16_128_cos")
 QUICK_CONFIGS = ("b16_128_cos", "b32_128_plateau")
