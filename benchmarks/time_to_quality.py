@@ -58,7 +58,13 @@ _B16_128_COSINE = dict(
     learning_rate=2e-3,
     loss="bce_dice",
 )
-_RECIPE = {**_B16_128_COSINE, "augment": "basic", "ema_momentum": 0.99, "classifier": True}
+_RECIPE = {
+    **_B16_128_COSINE,
+    "augment": "basic",
+    "ema_momentum": 0.99,
+    "classifier": True,
+    "epochs": 30,
+}
 
 BASELINE = "baseline"
 # name: settings. Cosine configurations plan their epochs from the probe (or take a fixed
@@ -399,8 +405,8 @@ def _build(config: dict):
 def run_config_cv(name: str, config: dict, args) -> dict:
     """Grouped k-fold cross-validation of one configuration in this process; returns its result row.
 
-    Every fold model gets the same schedule (``--epochs``, else planned from a probe on fold 1's
-    inner training part) and at most ``--budget-minutes`` of training. Folds, inner validation
+    Every fold model gets the same schedule (``--epochs``, else the configuration's ``epochs``, else
+    planned from a probe on fold 1's inner training part) and at most ``--budget-minutes`` of training. Folds, inner validation
     parts, checkpoints and thresholds: `cross_validation.cross_validate`."""
     import cross_validation as cv
 
@@ -416,9 +422,11 @@ def run_config_cv(name: str, config: dict, args) -> dict:
         roles = cv.make_fold_splits(index, args.folds, args.seed)[0]
         train_idx, val_idx = np.flatnonzero(roles == "train"), np.flatnonzero(roles == "val")
         epoch_s = _probe_epoch_seconds(config, images, masks, train_idx, val_idx, args.seed)
-        epochs = int(args.epochs) or max(
-            1, min(MAX_EPOCHS, int(PLAN_MARGIN * args.budget_minutes * 60 / epoch_s))
-        )
+        epochs = max(1, min(MAX_EPOCHS, int(PLAN_MARGIN * args.budget_minutes * 60 / epoch_s)))
+        if config.get("epochs"):  # a fixed schedule length (the budget still stops it)
+            epochs = int(config["epochs"])
+        if args.epochs:  # one schedule length for every configuration (screening)
+            epochs = int(args.epochs)
         plan = {"epochs": epochs, "probe_epoch_seconds": epoch_s}
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_io.write_json(plan_path, plan)
