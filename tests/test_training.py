@@ -407,11 +407,17 @@ def test_the_data_must_hold_class_labels_exactly_when_the_model_has_the_head(tin
     assert not (tmp_path / "a").exists()  # refused before anything is written
 
 
-def test_mixed_bfloat16_trains_the_classification_head_with_float32_outputs(labelled, tmp_path):
+@pytest.mark.parametrize("dtype_policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_the_classification_head_with_float32_outputs(
+    labelled, tmp_path, dtype_policy
+):
     images, _, train, val = labelled
     keras.backend.clear_session()
-    model = _tiny_model(classifier=True, dtype_policy="mixed_bfloat16")
+    model = _tiny_model(classifier=True, dtype_policy=dtype_policy)
     model, history = training.train_model(model, train, val, tmp_path, epochs=1, progress="none")
+    if dtype_policy == "mixed_float16":  # loss scaling wraps the averaging optimizer
+        assert type(model.optimizer).__name__ == "LossScaleOptimizer"
+        assert float(model.optimizer.dynamic_scale) > 0
     assert np.isfinite(history[["loss", "class_loss", "val_class_loss"]].to_numpy()).all()
     probabilities, classes = inference.predict(model, images[:2], with_classes=True)
     assert probabilities.dtype == classes.dtype == np.float32
