@@ -1,14 +1,17 @@
-"""Tiny generated data, a tiny U-Net and batched datasets, shared by the training, model_io,
-inference, cross-validation and ensemble tests. Not a test module (no ``test_`` prefix); imported by those test modules.
+"""Tiny generated data, a tiny U-Net, batched datasets and the names the notebook's cells read, shared
+by the training, model_io, inference, cross-validation and ensemble tests. Not a test module (no ``test_``
+prefix); imported by those test modules.
 """
 
 import numpy as np
 
 import data_loading as dl
 import model as unet
+import precision
 import splits
 import synthetic_data
 import training
+import visualization as viz
 
 
 def tiny_data(n=16, size=32, seed=0):
@@ -69,3 +72,45 @@ def tiny_busi(folder):
     index = dl.index_busi(root)
     images, masks = dl.load_dataset(index, 32)
     return splits.add_duplicate_groups(index, images), images, masks
+
+
+def notebook_namespace(data, output, display, **extra):
+    """The names the notebook's cross-validation and fold-ensemble cells read from its earlier cells,
+    with the tiny parameters of `tiny_busi` and a cross-validation run of 2 folds without the
+    classification head (as the tests' fixtures train it).
+
+    Args:
+        data: ``(index, images, masks)`` from `tiny_busi`.
+        output: the notebook's output folder (``output / "cv"`` holds the cross-validation run).
+        display: stands in for IPython's ``display`` (e.g. a list's ``append``).
+        **extra: further names (or replacements), e.g. ``evaluation=evaluation``.
+
+    Returns:
+        A dict to pass to ``exec`` as the cells' globals.
+    """
+    index, images, masks = data
+    return {
+        "cv_folds": 2,
+        "index": index,
+        "images": images,
+        "masks": masks,
+        "unet": unet,
+        "viz": viz,
+        "output": output,
+        "image_size": 32,
+        "base_filters": 4,
+        "depth": 2,
+        "dtype_choice": precision.PolicyChoice("float32", "given explicitly"),
+        "classifier": False,  # the fixtures' runs have no classification head
+        "batch_size": 4,
+        "seed": 0,
+        "epochs": 1,
+        "loss": "bce_dice",
+        "learning_rate": 1e-2,
+        "early_stopping_patience": 10,
+        "lr_schedule": "cosine",
+        "ema_momentum": 0.99,  # the fixtures' runs kept train_model's default average
+        "augment": "basic",
+        "display": display,
+        **extra,
+    }

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import tiny_busi, tiny_data
+from helpers import notebook_namespace, tiny_busi, tiny_data
 
 import cross_validation as cv
 import ensemble
@@ -23,10 +23,8 @@ import image_io
 import inference
 import model as unet
 import model_io
-import precision
 import segment_images as si
 import training
-import visualization as viz
 
 SIDE = 8  # hand-made models
 NOTEBOOK = Path(__file__).resolve().parents[1] / "breast-cancer-ultrasound-unet.ipynb"
@@ -442,37 +440,12 @@ def test_the_commands_refuse_an_unfinished_run_with_one_line(data, cv_run, tmp_p
 def test_the_notebooks_ensemble_cell_runs_after_the_cross_validation_cell(data, cv_run, tmp_path, capsys):
     """Runs the notebook's cross-validation cell (every fold done: it only reads them back and chooses
     the threshold again) and then its fold-ensemble cell, on what the earlier cells define."""
-    index, images, masks = data
     cells = [c for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
     at = next(i for i, c in enumerate(cells) if "cv.cross_validate(" in "".join(c["source"]))
     assert "ensemble.load_ensemble(" in "".join(cells[at + 1]["source"])
     shutil.copytree(cv_run, tmp_path / "cv")
     shown = []
-    namespace = {
-        "cv_folds": 2,
-        "index": index,
-        "images": images,
-        "masks": masks,
-        "unet": unet,
-        "viz": viz,
-        "evaluation": evaluation,
-        "output": tmp_path,
-        "image_size": 32,
-        "base_filters": 4,
-        "depth": 2,
-        "dtype_choice": precision.PolicyChoice("float32", "given explicitly"),
-        "classifier": False,  # the fixture's run has no classification head
-        "batch_size": 4,
-        "seed": 0,
-        "epochs": 1,
-        "loss": "bce_dice",
-        "learning_rate": 1e-2,
-        "early_stopping_patience": 10,
-        "lr_schedule": "cosine",
-        "ema_momentum": 0.99,  # the fixture's run kept train_model's default average
-        "augment": "basic",
-        "display": shown.append,
-    }
+    namespace = notebook_namespace(data, tmp_path, shown.append, evaluation=evaluation)
     for cell in cells[at : at + 2]:
         exec("".join(cell["source"]), namespace)
     out = capsys.readouterr().out
