@@ -476,17 +476,26 @@ def run_config_cv(name: str, config: dict, args) -> dict:
     }
 
 
+def _recipe_columns(frame: pd.DataFrame) -> dict[str, pd.Series]:
+    """The ``aug``, ``ema`` and ``std`` columns of both tables, from result rows indexed by configuration.
+
+    A configuration without the key (a result written before it existed, or one that keeps the
+    default) shows the default: basic augmentation, no average (``-``), no standardisation.
+    """
+    return {
+        "aug": frame.get("augment", pd.Series("basic", frame.index)).fillna("basic"),
+        "ema": frame.get("ema_momentum", pd.Series(None, frame.index)).fillna("-").astype(str),
+        "std": frame.get("standardize_input", pd.Series(False, frame.index)).map(lambda v: v is True),
+    }
+
+
 def _cv_table(results: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(results).set_index("config")
     return pd.DataFrame(
         {
             "size": frame["image_size"],
             "base": frame["base_filters"],
-            "aug": frame.get("augment", pd.Series("basic", frame.index)).fillna("basic"),
-            "ema": frame.get("ema_momentum", pd.Series(None, frame.index)).map(
-                lambda v: "-" if v != v or v is None else v
-            ),
-            "std": frame.get("standardize_input", pd.Series(False, frame.index)).map(lambda v: v is True),
+            **_recipe_columns(frame),
             "epochs": frame["epochs_planned"],
             "min/fold": frame["fold_minutes"].map(lambda v: f"{np.median(v):.1f}"),
             "cv_lesion_dice": frame["cv_lesion_dice_mean"].round(3).astype(str)
@@ -533,9 +542,7 @@ def _table(results: list[dict]) -> pd.DataFrame:
                 for f in frame.get("fused_batch_norm", pd.Series(None, frame.index))
             ],
             "schedule": frame["lr_schedule"],
-            "aug": frame.get("augment", pd.Series("basic", frame.index)).fillna("basic"),
-            "ema": frame.get("ema_momentum", pd.Series(None, frame.index)).fillna("-").astype(str),
-            "std": frame.get("standardize_input", pd.Series(False, frame.index)).map(lambda v: v is True),
+            **_recipe_columns(frame),
             "lr": frame["learning_rate"],
             "img/s": frame["train_img_per_s"].round(2),
             "s/epoch": frame["s_per_epoch"].round(1),
