@@ -406,8 +406,8 @@ def run_config_cv(name: str, config: dict, args) -> dict:
     """Grouped k-fold cross-validation of one configuration in this process; returns its result row.
 
     Every fold model gets the same schedule (``--epochs``, else the configuration's ``epochs``, else
-    planned from a probe on fold 1's inner training part) and at most ``--budget-minutes`` of training. Folds, inner validation
-    parts, checkpoints and thresholds: `cross_validation.cross_validate`."""
+    planned from a probe on fold 1's inner training part) and at most ``--budget-minutes`` of
+    training. Folds, inner validation parts, checkpoints and thresholds: `cross_validation.cross_validate`."""
     import cross_validation as cv
 
     out = Path(args.out)
