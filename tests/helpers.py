@@ -1,12 +1,17 @@
-"""Tiny generated data, a tiny U-Net, batched datasets and the names the notebook's cells read, shared
-by the training, model_io, inference, cross-validation and ensemble tests. Not a test module (no ``test_``
-prefix); imported by those test modules.
+"""Tiny generated data, a tiny U-Net, batched datasets, hand-made cross-validation runs and the names
+the notebook's cells read, shared by the training, model_io, inference, cross-validation and ensemble
+tests. Not a test module (no ``test_`` prefix); imported by those test modules.
 """
 
-import numpy as np
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
+import cross_validation as cv
 import data_loading as dl
 import model as unet
+import model_io
 import precision
 import splits
 import synthetic_data
@@ -72,6 +77,22 @@ def tiny_busi(folder):
     index = dl.index_busi(root)
     images, masks = dl.load_dataset(index, 32)
     return splits.add_duplicate_groups(index, images), images, masks
+
+
+def fake_cv_run(root: Path, models, held_out, image_ids=None) -> Path:
+    """A cross_validate run folder by hand: fold k holds `models[k-1]` and holds out the images `held_out[k-1]`."""
+    n_images = sum(len(rows) for rows in held_out)
+    image_ids = [f"case{i}" for i in range(n_images)] if image_ids is None else image_ids
+    for fold, (model, rows) in enumerate(zip(models, held_out), start=1):
+        fold_dir = root / cv.FOLD_DIR.format(fold=fold)
+        fold_dir.mkdir(parents=True)
+        model_io.save_model(model, fold_dir / training.BEST_MODEL)
+        roles = np.full(n_images, "train", dtype=object)
+        roles[list(rows)] = "test"
+        split = pd.DataFrame({"image_id": image_ids, "label": "benign", "role": roles})
+        split.to_csv(fold_dir / cv.SPLIT_CSV, index=False)
+        (fold_dir / cv.FOLD_RESULT_JSON).write_text("{}")
+    return root
 
 
 def notebook_namespace(data, output, display, **extra):
