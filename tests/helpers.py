@@ -1,10 +1,12 @@
-"""Tiny generated data, a tiny U-Net, batched datasets, hand-made cross-validation runs and the names
-the notebook's cells read, shared by the training, model_io, inference, cross-validation and ensemble
-tests. Not a test module (no ``test_`` prefix); imported by those test modules.
+"""Tiny generated data, a tiny U-Net, batched datasets, hand-made cross-validation runs, a tiny external
+set and the names the notebook's cells read, shared by the training, model_io, inference,
+cross-validation, ensemble and benchmark tests. Not a test module (no ``test_`` prefix); imported by
+those test modules.
 """
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -93,6 +95,31 @@ def fake_cv_run(root: Path, models, held_out, image_ids=None) -> Path:
         split.to_csv(fold_dir / cv.SPLIT_CSV, index=False)
         (fold_dir / cv.FOLD_RESULT_JSON).write_text("{}")
     return root
+
+
+# BUS-UCLM's mask colours (RGB): black background, green benign, red malignant lesion.
+EXTERNAL_COLOURS = "benign=0,255,0;malignant=255,0,0"
+
+
+def tiny_external(folder: Path, n_per_class: int = 3, seed: int = 0) -> Path:
+    """A generated external set laid out as BUS-UCLM: ``images/<id>.png`` grey and ``masks/<id>.png``
+    colour-coded (`EXTERNAL_COLOURS`), `n_per_class` images per class at sizes from 40 to 60 px.
+
+    Returns:
+        `folder`.
+    """
+    rng = np.random.default_rng(seed)
+    bgr = {"benign": (0, 255, 0), "malignant": (0, 0, 255), "normal": (0, 0, 0)}
+    for folder_name in ("images", "masks"):
+        (folder / folder_name).mkdir(parents=True, exist_ok=True)
+    for i in range(3 * n_per_class):
+        label = ("benign", "malignant", "normal")[i % 3]
+        height, width = rng.integers(40, 61, size=2)
+        image, lesion_masks = synthetic_data.synthetic_pair(rng, int(height), int(width), label)
+        colour = lesion_masks[0][..., None] * np.array(bgr[label], np.uint8)
+        assert cv2.imwrite(str(folder / "images" / f"case{i}.png"), image)
+        assert cv2.imwrite(str(folder / "masks" / f"case{i}.png"), colour)
+    return folder
 
 
 def notebook_namespace(data, output, display, **extra):
