@@ -22,6 +22,15 @@ Usage (from the repository root):
 BUSI comes from --root, $BUSI_ROOT or ../shared/data/BUSI. `--quick` uses the generated demo set
 when BUSI is absent. Rerunning with the same --out resumes unfinished configurations; a finished
 configuration (its result JSON exists) is not rerun.
+
+With `--folds K` each row also shows the configuration's fold ensemble (the mean probability of
+its K fold models, at the threshold chosen on the out-of-fold predictions, `ensemble.json`) on
+the external set (BUS-UCLM-dev: --external, $BUS_UCLM_ROOT or ../shared/data/BUS-UCLM-dev),
+scored as `evaluate_external.py` scores it, without and (with the classification head) with
+the gate stored in `ensemble.json`. Evaluation only: nothing is chosen on it. Each
+configuration's external result is kept in `<config>.external.json` beside its result JSON and
+reused while the run's thresholds and the external folder stay the same; without the external
+set the columns say so.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # external_validation's constants, however this file is loaded
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
@@ -45,6 +55,7 @@ import pandas as pd  # noqa: E402
 
 import atomic_io  # noqa: E402
 import data_loading as dl  # noqa: E402
+import folder_index  # noqa: E402
 import splits  # noqa: E402
 import synthetic_data  # noqa: E402
 
@@ -219,6 +230,8 @@ PROBE_STEPS = 4  # timed training steps of the probe, after one untimed (tracing
 PLAN_MARGIN = 0.92  # planned epochs use this share of the remaining budget (checkpoint writes, noise)
 MAX_EPOCHS = 200
 EARLY_STOPPING_PATIENCE = None  # the budget, not early stopping, ends these runs (best checkpoint kept)
+EXTERNAL_JSON = "{name}.external.json"  # beside "{name}.result.json": its fold ensemble on the external set
+EXTERNAL_RULES = ("no_gate", "gate")  # the fold ensemble's masks as predicted, then gated by its class head
 
 
 def _fused(config: dict) -> bool:
@@ -406,8 +419,8 @@ def run_config_cv(name: str, config: dict, args) -> dict:
     """Grouped k-fold cross-validation of one configuration in this process; returns its result row.
 
     Every fold model gets the same schedule (``--epochs``, else the configuration's ``epochs``, else
-    planned from a probe on fold 1's inner training part) and at most ``--budget-minutes`` of training. Folds, inner validation
-    parts, checkpoints and thresholds: `cross_validation.cross_validate`."""
+    planned from a probe on fold 1's inner training part) and at most ``--budget-minutes`` of
+    training. Folds, inner validation parts, checkpoints and thresholds: `cross_validation.cross_validate`."""
     import cross_validation as cv
 
     out = Path(args.out)
@@ -476,17 +489,153 @@ def run_config_cv(name: str, config: dict, args) -> dict:
     }
 
 
-def _cv_table(results: list[dict]) -> pd.DataFrame:
+def external_fold_ensemble(run_dir: Path, external_index: pd.DataFrame, seed: int = 0) -> dict:
+    """A cross-validation run's fold ensemble on an external set, without and with its gate.
+
+    Evaluation only: the threshold and the gate threshold are the run's, chosen on its out-of-fold
+    predictions (``ensemble.json``: `ensemble.ensemble_threshold`,
+    `segment_images.default_gate_threshold`). Every image is scored at its original size as
+    ``evaluate_external.py`` scores it (`evaluate_external.load_predictor`, `score_folder`,
+    `evaluation.summarize_per_image`). The gated scores come from the same predictions:
+    `gate.gate_per_image` empties the mask of every image whose lesion probability
+    ``1 - p_normal`` is below the gate threshold (`gate.lesion_free_by_class`), which is what
+    scoring the gated masks gives.
+
+    Args:
+        run_dir: a finished `cross_validation.cross_validate` run folder.
+        external_index: `folder_index.index_folder` of the external set (labels from the masks'
+            colours or a CSV).
+        seed: bootstrap seed of the 95% CIs.
+
+    Returns:
+        A JSON-ready dict: ``threshold``, ``gate_threshold`` (None when none is stored),
+        ``class_head``, ``seed``, ``n_images`` and ``n_skipped`` (images that could not be
+        scored), and for each of `EXTERNAL_RULES` that applies (``gate`` needs the head and a
+        stored gate threshold) ``lesion_n``, ``lesion_dice``, ``lesion_ci_low``,
+        ``lesion_ci_high``, ``normal_n`` and ``normal_fp_fraction`` (share of normal images with
+        any predicted pixel).
+    """
+    import class_labels
+    import ensemble
+    import evaluate_external
+    import evaluation
+    import gate
+    import segment_images
+
+    threshold, _ = ensemble.ensemble_threshold(run_dir)
+    gate_threshold, _ = segment_images.default_gate_threshold(run_dir)
+    predict, min_side, _ = evaluate_external.load_predictor(run_dir)
+    per_image, pixels, skipped, _ = evaluate_external.score_folder(
+        predict, external_index, threshold, min_side
+    )
+    class_head = set(class_labels.PROBABILITY_COLUMNS) <= set(per_image.columns)
+    tables = {"no_gate": per_image}
+    if class_head and gate_threshold is not None:
+        classes = per_image[list(class_labels.PROBABILITY_COLUMNS)].to_numpy()
+        tables["gate"] = gate.gate_per_image(per_image, gate.lesion_free_by_class(classes, gate_threshold))
+    result = {
+        "threshold": threshold,
+        "gate_threshold": gate_threshold,
+        "class_head": class_head,
+        "seed": seed,
+        "n_images": len(per_image),
+        "n_skipped": len(skipped),
+    }
+    for rule, table in tables.items():
+        by_group = evaluation.summarize_per_image(table, pixels, seed=seed).set_index("group")
+        lesion, normal = by_group.loc["lesion"], by_group.loc["normal"]
+        result[rule] = {
+            "lesion_n": int(lesion["n"]),
+            "lesion_dice": float(lesion["dice_mean"]),
+            "lesion_ci_low": float(lesion["dice_ci_low"]),
+            "lesion_ci_high": float(lesion["dice_ci_high"]),
+            "normal_n": int(normal["n"]),
+            "normal_fp_fraction": float(normal["fp_fraction"]),
+        }
+    return result
+
+
+def _external_results(names: list[str], out: Path, external: Path | None, seed: int) -> dict:
+    """Each configuration's `external_fold_ensemble` (None without the external set), from its
+    `EXTERNAL_JSON` while that was computed on the same folder with the run's current thresholds
+    and `seed`, else computed now and written there."""
+    if external is None:
+        return dict.fromkeys(names)
+    from external_validation import BUS_UCLM_COLOURS
+
+    import ensemble
+    import segment_images
+
+    results, external_index = {}, None
+    for name in names:
+        run_dir, cache = out / name, out / EXTERNAL_JSON.format(name=name)
+        key = {
+            "external": str(external.resolve()),
+            "seed": seed,
+            "threshold": ensemble.ensemble_threshold(run_dir)[0],
+            "gate_threshold": segment_images.default_gate_threshold(run_dir)[0],
+        }
+        if cache.is_file():
+            cached = json.loads(cache.read_text())
+            if all(cached.get(k) == v for k, v in key.items()):
+                results[name] = cached
+                continue
+        if external_index is None:
+            external_index = folder_index.index_folder(
+                external / "images", external / "masks", mask_colours=BUS_UCLM_COLOURS, on_error="skip"
+            )
+        print(f"{name}: fold ensemble on {external} ({len(external_index)} images) ...", flush=True)
+        results[name] = {**key, **external_fold_ensemble(run_dir, external_index, seed)}
+        atomic_io.write_json(cache, results[name])
+    return results
+
+
+def _external_columns(names: pd.Index, externals: dict) -> dict[str, list[str]]:
+    """The external set's columns of the cross-validation table, from `_external_results`.
+
+    Lesion Dice [95% CI] and the share of normal images with any predicted pixel, without and
+    with the gate; "absent" without the external set, "no head" (no gate) for a model without
+    the classification head, "no gate" for a run that stores no gate threshold.
+    """
+    columns = {"ext_lesion_dice": [], "ext_normal_fp": [], "ext_gated_dice": [], "ext_gated_normal_fp": []}
+    for name in names:
+        external = externals.get(name)
+        cells = []
+        for rule in EXTERNAL_RULES:
+            if external is None:
+                cells += ["absent"] * 2
+            elif rule not in external:
+                cells += ["no head" if not external["class_head"] else "no gate"] * 2
+            else:
+                row = external[rule]
+                dice = f"{row['lesion_dice']:.3f} [{row['lesion_ci_low']:.3f}, {row['lesion_ci_high']:.3f}]"
+                cells += [dice, f"{row['normal_fp_fraction']:.2f}"]
+        for column, cell in zip(columns, cells):
+            columns[column].append(cell)
+    return columns
+
+
+def _recipe_columns(frame: pd.DataFrame) -> dict[str, pd.Series]:
+    """The ``aug``, ``ema`` and ``std`` columns of both tables, from result rows indexed by configuration.
+
+    A configuration without the key (a result written before it existed, or one that keeps the
+    default) shows the default: basic augmentation, no average (``-``), no standardisation.
+    """
+    return {
+        "aug": frame.get("augment", pd.Series("basic", frame.index)).fillna("basic"),
+        "ema": frame.get("ema_momentum", pd.Series(None, frame.index)).fillna("-").astype(str),
+        "std": frame.get("standardize_input", pd.Series(False, frame.index)).map(lambda v: v is True),
+    }
+
+
+def _cv_table(results: list[dict], externals: dict | None = None) -> pd.DataFrame:
+    """The cross-validation table; with `externals` (`_external_results`) the external set's columns too."""
     frame = pd.DataFrame(results).set_index("config")
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "size": frame["image_size"],
             "base": frame["base_filters"],
-            "aug": frame.get("augment", pd.Series("basic", frame.index)).fillna("basic"),
-            "ema": frame.get("ema_momentum", pd.Series(None, frame.index)).map(
-                lambda v: "-" if v != v or v is None else v
-            ),
-            "std": frame.get("standardize_input", pd.Series(False, frame.index)).map(lambda v: v is True),
+            **_recipe_columns(frame),
             "epochs": frame["epochs_planned"],
             "min/fold": frame["fold_minutes"].map(lambda v: f"{np.median(v):.1f}"),
             "cv_lesion_dice": frame["cv_lesion_dice_mean"].round(3).astype(str)
@@ -500,6 +649,10 @@ def _cv_table(results: list[dict]) -> pd.DataFrame:
             "oof_normal_fp": frame["oof_normal_fp_fraction"].round(2),
         }
     )
+    if externals is not None:
+        for column, cells in _external_columns(frame.index, externals).items():
+            table[column] = cells
+    return table
 
 
 def _index(args):
@@ -533,9 +686,7 @@ def _table(results: list[dict]) -> pd.DataFrame:
                 for f in frame.get("fused_batch_norm", pd.Series(None, frame.index))
             ],
             "schedule": frame["lr_schedule"],
-            "aug": frame.get("augment", pd.Series("basic", frame.index)).fillna("basic"),
-            "ema": frame.get("ema_momentum", pd.Series(None, frame.index)).fillna("-").astype(str),
-            "std": frame.get("standardize_input", pd.Series(False, frame.index)).map(lambda v: v is True),
+            **_recipe_columns(frame),
             "lr": frame["learning_rate"],
             "img/s": frame["train_img_per_s"].round(2),
             "s/epoch": frame["s_per_epoch"].round(1),
@@ -587,7 +738,8 @@ def _figure(results: list[dict], path: Path, budget_minutes: float) -> None:
 
 
 def _print_cv(results: list[dict], out: Path, args) -> None:
-    table = _cv_table(results)
+    externals = _external_results([result["config"] for result in results], out, args.external, args.seed)
+    table = _cv_table(results, externals)
     atomic_io.write_csv(out / "time_to_quality_cv.csv", table.reset_index())
     print(
         f"\nBUSI, grouped stratified {args.folds}-fold cross-validation (seed {args.seed}; inner validation "
@@ -597,8 +749,18 @@ def _print_cv(results: list[dict], out: Path, args) -> None:
         "cv_lesion_dice: mean ± sd over folds of the held-out mean per-image Dice of benign + malignant images;"
     )
     print(
-        "oof_*: every image scored by the fold model that held it out; normal_fp: share with any predicted pixel.\n"
+        "oof_*: every image scored by the fold model that held it out; normal_fp: share with any predicted pixel."
     )
+    if args.external is None:
+        print("ext_*: no external set (pass --external or set $BUS_UCLM_ROOT): absent.\n")
+    else:
+        n_images = {external["n_images"] for external in externals.values()}
+        print(
+            f"ext_*: the fold ensemble (mean probability of the fold models, threshold chosen on the out-of-fold "
+            f"predictions) on {args.external} ({'/'.join(map(str, sorted(n_images)))} images scored at their "
+            f"original size):\nlesion Dice [95% bootstrap CI] and normal_fp; ext_gated_*: masks emptied where the "
+            f"class head's 1 - p_normal is below the run's gate threshold. Evaluation only: nothing is chosen on it.\n"
+        )
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 60):
         print(table.to_string())
     print(f"\nwrote {out / 'time_to_quality_cv.csv'}")
@@ -628,10 +790,20 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: small configs, 16 images per class, 1 min each"
     )
+    parser.add_argument(
+        "--external",
+        default="",
+        help="with --folds: the external set (BUS-UCLM-dev) for the fold ensembles "
+        "(default: $BUS_UCLM_ROOT, else ../shared/data/BUS-UCLM-dev; absent: not evaluated)",
+    )
     parser.add_argument("--list", action="store_true", help="print the configurations and exit")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: run one config
     args = parser.parse_args()
     args.root = dl.find_busi_root(args.root)  # None when BUSI is absent
+    try:  # checked before any training; None when nothing is given and the shared copy is absent
+        args.external = folder_index.find_external_root(args.external)
+    except FileNotFoundError as error:
+        parser.error(str(error))
     if args.list:
         print(pd.DataFrame(CONFIGS).T.to_string())
         return

@@ -1,14 +1,24 @@
-"""Tiny generated data, a tiny U-Net and batched datasets, shared by the training, model_io,
-inference, cross-validation and ensemble tests. Not a test module (no ``test_`` prefix); imported by those test modules.
+"""Tiny generated data, a tiny U-Net, batched datasets, hand-made cross-validation runs, a tiny external
+set and the names the notebook's cells read, shared by the training, model_io, inference,
+cross-validation, ensemble and benchmark tests. Not a test module (no ``test_`` prefix); imported by
+those test modules.
 """
 
-import numpy as np
+from pathlib import Path
 
+import cv2
+import numpy as np
+import pandas as pd
+
+import cross_validation as cv
 import data_loading as dl
 import model as unet
+import model_io
+import precision
 import splits
 import synthetic_data
 import training
+import visualization as viz
 
 
 def tiny_data(n=16, size=32, seed=0):
@@ -69,3 +79,86 @@ def tiny_busi(folder):
     index = dl.index_busi(root)
     images, masks = dl.load_dataset(index, 32)
     return splits.add_duplicate_groups(index, images), images, masks
+
+
+def fake_cv_run(root: Path, models, held_out, image_ids=None) -> Path:
+    """A cross_validate run folder by hand: fold k holds `models[k-1]` and holds out the images `held_out[k-1]`."""
+    n_images = sum(len(rows) for rows in held_out)
+    image_ids = [f"case{i}" for i in range(n_images)] if image_ids is None else image_ids
+    for fold, (model, rows) in enumerate(zip(models, held_out), start=1):
+        fold_dir = root / cv.FOLD_DIR.format(fold=fold)
+        fold_dir.mkdir(parents=True)
+        model_io.save_model(model, fold_dir / training.BEST_MODEL)
+        roles = np.full(n_images, "train", dtype=object)
+        roles[list(rows)] = "test"
+        split = pd.DataFrame({"image_id": image_ids, "label": "benign", "role": roles})
+        split.to_csv(fold_dir / cv.SPLIT_CSV, index=False)
+        (fold_dir / cv.FOLD_RESULT_JSON).write_text("{}")
+    return root
+
+
+# BUS-UCLM's mask colours (RGB): black background, green benign, red malignant lesion.
+EXTERNAL_COLOURS = "benign=0,255,0;malignant=255,0,0"
+
+
+def tiny_external(folder: Path, n_per_class: int = 3, seed: int = 0) -> Path:
+    """A generated external set laid out as BUS-UCLM: ``images/<id>.png`` grey and ``masks/<id>.png``
+    colour-coded (`EXTERNAL_COLOURS`), `n_per_class` images per class at sizes from 40 to 60 px.
+
+    Returns:
+        `folder`.
+    """
+    rng = np.random.default_rng(seed)
+    bgr = {"benign": (0, 255, 0), "malignant": (0, 0, 255), "normal": (0, 0, 0)}
+    for folder_name in ("images", "masks"):
+        (folder / folder_name).mkdir(parents=True, exist_ok=True)
+    for i in range(3 * n_per_class):
+        label = ("benign", "malignant", "normal")[i % 3]
+        height, width = rng.integers(40, 61, size=2)
+        image, lesion_masks = synthetic_data.synthetic_pair(rng, int(height), int(width), label)
+        colour = lesion_masks[0][..., None] * np.array(bgr[label], np.uint8)
+        assert cv2.imwrite(str(folder / "images" / f"case{i}.png"), image)
+        assert cv2.imwrite(str(folder / "masks" / f"case{i}.png"), colour)
+    return folder
+
+
+def notebook_namespace(data, output, display, **extra):
+    """The names the notebook's cross-validation and fold-ensemble cells read from its earlier cells,
+    with the tiny parameters of `tiny_busi` and a cross-validation run of 2 folds without the
+    classification head (as the tests' fixtures train it).
+
+    Args:
+        data: ``(index, images, masks)`` from `tiny_busi`.
+        output: the notebook's output folder (``output / "cv"`` holds the cross-validation run).
+        display: stands in for IPython's ``display`` (e.g. a list's ``append``).
+        **extra: further names (or replacements), e.g. ``evaluation=evaluation``.
+
+    Returns:
+        A dict to pass to ``exec`` as the cells' globals.
+    """
+    index, images, masks = data
+    return {
+        "cv_folds": 2,
+        "index": index,
+        "images": images,
+        "masks": masks,
+        "unet": unet,
+        "viz": viz,
+        "output": output,
+        "image_size": 32,
+        "base_filters": 4,
+        "depth": 2,
+        "dtype_choice": precision.PolicyChoice("float32", "given explicitly"),
+        "classifier": False,  # the fixtures' runs have no classification head
+        "batch_size": 4,
+        "seed": 0,
+        "epochs": 1,
+        "loss": "bce_dice",
+        "learning_rate": 1e-2,
+        "early_stopping_patience": 10,
+        "lr_schedule": "cosine",
+        "ema_momentum": 0.99,  # the fixtures' runs kept train_model's default average
+        "augment": "basic",
+        "display": display,
+        **extra,
+    }

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-from helpers import tiny_busi
+from helpers import notebook_namespace, tiny_busi
 
 import class_labels
 import cross_validation as cv
@@ -20,7 +20,6 @@ import gate
 import inference
 import model as unet
 import model_io
-import precision
 import splits
 import training
 import visualization as viz
@@ -439,7 +438,6 @@ def test_the_notebooks_cross_validation_cell_runs(data, two_folds, tmp_path, cap
     runs with ``cv_folds = 2`` on a copy of the fixture's finished run (fold 2's result removed,
     so the cell resumes and scores that fold) to keep the test fast.
     """
-    index, images, masks = data
     nb = json.loads(NOTEBOOK.read_text())
     parameters = "".join(
         next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))["source"]
@@ -449,30 +447,7 @@ def test_the_notebooks_cross_validation_cell_runs(data, two_folds, tmp_path, cap
     shutil.copytree(two_folds[0], tmp_path / "cv")
     (tmp_path / "cv" / "fold-2" / cv.FOLD_RESULT_JSON).unlink()
     shown = []
-    namespace = {
-        "cv_folds": 2,
-        "index": index,
-        "images": images,
-        "masks": masks,
-        "unet": unet,
-        "viz": viz,
-        "output": tmp_path,
-        "image_size": 32,
-        "base_filters": 4,
-        "depth": 2,
-        "dtype_choice": precision.PolicyChoice("float32", "given explicitly"),
-        "classifier": False,  # the fixture's run has no classification head
-        "batch_size": 4,
-        "seed": 0,
-        "epochs": 1,
-        "loss": "bce_dice",
-        "learning_rate": 1e-2,
-        "early_stopping_patience": 10,
-        "lr_schedule": "cosine",
-        "ema_momentum": 0.99,  # the fixture's run kept train_model's default average
-        "augment": "basic",
-        "display": shown.append,
-    }
+    namespace = notebook_namespace(data, tmp_path, shown.append)
     exec("".join(cell["source"]), namespace)
     out = capsys.readouterr().out
     assert "fold 1/2: done in an earlier run" in out and "mean ± sd over 2 folds" in out

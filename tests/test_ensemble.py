@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import tiny_busi, tiny_data
+from helpers import fake_cv_run, notebook_namespace, tiny_busi, tiny_data
 
 import cross_validation as cv
 import ensemble
@@ -23,10 +23,8 @@ import image_io
 import inference
 import model as unet
 import model_io
-import precision
 import segment_images as si
 import training
-import visualization as viz
 
 SIDE = 8  # hand-made models
 NOTEBOOK = Path(__file__).resolve().parents[1] / "breast-cancer-ultrasound-unet.ipynb"
@@ -48,22 +46,6 @@ def one_minus(side: int = SIDE) -> keras.Model:
 
 def constant(value: float, side: int = SIDE) -> keras.Model:
     return _model(keras.layers.Rescaling(scale=0.0, offset=value), side)
-
-
-def _fake_run(root: Path, models, held_out, image_ids=None) -> Path:
-    """A cross_validate run folder by hand: fold k holds `models[k-1]` and holds out the images `held_out[k-1]`."""
-    n_images = sum(len(rows) for rows in held_out)
-    image_ids = [f"case{i}" for i in range(n_images)] if image_ids is None else image_ids
-    for fold, (model, rows) in enumerate(zip(models, held_out), start=1):
-        fold_dir = root / cv.FOLD_DIR.format(fold=fold)
-        fold_dir.mkdir(parents=True)
-        model_io.save_model(model, fold_dir / training.BEST_MODEL)
-        roles = np.full(n_images, "train", dtype=object)
-        roles[list(rows)] = "test"
-        split = pd.DataFrame({"image_id": image_ids, "label": "benign", "role": roles})
-        split.to_csv(fold_dir / cv.SPLIT_CSV, index=False)
-        (fold_dir / cv.FOLD_RESULT_JSON).write_text("{}")
-    return root
 
 
 # ---------------------------------------------------------------- the mean, on hand-made models
@@ -169,7 +151,7 @@ def _hand_case():
 
 def test_the_threshold_is_chosen_on_out_of_fold_predictions_by_hand(tmp_path):
     index, images, masks = _hand_case()
-    run = _fake_run(tmp_path / "run", [identity(), one_minus()], [(0, 1), (2, 3)])
+    run = fake_cv_run(tmp_path / "run", [identity(), one_minus()], [(0, 1), (2, 3)])
     probabilities = cv.out_of_fold_probabilities(run, index, images)
     np.testing.assert_allclose(probabilities[0][masks[0] == 1], 0.8, atol=1e-6)
     np.testing.assert_allclose(probabilities[2][masks[2] == 1], 0.38, atol=1e-6)
@@ -204,7 +186,7 @@ def test_the_threshold_is_chosen_on_out_of_fold_predictions_by_hand(tmp_path):
 
 def test_out_of_fold_probabilities_need_the_runs_images_in_the_runs_order(tmp_path):
     index, images, masks = _hand_case()
-    run = _fake_run(tmp_path / "run", [identity(), one_minus()], [(0, 1), (2, 3)])
+    run = fake_cv_run(tmp_path / "run", [identity(), one_minus()], [(0, 1), (2, 3)])
     with pytest.raises(ValueError, match=r"split\.csv' lists other images, or another order, than the index"):
         cv.out_of_fold_probabilities(run, index.iloc[::-1], images)
     with pytest.raises(
@@ -219,7 +201,7 @@ def test_out_of_fold_probabilities_need_the_runs_images_in_the_runs_order(tmp_pa
 
 
 def test_without_ensemble_json_the_threshold_is_the_default_and_says_so(tmp_path):
-    run = _fake_run(tmp_path / "run", [identity(), one_minus()], [(0, 1), (2, 3)])
+    run = fake_cv_run(tmp_path / "run", [identity(), one_minus()], [(0, 1), (2, 3)])
     threshold, source = ensemble.ensemble_threshold(run)
     assert threshold == evaluation.DEFAULT_THRESHOLD and source.startswith("default (no ensemble.json")
     (run / cv.ENSEMBLE_JSON).write_text('{"threshold": 1.5}')
@@ -275,7 +257,7 @@ FOLDER_MISTAKES = [
 
 @pytest.mark.parametrize("how, message", FOLDER_MISTAKES, ids=[m[0] for m in FOLDER_MISTAKES])
 def test_load_ensemble_refuses_unfinished_or_mixed_run_folders(tmp_path, how, message):
-    run = _fake_run(tmp_path / "run", [identity(), one_minus(), constant(0.5)], [(0, 1), (2, 3), (4, 5)])
+    run = fake_cv_run(tmp_path / "run", [identity(), one_minus(), constant(0.5)], [(0, 1), (2, 3), (4, 5)])
     assert len(ensemble.load_ensemble(run).layers) == 5
     _break(run, how)
     with pytest.raises(ValueError, match=message):
@@ -283,7 +265,7 @@ def test_load_ensemble_refuses_unfinished_or_mixed_run_folders(tmp_path, how, me
 
 
 def test_load_model_takes_a_file_or_a_run_folder(tmp_path):
-    run = _fake_run(tmp_path / "run", [identity(), one_minus()], [(0, 1), (2, 3)])
+    run = fake_cv_run(tmp_path / "run", [identity(), one_minus()], [(0, 1), (2, 3)])
     model, description = ensemble.load_model(run / "fold-1" / training.BEST_MODEL)
     assert description == str(run / "fold-1" / training.BEST_MODEL) and len(model.layers) == 2
     model, description = ensemble.load_model(run)
@@ -442,37 +424,12 @@ def test_the_commands_refuse_an_unfinished_run_with_one_line(data, cv_run, tmp_p
 def test_the_notebooks_ensemble_cell_runs_after_the_cross_validation_cell(data, cv_run, tmp_path, capsys):
     """Runs the notebook's cross-validation cell (every fold done: it only reads them back and chooses
     the threshold again) and then its fold-ensemble cell, on what the earlier cells define."""
-    index, images, masks = data
     cells = [c for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
     at = next(i for i, c in enumerate(cells) if "cv.cross_validate(" in "".join(c["source"]))
     assert "ensemble.load_ensemble(" in "".join(cells[at + 1]["source"])
     shutil.copytree(cv_run, tmp_path / "cv")
     shown = []
-    namespace = {
-        "cv_folds": 2,
-        "index": index,
-        "images": images,
-        "masks": masks,
-        "unet": unet,
-        "viz": viz,
-        "evaluation": evaluation,
-        "output": tmp_path,
-        "image_size": 32,
-        "base_filters": 4,
-        "depth": 2,
-        "dtype_choice": precision.PolicyChoice("float32", "given explicitly"),
-        "classifier": False,  # the fixture's run has no classification head
-        "batch_size": 4,
-        "seed": 0,
-        "epochs": 1,
-        "loss": "bce_dice",
-        "learning_rate": 1e-2,
-        "early_stopping_patience": 10,
-        "lr_schedule": "cosine",
-        "ema_momentum": 0.99,  # the fixture's run kept train_model's default average
-        "augment": "basic",
-        "display": shown.append,
-    }
+    namespace = notebook_namespace(data, tmp_path, shown.append, evaluation=evaluation)
     for cell in cells[at : at + 2]:
         exec("".join(cell["source"]), namespace)
     out = capsys.readouterr().out
