@@ -1,5 +1,8 @@
 """Tests for augmentation: image and mask move together; `augment_pair` keeps its contract on
-generated arrays (shapes, dtypes, value ranges, seeding, no invented lesion; hypothesis)."""
+generated arrays (shapes, dtypes, value ranges, seeding, no invented lesion; hypothesis); "basic"
+and "ultrasound" are pinned to their outputs for fixed seeds."""
+
+import hashlib
 
 import numpy as np
 import pytest
@@ -75,3 +78,44 @@ def test_an_unknown_augmentation_is_refused():
         augmentation.augment_pair(image, mask, tf.constant([0, 0], tf.int64), "strong")
     with pytest.raises(ValueError, match="Expected augment to be True, False or one of"):
         data_loading.make_tf_dataset(image[None], mask[None], training=True, augment="strong")
+
+
+# Outputs of `augment_pair` at commit 1b413ea, on `_pattern()`:
+# (recipe, seed, sum of the image, sum of the image times a ramp, SHA-256 of the mask's packed bits).
+# "basic" and "ultrasound" must keep giving them, so that earlier measurements stay reproducible.
+PINNED = [
+    ("basic", (0, 0), 164.6740681, 87.7423551, "19bcf0f221c1d90e"),
+    ("basic", (3, 7), 208.3173802, 103.6376826, "ee5a5efc489ab99a"),
+    ("basic", (11, 5), 180.9360885, 96.9843080, "7963306929d0ff17"),
+    ("basic", (2026, 1), 196.1647113, 103.4122845, "fbddb64b3cffe26e"),
+    ("ultrasound", (0, 0), 164.9978986, 86.4307291, "b5dcfe265edd35c7"),
+    ("ultrasound", (3, 7), 195.9730214, 99.4828053, "7f38322969de43d6"),
+    ("ultrasound", (11, 5), 156.9621338, 77.6219152, "62f25f3bedd45673"),
+    ("ultrasound", (2026, 1), 206.3027625, 109.3660721, "d3e95018221c1a9f"),
+]
+
+
+def _pattern():
+    """A 24 x 20 image of smooth stripes and a disc mask: ``(24, 20, 1)`` float32 and uint8."""
+    rows, cols = np.mgrid[0:24, 0:20]
+    image = ((np.sin(rows / 3.0) * np.cos(cols / 4.0) + 1) / 2).astype(np.float32)[..., None]
+    mask = ((rows - 12) ** 2 + (cols - 9) ** 2 < 30).astype(np.uint8)[..., None]
+    return image, mask
+
+
+def _draw(image, mask, seed, recipe):
+    import tensorflow as tf
+
+    out = augmentation.augment_pair(image, mask, tf.constant(seed, tf.int64), recipe)
+    return tuple(x.numpy() for x in out)
+
+
+@pytest.mark.parametrize(("recipe", "seed", "total", "ramped", "mask_digest"), PINNED)
+def test_basic_and_ultrasound_outputs_stay_pinned(recipe, seed, total, ramped, mask_digest):
+    image, mask = _pattern()
+    out_image, out_mask = _draw(image, mask, seed, recipe)
+    ramp = np.arange(image.size, dtype=np.float64).reshape(image.shape) / image.size
+    # Bit-identical on the machine that wrote them; the tolerance only allows another CPU's rounding.
+    np.testing.assert_allclose(out_image.sum(dtype=np.float64), total, rtol=1e-7)
+    np.testing.assert_allclose((out_image * ramp).sum(), ramped, rtol=1e-7)
+    assert hashlib.sha256(np.packbits(out_mask).tobytes()).hexdigest()[:16] == mask_digest
