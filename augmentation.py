@@ -1,11 +1,16 @@
 """Training-time augmentation of image/mask pairs (TensorFlow ops, applied inside tf.data).
 
 The same random geometric change is applied to an image and its mask; intensity changes touch the
-image only. Two recipes (``AUGMENTATIONS``): "basic" (flip, small rotation, scale and shift, gamma,
-contrast, brightness) and "ultrasound", which adds changes that another scanner or operator makes:
-random resized crops (zoom in up to ``1 + MAX_ZOOM_IN``), speckle-like multiplicative noise, blur,
-and a gain that falls with depth (imperfect time-gain compensation). `augment_examples` draws a few
-augmented pairs for a preview figure.
+image only. The recipes (``AUGMENTATIONS``):
+
+- "basic": flip, small rotation, scale and shift, gamma, contrast, brightness (the recipe's).
+- "ultrasound": "basic" plus the changes another scanner or operator makes: random resized crops
+  (zoom in up to ``1 + MAX_ZOOM_IN``), speckle-like multiplicative noise, blur, and a gain that
+  falls with depth (imperfect time-gain compensation).
+- One change alone on top of "basic" (``SINGLE_CHANGES``), to measure each by itself: "zoom",
+  "speckle", "blur", "depth_gain" (each exactly as in "ultrasound", from the same random draws).
+
+`augment_examples` draws a few augmented pairs for a preview figure.
 """
 
 from __future__ import annotations
@@ -18,36 +23,69 @@ MAX_SHIFT = 0.05
 MAX_BRIGHTNESS = 0.10
 MAX_CONTRAST = 0.20
 MAX_LOG_GAMMA = 0.20
-AUGMENTATIONS = ("basic", "ultrasound")
+ULTRASOUND_CHANGES = ("speckle", "blur", "depth_gain")  # the intensity changes of `ultrasound_changes`
+SINGLE_CHANGES = ("zoom", *ULTRASOUND_CHANGES)  # each alone on top of "basic"
+AUGMENTATIONS = ("basic", "ultrasound", *SINGLE_CHANGES)
 DEFAULT_AUGMENTATION = "basic"  # the recipe's (docs/recipe.md)
-MAX_ZOOM_IN = 0.30  # "ultrasound": scale drawn in [1 - MAX_SCALE, 1 + MAX_ZOOM_IN] (a random resized crop)
-APPLY_PROBABILITY = 0.5  # "ultrasound": each of speckle, blur and depth gain is applied with this probability
+MAX_ZOOM_IN = 0.30  # "ultrasound", "zoom": scale in [1 - MAX_SCALE, 1 + MAX_ZOOM_IN] (random resized crop)
+APPLY_PROBABILITY = 0.5  # each of speckle, blur and depth gain is applied with this probability
 MAX_SPECKLE = 0.12  # std of the log of the multiplicative noise, at most
 MAX_BLUR_SIGMA = 1.2  # Gaussian blur, pixels
 BLUR_RADIUS = 2  # the blur kernel is (2 * BLUR_RADIUS + 1) pixels wide
 MAX_DEPTH_ATTENUATION = 0.4  # gain falls linearly from 1 at the top row to 1 - a at the bottom, a <= this
 
 
+def check_augmentation(augment: bool | str) -> str | bool:
+    """The augmentation an ``augment`` argument names: a name of ``AUGMENTATIONS``, or False for none.
+
+    Args:
+        augment: one of ``AUGMENTATIONS``, True for ``DEFAULT_AUGMENTATION`` or False for none.
+
+    Returns:
+        The name, or False.
+
+    Raises:
+        ValueError: any other value; the message lists the valid ones.
+    """
+    recipe = DEFAULT_AUGMENTATION if augment is True else augment
+    if recipe is not False and recipe not in AUGMENTATIONS:
+        raise ValueError(
+            f"Expected augment to be True, False or one of {AUGMENTATIONS} ('basic' plus one change: "
+            f"{SINGLE_CHANGES}); received {augment!r}."
+        )
+    return recipe
+
+
 def augment_pair(image, mask, seed, augmentation: str = DEFAULT_AUGMENTATION):
     """Applies one random augmentation identically to an image and its mask (TensorFlow ops).
 
     Geometric (image and mask, one shared transform): horizontal flip (p = 0.5), rotation in
-    +-MAX_ROTATION_DEG degrees, scale in 1 +- MAX_SCALE ("ultrasound": in
+    +-MAX_ROTATION_DEG degrees, scale in 1 +- MAX_SCALE ("ultrasound" and "zoom": in
     [1 - MAX_SCALE, 1 + MAX_ZOOM_IN]), shift in +-MAX_SHIFT of the size; bilinear for the
     image, nearest neighbour for the mask (so it stays in {0, 1}); pixels from outside are 0.
     Photometric (image only): gamma ``x ** exp(g)`` with ``|g| <= MAX_LOG_GAMMA``, contrast
     about the mean by 1 +- MAX_CONTRAST, brightness +-MAX_BRIGHTNESS, then clipping to [0, 1].
     "ultrasound" then applies, each with probability APPLY_PROBABILITY (`ultrasound_changes`):
-    speckle-like noise, blur and a gain falling with depth.
+    speckle-like noise, blur and a gain falling with depth; "speckle", "blur" and "depth_gain"
+    apply only that one, from the same random draws as in "ultrasound".
+
+    Every recipe draws the same random numbers for the same seed: a single-change recipe's flip,
+    rotation, shift, gamma, contrast and brightness are those of "basic" ("zoom" maps the same
+    scale draw onto its wider range), and "basic" and "ultrasound" give what they gave before
+    the single changes existed (pinned by tests/test_augmentation.py).
 
     Args:
         image: ``(H, W, 1)`` float32 in [0, 1].
         mask: ``(H, W, 1)`` uint8 in {0, 1}.
         seed: ``(2,)`` int64 tensor; the same seed gives the same augmentation.
-        augmentation: one of ``AUGMENTATIONS``.
+        augmentation: one of ``AUGMENTATIONS``: "basic", "ultrasound", or "basic" plus one of
+            ``SINGLE_CHANGES`` ("zoom", "speckle", "blur", "depth_gain").
 
     Returns:
         ``(image, mask)`` with the input shapes and dtypes and ranges.
+
+    Raises:
+        ValueError: an unknown `augmentation` (the message lists ``AUGMENTATIONS``).
     """
     import tensorflow as tf
 
@@ -58,7 +96,7 @@ def augment_pair(image, mask, seed, augmentation: str = DEFAULT_AUGMENTATION):
     shape = tf.shape(image)
     height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
     angle = u[0] * MAX_ROTATION_DEG * np.pi / 180.0
-    if augmentation == "ultrasound":  # u[1] in [-1, 1] mapped onto [1 - MAX_SCALE, 1 + MAX_ZOOM_IN]
+    if augmentation in ("ultrasound", "zoom"):  # u[1] in [-1, 1] mapped onto [1 - MAX_SCALE, 1 + MAX_ZOOM_IN]
         scale = 1.0 - MAX_SCALE + (u[1] + 1.0) / 2.0 * (MAX_SCALE + MAX_ZOOM_IN)
     else:
         scale = 1.0 + u[1] * MAX_SCALE
@@ -91,6 +129,8 @@ def augment_pair(image, mask, seed, augmentation: str = DEFAULT_AUGMENTATION):
     image = tf.clip_by_value((image - mean) * contrast + mean + u[6] * MAX_BRIGHTNESS, 0.0, 1.0)
     if augmentation == "ultrasound":
         image = ultrasound_changes(image, seeds[2])
+    elif augmentation in ULTRASOUND_CHANGES:
+        image = ultrasound_changes(image, seeds[2], changes=(augmentation,))
     return image, mask
 
 
@@ -106,8 +146,11 @@ def _gaussian_blur(image, sigma):
     return tf.nn.conv2d(rows, tf.reshape(kernel, [1, -1, 1, 1]), strides=1, padding="VALID")[0]
 
 
-def ultrasound_changes(image, seed):
+def ultrasound_changes(image, seed, changes: tuple[str, ...] = ULTRASOUND_CHANGES):
     """Speckle-like noise, blur and depth attenuation, each applied with probability APPLY_PROBABILITY.
+
+    The random numbers drawn do not depend on `changes`: for the same seed, a change alone is
+    applied or not, and with the same strength, as among all three.
 
     Formula (``z`` standard normal noise smoothed by a 3x3 box and rescaled to unit variance,
     ``s <= MAX_SPECKLE``, ``sigma <= MAX_BLUR_SIGMA``, ``a <= MAX_DEPTH_ATTENUATION``, row ``y`` of
@@ -119,23 +162,32 @@ def ultrasound_changes(image, seed):
     Args:
         image: ``(H, W, 1)`` float32 in [0, 1].
         seed: ``(2,)`` int64 tensor.
+        changes: which of ``ULTRASOUND_CHANGES`` ("speckle", "blur", "depth_gain") may apply.
 
     Returns:
         ``(H, W, 1)`` float32 in [0, 1].
+
+    Raises:
+        ValueError: a name in `changes` that is not in ``ULTRASOUND_CHANGES``.
     """
     import tensorflow as tf
 
+    unknown = [change for change in changes if change not in ULTRASOUND_CHANGES]
+    if unknown:
+        raise ValueError(f"Expected changes from {ULTRASOUND_CHANGES}; received {tuple(changes)!r}.")
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2)
     u = tf.random.stateless_uniform([6], seeds[0], minval=0.0, maxval=1.0)
     apply = u[:3] < APPLY_PROBABILITY
     noise = tf.random.stateless_normal(tf.shape(image), seeds[1])
     noise = tf.nn.avg_pool2d(noise[None], 3, 1, "SAME")[0] * 3.0  # 9 averaged: std 1/3 inside
-    image = tf.where(apply[0], image * tf.exp(u[3] * MAX_SPECKLE * noise), image)
-    sigma = tf.maximum(u[4] * MAX_BLUR_SIGMA, 0.1)
-    image = tf.where(apply[1], _gaussian_blur(image, sigma), image)
-    height = tf.shape(image)[0]
-    depth = tf.linspace(0.0, 1.0, height)[:, None, None]
-    image = tf.where(apply[2], image * (1.0 - u[5] * MAX_DEPTH_ATTENUATION * depth), image)
+    if "speckle" in changes:
+        image = tf.where(apply[0], image * tf.exp(u[3] * MAX_SPECKLE * noise), image)
+    if "blur" in changes:
+        sigma = tf.maximum(u[4] * MAX_BLUR_SIGMA, 0.1)
+        image = tf.where(apply[1], _gaussian_blur(image, sigma), image)
+    if "depth_gain" in changes:
+        depth = tf.linspace(0.0, 1.0, tf.shape(image)[0])[:, None, None]
+        image = tf.where(apply[2], image * (1.0 - u[5] * MAX_DEPTH_ATTENUATION * depth), image)
     return tf.clip_by_value(image, 0.0, 1.0)
 
 

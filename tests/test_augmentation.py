@@ -1,6 +1,7 @@
 """Tests for augmentation: image and mask move together; `augment_pair` keeps its contract on
 generated arrays (shapes, dtypes, value ranges, seeding, no invented lesion; hypothesis); "basic"
-and "ultrasound" are pinned to their outputs for fixed seeds."""
+and "ultrasound" are pinned to their earlier outputs; each single change is "basic" plus that
+change."""
 
 import hashlib
 
@@ -74,13 +75,24 @@ def test_an_unknown_augmentation_is_refused():
     import data_loading
 
     image, mask = np.zeros((8, 8, 1), np.float32), np.zeros((8, 8, 1), np.uint8)
-    with pytest.raises(ValueError, match=r"Expected augmentation to be one of \('basic', 'ultrasound'\)"):
+    names = r"\('basic', 'ultrasound', 'zoom', 'speckle', 'blur', 'depth_gain'\)"
+    with pytest.raises(ValueError, match=r"Expected augmentation to be one of " + names):
         augmentation.augment_pair(image, mask, tf.constant([0, 0], tf.int64), "strong")
-    with pytest.raises(ValueError, match="Expected augment to be True, False or one of"):
+    with pytest.raises(ValueError, match=r"Expected augment to be True, False or one of " + names):
         data_loading.make_tf_dataset(image[None], mask[None], training=True, augment="strong")
+    with pytest.raises(ValueError, match=r"Expected changes from \('speckle', 'blur', 'depth_gain'\)"):
+        augmentation.ultrasound_changes(image, tf.constant([0, 0], tf.int64), changes=("zoom",))
 
 
-# Outputs of `augment_pair` at commit 1b413ea, on `_pattern()`:
+@pytest.mark.parametrize(
+    ("augment", "expected"),
+    [(True, "basic"), (False, False), ("ultrasound", "ultrasound"), ("zoom", "zoom")],
+)
+def test_check_augmentation_names_the_recipe(augment, expected):
+    assert augmentation.check_augmentation(augment) == expected
+
+
+# Outputs of `augment_pair` at commit 1b413ea (before the single changes), on `_pattern()`:
 # (recipe, seed, sum of the image, sum of the image times a ramp, SHA-256 of the mask's packed bits).
 # "basic" and "ultrasound" must keep giving them, so that earlier measurements stay reproducible.
 PINNED = [
@@ -119,3 +131,41 @@ def test_basic_and_ultrasound_outputs_stay_pinned(recipe, seed, total, ramped, m
     np.testing.assert_allclose(out_image.sum(dtype=np.float64), total, rtol=1e-7)
     np.testing.assert_allclose((out_image * ramp).sum(), ramped, rtol=1e-7)
     assert hashlib.sha256(np.packbits(out_mask).tobytes()).hexdigest()[:16] == mask_digest
+
+
+@pytest.mark.parametrize("seed", [(0, 0), (3, 7), (11, 5), (2026, 1)])
+def test_each_single_change_is_basic_plus_that_change_alone(seed):
+    image, mask = _pattern()
+    basic = _draw(image, mask, seed, "basic")
+    ultrasound = _draw(image, mask, seed, "ultrasound")
+    for change in augmentation.ULTRASOUND_CHANGES:  # intensity only: the geometry is basic's
+        np.testing.assert_array_equal(_draw(image, mask, seed, change)[1], basic[1])
+    zoom = _draw(image, mask, seed, "zoom")
+    np.testing.assert_array_equal(zoom[1], ultrasound[1])  # the same random resized crop
+    untouched = [
+        np.array_equal(_draw(image, mask, seed, change)[0], basic[0]) for change in ("speckle", "blur")
+    ]
+    # With none of the three intensity changes drawn, "ultrasound"'s image is "zoom"'s.
+    if all(untouched) and np.array_equal(_draw(image, mask, seed, "depth_gain")[0], basic[0]):
+        np.testing.assert_array_equal(ultrasound[0], zoom[0])
+
+
+def test_ultrasound_changes_one_at_a_time_are_the_parts_of_all_three():
+    import tensorflow as tf
+
+    image = _pattern()[0]
+    changed = {change: 0 for change in augmentation.ULTRASOUND_CHANGES}
+    for k in range(16):
+        seed = tf.constant([5, k], tf.int64)
+        everything = augmentation.ultrasound_changes(image, seed).numpy()
+        explicit = augmentation.ultrasound_changes(image, seed, changes=augmentation.ULTRASOUND_CHANGES)
+        np.testing.assert_array_equal(explicit.numpy(), everything)
+        alone = {c: augmentation.ultrasound_changes(image, seed, changes=(c,)).numpy() for c in changed}
+        applied = [c for c in changed if not np.array_equal(alone[c], image)]
+        for change in applied:
+            changed[change] += 1
+        if len(applied) == 1:  # the only change drawn: all three give exactly that one
+            np.testing.assert_array_equal(everything, alone[applied[0]])
+        if not applied:
+            np.testing.assert_array_equal(everything, image)
+    assert all(2 <= count <= 14 for count in changed.values()), changed  # each with probability 0.5
