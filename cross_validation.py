@@ -183,7 +183,7 @@ def cross_validate(
         seed: seed of the fold split; fold ``k`` trains with ``seed + k``.
         strategy: a `tf.distribute.Strategy`, or None for ``tf.distribute.get_strategy()``.
         augment: the training augmentation, one of `augmentation.AUGMENTATIONS` (e.g. "basic",
-            "speckle"), True or False (`data_loading.make_tf_dataset`'s `augment`).
+            "elastic"), True or False (`data_loading.make_tf_dataset`'s `augment`).
         folds: None trains every unfinished fold, then writes the run's tables and
             ``ensemble.json``. A list of 1-based fold numbers (e.g. ``[3]``) trains and scores
             only those folds and writes nothing at the run level: one process (or machine) per

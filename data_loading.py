@@ -635,7 +635,7 @@ def make_tf_dataset(
         training: shuffle and augment.
         augment: the augmentation when training: one of `augmentation.AUGMENTATIONS` ("basic",
             "ultrasound", or "basic" plus one change alone: "zoom", "speckle", "blur",
-            "depth_gain"), True for `augmentation.DEFAULT_AUGMENTATION`, False for none.
+            "depth_gain", "elastic"), True for `augmentation.DEFAULT_AUGMENTATION`, False for none.
         seed: shuffling and augmentation seed.
         labels: None, or ``(N,)`` class names in ``class_labels.CLASSES`` aligned with
             `images` (e.g. the index's ``label`` column).

@@ -1,7 +1,7 @@
 """Tests for augmentation: image and mask move together; `augment_pair` keeps its contract on
 generated arrays (shapes, dtypes, value ranges, seeding, no invented lesion; hypothesis); "basic"
 and "ultrasound" are pinned to their earlier outputs; each single change is "basic" plus that
-change."""
+change; the elastic deformation is bounded, seeded and the identity at strength 0."""
 
 import hashlib
 
@@ -75,7 +75,7 @@ def test_an_unknown_augmentation_is_refused():
     import data_loading
 
     image, mask = np.zeros((8, 8, 1), np.float32), np.zeros((8, 8, 1), np.uint8)
-    names = r"\('basic', 'ultrasound', 'zoom', 'speckle', 'blur', 'depth_gain'\)"
+    names = r"\('basic', 'ultrasound', 'zoom', 'speckle', 'blur', 'depth_gain', 'elastic'\)"
     with pytest.raises(ValueError, match=r"Expected augmentation to be one of " + names):
         augmentation.augment_pair(image, mask, tf.constant([0, 0], tf.int64), "strong")
     with pytest.raises(ValueError, match=r"Expected augment to be True, False or one of " + names):
@@ -86,7 +86,7 @@ def test_an_unknown_augmentation_is_refused():
 
 @pytest.mark.parametrize(
     ("augment", "expected"),
-    [(True, "basic"), (False, False), ("ultrasound", "ultrasound"), ("zoom", "zoom")],
+    [(True, "basic"), (False, False), ("ultrasound", "ultrasound"), ("elastic", "elastic")],
 )
 def test_check_augmentation_names_the_recipe(augment, expected):
     assert augmentation.check_augmentation(augment) == expected
@@ -169,3 +169,107 @@ def test_ultrasound_changes_one_at_a_time_are_the_parts_of_all_three():
         if not applied:
             np.testing.assert_array_equal(everything, image)
     assert all(2 <= count <= 14 for count in changed.values()), changed  # each with probability 0.5
+
+
+def test_elastic_displacement_is_smooth_bounded_and_seeded():
+    import tensorflow as tf
+
+    seed = tf.constant([1, 2], tf.int64)
+    field = augmentation.elastic_displacement(128, 96, seed).numpy()
+    assert field.shape == (2, 128, 96) and field.dtype == np.float32
+    bound = augmentation.MAX_ELASTIC_DISPLACEMENT
+    assert np.abs(field[0]).max() <= bound * 128 + 1e-5  # rows
+    assert np.abs(field[1]).max() <= bound * 96 + 1e-5  # columns
+    assert np.abs(field).max() > bound * 96 / 3  # not vanishing
+    # Smooth: neighbouring pixels move alike (a 4 x 4 grid over 128 px: < 2 * bound * side / 24 per pixel).
+    assert np.abs(np.diff(field, axis=1)).max() < 0.35 and np.abs(np.diff(field, axis=2)).max() < 0.35
+    np.testing.assert_array_equal(augmentation.elastic_displacement(128, 96, seed).numpy(), field)
+    other = augmentation.elastic_displacement(128, 96, tf.constant([1, 3], tf.int64)).numpy()
+    assert not np.allclose(other, field)
+    np.testing.assert_array_equal(augmentation.elastic_displacement(128, 96, seed, 0.0).numpy(), 0.0)
+
+
+def _square_pair(size=128):
+    """A textured image with a bright square lesion and its mask: ``(size, size, 1)`` float32, uint8."""
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0.1, 0.4, (size, size, 1)).astype(np.float32)
+    mask = np.zeros((size, size, 1), np.uint8)
+    mask[40:80, 50:90] = 1
+    image[mask == 1] = 0.9
+    return image, mask
+
+
+def test_elastic_change_keeps_shape_dtype_range_binary_mask_and_is_seeded():
+    import tensorflow as tf
+
+    image, mask = _square_pair()
+    seed = tf.constant([4, 2], tf.int64)
+    out_image, out_mask = (x.numpy() for x in augmentation.elastic_change(image, mask, seed))
+    assert out_image.shape == image.shape and out_image.dtype == np.float32
+    assert out_mask.shape == mask.shape and out_mask.dtype == np.uint8
+    assert 0.0 <= out_image.min() and out_image.max() <= 1.0
+    assert set(np.unique(out_mask).tolist()) == {0, 1}
+    again_image, again_mask = (x.numpy() for x in augmentation.elastic_change(image, mask, seed))
+    np.testing.assert_array_equal(again_image, out_image)
+    np.testing.assert_array_equal(again_mask, out_mask)
+    assert np.abs(out_image - image).mean() > 0.02  # it does change the image
+    assert (out_mask != mask).sum() > 20  # and the mask
+    # The mask follows the image: the bright square, thresholded, is the mask but for pixels on its
+    # edge (bilinear image, nearest mask), and far closer to it than to the undeformed mask.
+    bright = out_image[..., 0] > 0.65
+    assert (bright != (out_mask[..., 0] == 1)).sum() < 0.25 * (bright != (mask[..., 0] == 1)).sum()
+    assert (bright != (out_mask[..., 0] == 1)).sum() < 0.1 * mask.sum()
+
+
+def test_elastic_change_moves_nothing_further_than_its_bound():
+    import tensorflow as tf
+
+    image, mask = _square_pair()
+    bound = augmentation.MAX_ELASTIC_DISPLACEMENT * 128 + 0.5  # + 0.5: nearest neighbour rounding
+    reach = int(np.floor(bound))
+    lesion_rows, lesion_cols = np.nonzero(mask[..., 0])
+    for k in range(8):
+        _, out_mask = augmentation.elastic_change(image, mask, tf.constant([k, 0], tf.int64))
+        rows, cols = np.nonzero(out_mask.numpy()[..., 0])
+        # Every lesion pixel of the output comes from a lesion pixel at most `bound` away per axis.
+        assert rows.min() >= 40 - reach and rows.max() <= 79 + reach
+        assert cols.min() >= 50 - reach and cols.max() <= 89 + reach
+        assert rows.max() - rows.min() >= 39 - 2 * reach and cols.max() - cols.min() >= 39 - 2 * reach
+        assert abs(rows.mean() - lesion_rows.mean()) <= bound
+        assert abs(cols.mean() - lesion_cols.mean()) <= bound
+
+
+def test_elastic_change_with_zero_strength_is_the_identity():
+    import tensorflow as tf
+
+    image, mask = _square_pair(32)
+    out_image, out_mask = augmentation.elastic_change(image, mask, tf.constant([3, 3], tf.int64), 0.0)
+    np.testing.assert_array_equal(out_image.numpy(), image)
+    np.testing.assert_array_equal(out_mask.numpy(), mask)
+
+
+def test_elastic_recipe_is_basic_when_its_field_is_zero(monkeypatch):
+    image, mask = _pattern()
+    monkeypatch.setattr(augmentation, "MAX_ELASTIC_DISPLACEMENT", 0.0)
+    for seed in [(0, 0), (3, 7), (11, 5)]:
+        basic, elastic = _draw(image, mask, seed, "basic"), _draw(image, mask, seed, "elastic")
+        # One resampling (keras map_coordinates) instead of ImageProjectiveTransformV3: float rounding only.
+        np.testing.assert_allclose(elastic[0], basic[0], atol=1e-6)
+        np.testing.assert_array_equal(elastic[1], basic[1])
+
+
+def test_elastic_recipe_deforms_about_half_of_the_draws_and_runs_in_tf_data():
+    import tensorflow as tf
+
+    import data_loading
+
+    image, mask = _square_pair(64)
+    deformed = 0
+    for k in range(16):
+        basic, elastic = _draw(image, mask, (8, k), "basic"), _draw(image, mask, (8, k), "elastic")
+        deformed += not np.array_equal(elastic[1], basic[1])
+    assert 3 <= deformed <= 13  # APPLY_PROBABILITY = 0.5
+    dataset = data_loading.make_tf_dataset(image[None], mask[None], 1, training=True, augment="elastic")
+    ((x, y),) = dataset.take(1)
+    assert x.shape == (1, 64, 64, 1) and set(np.unique(y.numpy()).tolist()) <= {0.0, 1.0}
+    assert isinstance(dataset, tf.data.Dataset)
