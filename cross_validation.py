@@ -75,6 +75,7 @@ import numpy as np
 import pandas as pd
 
 import atomic_io
+import augmentation
 import class_labels
 import classification_metrics
 import data_loading
@@ -181,7 +182,8 @@ def cross_validate(
         batch_size: images per batch (the global batch under a multi-replica strategy).
         seed: seed of the fold split; fold ``k`` trains with ``seed + k``.
         strategy: a `tf.distribute.Strategy`, or None for ``tf.distribute.get_strategy()``.
-        augment: the training augmentation (`data_loading.make_tf_dataset`'s `augment`).
+        augment: the training augmentation, one of `augmentation.AUGMENTATIONS` (e.g. "basic",
+            "elastic"), True or False (`data_loading.make_tf_dataset`'s `augment`).
         folds: None trains every unfinished fold, then writes the run's tables and
             ``ensemble.json``. A list of 1-based fold numbers (e.g. ``[3]``) trains and scores
             only those folds and writes nothing at the run level: one process (or machine) per
@@ -205,8 +207,8 @@ def cross_validate(
     Raises:
         ValueError: ``n_folds < 2``; `folds` not a list of fold numbers in 1..n_folds; a class
             with fewer images than folds (or an inner training part too small to split again);
-            misaligned or misshapen arrays; a missing column; an unknown training option; a
-            `run_dir` that holds folds of another split.
+            misaligned or misshapen arrays; a missing column; an unknown training option or
+            `augment`; a `run_dir` that holds folds of another split.
         run_lock.RunFolderLocked: another writer holds `run_dir` (the call holds its lock, and
             `train_model` each fold folder's, for the whole write phase); raised at once.
         NotADirectoryError, OSError: `run_dir` cannot be created or written; raised before the
@@ -214,6 +216,7 @@ def cross_validate(
     """
     images, masks = np.asarray(images), np.asarray(masks)
     _check_inputs(index, images, masks, build_model, n_folds, train_options)
+    augmentation.check_augmentation(augment)  # a misspelt name is refused before the first fold
     selected = _check_fold_selection(folds, n_folds)
     index = index.reset_index(drop=True)
     strategy = training.resolve_strategy(strategy)

@@ -633,8 +633,9 @@ def make_tf_dataset(
         masks: ``(N, H, W, 1)`` uint8 in {0, 1}.
         batch_size: images per batch (the last one may be smaller).
         training: shuffle and augment.
-        augment: the augmentation when training: one of `augmentation.AUGMENTATIONS`
-            ("basic", "ultrasound"), True for `augmentation.DEFAULT_AUGMENTATION`, False for none.
+        augment: the augmentation when training: one of `augmentation.AUGMENTATIONS` ("basic",
+            "ultrasound", or "basic" plus one change alone: "zoom", "speckle", "blur",
+            "depth_gain", "elastic"), True for `augmentation.DEFAULT_AUGMENTATION`, False for none.
         seed: shuffling and augmentation seed.
         labels: None, or ``(N,)`` class names in ``class_labels.CLASSES`` aligned with
             `images` (e.g. the index's ``label`` column).
@@ -647,7 +648,7 @@ def make_tf_dataset(
 
     Raises:
         ValueError: images and masks of different or non-``(N, H, W, 1)`` shapes, a batch size
-            under 1, or labels that are not one known class per image.
+            under 1, an unknown `augment`, or labels that are not one known class per image.
     """
     import tensorflow as tf
 
@@ -660,11 +661,7 @@ def make_tf_dataset(
         )
     if batch_size < 1:
         raise ValueError(f"Expected batch_size >= 1; received {batch_size}.")
-    recipe = augmentation.DEFAULT_AUGMENTATION if augment is True else augment
-    if recipe is not False and recipe not in augmentation.AUGMENTATIONS:
-        raise ValueError(
-            f"Expected augment to be True, False or one of {augmentation.AUGMENTATIONS}; received {augment!r}."
-        )
+    recipe = augmentation.check_augmentation(augment)
     classes = _one_hot_labels(labels, len(images))
     autotune = tf.data.AUTOTUNE
     dataset = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), masks.astype(np.uint8), classes))

@@ -221,6 +221,14 @@ CONFIGS = {
     "cls_w02_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "class_loss_weight": 0.2},
     "cls_w05_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "class_loss_weight": 0.5},
     "cls_w1_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "class_loss_weight": 1.0},
+    # Each change alone on top of the recipe's basic augmentation (augmentation.SINGLE_CHANGES), screened
+    # in bfloat16 against cls_w02_bf16 (basic alone; the class-loss weight is the same default, 0.2):
+    # the four parts of "ultrasound", then "elastic".
+    "aug_zoom_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "augment": "zoom"},
+    "aug_speckle_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "augment": "speckle"},
+    "aug_blur_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "augment": "blur"},
+    "aug_depth_gain_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "augment": "depth_gain"},
+    "aug_elastic_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "augment": "elastic"},
     "b16_128_us_ema_cls": {**_RECIPE, "augment": "ultrasound"},
 }
 DEFAULT_CONFIGS = (BASELINE, "b32_128_cos", "b16_128_cos")

@@ -362,6 +362,10 @@ def test_cross_validate_rejects_bad_input(data, tmp_path):
     ):
         call(epoch=3)
     with pytest.raises(
+        ValueError, match=r"Expected augment to be True, False or one of \('basic', 'ultrasound'"
+    ):
+        call(augment="elastc")
+    with pytest.raises(
         ValueError, match="Expected strategy to be a tf.distribute.Strategy or None; received str"
     ):
         call(strategy="mirrored")
