@@ -215,6 +215,19 @@ def choose_mask_rule(
     return float(curve.loc[best, "max_probability"]), int(curve.loc[best, "min_area"]), curve
 
 
+def describe_criterion(criterion: str, max_drop: float = MAX_LESION_DICE_DROP) -> str:
+    """One line that states `criterion` (one of `CRITERIA`), for result files and reports."""
+    _check_criterion(criterion, max_drop)
+    if criterion == "mean_dice":
+        return (
+            "mean_dice: the highest mean per-image Dice over all images, a lesion-free normal image scoring 1"
+        )
+    return (
+        f"min_false_lesion: the lowest share of normal images with a false lesion among the gates whose "
+        f"mean lesion Dice drop against no gate is <= {max_drop:g}"
+    )
+
+
 def gate_per_image(per_image: pd.DataFrame, lesion_free: np.ndarray) -> pd.DataFrame:
     """A per-image table as it would read had every lesion-free image's mask been emptied.
 

@@ -144,6 +144,7 @@ def test_folds_with_the_classification_head_write_each_images_class_probabilitie
     for fold in (1, 2):
         result = json.loads((tmp_path / f"fold-{fold}" / cv.FOLD_RESULT_JSON).read_text())
         assert 0 <= result["gate_threshold"] < 1 and result["mask_rule_min_area"] in gate.MIN_AREAS
+        assert result["gate_criterion"] == gate.describe_criterion(gate.CRITERIA[0])  # the default
         held_out = per_image[per_image["fold"] == fold]
         expected = gate.lesion_free_by_class(held_out[columns].to_numpy(), result["gate_threshold"])
         np.testing.assert_array_equal(held_out["lesion_free_head"], expected)
@@ -203,19 +204,29 @@ def test_gates_are_chosen_on_the_inner_validation_part_and_scored_on_the_held_ou
     shutil.copytree(two_folds[0], run)
     seen = []
 
-    def gate_everything(y_true, probabilities, mask_threshold):  # a rule that empties every image
-        seen.append(np.asarray(y_true))
+    def gate_everything(y_true, probabilities, mask_threshold, criterion):  # a rule that empties every image
+        seen.append((np.asarray(y_true), criterion))
         return 0.0, 10**6, pd.DataFrame()
 
     monkeypatch.setattr(gate, "choose_mask_rule", gate_everything)
-    folds, _, per_image = cv.rescore_folds(run, index, images, masks, verbose=False)
+    folds, _, per_image = cv.rescore_folds(
+        run, index, images, masks, verbose=False, gate_criterion="mean_dice"
+    )
 
     # Fold k's rule was chosen on fold k's inner validation masks, in split order; then the
-    # ensemble's on all out-of-fold predictions (ensemble.json).
-    for fold, chosen_on in zip((1, 2), seen):
+    # ensemble's on all out-of-fold predictions (ensemble.json); each by the criterion asked for.
+    for fold, (chosen_on, _) in zip((1, 2), seen):
         roles = pd.read_csv(run / f"fold-{fold}" / cv.SPLIT_CSV)["role"].to_numpy()
         np.testing.assert_array_equal(chosen_on, masks[roles == "val"])
-    assert len(seen) == 3 and len(seen[2]) == len(index)
+    assert len(seen) == 3 and len(seen[2][0]) == len(index)
+    assert [criterion for _, criterion in seen] == ["mean_dice"] * 3
+    stated = [
+        json.loads((run / name).read_text())["gate_criterion"]
+        for name in ("fold-1/fold_result.json", cv.ENSEMBLE_JSON)
+    ]
+    assert stated == [gate.describe_criterion("mean_dice")] * 2
+    with pytest.raises(ValueError, match=r"criterion to be one of \('min_false_lesion', 'mean_dice'\)"):
+        cv.rescore_folds(run, index, images, masks, verbose=False, gate_criterion="dice")
     assert folds["mask_rule_min_area"].tolist() == [10**6] * 2 and folds["gate_threshold"].isna().all()
     assert per_image["lesion_free_mask_rule"].all()
     rows = pd.read_csv(run / cv.CV_GATE_CSV).set_index("rule")
@@ -289,6 +300,7 @@ def test_the_rescore_command_reloads_the_runs_data_and_prints_the_gates(data, tw
 
     out = capsys.readouterr().out
     assert "20 images" in out and "(32, 32)" in out and "gates chosen per fold" in out and cv.MASK_RULE in out
+    assert f"gates chosen by {gate.describe_criterion('min_false_lesion')}" in out  # the default
     for name in (cv.CV_PER_IMAGE_CSV, cv.CV_GATE_CSV):
         pd.testing.assert_frame_equal(pd.read_csv(run / name), pd.read_csv(two_folds[0] / name), atol=1e-6)
     with pytest.raises(SystemExit):

@@ -218,3 +218,10 @@ def test_compare_per_image_counts_normal_images_with_a_false_lesion_by_hand():
     np.testing.assert_allclose(rows["lesion_dice"], [(1 + 2 / 3) / 2, 0.0])
     np.testing.assert_allclose(rows["detection_rate"], [1.0, 0.0])
     assert rows["gated"].tolist() == [0, 4]
+
+
+def test_each_criterion_is_stated_in_one_line():
+    assert gate.describe_criterion("min_false_lesion", 0.02).endswith("drop against no gate is <= 0.02")
+    assert gate.describe_criterion("mean_dice").startswith("mean_dice: the highest mean per-image Dice")
+    with pytest.raises(ValueError, match=r"one of \('min_false_lesion', 'mean_dice'\)"):
+        gate.describe_criterion("fp")
