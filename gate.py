@@ -37,7 +37,6 @@ as 0; without lesion images ``lesion_dice_drop`` does.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -160,17 +159,18 @@ def choose_gate_threshold(
     """
     _check_criterion(criterion, max_drop)
     scores = classification_metrics.lesion_score(class_probabilities)
-    outcomes = _Outcomes.of(y_true, probabilities, mask_threshold)
-    if len(scores) != len(outcomes.dice):
+    _, areas = _peaks_and_areas(probabilities, mask_threshold)
+    dice, empty = evaluation.dice_score(y_true, probabilities, mask_threshold), _empty_truth(y_true)
+    if len(scores) != len(dice):
         raise ValueError(
-            f"Expected one row of class probabilities per image ({len(outcomes.dice)}); received {len(scores)}."
+            f"Expected one row of class probabilities per image ({len(dice)}); received {len(scores)}."
         )
     rows = [
-        {"gate_threshold": threshold, **outcomes.score(scores < threshold)}
+        {"gate_threshold": threshold, **score_gate(dice, empty, areas, scores < threshold)}
         for threshold in _candidates(thresholds, "thresholds")
     ]
     curve = pd.DataFrame(rows)
-    best = _best(curve, ["gate_threshold"], criterion, max_drop)
+    best = choose_candidate(curve, ["gate_threshold"], criterion, max_drop)
     return float(curve.loc[best, "gate_threshold"]), curve
 
 
@@ -202,17 +202,85 @@ def choose_mask_rule(
         ``max_probability``, ``min_area`` and the columns of `choose_gate_threshold`'s curve.
     """
     _check_criterion(criterion, max_drop)
-    outcomes = _Outcomes.of(y_true, probabilities, mask_threshold)
+    peaks, areas = _peaks_and_areas(probabilities, mask_threshold)
+    dice, empty = evaluation.dice_score(y_true, probabilities, mask_threshold), _empty_truth(y_true)
     rows = []
     for max_probability in _candidates(max_probabilities, "max_probabilities"):
         for min_area in sorted(int(area) for area in min_areas):
-            lesion_free = (outcomes.peaks < max_probability) | (outcomes.areas < min_area)
+            lesion_free = (peaks < max_probability) | (areas < min_area)
             rows.append(
-                {"max_probability": max_probability, "min_area": min_area, **outcomes.score(lesion_free)}
+                {
+                    "max_probability": max_probability,
+                    "min_area": min_area,
+                    **score_gate(dice, empty, areas, lesion_free),
+                }
             )
     curve = pd.DataFrame(rows)
-    best = _best(curve, ["max_probability", "min_area"], criterion, max_drop)
+    best = choose_candidate(curve, ["max_probability", "min_area"], criterion, max_drop)
     return float(curve.loc[best, "max_probability"]), int(curve.loc[best, "min_area"]), curve
+
+
+def score_gate(
+    dice: np.ndarray, empty_truth: np.ndarray, predicted_area: np.ndarray, lesion_free: np.ndarray
+) -> dict[str, float]:
+    """The figures of one gate on N images that both criteria read (module docstring).
+
+    Args:
+        dice: ``(N,)`` float in [0, 1], each image's Dice without the gate.
+        empty_truth: ``(N,)`` bool, True for a normal image (no lesion pixel in its truth).
+        predicted_area: ``(N,)`` int >= 0, pixels predicted without the gate.
+        lesion_free: ``(N,)`` bool, the gate's flags.
+
+    Returns:
+        ``dice`` (mean over all images of the gated Dice ``d_i``), ``gated_fraction`` (share of
+        the images flagged), ``normal_false_lesion`` (share of normal images left with a
+        predicted pixel; 0 without normal images) and ``lesion_dice_drop`` (mean lesion Dice
+        lost against no gate; 0 without lesion images), each a float in [0, 1].
+    """
+    dice, empty_truth = np.asarray(dice, np.float64), np.asarray(empty_truth, bool)
+    lesion_free = _check_flags(lesion_free, len(dice))
+    false_lesion = (np.asarray(predicted_area) > 0) & ~lesion_free
+    lost = np.where(lesion_free, dice, 0.0)
+    return {
+        "dice": float(_gated(dice, empty_truth, lesion_free).mean()),
+        "gated_fraction": float(lesion_free.mean()),
+        "normal_false_lesion": float(false_lesion[empty_truth].mean()) if empty_truth.any() else 0.0,
+        "lesion_dice_drop": float(lost[~empty_truth].mean()) if (~empty_truth).any() else 0.0,
+    }
+
+
+def choose_candidate(
+    curve: pd.DataFrame,
+    parameters: Sequence[str],
+    criterion: str = CRITERIA[0],
+    max_drop: float = MAX_LESION_DICE_DROP,
+) -> int:
+    """The row label of the candidate that `criterion` chooses (module docstring, ties included).
+
+    Args:
+        curve: one row per candidate: its `parameters` and the columns of `score_gate`.
+        parameters: the candidate's parameter columns, compared last (smallest first).
+        criterion: one of `CRITERIA`.
+        max_drop: the largest ``lesion_dice_drop`` that ``"min_false_lesion"`` accepts, in [0, 1].
+
+    Returns:
+        A label of ``curve.index``.
+    """
+    _check_criterion(criterion, max_drop)
+    missing = [column for column in (*_CURVE_COLUMNS, *parameters) if column not in curve.columns]
+    if missing or curve.empty:
+        raise ValueError(f"Expected a curve with one row per candidate; missing columns {missing} or rows.")
+    ranked = curve.assign(**{column: curve[column].round(12) for column in _CURVE_COLUMNS})
+    if criterion == "mean_dice":
+        order, ascending = ["dice", "gated_fraction"], [False, True]
+    else:
+        drops = ranked["lesion_dice_drop"]
+        ranked = ranked[drops <= max(round(max_drop, 12), drops.min())]  # none within: the smallest drop
+        order, ascending = ["normal_false_lesion", "lesion_dice_drop", "gated_fraction"], [True, True, True]
+    ranked = ranked.sort_values(
+        [*order, *parameters], ascending=[*ascending, *[True] * len(parameters)], kind="stable"
+    )
+    return ranked.index[0]
 
 
 def describe_criterion(criterion: str, max_drop: float = MAX_LESION_DICE_DROP) -> str:
@@ -359,36 +427,6 @@ def _gated(dice: np.ndarray, empty_truth: np.ndarray, lesion_free: np.ndarray) -
     return np.where(lesion_free, empty_truth.astype(np.float64), dice)
 
 
-@dataclass(frozen=True)
-class _Outcomes:
-    """What the criteria need of N validation images at the mask threshold, each ``(N,)``."""
-
-    dice: np.ndarray  # float64 in [0, 1], ungated
-    empty_truth: np.ndarray  # bool: a normal image
-    peaks: np.ndarray  # float, the largest pixel probability
-    areas: np.ndarray  # int, pixels >= mask_threshold
-
-    @classmethod
-    def of(cls, y_true: np.ndarray, probabilities: np.ndarray, mask_threshold: float) -> _Outcomes:
-        peaks, areas = _peaks_and_areas(probabilities, mask_threshold)
-        dice = evaluation.dice_score(y_true, probabilities, mask_threshold)
-        return cls(dice, _empty_truth(y_true), peaks, areas)
-
-    def score(self, lesion_free: np.ndarray) -> dict:
-        """The curve's columns (`_CURVE_COLUMNS`) for one candidate's ``(N,)`` bool flags."""
-        lesion = ~self.empty_truth
-        false_lesion = (self.areas > 0) & ~lesion_free
-        lost = np.where(lesion_free, self.dice, 0.0)
-        return {
-            "dice": float(_gated(self.dice, self.empty_truth, lesion_free).mean()),
-            "gated_fraction": float(lesion_free.mean()),
-            "normal_false_lesion": float(false_lesion[self.empty_truth].mean())
-            if self.empty_truth.any()
-            else 0.0,
-            "lesion_dice_drop": float(lost[lesion].mean()) if lesion.any() else 0.0,
-        }
-
-
 def _empty_truth(y_true: np.ndarray) -> np.ndarray:
     y_true = mask_processing.drop_channel_axis(np.asarray(y_true), 3)
     return ~y_true.reshape(len(y_true), -1).any(axis=1)
@@ -439,18 +477,3 @@ def _check_criterion(criterion: str, max_drop: float) -> None:
         or not 0 <= max_drop <= 1
     ):
         raise ValueError(f"Expected max_drop in [0, 1] (mean lesion Dice); received {max_drop!r}.")
-
-
-def _best(curve: pd.DataFrame, parameters: list[str], criterion: str, max_drop: float) -> int:
-    """Row of the chosen candidate by `criterion` (module docstring); figures compared to 12 decimals."""
-    ranked = curve.assign(**{column: curve[column].round(12) for column in _CURVE_COLUMNS})
-    if criterion == "mean_dice":
-        order, ascending = ["dice", "gated_fraction"], [False, True]
-    else:
-        drops = ranked["lesion_dice_drop"]
-        ranked = ranked[drops <= max(round(max_drop, 12), drops.min())]  # none within: the smallest drop
-        order, ascending = ["normal_false_lesion", "lesion_dice_drop", "gated_fraction"], [True, True, True]
-    ranked = ranked.sort_values(
-        [*order, *parameters], ascending=[*ascending, *[True] * len(parameters)], kind="stable"
-    )
-    return int(ranked.index[0])

@@ -225,3 +225,42 @@ def test_each_criterion_is_stated_in_one_line():
     assert gate.describe_criterion("mean_dice").startswith("mean_dice: the highest mean per-image Dice")
     with pytest.raises(ValueError, match=r"one of \('min_false_lesion', 'mean_dice'\)"):
         gate.describe_criterion("fp")
+
+
+def test_score_gate_by_hand_and_without_normal_or_lesion_images():
+    dice, empty, area = (
+        np.array([1, 0, 1, 2 / 3]),
+        np.array([True, True, False, False]),
+        np.array([0, 1, 2, 2]),
+    )
+    lesion_free = np.array([False, True, False, True])  # the false lesion of image 1 gated, lesion 3 lost
+
+    scores = gate.score_gate(dice, empty, area, lesion_free)
+
+    assert scores == pytest.approx(
+        {"dice": 3 / 4, "gated_fraction": 1 / 2, "normal_false_lesion": 0.0, "lesion_dice_drop": 1 / 3}
+    )
+    lesions_only = gate.score_gate(dice[2:], empty[2:], area[2:], lesion_free[2:])
+    assert lesions_only["normal_false_lesion"] == 0.0 and lesions_only["lesion_dice_drop"] == pytest.approx(
+        1 / 3
+    )
+    normals_only = gate.score_gate(dice[:2], empty[:2], area[:2], np.zeros(2, bool))
+    assert normals_only["normal_false_lesion"] == 1 / 2 and normals_only["lesion_dice_drop"] == 0.0
+
+
+def test_choose_candidate_returns_the_label_of_the_chosen_row():
+    curve = pd.DataFrame(
+        {
+            "rule": ["none", "mild", "strong"],
+            "dice": [0.70, 0.72, 0.74],
+            "gated_fraction": [0.0, 0.1, 0.3],
+            "normal_false_lesion": [0.5, 0.3, 0.1],
+            "lesion_dice_drop": [0.0, 0.015, 0.03],
+        },
+        index=[10, 11, 12],
+    )
+    assert gate.choose_candidate(curve, ["rule"]) == 11  # 0.03 is over the 0.02 allowed
+    assert gate.choose_candidate(curve, ["rule"], max_drop=0.03) == 12
+    assert gate.choose_candidate(curve, ["rule"], criterion="mean_dice") == 12
+    with pytest.raises(ValueError, match=r"missing columns \['lesion_dice_drop'\]"):
+        gate.choose_candidate(curve.drop(columns="lesion_dice_drop"), ["rule"])
