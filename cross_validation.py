@@ -583,6 +583,36 @@ def rescore_folds(
         return _finish_run(Path(run_dir), index, images, masks, tables, seed, verbose, gate_criterion)
 
 
+def predict_fold(
+    fold_dir: str | os.PathLike, index: pd.DataFrame, images: np.ndarray, tta: bool = False
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """A fold model's predictions on its inner validation part and its held-out images, as scored here.
+
+    Args:
+        fold_dir: a finished fold folder (its ``best.keras`` and ``split.csv``).
+        index: the run's index (column ``image_id``), in the order of the fold's ``split.csv``.
+        images: ``(N, H, W, 1)`` float32 in [0, 1], aligned with `index`, at the run's input size.
+        tta: average each prediction over the horizontal flip (`inference.predict`).
+
+    Returns:
+        ``{"val": (rows, probabilities, classes), "test": (...)}``: ``rows`` ``(n,)`` int, the
+        images' positions in `index`; ``probabilities`` ``(n, H, W, 1)`` float32 in [0, 1];
+        ``classes`` ``(n, 3)`` float32 in [0, 1] (``class_labels.CLASSES`` order), or None for a
+        model without the classification head.
+
+    Raises:
+        ValueError: an index other than the split's, or a model for another image size.
+    """
+    fold_dir = Path(fold_dir)
+    roles = _split_roles(fold_dir, index)
+    model = model_io.load_model(fold_dir / training.BEST_MODEL, compile=False, input_shape=images.shape[1:])
+    predictions = {}
+    for role in ("val", "test"):
+        rows = np.flatnonzero(roles == role)
+        predictions[role] = (rows, *_predict(model, images[rows], tta))
+    return predictions
+
+
 # ----------------------------------------------------------------------------------------------
 # The fold ensemble's threshold, chosen on out-of-fold predictions
 # ----------------------------------------------------------------------------------------------
@@ -966,13 +996,12 @@ def _score_fold(
     Writes the fold's ``summary.csv``; returns its result (without ``epochs_run`` and
     ``best_epoch``, the training's) and its per-image table with the gates' flags.
     """
-    best = model_io.load_model(fold_dir / training.BEST_MODEL, compile=False, input_shape=images.shape[1:])
-    val_rows, test_rows = part["val"], part["test"]
-    val_probabilities, val_classes = _predict(best, images[val_rows])
+    predicted = predict_fold(fold_dir, index, images)
+    val_rows, val_probabilities, val_classes = predicted["val"]
+    test_rows, test_probabilities, classes = predicted["test"]
     threshold, curve = evaluation.choose_threshold(masks[val_rows], val_probabilities)
     gates = _choose_gates(masks[val_rows], val_probabilities, val_classes, threshold, gate_criterion)
     test_frame = index.iloc[test_rows]
-    test_probabilities, classes = _predict(best, images[test_rows])
     per_image, summary = evaluation.evaluate(
         masks[test_rows], test_probabilities, test_frame, threshold, seed=seed
     )
@@ -1005,11 +1034,13 @@ def _score_fold(
     return result, per_image
 
 
-def _predict(model: keras.Model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def _predict(
+    model: keras.Model, images: np.ndarray, tta: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
     """``(probabilities, classes)``: the class probabilities are None for a model without the head."""
     if unet.has_class_head(model):
-        return inference.predict(model, images, with_classes=True)
-    return inference.predict(model, images), None
+        return inference.predict(model, images, tta=tta, with_classes=True)
+    return inference.predict(model, images, tta=tta), None
 
 
 def _choose_gates(masks, probabilities, classes, threshold, criterion) -> dict:

@@ -254,6 +254,23 @@ def test_gates_are_chosen_on_the_inner_validation_part_and_scored_on_the_held_ou
     assert "20 images out of fold" in text and "mean ± sd over 2 folds" in text and text.count("\n") == 2
 
 
+def test_predict_fold_predicts_the_inner_validation_and_held_out_images_of_its_split(data, two_folds):
+    index, images, _ = data
+    fold_dir = two_folds[0] / "fold-2"
+    roles = pd.read_csv(fold_dir / cv.SPLIT_CSV)["role"].to_numpy()
+    model = model_io.load_model(fold_dir / training.BEST_MODEL, compile=False)
+
+    predicted = cv.predict_fold(fold_dir, index, images)
+
+    assert set(predicted) == {"val", "test"}
+    for role, (rows, probabilities, classes) in predicted.items():
+        np.testing.assert_array_equal(rows, np.flatnonzero(roles == role))
+        np.testing.assert_allclose(probabilities, inference.predict(model, images[rows]), atol=1e-6)
+        assert classes is None  # a model without the head
+    rows, flipped, _ = cv.predict_fold(fold_dir, index, images, tta=True)["test"]
+    np.testing.assert_allclose(flipped, inference.predict(model, images[rows], tta=True), atol=1e-6)
+
+
 def test_rescoring_a_run_scored_before_the_gates_writes_the_same_files(data, two_folds, tmp_path):
     index, images, masks = data
     run = tmp_path / "run"
