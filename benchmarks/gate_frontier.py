@@ -152,27 +152,34 @@ def selection_table(table: pd.DataFrame, rules: dict) -> pd.DataFrame:
     """Per rule and criterion: parameters chosen per fold on inner validation, scored out of fold and on validation."""
     rows = []
     for name, rule in rules.items():
-        names, _, flags = rule
         for criterion in gate.CRITERIA:
-            parts = {"val": [], "test": []}  # (images, flags) per fold
-            parameters = []
-            for _, images in table.groupby("fold"):
-                val = images[images["role"] == "val"]
-                scored = curve(val, rule)
-                best = scored.loc[gate.choose_candidate(scored, names, criterion, TARGET_DROP)]
-                parameters.append(_parameters(best, names))
-                for role, part in images.groupby("role"):
-                    parts[role].append((part, flags(part, *best[list(names)])))
-            row = {"rule": name, "criterion": criterion, "parameters_per_fold": "; ".join(parameters)}
+            parameters, chosen = _choose_per_fold(table, rule, criterion)
+            row = {"rule": name, "criterion": criterion, "parameters_per_fold": parameters}
             for role, label in (("test", "held_out"), ("val", "inner_val")):
-                frame = pd.concat([part for part, _ in parts[role]])
-                lesion_free = np.concatenate([chosen for _, chosen in parts[role]])
+                frame, lesion_free = chosen[role]
                 scores = gate.score_gate(frame["dice"], frame["empty_truth"], frame["area"], lesion_free)
                 row[f"{label}_normal_false_lesion"] = scores["normal_false_lesion"]
                 row[f"{label}_lesion_dice"] = _lesion_dice(frame) - scores["lesion_dice_drop"]
                 row[f"{label}_lesion_dice_drop"] = scores["lesion_dice_drop"]
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _choose_per_fold(table: pd.DataFrame, rule, criterion: str) -> tuple[str, dict]:
+    """Each fold's parameters, chosen on its inner validation part: ``(text, {role: (images, flags)})``."""
+    parameters, parts = [], {"val": [], "test": []}
+    names, _, flags = rule
+    for _, images in table.groupby("fold"):
+        scored = curve(images[images["role"] == "val"], rule)
+        best = scored.loc[gate.choose_candidate(scored, names, criterion, TARGET_DROP)]
+        parameters.append(_parameters(best, names))
+        for role, part in images.groupby("role"):
+            parts[role].append((part, flags(part, *best[list(names)])))
+    chosen = {
+        role: (pd.concat([part for part, _ in pieces]), np.concatenate([flag for _, flag in pieces]))
+        for role, pieces in parts.items()
+    }
+    return "; ".join(parameters), chosen
 
 
 def _row(frame: pd.DataFrame, rule: str, parameters: str, scores, allowed_drop: float) -> dict:
