@@ -15,7 +15,9 @@ stratified by class, and near-duplicate groups never straddle folds):
    (`evaluation.choose_threshold`).
 5. The lesion-presence gates are chosen on the inner validation part too, at that threshold
    (`gate`): the head's threshold on ``1 - p_normal`` (models with the classification head) and
-   the rule without a head (largest probability, smallest area).
+   the rule without a head (largest probability, smallest area), by the gate criterion
+   (`gate.CRITERIA`; by default the lowest share of normal images with a false lesion whose
+   lesion Dice drop against no gate is at most `gate.MAX_LESION_DICE_DROP`).
 6. The best checkpoint, at that threshold, is scored on the held-out fold (`evaluation.evaluate`),
    and each held-out image is flagged lesion-free or not by each gate of step 5.
 
@@ -40,8 +42,8 @@ Files, under `run_dir` (every file written atomically)::
                          p_normal and lesion_free_head (bool: the fold's head gate empties it);
                          models without the head have neither the p_ columns nor lesion_free_head
       summary.csv        the held-out fold's summary by class (evaluation.evaluate), without gate
-      fold_result.json   the fold's row of the results table, with its gates (`GATE_KEYS`):
-                         written last, the commit point
+      fold_result.json   the fold's row of the results table, with its gates (`GATE_KEYS`) and
+                         their ``gate_criterion``: written last, the commit point
     cv_folds.csv         one row per fold (`fold_results`)
     cv_summary.csv       mean, sd, min, max over folds per metric (`summarize_folds`), without gate
     cv_per_image.csv     every image's score from the fold that held it out (out-of-fold)
@@ -528,6 +530,7 @@ def rescore_folds(
     masks: np.ndarray,
     seed: int = 0,
     verbose: bool = True,
+    gate_criterion: str = gate.CRITERIA[0],
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Scores a finished run's folds again, without training: thresholds and gates on inner validation.
 
@@ -538,7 +541,8 @@ def rescore_folds(
     keys, e.g. ``epochs_run`` and ``best_epoch``, kept from the old ``fold_result.json``), then the
     run's tables: ``cv_folds.csv``, ``cv_summary.csv``, ``cv_per_image.csv``, ``cv_gate.csv``
     (`gate_comparison`), ``cv_classification.csv`` (models with the head) and ``ensemble.json``.
-    Use it on runs scored before the per-fold gates existed.
+    Use it on runs scored before the per-fold gates existed, or to choose the gates by another
+    criterion.
 
     Args:
         run_dir: a finished `cross_validate` run.
@@ -547,6 +551,7 @@ def rescore_folds(
         masks: ``(N, H, W, 1)`` uint8 in {0, 1}.
         seed: bootstrap seed (as `cross_validate`'s `seed`).
         verbose: print the gate comparison and the classification summary.
+        gate_criterion: how the gates are chosen, per fold and for the ensemble (`gate.CRITERIA`).
 
     Returns:
         ``(folds, summary, per_image)`` as `cross_validate`.
@@ -557,6 +562,7 @@ def rescore_folds(
         run_lock.RunFolderLocked: another writer (e.g. a `cross_validate` still running) holds
             `run_dir`.
     """
+    gate.describe_criterion(gate_criterion)  # refuses an unknown criterion before any work
     images, masks = np.asarray(images), np.asarray(masks)
     if images.ndim != 4 or images.shape != masks.shape or len(images) != len(index):
         raise ValueError(
@@ -571,12 +577,43 @@ def rescore_folds(
             roles = _split_roles(fold_dir, index)
             part = {role: np.flatnonzero(roles == role) for role in ROLES}
             old, _ = _read_fold(fold_dir)
-            result, per_image = _score_fold(fold, fold_dir, index, images, masks, part, seed)
+            result, per_image = _score_fold(fold, fold_dir, index, images, masks, part, seed, gate_criterion)
             result = {**old, **result}
             _write_fold(fold_dir, result, per_image)
             results.append(result)
             per_image_parts.append(per_image)
-        return _finish_run(Path(run_dir), index, images, masks, results, per_image_parts, seed, verbose)
+        tables = (results, per_image_parts)
+        return _finish_run(Path(run_dir), index, images, masks, tables, seed, verbose, gate_criterion)
+
+
+def predict_fold(
+    fold_dir: str | os.PathLike, index: pd.DataFrame, images: np.ndarray, tta: bool = False
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """A fold model's predictions on its inner validation part and its held-out images, as scored here.
+
+    Args:
+        fold_dir: a finished fold folder (its ``best.keras`` and ``split.csv``).
+        index: the run's index (column ``image_id``), in the order of the fold's ``split.csv``.
+        images: ``(N, H, W, 1)`` float32 in [0, 1], aligned with `index`, at the run's input size.
+        tta: average each prediction over the horizontal flip (`inference.predict`).
+
+    Returns:
+        ``{"val": (rows, probabilities, classes), "test": (...)}``: ``rows`` ``(n,)`` int, the
+        images' positions in `index`; ``probabilities`` ``(n, H, W, 1)`` float32 in [0, 1];
+        ``classes`` ``(n, 3)`` float32 in [0, 1] (``class_labels.CLASSES`` order), or None for a
+        model without the classification head.
+
+    Raises:
+        ValueError: an index other than the split's, or a model for another image size.
+    """
+    fold_dir = Path(fold_dir)
+    roles = _split_roles(fold_dir, index)
+    model = model_io.load_model(fold_dir / training.BEST_MODEL, compile=False, input_shape=images.shape[1:])
+    predictions = {}
+    for role in ("val", "test"):
+        rows = np.flatnonzero(roles == role)
+        predictions[role] = (rows, *_predict(model, images[rows], tta))
+    return predictions
 
 
 # ----------------------------------------------------------------------------------------------
@@ -709,6 +746,7 @@ def choose_out_of_fold_threshold(
     images: np.ndarray,
     masks: np.ndarray,
     seed: int = 0,
+    gate_criterion: str = gate.CRITERIA[0],
 ) -> tuple[float, pd.DataFrame, pd.DataFrame]:
     """Chooses the fold ensemble's threshold (and gates) on the out-of-fold predictions; writes ``ensemble.json``.
 
@@ -729,6 +767,7 @@ def choose_out_of_fold_threshold(
         images: ``(N, H, W, 1)`` float32 in [0, 1], aligned with `index`.
         masks: ``(N, H, W, 1)`` uint8 in {0, 1}.
         seed: bootstrap seed of the summary's confidence intervals.
+        gate_criterion: how the gates are chosen (`gate.CRITERIA`), stated in ``gate_criterion``.
 
     Returns:
         ``(threshold, curve, summary)``: the threshold, in (0, 1); the mean per-image Dice of
@@ -751,7 +790,7 @@ def choose_out_of_fold_threshold(
     threshold, curve = evaluation.choose_threshold(masks, probabilities)
     _, summary = evaluation.evaluate(masks, probabilities, index, threshold, seed=seed)
     record = {
-        **_ensemble_gates(masks, probabilities, classes, threshold),
+        **_ensemble_gates(masks, probabilities, classes, threshold, gate_criterion),
         "threshold": threshold,
         "chosen_on": "out-of-fold predictions: each image predicted by the fold model that held it out",
         "criterion": "mean per-image Dice, normal images included (evaluation.choose_threshold)",
@@ -769,9 +808,9 @@ def choose_out_of_fold_threshold(
     return threshold, curve, summary
 
 
-def _ensemble_gates(masks, probabilities, classes, threshold) -> dict:
+def _ensemble_gates(masks, probabilities, classes, threshold, criterion) -> dict:
     """``ensemble.json``'s gates: chosen on the out-of-fold predictions, to apply to new images, not scored."""
-    gates = _choose_gates(masks, probabilities, classes, threshold)
+    gates = _choose_gates(masks, probabilities, classes, threshold, criterion)
     return {
         "gate_threshold": gates["gate_threshold"],
         "mask_rule": {
@@ -782,7 +821,7 @@ def _ensemble_gates(masks, probabilities, classes, threshold) -> dict:
             "out-of-fold predictions, to apply to new images with the fold ensemble; not scored on them "
             f"(the cross-validated comparison, each gate chosen on its fold's inner validation part: {CV_GATE_CSV})"
         ),
-        "gate_criterion": "mean per-image Dice over all images, a lesion-free normal image scoring 1 (gate module)",
+        "gate_criterion": gates["gate_criterion"],
     }
 
 
@@ -922,7 +961,7 @@ def _gather(run_dir: Path, fold_roles, data, seed: int, verbose: bool):
         result, per_image = _read_fold(fold_dir)
         results.append(result)
         per_image_parts.append(per_image)
-    return _finish_run(run_dir, index, images, masks, results, per_image_parts, seed, verbose)
+    return _finish_run(run_dir, index, images, masks, (results, per_image_parts), seed, verbose)
 
 
 def _check_fold_counts(index: pd.DataFrame, n_folds: int) -> None:
@@ -952,19 +991,20 @@ def _check_or_write_split(fold_dir: Path, index: pd.DataFrame, roles: np.ndarray
         )
 
 
-def _score_fold(fold, fold_dir, index, images, masks, part, seed) -> tuple[dict, pd.DataFrame]:
+def _score_fold(
+    fold, fold_dir, index, images, masks, part, seed, gate_criterion=gate.CRITERIA[0]
+) -> tuple[dict, pd.DataFrame]:
     """Best checkpoint -> threshold and gates on inner validation -> scores on the held-out fold.
 
     Writes the fold's ``summary.csv``; returns its result (without ``epochs_run`` and
     ``best_epoch``, the training's) and its per-image table with the gates' flags.
     """
-    best = model_io.load_model(fold_dir / training.BEST_MODEL, compile=False, input_shape=images.shape[1:])
-    val_rows, test_rows = part["val"], part["test"]
-    val_probabilities, val_classes = _predict(best, images[val_rows])
+    predicted = predict_fold(fold_dir, index, images)
+    val_rows, val_probabilities, val_classes = predicted["val"]
+    test_rows, test_probabilities, classes = predicted["test"]
     threshold, curve = evaluation.choose_threshold(masks[val_rows], val_probabilities)
-    gates = _choose_gates(masks[val_rows], val_probabilities, val_classes, threshold)
+    gates = _choose_gates(masks[val_rows], val_probabilities, val_classes, threshold, gate_criterion)
     test_frame = index.iloc[test_rows]
-    test_probabilities, classes = _predict(best, images[test_rows])
     per_image, summary = evaluation.evaluate(
         masks[test_rows], test_probabilities, test_frame, threshold, seed=seed
     )
@@ -997,23 +1037,28 @@ def _score_fold(fold, fold_dir, index, images, masks, part, seed) -> tuple[dict,
     return result, per_image
 
 
-def _predict(model: keras.Model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def _predict(
+    model: keras.Model, images: np.ndarray, tta: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
     """``(probabilities, classes)``: the class probabilities are None for a model without the head."""
     if unet.has_class_head(model):
-        return inference.predict(model, images, with_classes=True)
-    return inference.predict(model, images), None
+        return inference.predict(model, images, tta=tta, with_classes=True)
+    return inference.predict(model, images, tta=tta), None
 
 
-def _choose_gates(masks, probabilities, classes, threshold) -> dict:
-    """The fold's gates, chosen on its inner validation predictions (`gate`); gate_threshold None without the head."""
-    max_probability, min_area, _ = gate.choose_mask_rule(masks, probabilities, threshold)
+def _choose_gates(masks, probabilities, classes, threshold, criterion) -> dict:
+    """The gates chosen on validation predictions by `criterion` (`gate`); gate_threshold None without the head."""
+    max_probability, min_area, _ = gate.choose_mask_rule(masks, probabilities, threshold, criterion=criterion)
     gate_threshold = None
     if classes is not None:
-        gate_threshold, _ = gate.choose_gate_threshold(masks, probabilities, classes, threshold)
+        gate_threshold, _ = gate.choose_gate_threshold(
+            masks, probabilities, classes, threshold, criterion=criterion
+        )
     return {
         "gate_threshold": gate_threshold,
         "mask_rule_max_probability": max_probability,
         "mask_rule_min_area": min_area,
+        "gate_criterion": gate.describe_criterion(criterion),
     }
 
 
@@ -1029,8 +1074,10 @@ def _read_fold(fold_dir: Path) -> tuple[dict, pd.DataFrame]:
     )
 
 
-def _finish_run(run_dir, index, images, masks, results, per_image_parts, seed, verbose):
-    """Writes the run's tables (cv_*.csv, ensemble.json) from its folds; returns cross_validate's triple."""
+def _finish_run(run_dir, index, images, masks, tables, seed, verbose, gate_criterion=gate.CRITERIA[0]):
+    """Writes the run's tables (cv_*.csv, ensemble.json) from `tables`, the folds' (results, per-image
+    tables); returns cross_validate's triple."""
+    results, per_image_parts = tables
     folds = fold_results(results)
     summary = summarize_folds(folds)
     per_image = pd.concat(per_image_parts, ignore_index=True)
@@ -1042,7 +1089,7 @@ def _finish_run(run_dir, index, images, masks, results, per_image_parts, seed, v
     atomic_io.write_csv(run_dir / CV_GATE_CSV, gates)
     if classification is not None:
         atomic_io.write_csv(run_dir / CV_CLASSIFICATION_CSV, classification)
-    threshold, curve, _ = choose_out_of_fold_threshold(run_dir, index, images, masks, seed=seed)
+    threshold, curve, _ = choose_out_of_fold_threshold(run_dir, index, images, masks, seed, gate_criterion)
     if verbose:
         print(format_gate_comparison(gates), flush=True)
         if classification is not None:

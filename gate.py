@@ -9,19 +9,29 @@ Importable without TensorFlow. Two rules, each with its parameters chosen on val
   ``< max_probability`` or its predicted area (pixels ``>= mask_threshold``) is ``< min_area``
   (`lesion_free_by_mask`).
 
-A lesion-free image's mask is emptied (`apply_gate`). Criterion for choosing a rule's parameters
-(`choose_gate_threshold`, `choose_mask_rule`), on validation images only, at the mask threshold
-already chosen there (`evaluation.choose_threshold`):
+A lesion-free image's mask is emptied (`apply_gate`). A rule's parameters are chosen
+(`choose_gate_threshold`, `choose_mask_rule`) on validation images only, at the mask threshold
+already chosen there (`evaluation.choose_threshold`), by one of two criteria (`CRITERIA`). Both
+score each candidate by the per-image Dice of the gated prediction, ``d_i``: for a lesion-free
+image ``d_i = 1`` if its truth is empty (a normal image kept empty) and ``0`` otherwise (a lesion
+missed); for the others, the Dice of the mask at ``mask_threshold`` (`evaluation.dice_score`, 1
+when both masks are empty).
 
 Formula:
-    ``score = mean over all images of d_i``, with ``d_i`` the per-image Dice of the gated
-    prediction: for a lesion-free image ``d_i = 1`` if its truth is empty (a normal image kept
-    empty) and ``0`` otherwise (a lesion missed); for the others, the Dice of the mask at
-    ``mask_threshold`` (`evaluation.dice_score`, 1 when both masks are empty).
+    ``"min_false_lesion"`` (the default; the project's target for the gate): among the
+    candidates with ``lesion_dice_drop <= max_drop``, the lowest ``normal_false_lesion``, where
+    ``normal_false_lesion`` is the share of empty-truth images left with any predicted pixel and
+    ``lesion_dice_drop = mean over lesion images of (dice_i - d_i)``, the loss of mean lesion
+    Dice against no gate. Ties go to the smaller drop. Should no candidate keep the drop within
+    `max_drop` (a list without a never-gating candidate), the smallest drop wins.
 
-Ties go to the candidate that empties the fewest validation images, then to the smallest
+    ``"mean_dice"`` (the earlier criterion): the highest ``mean over all images of d_i``.
+
+Further ties go to the candidate that empties the fewest validation images, then to the smallest
 values: the gate acts only where it pays on validation. A threshold of 0 (and an area of 0)
-never gates, so the chosen rule scores at least as well as no gate on validation.
+never gates, so with it among the candidates the chosen rule is at least as good as no gate on
+validation by either criterion. Without normal validation images ``normal_false_lesion`` counts
+as 0; without lesion images ``lesion_dice_drop`` does.
 """
 
 from __future__ import annotations
@@ -42,6 +52,11 @@ GATE_THRESHOLDS = tuple(np.round(np.arange(0.0, 0.96, 0.05), 2))
 # empty mask already, so only values above it act; 0 never gates, as does an area of 0.
 MAX_PROBABILITIES = (0.0, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 MIN_AREAS = (0, 10, 25, 50, 100, 200, 400)  # pixels at the model's input size
+# How a rule's parameters are chosen on validation (module docstring); the first is the default.
+CRITERIA = ("min_false_lesion", "mean_dice")
+MAX_LESION_DICE_DROP = 0.02  # the loss of mean lesion Dice that "min_false_lesion" accepts
+# The criteria's figures, one column each in a candidate curve (`choose_gate_threshold`).
+_CURVE_COLUMNS = ("dice", "gated_fraction", "normal_false_lesion", "lesion_dice_drop")
 # Per-image scores of `evaluation.evaluate` that an emptied mask changes (with pred_area).
 _SCORE_COLUMNS = ("dice", "iou", "precision", "recall")
 
@@ -122,8 +137,10 @@ def choose_gate_threshold(
     class_probabilities: np.ndarray,
     mask_threshold: float,
     thresholds: Sequence[float] = GATE_THRESHOLDS,
+    criterion: str = CRITERIA[0],
+    max_drop: float = MAX_LESION_DICE_DROP,
 ) -> tuple[float, pd.DataFrame]:
-    """Chooses the lesion-probability threshold on validation data by the module's criterion.
+    """Chooses the lesion-probability threshold on validation data by `criterion` (module docstring).
 
     Args:
         y_true: ``(N, H, W[, 1])`` in {0, 1}, validation truths (normal images included).
@@ -131,31 +148,29 @@ def choose_gate_threshold(
         class_probabilities: ``(N, 3)`` float in [0, 1].
         mask_threshold: the mask threshold chosen on the same images, in (0, 1).
         thresholds: candidates in [0, 1).
+        criterion: one of `CRITERIA`.
+        max_drop: the largest ``lesion_dice_drop`` that ``"min_false_lesion"`` accepts, in [0, 1].
 
     Returns:
-        ``(gate_threshold, curve)``: the best candidate and a DataFrame with one row per
-        candidate: ``gate_threshold``, ``dice`` (the criterion) and ``gated_fraction`` (share
-        of the images declared lesion-free).
+        ``(gate_threshold, curve)``: the chosen candidate and a DataFrame with one row per
+        candidate: ``gate_threshold``, ``dice`` (mean over all images, ``"mean_dice"``),
+        ``gated_fraction`` (share of the images declared lesion-free), ``normal_false_lesion``
+        and ``lesion_dice_drop`` (``"min_false_lesion"``).
     """
+    _check_criterion(criterion, max_drop)
     scores = classification_metrics.lesion_score(class_probabilities)
-    dice = evaluation.dice_score(y_true, probabilities, mask_threshold)
+    _, areas = _peaks_and_areas(probabilities, mask_threshold)
+    dice, empty = evaluation.dice_score(y_true, probabilities, mask_threshold), _empty_truth(y_true)
     if len(scores) != len(dice):
         raise ValueError(
             f"Expected one row of class probabilities per image ({len(dice)}); received {len(scores)}."
         )
-    empty = _empty_truth(y_true)
-    rows = []
-    for threshold in _candidates(thresholds, "thresholds"):
-        lesion_free = scores < threshold
-        rows.append(
-            {
-                "gate_threshold": threshold,
-                "dice": float(_gated(dice, empty, lesion_free).mean()),
-                "gated_fraction": float(lesion_free.mean()),
-            }
-        )
+    rows = [
+        {"gate_threshold": threshold, **score_gate(dice, empty, areas, scores < threshold)}
+        for threshold in _candidates(thresholds, "thresholds")
+    ]
     curve = pd.DataFrame(rows)
-    best = _best(curve, ["gate_threshold"])
+    best = choose_candidate(curve, ["gate_threshold"], criterion, max_drop)
     return float(curve.loc[best, "gate_threshold"]), curve
 
 
@@ -165,11 +180,13 @@ def choose_mask_rule(
     mask_threshold: float,
     max_probabilities: Sequence[float] = MAX_PROBABILITIES,
     min_areas: Sequence[int] = MIN_AREAS,
+    criterion: str = CRITERIA[0],
+    max_drop: float = MAX_LESION_DICE_DROP,
 ) -> tuple[float, int, pd.DataFrame]:
     """Chooses the rule without a head (largest probability, smallest area) on validation data.
 
-    Every pair of candidates is tried (`lesion_free_by_mask`) and scored by the module's
-    criterion.
+    Every pair of candidates is tried (`lesion_free_by_mask`) and scored by `criterion` (module
+    docstring).
 
     Args:
         y_true: ``(N, H, W[, 1])`` in {0, 1}, validation truths.
@@ -177,14 +194,16 @@ def choose_mask_rule(
         mask_threshold: the mask threshold chosen on the same images, in (0, 1).
         max_probabilities: candidates in [0, 1).
         min_areas: candidates, integers >= 0 (pixels).
+        criterion: one of `CRITERIA`.
+        max_drop: the largest ``lesion_dice_drop`` that ``"min_false_lesion"`` accepts, in [0, 1].
 
     Returns:
         ``(max_probability, min_area, curve)``; the curve has one row per pair:
-        ``max_probability``, ``min_area``, ``dice`` and ``gated_fraction``.
+        ``max_probability``, ``min_area`` and the columns of `choose_gate_threshold`'s curve.
     """
+    _check_criterion(criterion, max_drop)
     peaks, areas = _peaks_and_areas(probabilities, mask_threshold)
-    dice = evaluation.dice_score(y_true, probabilities, mask_threshold)
-    empty = _empty_truth(y_true)
+    dice, empty = evaluation.dice_score(y_true, probabilities, mask_threshold), _empty_truth(y_true)
     rows = []
     for max_probability in _candidates(max_probabilities, "max_probabilities"):
         for min_area in sorted(int(area) for area in min_areas):
@@ -193,13 +212,88 @@ def choose_mask_rule(
                 {
                     "max_probability": max_probability,
                     "min_area": min_area,
-                    "dice": float(_gated(dice, empty, lesion_free).mean()),
-                    "gated_fraction": float(lesion_free.mean()),
+                    **score_gate(dice, empty, areas, lesion_free),
                 }
             )
     curve = pd.DataFrame(rows)
-    best = _best(curve, ["max_probability", "min_area"])
+    best = choose_candidate(curve, ["max_probability", "min_area"], criterion, max_drop)
     return float(curve.loc[best, "max_probability"]), int(curve.loc[best, "min_area"]), curve
+
+
+def score_gate(
+    dice: np.ndarray, empty_truth: np.ndarray, predicted_area: np.ndarray, lesion_free: np.ndarray
+) -> dict[str, float]:
+    """The figures of one gate on N images that both criteria read (module docstring).
+
+    Args:
+        dice: ``(N,)`` float in [0, 1], each image's Dice without the gate.
+        empty_truth: ``(N,)`` bool, True for a normal image (no lesion pixel in its truth).
+        predicted_area: ``(N,)`` int >= 0, pixels predicted without the gate.
+        lesion_free: ``(N,)`` bool, the gate's flags.
+
+    Returns:
+        ``dice`` (mean over all images of the gated Dice ``d_i``), ``gated_fraction`` (share of
+        the images flagged), ``normal_false_lesion`` (share of normal images left with a
+        predicted pixel; 0 without normal images) and ``lesion_dice_drop`` (mean lesion Dice
+        lost against no gate; 0 without lesion images), each a float in [0, 1].
+    """
+    dice, empty_truth = np.asarray(dice, np.float64), np.asarray(empty_truth, bool)
+    lesion_free = _check_flags(lesion_free, len(dice))
+    false_lesion = (np.asarray(predicted_area) > 0) & ~lesion_free
+    lost = np.where(lesion_free, dice, 0.0)
+    return {
+        "dice": float(_gated(dice, empty_truth, lesion_free).mean()),
+        "gated_fraction": float(lesion_free.mean()),
+        "normal_false_lesion": float(false_lesion[empty_truth].mean()) if empty_truth.any() else 0.0,
+        "lesion_dice_drop": float(lost[~empty_truth].mean()) if (~empty_truth).any() else 0.0,
+    }
+
+
+def choose_candidate(
+    curve: pd.DataFrame,
+    parameters: Sequence[str],
+    criterion: str = CRITERIA[0],
+    max_drop: float = MAX_LESION_DICE_DROP,
+) -> int:
+    """The row label of the candidate that `criterion` chooses (module docstring, ties included).
+
+    Args:
+        curve: one row per candidate: its `parameters` and the columns of `score_gate`.
+        parameters: the candidate's parameter columns, compared last (smallest first).
+        criterion: one of `CRITERIA`.
+        max_drop: the largest ``lesion_dice_drop`` that ``"min_false_lesion"`` accepts, in [0, 1].
+
+    Returns:
+        A label of ``curve.index``.
+    """
+    _check_criterion(criterion, max_drop)
+    missing = [column for column in (*_CURVE_COLUMNS, *parameters) if column not in curve.columns]
+    if missing or curve.empty:
+        raise ValueError(f"Expected a curve with one row per candidate; missing columns {missing} or rows.")
+    ranked = curve.assign(**{column: curve[column].round(12) for column in _CURVE_COLUMNS})
+    if criterion == "mean_dice":
+        order, ascending = ["dice", "gated_fraction"], [False, True]
+    else:
+        drops = ranked["lesion_dice_drop"]
+        ranked = ranked[drops <= max(round(max_drop, 12), drops.min())]  # none within: the smallest drop
+        order, ascending = ["normal_false_lesion", "lesion_dice_drop", "gated_fraction"], [True, True, True]
+    ranked = ranked.sort_values(
+        [*order, *parameters], ascending=[*ascending, *[True] * len(parameters)], kind="stable"
+    )
+    return ranked.index[0]
+
+
+def describe_criterion(criterion: str, max_drop: float = MAX_LESION_DICE_DROP) -> str:
+    """One line that states `criterion` (one of `CRITERIA`), for result files and reports."""
+    _check_criterion(criterion, max_drop)
+    if criterion == "mean_dice":
+        return (
+            "mean_dice: the highest mean per-image Dice over all images, a lesion-free normal image scoring 1"
+        )
+    return (
+        f"min_false_lesion: the lowest share of normal images with a false lesion among the gates whose "
+        f"mean lesion Dice drop against no gate is <= {max_drop:g}"
+    )
 
 
 def gate_per_image(per_image: pd.DataFrame, lesion_free: np.ndarray) -> pd.DataFrame:
@@ -374,11 +468,12 @@ def _candidates(values: Sequence[float], name: str) -> list[float]:
     return values
 
 
-def _best(curve: pd.DataFrame, parameters: list[str]) -> int:
-    """Row of the highest Dice (to 12 decimals); ties: fewest images gated, then the smallest parameters."""
-    ranked = curve.assign(rounded=curve["dice"].round(12)).sort_values(
-        ["rounded", "gated_fraction", *parameters],
-        ascending=[False, True, *[True] * len(parameters)],
-        kind="stable",
-    )
-    return int(ranked.index[0])
+def _check_criterion(criterion: str, max_drop: float) -> None:
+    if criterion not in CRITERIA:
+        raise ValueError(f"Expected criterion to be one of {CRITERIA}; received {criterion!r}.")
+    if (
+        isinstance(max_drop, bool)
+        or not isinstance(max_drop, (int, float, np.number))
+        or not 0 <= max_drop <= 1
+    ):
+        raise ValueError(f"Expected max_drop in [0, 1] (mean lesion Dice); received {max_drop!r}.")

@@ -100,32 +100,44 @@ def test_cross_validate_reports_each_fold_and_mean_and_sd(data, two_folds):
     )
 
 
-def test_folds_with_the_classification_head_write_each_images_class_probabilities(data, two_folds, tmp_path):
+HEAD_BUILD = functools.partial(BUILD, classifier=True)
+HEAD_OPTIONS = {**OPTIONS, "class_loss_weight": 0.5}
+
+
+@pytest.fixture(scope="module")
+def head_folds(data, tmp_path_factory):
+    """2-fold CV of models with the classification head; returns ``(run, per_image)``."""
     index, images, masks = data
+    run = tmp_path_factory.mktemp("cv_head") / "run"
     keras.backend.clear_session()
-    build = functools.partial(BUILD, classifier=True)
-    options = {**OPTIONS, "class_loss_weight": 0.5}
     _, _, per_image = cv.cross_validate(
         index,
         images,
         masks,
-        build,
-        tmp_path,
+        HEAD_BUILD,
+        run,
         n_folds=2,
         batch_size=4,
         seed=0,
         strategy=tf.distribute.get_strategy(),
-        **options,
+        **HEAD_OPTIONS,
     )
+    return run, per_image
 
+
+def test_folds_with_the_classification_head_write_each_images_class_probabilities(
+    data, two_folds, head_folds
+):
+    index, images, masks = data
+    run, per_image = head_folds
     columns = list(class_labels.PROBABILITY_COLUMNS)
     assert columns == ["p_benign", "p_malignant", "p_normal"]
     np.testing.assert_allclose(per_image[columns].sum(axis=1), 1.0, atol=1e-5)
-    saved = pd.read_csv(tmp_path / cv.CV_PER_IMAGE_CSV, dtype={"image_id": str})
+    saved = pd.read_csv(run / cv.CV_PER_IMAGE_CSV, dtype={"image_id": str})
     np.testing.assert_allclose(saved[columns], per_image[columns], atol=1e-6)
     rows = {image_id: row for row, image_id in enumerate(index["image_id"])}
     for fold in (1, 2):
-        fold_dir = tmp_path / f"fold-{fold}"
+        fold_dir = run / f"fold-{fold}"
         assert "class_loss" in pd.read_csv(fold_dir / training.HISTORY_CSV).columns  # trained on the labels
         state = json.loads((fold_dir / training.STATE_JSON).read_text())
         assert state["class_loss_weight"] == 0.5
@@ -141,23 +153,24 @@ def test_folds_with_the_classification_head_write_each_images_class_probabilitie
     # Each fold's gates, chosen on its inner validation part, flag its held-out images.
     assert per_image["lesion_free_head"].dtype == bool and per_image["lesion_free_mask_rule"].dtype == bool
     for fold in (1, 2):
-        result = json.loads((tmp_path / f"fold-{fold}" / cv.FOLD_RESULT_JSON).read_text())
+        result = json.loads((run / f"fold-{fold}" / cv.FOLD_RESULT_JSON).read_text())
         assert 0 <= result["gate_threshold"] < 1 and result["mask_rule_min_area"] in gate.MIN_AREAS
+        assert result["gate_criterion"] == gate.describe_criterion(gate.CRITERIA[0])  # the default
         held_out = per_image[per_image["fold"] == fold]
         expected = gate.lesion_free_by_class(held_out[columns].to_numpy(), result["gate_threshold"])
         np.testing.assert_array_equal(held_out["lesion_free_head"], expected)
-    comparison = pd.read_csv(tmp_path / cv.CV_GATE_CSV)
+    comparison = pd.read_csv(run / cv.CV_GATE_CSV)
     assert comparison["rule"].tolist() == [cv.NO_GATE, cv.MASK_RULE, cv.HEAD_GATE]
     assert comparison["gated"].tolist()[::2] == [0, per_image["lesion_free_head"].sum()]
-    summary = pd.read_csv(tmp_path / cv.CV_CLASSIFICATION_CSV)
+    summary = pd.read_csv(run / cv.CV_CLASSIFICATION_CSV)
     assert summary["metric"].tolist()[0] == "accuracy" and summary["n"].tolist()[0] == len(index)
     assert (
         cv.out_of_fold_classification(plain) is None
         and not (two_folds[0] / cv.CV_CLASSIFICATION_CSV).exists()
     )
     # The ensemble's gates are chosen on the out-of-fold predictions, to apply to new images, not scored.
-    record = json.loads((tmp_path / cv.ENSEMBLE_JSON).read_text())
-    probabilities, classes = cv.out_of_fold_predictions(tmp_path, index, images)
+    record = json.loads((run / cv.ENSEMBLE_JSON).read_text())
+    probabilities, classes = cv.out_of_fold_predictions(run, index, images)
     expected, _ = gate.choose_gate_threshold(masks, probabilities, classes, record["threshold"])
     assert record["gate_threshold"] == expected and cv.CV_GATE_CSV in record["gates_chosen_on"]
     assert not {"gate_comparison", "gate_curve", "classification_summary"} & set(record)
@@ -168,9 +181,41 @@ def test_folds_with_the_classification_head_write_each_images_class_probabilitie
     }
     # A finished run is read back with its columns.
     _, _, again = cv.cross_validate(
-        index, images, masks, build, tmp_path, n_folds=2, batch_size=4, seed=0, **options
+        index, images, masks, HEAD_BUILD, run, n_folds=2, batch_size=4, seed=0, **HEAD_OPTIONS
     )
     np.testing.assert_allclose(again[columns], per_image[columns], atol=1e-6)
+
+
+def test_the_gate_frontier_command_scores_the_runs_gates_without_writing_in_it(
+    data, head_folds, tmp_path, capsys
+):
+    index = data[0]
+    run = head_folds[0]
+    written = {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file()}
+    spec = importlib.util.spec_from_file_location("gate_frontier", REPO / "benchmarks" / "gate_frontier.py")
+    command = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(command)
+    root = Path(index["image_path"].iloc[0]).parents[1]
+
+    command.main(["--run-dir", str(run), "--root", str(root), "--output", str(tmp_path / "frontier.csv")])
+
+    out = capsys.readouterr().out
+    assert "1. pooled inner validation" in out and "2. chosen per fold" in out and "3. ceiling" in out
+    assert written == {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file()}
+    tables = pd.read_csv(tmp_path / "frontier.csv")
+    assert set(tables["table"]) == {"1_inner_validation", "2_per_fold_held_out", "3_held_out_ceiling"}
+    # Table 2's head gate by the default criterion is the run's own: the same choices, the same scores.
+    selection = tables[tables["table"] == "2_per_fold_held_out"].set_index(["rule", "criterion"])
+    head = selection.loc[("classification head", gate.CRITERIA[0])]
+    chosen = [
+        json.loads((run / f"fold-{k}" / cv.FOLD_RESULT_JSON).read_text())["gate_threshold"] for k in (1, 2)
+    ]
+    assert head["parameters_per_fold"] == f"t {chosen[0]:g}; t {chosen[1]:g}"
+    scored = pd.read_csv(run / cv.CV_GATE_CSV).set_index("rule")
+    assert head["held_out_normal_false_lesion"] == pytest.approx(
+        scored.loc[cv.HEAD_GATE, "normal_false_lesion"]
+    )
+    assert head["held_out_lesion_dice"] == pytest.approx(scored.loc[cv.HEAD_GATE, "lesion_dice"])
 
 
 def test_threshold_is_chosen_on_the_inner_validation_part_only(data, two_folds, monkeypatch):
@@ -202,19 +247,29 @@ def test_gates_are_chosen_on_the_inner_validation_part_and_scored_on_the_held_ou
     shutil.copytree(two_folds[0], run)
     seen = []
 
-    def gate_everything(y_true, probabilities, mask_threshold):  # a rule that empties every image
-        seen.append(np.asarray(y_true))
+    def gate_everything(y_true, probabilities, mask_threshold, criterion):  # a rule that empties every image
+        seen.append((np.asarray(y_true), criterion))
         return 0.0, 10**6, pd.DataFrame()
 
     monkeypatch.setattr(gate, "choose_mask_rule", gate_everything)
-    folds, _, per_image = cv.rescore_folds(run, index, images, masks, verbose=False)
+    folds, _, per_image = cv.rescore_folds(
+        run, index, images, masks, verbose=False, gate_criterion="mean_dice"
+    )
 
     # Fold k's rule was chosen on fold k's inner validation masks, in split order; then the
-    # ensemble's on all out-of-fold predictions (ensemble.json).
-    for fold, chosen_on in zip((1, 2), seen):
+    # ensemble's on all out-of-fold predictions (ensemble.json); each by the criterion asked for.
+    for fold, (chosen_on, _) in zip((1, 2), seen):
         roles = pd.read_csv(run / f"fold-{fold}" / cv.SPLIT_CSV)["role"].to_numpy()
         np.testing.assert_array_equal(chosen_on, masks[roles == "val"])
-    assert len(seen) == 3 and len(seen[2]) == len(index)
+    assert len(seen) == 3 and len(seen[2][0]) == len(index)
+    assert [criterion for _, criterion in seen] == ["mean_dice"] * 3
+    stated = [
+        json.loads((run / name).read_text())["gate_criterion"]
+        for name in ("fold-1/fold_result.json", cv.ENSEMBLE_JSON)
+    ]
+    assert stated == [gate.describe_criterion("mean_dice")] * 2
+    with pytest.raises(ValueError, match=r"criterion to be one of \('min_false_lesion', 'mean_dice'\)"):
+        cv.rescore_folds(run, index, images, masks, verbose=False, gate_criterion="dice")
     assert folds["mask_rule_min_area"].tolist() == [10**6] * 2 and folds["gate_threshold"].isna().all()
     assert per_image["lesion_free_mask_rule"].all()
     rows = pd.read_csv(run / cv.CV_GATE_CSV).set_index("rule")
@@ -240,6 +295,23 @@ def test_gates_are_chosen_on_the_inner_validation_part_and_scored_on_the_held_ou
     assert rows.loc[cv.NO_GATE, "lesion_dice_fold_sd"] == pytest.approx(fold_means.std(ddof=1))
     text = cv.format_gate_comparison(rows.reset_index())
     assert "20 images out of fold" in text and "mean ± sd over 2 folds" in text and text.count("\n") == 2
+
+
+def test_predict_fold_predicts_the_inner_validation_and_held_out_images_of_its_split(data, two_folds):
+    index, images, _ = data
+    fold_dir = two_folds[0] / "fold-2"
+    roles = pd.read_csv(fold_dir / cv.SPLIT_CSV)["role"].to_numpy()
+    model = model_io.load_model(fold_dir / training.BEST_MODEL, compile=False)
+
+    predicted = cv.predict_fold(fold_dir, index, images)
+
+    assert set(predicted) == {"val", "test"}
+    for role, (rows, probabilities, classes) in predicted.items():
+        np.testing.assert_array_equal(rows, np.flatnonzero(roles == role))
+        np.testing.assert_allclose(probabilities, inference.predict(model, images[rows]), atol=1e-6)
+        assert classes is None  # a model without the head
+    rows, flipped, _ = cv.predict_fold(fold_dir, index, images, tta=True)["test"]
+    np.testing.assert_allclose(flipped, inference.predict(model, images[rows], tta=True), atol=1e-6)
 
 
 def test_rescoring_a_run_scored_before_the_gates_writes_the_same_files(data, two_folds, tmp_path):
@@ -288,6 +360,7 @@ def test_the_rescore_command_reloads_the_runs_data_and_prints_the_gates(data, tw
 
     out = capsys.readouterr().out
     assert "20 images" in out and "(32, 32)" in out and "gates chosen per fold" in out and cv.MASK_RULE in out
+    assert f"gates chosen by {gate.describe_criterion('min_false_lesion')}" in out  # the default
     for name in (cv.CV_PER_IMAGE_CSV, cv.CV_GATE_CSV):
         pd.testing.assert_frame_equal(pd.read_csv(run / name), pd.read_csv(two_folds[0] / name), atol=1e-6)
     with pytest.raises(SystemExit):
