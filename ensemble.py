@@ -14,7 +14,7 @@ function). The commands load it from the run folder each time (``--model RUN_DIR
 the threshold beside it.
 
 Threshold: chosen on the out-of-fold predictions (each image predicted by the fold model that
-held it out) by `cross_validation.choose_out_of_fold_threshold`, which `cross_validate` calls
+held it out) by `out_of_fold.choose_out_of_fold_threshold`, which `cross_validate` calls
 when every fold is done and which writes ``ensemble.json`` into the run folder;
 `ensemble_threshold` reads it. No image of the run is unseen by the ensemble (each one trained
 ``k - 1`` of its models), so the run gives no honest score of the ensemble itself; score it on
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import keras
 
-import cross_validation
 import model as unet
 import model_io
+import out_of_fold
 import training
 from evaluation import DEFAULT_THRESHOLD
 
@@ -108,11 +108,11 @@ def load_ensemble(run_dir: str | os.PathLike) -> keras.Model:
     Raises:
         FileNotFoundError: `run_dir` does not exist.
         ValueError: no fold folder, an unfinished fold or missing folds
-            (`cross_validation.finished_folds`), a fold model that does not load
+            (`out_of_fold.finished_folds`), a fold model that does not load
             (`model_io.load_model`), or fold models that take different input shapes (the message
             names the folds).
     """
-    fold_dirs = cross_validation.finished_folds(run_dir)
+    fold_dirs = out_of_fold.finished_folds(run_dir)
     models = [model_io.load_model(fold_dir / training.BEST_MODEL, compile=False) for fold_dir in fold_dirs]
     shapes = {fold_dir.name: tuple(model.input_shape[1:]) for fold_dir, model in zip(fold_dirs, models)}
     if len(set(shapes.values())) != 1:
@@ -158,14 +158,14 @@ def ensemble_threshold(run_dir: str | os.PathLike) -> tuple[float, str]:
         ValueError: an ``ensemble.json`` that cannot be read, is not valid JSON or holds no
             threshold in (0, 1); the message ends with "Pass --threshold.".
     """
-    path = Path(run_dir) / cross_validation.ENSEMBLE_JSON
+    path = Path(run_dir) / out_of_fold.ENSEMBLE_JSON
     if not path.is_file():
         return DEFAULT_THRESHOLD, (
-            f"default (no {cross_validation.ENSEMBLE_JSON} in the run folder; cross_validate writes it when "
+            f"default (no {out_of_fold.ENSEMBLE_JSON} in the run folder; cross_validate writes it when "
             f"every fold is done)"
         )
     try:
-        threshold, _, _ = cross_validation.read_out_of_fold_threshold(run_dir)
+        threshold, _, _ = out_of_fold.read_out_of_fold_threshold(run_dir)
     except (ValueError, OSError) as error:
         raise ValueError(f"Could not read the threshold from '{path}': {error} Pass --threshold.") from error
     return threshold, f"chosen on the out-of-fold predictions ({path})"

@@ -85,12 +85,12 @@ quiet.import_tensorflow()  # before the imports below: keeps TensorFlow's start-
 import atomic_io  # noqa: E402
 import classification_metrics  # noqa: E402
 import cli  # noqa: E402
-import cross_validation  # noqa: E402
 import data_loading  # noqa: E402
 import ensemble  # noqa: E402
 import image_io  # noqa: E402
 import inference  # noqa: E402
 import model as unet  # noqa: E402
+import out_of_fold  # noqa: E402
 import run_results  # noqa: E402
 from class_labels import PROBABILITY_COLUMNS  # noqa: E402
 from evaluation import DEFAULT_THRESHOLD  # noqa: E402
@@ -360,7 +360,7 @@ def default_gate_threshold(model_path: str | os.PathLike) -> tuple[float | None,
     """
     model_path = Path(model_path)
     if model_path.is_dir():
-        path = model_path / cross_validation.ENSEMBLE_JSON
+        path = model_path / out_of_fold.ENSEMBLE_JSON
     else:
         path = model_path.parent / run_results.RESULTS_JSON
     if not path.is_file():

@@ -54,6 +54,7 @@ import cross_validation as cv  # noqa: E402
 import data_loading as dl  # noqa: E402
 import losses  # noqa: E402
 import model as unet  # noqa: E402
+import out_of_fold as oof  # noqa: E402
 import precision  # noqa: E402
 import splits  # noqa: E402
 import training  # noqa: E402
@@ -132,7 +133,7 @@ def main() -> None:
         report(run_dir, settings, folds, summary, per_image, time.perf_counter() - start)
         return
     # A resumed fold keeps its policy (fold 1's stands for the run when all folds train here).
-    policy_dir = run_dir / cv.FOLD_DIR.format(fold=args.fold or 1)
+    policy_dir = run_dir / oof.FOLD_DIR.format(fold=args.fold or 1)
     choice = precision.resolve_dtype_policy(args.dtype_policy, policy_dir)  # before seeding: it may probe
     settings.update(dtype_policy=choice.policy, dtype_policy_reason=choice.reason)
     print(f"dtype policy {choice.policy}: {choice.reason}", flush=True)
@@ -167,7 +168,7 @@ def main() -> None:
         done = [
             k
             for k in range(1, args.folds + 1)
-            if (run_dir / cv.FOLD_DIR.format(fold=k) / cv.FOLD_RESULT_JSON).is_file()
+            if (run_dir / oof.FOLD_DIR.format(fold=k) / oof.FOLD_RESULT_JSON).is_file()
         ]
         print(
             f"\nfold {args.fold}: held-out lesion Dice {folds['lesion_dice'].iloc[0]:.3f} ({seconds:.0f} s)"
@@ -193,7 +194,7 @@ def report(run_dir: Path, settings: dict, folds, summary, per_image, seconds: fl
     )
     epoch_seconds = pd.concat(
         [
-            pd.read_csv(run_dir / cv.FOLD_DIR.format(fold=fold) / training.HISTORY_CSV)["seconds"]
+            pd.read_csv(run_dir / oof.FOLD_DIR.format(fold=fold) / training.HISTORY_CSV)["seconds"]
             for fold in folds["fold"]
         ]
     )

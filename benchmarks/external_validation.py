@@ -48,6 +48,7 @@ import evaluation  # noqa: E402
 import folder_index  # noqa: E402
 import inference  # noqa: E402
 import model_io  # noqa: E402
+import out_of_fold as oof  # noqa: E402
 import training  # noqa: E402
 
 BUS_UCLM_COLOURS = "benign=0,255,0;malignant=255,0,0"
@@ -130,7 +131,7 @@ def cv_rows(cv_dir: Path, external_index, seed: int) -> list[dict]:
     rows = [_row(f"{cv_dir.name} folds", "BUSI out-of-fold", "model size", busi)]
     fold_summaries = []
     for fold_dir in sorted(cv_dir.glob("fold-*")):
-        threshold = float(pd.read_json(fold_dir / cv.FOLD_RESULT_JSON, typ="series")["threshold"])
+        threshold = float(pd.read_json(fold_dir / oof.FOLD_RESULT_JSON, typ="series")["threshold"])
         fold_summaries.append(
             external_original_size(fold_dir / training.BEST_MODEL, external_index, threshold, seed)
         )
@@ -138,7 +139,7 @@ def cv_rows(cv_dir: Path, external_index, seed: int) -> list[dict]:
     rows.append(
         _row(f"{cv_dir.name} folds (mean of {len(fold_summaries)})", "external", "original size", mean)
     )
-    threshold = cv.read_out_of_fold_threshold(cv_dir)[0]
+    threshold = oof.read_out_of_fold_threshold(cv_dir)[0]
     print(f"ensemble threshold {threshold:.3f} (chosen on the out-of-fold predictions)", flush=True)
     ensemble = external_original_size(cv_dir, external_index, threshold, seed)
     rows.append(_row(f"{cv_dir.name} fold ensemble", "external", "original size", ensemble))

@@ -6,9 +6,9 @@ Usage:
 
 Trains nothing and writes nothing in the run (only --output, a CSV of the three tables). BUSI is
 loaded as the run loaded it (benchmarks/run_data.py). For each fold, its best.keras predicts its
-inner validation part and its held-out images (`cross_validation.predict_fold`, as
-`rescore_folds` does), and the mask threshold is chosen on the inner validation part
-(`evaluation.choose_threshold`), as the run chose it. Each image then has its Dice at that
+inner validation part and its held-out images (`out_of_fold.predict_fold`, as
+`cross_validation.rescore_folds` does), and the mask threshold is chosen on the inner validation
+part (`evaluation.choose_threshold`), as the run chose it. Each image then has its Dice at that
 threshold, its predicted area, its largest pixel probability and the head's lesion probability
 ``1 - p_normal``, also averaged over the horizontal flip (unless --no-tta; the masks stay unflipped).
 
@@ -53,9 +53,9 @@ from run_data import rebuild_cv_data  # noqa: E402
 import atomic_io  # noqa: E402
 import classification_metrics  # noqa: E402
 import cli  # noqa: E402
-import cross_validation as cv  # noqa: E402
 import evaluation  # noqa: E402
 import gate  # noqa: E402
+import out_of_fold as oof  # noqa: E402
 
 ALLOWED_DROPS = (0.01, 0.02, 0.03)  # lesion Dice drops of table 1
 TARGET_DROP = gate.MAX_LESION_DICE_DROP  # the drop of tables 2 and 3
@@ -66,9 +66,9 @@ def image_table(
 ) -> pd.DataFrame:
     """One row per fold and image of its inner validation part (role "val") or held-out fold ("test")."""
     parts = []
-    for fold, fold_dir in enumerate(cv.finished_folds(run_dir), start=1):
-        predicted = cv.predict_fold(fold_dir, index, images)
-        flipped = cv.predict_fold(fold_dir, index, images, tta=True) if tta else predicted
+    for fold, fold_dir in enumerate(oof.finished_folds(run_dir), start=1):
+        predicted = oof.predict_fold(fold_dir, index, images)
+        flipped = oof.predict_fold(fold_dir, index, images, tta=True) if tta else predicted
         val_rows, val_probabilities, _ = predicted["val"]
         threshold, _ = evaluation.choose_threshold(masks[val_rows], val_probabilities)
         for role, (rows, probabilities, classes) in predicted.items():
@@ -257,7 +257,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     with cli.user_errors():
-        cv.finished_folds(run_dir)
+        oof.finished_folds(run_dir)
         index, images, masks = rebuild_cv_data(run_dir, args.root, args.cache_dir)
         table = image_table(run_dir, index, images, masks, tta=not args.no_tta)
     rules = candidate_rules(tta=not args.no_tta)

@@ -43,6 +43,7 @@ import classification_metrics  # noqa: E402
 import cli  # noqa: E402
 import cross_validation as cv  # noqa: E402
 import gate  # noqa: E402
+import out_of_fold as oof  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -62,7 +63,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     with cli.user_errors():
-        cv.finished_folds(run_dir)
+        oof.finished_folds(run_dir)
         index, images, masks = rebuild_cv_data(run_dir, args.root, args.cache_dir)
     print(f"{len(index)} images {index['label'].value_counts().to_dict()} at {images.shape[1:3]}", flush=True)
     folds, summary, _ = cv.rescore_folds(
@@ -70,12 +71,12 @@ def main(argv=None) -> None:
     )
     print(f"gates chosen by {gate.describe_criterion(args.gate_criterion)}")
     print(cv.format_cross_validation(folds, summary))
-    print(cv.format_gate_comparison(pd.read_csv(run_dir / cv.CV_GATE_CSV)))
+    print(oof.format_gate_comparison(pd.read_csv(run_dir / oof.CV_GATE_CSV)))
     classification = run_dir / cv.CV_CLASSIFICATION_CSV
     if classification.is_file():
         print("classification head, out of fold:")
         print(classification_metrics.format_classification_summary(pd.read_csv(classification)))
-    print(f"wrote the fold files and {cv.CV_GATE_CSV} etc. in {run_dir}")
+    print(f"wrote the fold files and {oof.CV_GATE_CSV} etc. in {run_dir}")
 
 
 if __name__ == "__main__":

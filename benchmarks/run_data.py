@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-import cross_validation as cv
 import data_loading as dl
+import out_of_fold as oof
 import run_results
 import splits
 import training
@@ -65,14 +65,14 @@ def rebuild_cv_data(run_dir, root=None, cache_dir=None):
         FileNotFoundError: no fold-1 split.csv or train_state.json, or BUSI not found.
         ValueError: the split lists images that BUSI at `root` does not have.
     """
-    fold_dir = Path(run_dir) / cv.FOLD_DIR.format(fold=1)
-    for name in (cv.SPLIT_CSV, training.STATE_JSON):
+    fold_dir = Path(run_dir) / oof.FOLD_DIR.format(fold=1)
+    for name in (oof.SPLIT_CSV, training.STATE_JSON):
         if not (fold_dir / name).is_file():
             raise FileNotFoundError(f"No {name} in '{fold_dir}': expected a cross_validate run folder.")
     root = dl.find_busi_root(root)
     if root is None:
         raise FileNotFoundError("BUSI not found; pass --root or set BUSI_ROOT.")
-    image_ids = pd.read_csv(fold_dir / cv.SPLIT_CSV, dtype=str, keep_default_na=False)["image_id"]
+    image_ids = pd.read_csv(fold_dir / oof.SPLIT_CSV, dtype=str, keep_default_na=False)["image_id"]
     index = dl.index_busi(root).set_index("image_id", drop=False)
     missing = sorted(set(image_ids) - set(index.index))
     if missing:

@@ -430,6 +430,7 @@ def run_config_cv(name: str, config: dict, args) -> dict:
     planned from a probe on fold 1's inner training part) and at most ``--budget-minutes`` of
     training. Folds, inner validation parts, checkpoints and thresholds: `cross_validation.cross_validate`."""
     import cross_validation as cv
+    import out_of_fold as oof
 
     out = Path(args.out)
     run_dir = out / name
@@ -474,7 +475,7 @@ def run_config_cv(name: str, config: dict, args) -> dict:
     lesion = per_image[per_image["label"].ne("normal")]
     normal = per_image[per_image["label"].eq("normal")]
     histories = [
-        pd.read_csv(run_dir / cv.FOLD_DIR.format(fold=fold) / "history.csv") for fold in folds["fold"]
+        pd.read_csv(run_dir / oof.FOLD_DIR.format(fold=fold) / "history.csv") for fold in folds["fold"]
     ]
     return {
         "config": name,

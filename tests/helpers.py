@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-import cross_validation as cv
 import data_loading as dl
 import model as unet
 import model_io
+import out_of_fold as oof
 import precision
 import splits
 import synthetic_data
@@ -86,14 +86,14 @@ def fake_cv_run(root: Path, models, held_out, image_ids=None) -> Path:
     n_images = sum(len(rows) for rows in held_out)
     image_ids = [f"case{i}" for i in range(n_images)] if image_ids is None else image_ids
     for fold, (model, rows) in enumerate(zip(models, held_out), start=1):
-        fold_dir = root / cv.FOLD_DIR.format(fold=fold)
+        fold_dir = root / oof.FOLD_DIR.format(fold=fold)
         fold_dir.mkdir(parents=True)
         model_io.save_model(model, fold_dir / training.BEST_MODEL)
         roles = np.full(n_images, "train", dtype=object)
         roles[list(rows)] = "test"
         split = pd.DataFrame({"image_id": image_ids, "label": "benign", "role": roles})
-        split.to_csv(fold_dir / cv.SPLIT_CSV, index=False)
-        (fold_dir / cv.FOLD_RESULT_JSON).write_text("{}")
+        split.to_csv(fold_dir / oof.SPLIT_CSV, index=False)
+        (fold_dir / oof.FOLD_RESULT_JSON).write_text("{}")
     return root
 
 

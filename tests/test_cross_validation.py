@@ -20,6 +20,7 @@ import gate
 import inference
 import model as unet
 import model_io
+import out_of_fold as oof
 import splits
 import training
 import visualization as viz
@@ -83,15 +84,15 @@ def test_cross_validate_reports_each_fold_and_mean_and_sd(data, two_folds):
     # out of fold: every image once, scored by the fold that held it out
     assert sorted(per_image["image_id"]) == sorted(index["image_id"])
     for fold in (1, 2):
-        split = pd.read_csv(run / f"fold-{fold}" / cv.SPLIT_CSV)
+        split = pd.read_csv(run / f"fold-{fold}" / oof.SPLIT_CSV)
         held_out = set(split.loc[split["role"] == "test", "image_id"])
         assert set(per_image.loc[per_image["fold"] == fold, "image_id"]) == held_out
-        result = json.loads((run / f"fold-{fold}" / cv.FOLD_RESULT_JSON).read_text())
+        result = json.loads((run / f"fold-{fold}" / oof.FOLD_RESULT_JSON).read_text())
         assert result["lesion_dice"] == pytest.approx(
             per_image[(per_image["fold"] == fold) & per_image["label"].ne("normal")]["dice"].mean()
         )
         assert (run / f"fold-{fold}" / training.BEST_MODEL).is_file()
-    for name in (cv.CV_FOLDS_CSV, cv.CV_SUMMARY_CSV, cv.CV_PER_IMAGE_CSV, cv.ENSEMBLE_JSON):
+    for name in (cv.CV_FOLDS_CSV, oof.CV_SUMMARY_CSV, cv.CV_PER_IMAGE_CSV, oof.ENSEMBLE_JSON):
         assert (run / name).is_file()
     assert not list(run.rglob(".*tmp-*")), "temporary files left behind"
     text = cv.format_cross_validation(folds, summary)
@@ -153,28 +154,28 @@ def test_folds_with_the_classification_head_write_each_images_class_probabilitie
     # Each fold's gates, chosen on its inner validation part, flag its held-out images.
     assert per_image["lesion_free_head"].dtype == bool and per_image["lesion_free_mask_rule"].dtype == bool
     for fold in (1, 2):
-        result = json.loads((run / f"fold-{fold}" / cv.FOLD_RESULT_JSON).read_text())
+        result = json.loads((run / f"fold-{fold}" / oof.FOLD_RESULT_JSON).read_text())
         assert 0 <= result["gate_threshold"] < 1 and result["mask_rule_min_area"] in gate.MIN_AREAS
         assert result["gate_criterion"] == gate.describe_criterion(gate.CRITERIA[0])  # the default
         held_out = per_image[per_image["fold"] == fold]
         expected = gate.lesion_free_by_class(held_out[columns].to_numpy(), result["gate_threshold"])
         np.testing.assert_array_equal(held_out["lesion_free_head"], expected)
-    comparison = pd.read_csv(run / cv.CV_GATE_CSV)
-    assert comparison["rule"].tolist() == [cv.NO_GATE, cv.MASK_RULE, cv.HEAD_GATE]
+    comparison = pd.read_csv(run / oof.CV_GATE_CSV)
+    assert comparison["rule"].tolist() == [oof.NO_GATE, oof.MASK_RULE, oof.HEAD_GATE]
     assert comparison["gated"].tolist()[::2] == [0, per_image["lesion_free_head"].sum()]
     summary = pd.read_csv(run / cv.CV_CLASSIFICATION_CSV)
     assert summary["metric"].tolist()[0] == "accuracy" and summary["n"].tolist()[0] == len(index)
     assert (
-        cv.out_of_fold_classification(plain) is None
+        oof.out_of_fold_classification(plain) is None
         and not (two_folds[0] / cv.CV_CLASSIFICATION_CSV).exists()
     )
     # The ensemble's gates are chosen on the out-of-fold predictions, to apply to new images, not scored.
-    record = json.loads((run / cv.ENSEMBLE_JSON).read_text())
-    probabilities, classes = cv.out_of_fold_predictions(run, index, images)
+    record = json.loads((run / oof.ENSEMBLE_JSON).read_text())
+    probabilities, classes = oof.out_of_fold_predictions(run, index, images)
     expected, _ = gate.choose_gate_threshold(masks, probabilities, classes, record["threshold"])
-    assert record["gate_threshold"] == expected and cv.CV_GATE_CSV in record["gates_chosen_on"]
+    assert record["gate_threshold"] == expected and oof.CV_GATE_CSV in record["gates_chosen_on"]
     assert not {"gate_comparison", "gate_curve", "classification_summary"} & set(record)
-    plain_record = json.loads((two_folds[0] / cv.ENSEMBLE_JSON).read_text())
+    plain_record = json.loads((two_folds[0] / oof.ENSEMBLE_JSON).read_text())
     assert plain_record["gate_threshold"] is None and set(plain_record["mask_rule"]) == {
         "max_probability",
         "min_area",
@@ -208,14 +209,14 @@ def test_the_gate_frontier_command_scores_the_runs_gates_without_writing_in_it(
     selection = tables[tables["table"] == "2_per_fold_held_out"].set_index(["rule", "criterion"])
     head = selection.loc[("classification head", gate.CRITERIA[0])]
     chosen = [
-        json.loads((run / f"fold-{k}" / cv.FOLD_RESULT_JSON).read_text())["gate_threshold"] for k in (1, 2)
+        json.loads((run / f"fold-{k}" / oof.FOLD_RESULT_JSON).read_text())["gate_threshold"] for k in (1, 2)
     ]
     assert head["parameters_per_fold"] == f"t {chosen[0]:g}; t {chosen[1]:g}"
-    scored = pd.read_csv(run / cv.CV_GATE_CSV).set_index("rule")
+    scored = pd.read_csv(run / oof.CV_GATE_CSV).set_index("rule")
     assert head["held_out_normal_false_lesion"] == pytest.approx(
-        scored.loc[cv.HEAD_GATE, "normal_false_lesion"]
+        scored.loc[oof.HEAD_GATE, "normal_false_lesion"]
     )
-    assert head["held_out_lesion_dice"] == pytest.approx(scored.loc[cv.HEAD_GATE, "lesion_dice"])
+    assert head["held_out_lesion_dice"] == pytest.approx(scored.loc[oof.HEAD_GATE, "lesion_dice"])
 
 
 def test_threshold_is_chosen_on_the_inner_validation_part_only(data, two_folds, monkeypatch):
@@ -229,11 +230,11 @@ def test_threshold_is_chosen_on_the_inner_validation_part_only(data, two_folds, 
         return real(y_true, probabilities, *args, **kwargs)
 
     monkeypatch.setattr(evaluation, "choose_threshold", recording)
-    (run / "fold-1" / cv.FOLD_RESULT_JSON).rename(run / "fold-1" / "kept.json")  # fold 1 is scored again
+    (run / "fold-1" / oof.FOLD_RESULT_JSON).rename(run / "fold-1" / "kept.json")  # fold 1 is scored again
     try:
         folds, _, _ = cv.cross_validate(index, images, masks, BUILD, run, n_folds=2, batch_size=4, **OPTIONS)
     finally:
-        (run / "fold-1" / "kept.json").replace(run / "fold-1" / cv.FOLD_RESULT_JSON)
+        (run / "fold-1" / "kept.json").replace(run / "fold-1" / oof.FOLD_RESULT_JSON)
     # Fold 1's threshold on its inner validation part; then, once every fold is scored, the fold
     # ensemble's on the out-of-fold predictions of all images (ensemble.json).
     assert seen == [int(folds.loc[0, "n_val"]), len(index)]
@@ -259,58 +260,58 @@ def test_gates_are_chosen_on_the_inner_validation_part_and_scored_on_the_held_ou
     # Fold k's rule was chosen on fold k's inner validation masks, in split order; then the
     # ensemble's on all out-of-fold predictions (ensemble.json); each by the criterion asked for.
     for fold, (chosen_on, _) in zip((1, 2), seen):
-        roles = pd.read_csv(run / f"fold-{fold}" / cv.SPLIT_CSV)["role"].to_numpy()
+        roles = pd.read_csv(run / f"fold-{fold}" / oof.SPLIT_CSV)["role"].to_numpy()
         np.testing.assert_array_equal(chosen_on, masks[roles == "val"])
     assert len(seen) == 3 and len(seen[2][0]) == len(index)
     assert [criterion for _, criterion in seen] == ["mean_dice"] * 3
     stated = [
         json.loads((run / name).read_text())["gate_criterion"]
-        for name in ("fold-1/fold_result.json", cv.ENSEMBLE_JSON)
+        for name in ("fold-1/fold_result.json", oof.ENSEMBLE_JSON)
     ]
     assert stated == [gate.describe_criterion("mean_dice")] * 2
     with pytest.raises(ValueError, match=r"criterion to be one of \('min_false_lesion', 'mean_dice'\)"):
         cv.rescore_folds(run, index, images, masks, verbose=False, gate_criterion="dice")
     assert folds["mask_rule_min_area"].tolist() == [10**6] * 2 and folds["gate_threshold"].isna().all()
     assert per_image["lesion_free_mask_rule"].all()
-    rows = pd.read_csv(run / cv.CV_GATE_CSV).set_index("rule")
-    assert rows.index.tolist() == [cv.NO_GATE, cv.MASK_RULE]  # no head, no head gate
+    rows = pd.read_csv(run / oof.CV_GATE_CSV).set_index("rule")
+    assert rows.index.tolist() == [oof.NO_GATE, oof.MASK_RULE]  # no head, no head gate
     # By hand: every mask emptied -> lesions all missed (Dice 0, none found), the 6 normal images
     # of 20 kept empty (Dice 1).
     assert rows.loc[
-        cv.MASK_RULE, ["gated", "lesion_dice", "normal_false_lesion", "detection_rate"]
+        oof.MASK_RULE, ["gated", "lesion_dice", "normal_false_lesion", "detection_rate"]
     ].tolist() == [
         20,
         0,
         0,
         0,
     ]
-    assert rows.loc[cv.MASK_RULE, "dice_all"] == pytest.approx(6 / 20)
-    assert rows.loc[cv.MASK_RULE, ["lesion_dice_fold_mean", "lesion_dice_fold_sd"]].tolist() == [0, 0]
+    assert rows.loc[oof.MASK_RULE, "dice_all"] == pytest.approx(6 / 20)
+    assert rows.loc[oof.MASK_RULE, ["lesion_dice_fold_mean", "lesion_dice_fold_sd"]].tolist() == [0, 0]
     # No gate: the held-out scores as they are; per fold, mean and sample sd of the fold means.
     lesion, normal = per_image[per_image["label"] != "normal"], per_image[per_image["label"] == "normal"]
-    assert rows.loc[cv.NO_GATE, "lesion_dice"] == pytest.approx(lesion["dice"].mean())
-    assert rows.loc[cv.NO_GATE, "normal_false_lesion"] == pytest.approx((normal["pred_area"] > 0).mean())
+    assert rows.loc[oof.NO_GATE, "lesion_dice"] == pytest.approx(lesion["dice"].mean())
+    assert rows.loc[oof.NO_GATE, "normal_false_lesion"] == pytest.approx((normal["pred_area"] > 0).mean())
     fold_means = lesion.groupby("fold")["dice"].mean()
-    assert rows.loc[cv.NO_GATE, "lesion_dice_fold_mean"] == pytest.approx(fold_means.mean())
-    assert rows.loc[cv.NO_GATE, "lesion_dice_fold_sd"] == pytest.approx(fold_means.std(ddof=1))
-    text = cv.format_gate_comparison(rows.reset_index())
+    assert rows.loc[oof.NO_GATE, "lesion_dice_fold_mean"] == pytest.approx(fold_means.mean())
+    assert rows.loc[oof.NO_GATE, "lesion_dice_fold_sd"] == pytest.approx(fold_means.std(ddof=1))
+    text = oof.format_gate_comparison(rows.reset_index())
     assert "20 images out of fold" in text and "mean ± sd over 2 folds" in text and text.count("\n") == 2
 
 
 def test_predict_fold_predicts_the_inner_validation_and_held_out_images_of_its_split(data, two_folds):
     index, images, _ = data
     fold_dir = two_folds[0] / "fold-2"
-    roles = pd.read_csv(fold_dir / cv.SPLIT_CSV)["role"].to_numpy()
+    roles = pd.read_csv(fold_dir / oof.SPLIT_CSV)["role"].to_numpy()
     model = model_io.load_model(fold_dir / training.BEST_MODEL, compile=False)
 
-    predicted = cv.predict_fold(fold_dir, index, images)
+    predicted = oof.predict_fold(fold_dir, index, images)
 
     assert set(predicted) == {"val", "test"}
     for role, (rows, probabilities, classes) in predicted.items():
         np.testing.assert_array_equal(rows, np.flatnonzero(roles == role))
         np.testing.assert_allclose(probabilities, inference.predict(model, images[rows]), atol=1e-6)
         assert classes is None  # a model without the head
-    rows, flipped, _ = cv.predict_fold(fold_dir, index, images, tta=True)["test"]
+    rows, flipped, _ = oof.predict_fold(fold_dir, index, images, tta=True)["test"]
     np.testing.assert_allclose(flipped, inference.predict(model, images[rows], tta=True), atol=1e-6)
 
 
@@ -318,18 +319,18 @@ def test_rescoring_a_run_scored_before_the_gates_writes_the_same_files(data, two
     index, images, masks = data
     run = tmp_path / "run"
     shutil.copytree(two_folds[0], run)
-    gate_columns = list(cv.LESION_FREE_COLUMNS.values())
+    gate_columns = list(oof.LESION_FREE_COLUMNS.values())
     for fold in (1, 2):  # as written before the gates: no flags, no gate keys
         fold_dir = run / f"fold-{fold}"
         per_image = pd.read_csv(fold_dir / cv.PER_IMAGE_CSV)
         per_image.drop(columns=gate_columns, errors="ignore").to_csv(fold_dir / cv.PER_IMAGE_CSV, index=False)
-        result = json.loads((fold_dir / cv.FOLD_RESULT_JSON).read_text())
-        (fold_dir / cv.FOLD_RESULT_JSON).write_text(
+        result = json.loads((fold_dir / oof.FOLD_RESULT_JSON).read_text())
+        (fold_dir / oof.FOLD_RESULT_JSON).write_text(
             json.dumps({k: result[k] for k in result if k not in cv.GATE_KEYS})
         )
     # Read back as it is, the run compares no gate only, and its folds table has NaN gates.
     folds, _, _ = cv.cross_validate(index, images, masks, BUILD, run, n_folds=2, batch_size=4, **OPTIONS)
-    assert pd.read_csv(run / cv.CV_GATE_CSV)["rule"].tolist() == [cv.NO_GATE]
+    assert pd.read_csv(run / oof.CV_GATE_CSV)["rule"].tolist() == [oof.NO_GATE]
     assert folds[list(cv.GATE_KEYS)].isna().all().all()
 
     again, _, _ = cv.rescore_folds(run, index, images, masks, verbose=False)
@@ -337,11 +338,11 @@ def test_rescoring_a_run_scored_before_the_gates_writes_the_same_files(data, two
     pd.testing.assert_frame_equal(again, two_folds[1])  # epochs and best epoch kept from the old results
     for name in [f"fold-{fold}/{cv.PER_IMAGE_CSV}" for fold in (1, 2)] + [
         cv.CV_PER_IMAGE_CSV,
-        cv.CV_GATE_CSV,
+        oof.CV_GATE_CSV,
     ]:
         pd.testing.assert_frame_equal(pd.read_csv(run / name), pd.read_csv(two_folds[0] / name), atol=1e-6)
     for fold in (1, 2):
-        name = f"fold-{fold}/{cv.FOLD_RESULT_JSON}"
+        name = f"fold-{fold}/{oof.FOLD_RESULT_JSON}"
         assert json.loads((run / name).read_text()) == json.loads((two_folds[0] / name).read_text())
     with pytest.raises(ValueError, match="lists other images, or another order"):
         cv.rescore_folds(run, index.iloc[::-1], images[::-1], masks[::-1], verbose=False)
@@ -359,9 +360,11 @@ def test_the_rescore_command_reloads_the_runs_data_and_prints_the_gates(data, tw
     command.main(["--run-dir", str(run), "--root", str(root)])
 
     out = capsys.readouterr().out
-    assert "20 images" in out and "(32, 32)" in out and "gates chosen per fold" in out and cv.MASK_RULE in out
+    assert (
+        "20 images" in out and "(32, 32)" in out and "gates chosen per fold" in out and oof.MASK_RULE in out
+    )
     assert f"gates chosen by {gate.describe_criterion('min_false_lesion')}" in out  # the default
-    for name in (cv.CV_PER_IMAGE_CSV, cv.CV_GATE_CSV):
+    for name in (cv.CV_PER_IMAGE_CSV, oof.CV_GATE_CSV):
         pd.testing.assert_frame_equal(pd.read_csv(run / name), pd.read_csv(two_folds[0] / name), atol=1e-6)
     with pytest.raises(SystemExit):
         command.main(["--run-dir", str(tmp_path / "none")])
@@ -375,7 +378,7 @@ def test_finished_folds_are_not_retrained_and_an_unfinished_one_resumes(
     run, folds, _, _ = two_folds
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    (copy / "fold-2" / cv.FOLD_RESULT_JSON).unlink()  # as if interrupted after training, before scoring
+    (copy / "fold-2" / oof.FOLD_RESULT_JSON).unlink()  # as if interrupted after training, before scoring
     real = training.train_model
     calls = []
 
@@ -522,7 +525,7 @@ def test_the_notebooks_cross_validation_cell_runs(data, two_folds, tmp_path, cap
     assert "\ncv_folds = 0 " in parameters  # the new parameter, off by default
     cell = next(c for c in nb["cells"] if "cv.cross_validate(" in "".join(c["source"]))
     shutil.copytree(two_folds[0], tmp_path / "cv")
-    (tmp_path / "cv" / "fold-2" / cv.FOLD_RESULT_JSON).unlink()
+    (tmp_path / "cv" / "fold-2" / oof.FOLD_RESULT_JSON).unlink()
     shown = []
     namespace = notebook_namespace(data, tmp_path, shown.append)
     exec("".join(cell["source"]), namespace)
@@ -542,7 +545,7 @@ def test_folds_trained_separately_are_gathered_into_one_table(data, tmp_path, mo
         index, images, masks, BUILD, machine_b, n_folds=2, batch_size=4, folds=[2], **OPTIONS
     )
     assert list(table_b["fold"]) == [2] and not (machine_b / "fold-1").exists()
-    assert not (machine_b / cv.CV_FOLDS_CSV).exists() and not (machine_b / cv.ENSEMBLE_JSON).exists()
+    assert not (machine_b / cv.CV_FOLDS_CSV).exists() and not (machine_b / oof.ENSEMBLE_JSON).exists()
     assert set(per_image_b["fold"]) == {2}
     with pytest.raises(
         ValueError, match=r"Fold\(s\) \[1\] of 2 in '.*b' are unfinished \(no fold_result\.json\)"
@@ -556,10 +559,10 @@ def test_folds_trained_separately_are_gathered_into_one_table(data, tmp_path, mo
     pd.testing.assert_frame_equal(folds.iloc[[1]].reset_index(drop=True), table_b)
     assert sorted(per_image["image_id"]) == sorted(index["image_id"])
     assert summary.set_index("metric").loc["lesion_dice", "n_folds"] == 2
-    for name in (cv.CV_FOLDS_CSV, cv.CV_SUMMARY_CSV, cv.CV_PER_IMAGE_CSV, cv.ENSEMBLE_JSON):
+    for name in (cv.CV_FOLDS_CSV, oof.CV_SUMMARY_CSV, cv.CV_PER_IMAGE_CSV, oof.ENSEMBLE_JSON):
         assert (machine_a / name).is_file()
-    assert cv.read_out_of_fold_threshold(machine_a)[0] == pytest.approx(
-        json.loads((machine_a / cv.ENSEMBLE_JSON).read_text())["threshold"]
+    assert oof.read_out_of_fold_threshold(machine_a)[0] == pytest.approx(
+        json.loads((machine_a / oof.ENSEMBLE_JSON).read_text())["threshold"]
     )
 
     # The normal run finds every fold done: it trains nothing and returns the same table.

@@ -23,6 +23,7 @@ import image_io
 import inference
 import model as unet
 import model_io
+import out_of_fold as oof
 import segment_images as si
 import training
 
@@ -152,12 +153,12 @@ def _hand_case():
 def test_the_threshold_is_chosen_on_out_of_fold_predictions_by_hand(tmp_path):
     index, images, masks = _hand_case()
     run = fake_cv_run(tmp_path / "run", [identity(), one_minus()], [(0, 1), (2, 3)])
-    probabilities = cv.out_of_fold_probabilities(run, index, images)
+    probabilities = oof.out_of_fold_probabilities(run, index, images)
     np.testing.assert_allclose(probabilities[0][masks[0] == 1], 0.8, atol=1e-6)
     np.testing.assert_allclose(probabilities[2][masks[2] == 1], 0.38, atol=1e-6)
     np.testing.assert_allclose(probabilities[3], 0.1, atol=1e-6)
 
-    threshold, curve, summary = cv.choose_out_of_fold_threshold(run, index, images, masks)
+    threshold, curve, summary = oof.choose_out_of_fold_threshold(run, index, images, masks)
     assert threshold == 0.375
     dice = curve.set_index("threshold")["dice"]
     assert dice[0.325] == dice[0.35] == dice[0.375] == pytest.approx(1.0)
@@ -170,10 +171,10 @@ def test_the_threshold_is_chosen_on_out_of_fold_predictions_by_hand(tmp_path):
     # The ensemble's probability is 0.5 everywhere: not what the threshold was chosen on.
     np.testing.assert_allclose(inference.predict(ensemble.load_ensemble(run), images), 0.5, atol=1e-6)
 
-    record = json.loads((run / cv.ENSEMBLE_JSON).read_text())
+    record = json.loads((run / oof.ENSEMBLE_JSON).read_text())
     assert record["threshold"] == 0.375 and record["n_folds"] == 2 and record["n_images"] == 4
     assert record["input_shape"] == [SIDE, SIDE, 1]
-    read_threshold, read_curve, read_summary = cv.read_out_of_fold_threshold(run)
+    read_threshold, read_curve, read_summary = oof.read_out_of_fold_threshold(run)
     assert read_threshold == 0.375
     pd.testing.assert_frame_equal(read_curve, curve)
     pd.testing.assert_frame_equal(read_summary, summary, check_dtype=False)
@@ -188,23 +189,23 @@ def test_out_of_fold_probabilities_need_the_runs_images_in_the_runs_order(tmp_pa
     index, images, masks = _hand_case()
     run = fake_cv_run(tmp_path / "run", [identity(), one_minus()], [(0, 1), (2, 3)])
     with pytest.raises(ValueError, match=r"split\.csv' lists other images, or another order, than the index"):
-        cv.out_of_fold_probabilities(run, index.iloc[::-1], images)
+        oof.out_of_fold_probabilities(run, index.iloc[::-1], images)
     with pytest.raises(
         ValueError, match=r"Expected images of shape \(N, H, W, 1\) with one per index row \(4\)"
     ):
-        cv.out_of_fold_probabilities(run, index, images[:3])
+        oof.out_of_fold_probabilities(run, index, images[:3])
     with pytest.raises(ValueError, match=r"takes inputs of shape \(8, 8, 1\); expected \(16, 16, 1\)"):
-        cv.out_of_fold_probabilities(run, index, np.zeros((4, 16, 16, 1), np.float32))
+        oof.out_of_fold_probabilities(run, index, np.zeros((4, 16, 16, 1), np.float32))
     with pytest.raises(ValueError, match=r"Expected images and masks of one shape \(N, H, W, 1\)"):
-        cv.choose_out_of_fold_threshold(run, index, images, masks[..., 0])
-    assert not (run / cv.ENSEMBLE_JSON).exists()
+        oof.choose_out_of_fold_threshold(run, index, images, masks[..., 0])
+    assert not (run / oof.ENSEMBLE_JSON).exists()
 
 
 def test_without_ensemble_json_the_threshold_is_the_default_and_says_so(tmp_path):
     run = fake_cv_run(tmp_path / "run", [identity(), one_minus()], [(0, 1), (2, 3)])
     threshold, source = ensemble.ensemble_threshold(run)
     assert threshold == evaluation.DEFAULT_THRESHOLD and source.startswith("default (no ensemble.json")
-    (run / cv.ENSEMBLE_JSON).write_text('{"threshold": 1.5}')
+    (run / oof.ENSEMBLE_JSON).write_text('{"threshold": 1.5}')
     with pytest.raises(
         ValueError,
         match=r"Could not read the threshold from .*ensemble\.json.*outside \(0, 1\).* Pass --threshold\.",
@@ -219,15 +220,15 @@ def _break(run: Path, how: str) -> None:
     if how == "gap":
         (run / "fold-2").rename(run / "fold-4")
     elif how == "unfinished":
-        (run / "fold-2" / cv.FOLD_RESULT_JSON).unlink()
+        (run / "fold-2" / oof.FOLD_RESULT_JSON).unlink()
     elif how == "no model":
         (run / "fold-1" / training.BEST_MODEL).unlink()
     elif how == "last fold missing":
         shutil.rmtree(run / "fold-3")
     elif how == "another run":
-        split = pd.read_csv(run / "fold-2" / cv.SPLIT_CSV)
+        split = pd.read_csv(run / "fold-2" / oof.SPLIT_CSV)
         split["image_id"] = split["image_id"] + "x"
-        split.to_csv(run / "fold-2" / cv.SPLIT_CSV, index=False)
+        split.to_csv(run / "fold-2" / oof.SPLIT_CSV, index=False)
     elif how == "another size":
         model_io.save_model(identity(16), run / "fold-3" / training.BEST_MODEL)
     elif how == "empty":
@@ -273,9 +274,9 @@ def test_load_model_takes_a_file_or_a_run_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="No saved model at"):
         ensemble.load_model(tmp_path / "none")
     with pytest.raises(FileNotFoundError, match="No cross-validation run folder at"):
-        cv.finished_folds(tmp_path / "none")
+        oof.finished_folds(tmp_path / "none")
     with pytest.raises(ValueError, match="Expected the folder of a cross_validate run; .* is a file"):
-        cv.finished_folds(run / "fold-1" / cv.SPLIT_CSV)
+        oof.finished_folds(run / "fold-1" / oof.SPLIT_CSV)
 
 
 # ---------------------------------------------------------------- a tiny cross-validation run
@@ -313,14 +314,14 @@ def test_cross_validate_chooses_the_threshold_on_each_images_held_out_prediction
     by_hand = np.empty(masks.shape, np.float32)
     fold_models = []
     for fold in (1, 2):
-        split = pd.read_csv(cv_run / f"fold-{fold}" / cv.SPLIT_CSV)
+        split = pd.read_csv(cv_run / f"fold-{fold}" / oof.SPLIT_CSV)
         rows = np.flatnonzero(split["role"] == "test")
         model = model_io.load_model(cv_run / f"fold-{fold}" / training.BEST_MODEL, compile=False)
         by_hand[rows] = inference.predict(model, images[rows])
         fold_models.append(model)
     threshold, curve = evaluation.choose_threshold(masks, by_hand)
-    assert cv.read_out_of_fold_threshold(cv_run)[0] == threshold
-    assert curve["dice"].max() == pytest.approx(cv.read_out_of_fold_threshold(cv_run)[1]["dice"].max())
+    assert oof.read_out_of_fold_threshold(cv_run)[0] == threshold
+    assert curve["dice"].max() == pytest.approx(oof.read_out_of_fold_threshold(cv_run)[1]["dice"].max())
     # At each fold's own threshold, the same probabilities give cross_validate's out-of-fold scores.
     per_image = pd.read_csv(cv_run / cv.CV_PER_IMAGE_CSV, dtype={"image_id": str}).set_index("image_id")
     folds = pd.read_csv(cv_run / cv.CV_FOLDS_CSV).set_index("fold")
@@ -347,7 +348,7 @@ def test_segment_images_with_a_run_folder_uses_the_ensemble_and_its_threshold(da
         ["--model", str(cv_run), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
     )
     printed = capsys.readouterr().out
-    threshold = cv.read_out_of_fold_threshold(cv_run)[0]
+    threshold = oof.read_out_of_fold_threshold(cv_run)[0]
     assert status == 0
     assert (
         f"model {cv_run} (fold ensemble: the mean probability of its 2 fold models): input 32x32" in printed
@@ -380,7 +381,7 @@ def test_evaluate_external_with_a_run_folder_scores_the_ensemble(data, cv_run, t
     argv += ["--labels", tmp_path / "labels.csv", "--output", tmp_path / "out", "--n-bootstrap", "10"]
     assert ee.main([str(a) for a in argv]) == 0
     printed = capsys.readouterr().out
-    threshold = cv.read_out_of_fold_threshold(cv_run)[0]
+    threshold = oof.read_out_of_fold_threshold(cv_run)[0]
     assert (
         f"model {cv_run} (fold ensemble: the mean probability of its 2 fold models) (input 32x32" in printed
     )
@@ -401,7 +402,7 @@ def test_evaluate_external_with_a_run_folder_scores_the_ensemble(data, cv_run, t
 def test_the_commands_refuse_an_unfinished_run_with_one_line(data, cv_run, tmp_path, capsys, command):
     run = tmp_path / "run"
     shutil.copytree(cv_run, run)
-    (run / "fold-2" / cv.FOLD_RESULT_JSON).unlink()
+    (run / "fold-2" / oof.FOLD_RESULT_JSON).unlink()
     _image_folder(data[0], tmp_path / "in")
     if command == "segment_images":
         argv = ["--model", str(run), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
@@ -433,7 +434,7 @@ def test_the_notebooks_ensemble_cell_runs_after_the_cross_validation_cell(data, 
     for cell in cells[at : at + 2]:
         exec("".join(cell["source"]), namespace)
     out = capsys.readouterr().out
-    threshold = cv.read_out_of_fold_threshold(cv_run)[0]
+    threshold = oof.read_out_of_fold_threshold(cv_run)[0]
     assert f"fold ensemble: threshold {threshold:.2f} chosen on the out-of-fold predictions" in out
     assert (
         f"threshold {threshold:.2f}, chosen on the out-of-fold predictions" in out and "lesion    (n=" in out

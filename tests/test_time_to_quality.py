@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from helpers import EXTERNAL_COLOURS, fake_cv_run, tiny_external
 
-import cross_validation as cv
 import evaluate_external as ee
 import folder_index as fi
 import model as unet
+import out_of_fold as oof
 import training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def _write_ensemble_json(run: Path, gate_threshold: float) -> None:
         "out_of_fold_summary": [],
         "gate_threshold": gate_threshold,
     }
-    (run / cv.ENSEMBLE_JSON).write_text(json.dumps(record))
+    (run / oof.ENSEMBLE_JSON).write_text(json.dumps(record))
 
 
 def _evaluate_external(
