@@ -193,9 +193,7 @@ def test_the_gate_frontier_command_scores_the_runs_gates_without_writing_in_it(
     index = data[0]
     run = head_folds[0]
     written = {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file()}
-    spec = importlib.util.spec_from_file_location("gate_frontier", REPO / "benchmarks" / "gate_frontier.py")
-    command = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(command)
+    command = _benchmark("gate_frontier")
     root = Path(index["image_path"].iloc[0]).parents[1]
 
     command.main(["--run-dir", str(run), "--root", str(root), "--output", str(tmp_path / "frontier.csv")])
@@ -217,6 +215,60 @@ def test_the_gate_frontier_command_scores_the_runs_gates_without_writing_in_it(
         scored.loc[oof.HEAD_GATE, "normal_false_lesion"]
     )
     assert head["held_out_lesion_dice"] == pytest.approx(scored.loc[oof.HEAD_GATE, "lesion_dice"])
+
+
+def _benchmark(name: str):
+    """The module of ``benchmarks/<name>.py``, loaded from its file."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    command = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(command)
+    return command
+
+
+def test_the_tta_command_chooses_each_settings_thresholds_on_inner_validation_without_writing_in_the_run(
+    data, head_folds, tmp_path, capsys
+):
+    index = data[0]
+    run = head_folds[0]
+    written = {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file()}
+    command = _benchmark("tta_cv")
+    root = Path(index["image_path"].iloc[0]).parents[1]
+
+    command.main(["--run-dir", str(run), "--root", str(root), "--output", str(tmp_path / "tta.csv")])
+
+    out = capsys.readouterr().out
+    assert out.startswith("Decision rule: TTA earns its place if it raises the inner-validation lesion Dice")
+    assert "in at least 2 of 2 folds" in out and "Result: raised in" in out
+    # The plain setting is the run's own scoring: same thresholds, held-out Dice and gates per fold.
+    assert "thresholds equal; held-out lesion Dice equal; head gates equal" in out
+    assert written == {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file()}
+    table = pd.read_csv(tmp_path / "tta.csv", dtype={"image_id": str})
+    plain, tta = (table[table["setting"] == s].reset_index(drop=True) for s in ("plain", "TTA"))
+    assert sorted(plain["image_id"]) == sorted(index["image_id"]) and plain["image_id"].equals(
+        tta["image_id"]
+    )
+    scored = pd.read_csv(run / cv.CV_PER_IMAGE_CSV, dtype={"image_id": str}).set_index("image_id")
+    np.testing.assert_allclose(plain["dice"], scored.loc[plain["image_id"], "dice"], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "plain, tta, expected",
+    [
+        ([0.70, 0.70, 0.70, 0.70], [0.71, 0.71, 0.71, 0.69], (3, 3, True)),
+        ([0.70, 0.70, 0.70, 0.70], [0.71, 0.71, 0.70, 0.69], (2, 3, False)),  # a tie does not count
+        ([0.70, 0.70], [0.71, 0.69], (1, 2, False)),
+        ([0.7] * 5, [0.8, 0.8, 0.8, 0.8, 0.6], (4, 4, True)),
+    ],
+)
+def test_tta_earns_its_place_when_it_raises_inner_validation_dice_in_three_quarters_of_the_folds(
+    plain, tta, expected
+):
+    assert _benchmark("tta_cv").earns_its_place(plain, tta) == expected
+
+
+def test_the_tta_decision_rejects_settings_with_different_fold_counts():
+    with pytest.raises(ValueError, match="one inner-validation lesion Dice per fold"):
+        _benchmark("tta_cv").earns_its_place([0.7, 0.7], [0.7])
 
 
 def test_threshold_is_chosen_on_the_inner_validation_part_only(data, two_folds, monkeypatch):
