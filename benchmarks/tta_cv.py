@@ -101,6 +101,7 @@ def score_fold(fold: int, fold_dir: Path, index, images, masks, tta: bool, seed:
         "gate_threshold": gate_threshold,
         "val_dice_all": float(curve["dice"].max()),
         "val_lesion_dice": _lesion_dice(val),
+        "val_n_lesion": int(val["label"].isin(class_labels.LESION_CLASSES).sum()),
         "val_normal_false_lesion": _false_lesion(val),
         "held_out_lesion_dice": _lesion_dice(held_out),
     }
@@ -180,7 +181,14 @@ def main(argv=None) -> None:
         f"Decision rule: TTA earns its place if it raises the inner-validation lesion Dice (each setting at its "
         f"own threshold, chosen there) in at least {needed} of {len(fold_dirs)} folds.\n"
         f"Result: raised in {raised} of {len(fold_dirs)} folds: TTA {'earns' if verdict else 'does not earn'} "
-        f"its place.\n"
+        f"its place."
+    )
+    plain, tta = by_setting["plain"], by_setting["TTA"]
+    differences = ", ".join(f"{d:+.4f}" for d in tta["val_lesion_dice"] - plain["val_lesion_dice"])
+    pooled = {s: np.average(f["val_lesion_dice"], weights=f["val_n_lesion"]) for s, f in by_setting.items()}
+    print(
+        f"TTA - plain, inner-validation lesion Dice per fold: {differences}; pooled over the folds' inner "
+        f"validation parts: plain {pooled['plain']:.4f}, TTA {pooled['TTA']:.4f}\n"
     )
     _print_folds(folds, fold_dirs)
     n_images = len(held_out["plain"])

@@ -239,6 +239,7 @@ def test_the_tta_command_chooses_each_settings_thresholds_on_inner_validation_wi
     out = capsys.readouterr().out
     assert out.startswith("Decision rule: TTA earns its place if it raises the inner-validation lesion Dice")
     assert "in at least 2 of 2 folds" in out and "Result: raised in" in out
+    assert "inner-validation lesion Dice per fold: " in out and "pooled over the folds' inner" in out
     # The plain setting is the run's own scoring: same thresholds, held-out Dice and gates per fold.
     assert "thresholds equal; held-out lesion Dice equal; head gates equal" in out
     assert written == {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file()}
