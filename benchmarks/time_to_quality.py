@@ -772,7 +772,56 @@ def _print_cv(results: list[dict], out: Path, args) -> None:
         )
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 60):
         print(table.to_string())
+    if len(results) > 1:
+        print(_paired_against_first([result["config"] for result in results], out, args.seed))
     print(f"\nwrote {out / 'time_to_quality_cv.csv'}")
+
+
+def paired_lesion_dice(baseline: pd.DataFrame, other: pd.DataFrame, seed: int = 0) -> dict:
+    """The paired out-of-fold comparison of two cross-validation runs on the same folds.
+
+    Args:
+        baseline, other: each run's ``cv_per_image.csv`` (columns ``image_id``, ``label``, ``dice``),
+            every image once; both must hold the same images.
+        seed: bootstrap seed.
+
+    Returns:
+        ``{"n": lesion images, "difference": mean of other - baseline per-image Dice, "ci": (low, high)
+        95% bootstrap CI of that mean, "ratio": other's mean / baseline's mean}`` over benign + malignant
+        images.
+
+    Raises:
+        ValueError: the two runs scored different images.
+    """
+    import evaluation
+
+    if set(baseline["image_id"]) != set(other["image_id"]):
+        raise ValueError("Expected two runs on the same images; their cv_per_image.csv differ in image_id.")
+    pairs = baseline.merge(other, on=["image_id", "label"], suffixes=("_base", "_other"))
+    pairs = pairs[pairs["label"].ne("normal")]
+    difference = (pairs["dice_other"] - pairs["dice_base"]).to_numpy()
+    return {
+        "n": len(pairs),
+        "difference": float(difference.mean()),
+        "ci": evaluation.bootstrap_ci(difference, seed=seed),
+        "ratio": float(pairs["dice_other"].mean() / pairs["dice_base"].mean()),
+    }
+
+
+def _paired_against_first(names: list[str], out: Path, seed: int) -> str:
+    """Lines: each configuration's paired lesion Dice difference against the first one's, out of fold."""
+    import cross_validation as cv
+
+    frames = {name: pd.read_csv(out / name / cv.CV_PER_IMAGE_CSV) for name in names}
+    lines = [f"\nPaired against {names[0]} (the same folds and images; out-of-fold per-image lesion Dice):"]
+    for name in names[1:]:
+        paired = paired_lesion_dice(frames[names[0]], frames[name], seed)
+        low, high = paired["ci"]
+        lines.append(
+            f"  {name}: {paired['difference']:+.3f} [{low:+.3f}, {high:+.3f}] over {paired['n']} lesion images; "
+            f"ratio of means {paired['ratio']:.3f}"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:

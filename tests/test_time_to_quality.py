@@ -210,3 +210,28 @@ def test_a_missing_external_folder_is_refused_before_any_work(tmp_path, monkeypa
     assert stop.value.code == 2
     assert f"error: BUS-UCLM not found at '{tmp_path / 'none'}' (from data_dir)" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_paired_lesion_dice_against_hand_computed_values():
+    baseline = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c", "n"],
+            "label": ["benign", "malignant", "benign", "normal"],
+            "dice": [0.5, 0.4, 0.6, 1.0],
+        }
+    )
+    other = pd.DataFrame(  # another order; the normal image's score is ignored
+        {
+            "image_id": ["c", "n", "a", "b"],
+            "label": ["benign", "normal", "benign", "malignant"],
+            "dice": [0.9, 0.0, 0.7, 0.4],
+        }
+    )
+    paired = ttq.paired_lesion_dice(baseline, other)
+    assert paired["n"] == 3
+    assert paired["difference"] == pytest.approx((0.3 + 0.2 + 0.0) / 3)
+    assert paired["ratio"] == pytest.approx((0.9 + 0.7 + 0.4) / (0.5 + 0.4 + 0.6))
+    low, high = paired["ci"]
+    assert 0.0 <= low <= paired["difference"] <= high <= 0.3 + 1e-12  # a mean of resampled differences
+    with pytest.raises(ValueError, match="same images"):
+        ttq.paired_lesion_dice(baseline, other.iloc[:3])
