@@ -112,15 +112,7 @@ CONFIGS = {
         learning_rate=2e-3,
         loss="bce_dice",
     ),
-    "b16_128_cos": dict(
-        image_size=128,
-        base_filters=16,
-        batch_size=8,
-        dtype_policy="float32",
-        lr_schedule="cosine",
-        learning_rate=2e-3,
-        loss="bce_dice",
-    ),
+    "b16_128_cos": dict(_B16_128_COSINE),
     # The default schedule length of the earlier invocation (54 epochs, what 30 minutes allowed before
     # the fused batch norm), with the fused layer: the same Dice sooner?
     "b16_128_cos_54ep": dict(

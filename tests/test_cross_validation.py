@@ -192,7 +192,7 @@ def test_the_gate_frontier_command_scores_the_runs_gates_without_writing_in_it(
 ):
     index = data[0]
     run = head_folds[0]
-    written = {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file()}
+    written = _modification_times(run)
     command = _benchmark("gate_frontier")
     root = Path(index["image_path"].iloc[0]).parents[1]
 
@@ -200,7 +200,7 @@ def test_the_gate_frontier_command_scores_the_runs_gates_without_writing_in_it(
 
     out = capsys.readouterr().out
     assert "1. pooled inner validation" in out and "2. chosen per fold" in out and "3. ceiling" in out
-    assert written == {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file()}
+    assert written == _modification_times(run)
     tables = pd.read_csv(tmp_path / "frontier.csv")
     assert set(tables["table"]) == {"1_inner_validation", "2_per_fold_held_out", "3_held_out_ceiling"}
     # Table 2's head gate by the default criterion is the run's own: the same choices, the same scores.
@@ -217,6 +217,11 @@ def test_the_gate_frontier_command_scores_the_runs_gates_without_writing_in_it(
     assert head["held_out_lesion_dice"] == pytest.approx(scored.loc[oof.HEAD_GATE, "lesion_dice"])
 
 
+def _modification_times(run: Path) -> dict:
+    """Every file under `run` with its modification time (ns): equal before and after = nothing written."""
+    return {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file()}
+
+
 def _benchmark(name: str):
     """The module of ``benchmarks/<name>.py``, loaded from its file."""
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
@@ -230,7 +235,7 @@ def test_the_tta_command_chooses_each_settings_thresholds_on_inner_validation_wi
 ):
     index = data[0]
     run = head_folds[0]
-    written = {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file()}
+    written = _modification_times(run)
     command = _benchmark("tta_cv")
     root = Path(index["image_path"].iloc[0]).parents[1]
 
@@ -242,7 +247,7 @@ def test_the_tta_command_chooses_each_settings_thresholds_on_inner_validation_wi
     assert "inner-validation lesion Dice per fold: " in out and "pooled over the folds' inner" in out
     # The plain setting is the run's own scoring: same thresholds, held-out Dice and gates per fold.
     assert "thresholds equal; held-out lesion Dice equal; head gates equal" in out
-    assert written == {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file()}
+    assert written == _modification_times(run)
     table = pd.read_csv(tmp_path / "tta.csv", dtype={"image_id": str})
     plain, tta = (table[table["setting"] == s].reset_index(drop=True) for s in ("plain", "TTA"))
     assert sorted(plain["image_id"]) == sorted(index["image_id"]) and plain["image_id"].equals(
