@@ -14,7 +14,7 @@ Image Segmentation", with 'same' padding so that the output keeps the input's sp
   concatenates the encoder stage's output (the skip connection) and runs two 3x3 convolutions.
 - a 1x1 ``Conv2D`` head with a sigmoid, always computed in float32.
 - optionally (``classifier=True``) a classification head on the bottleneck: global average
-  pooling, one ``Dense`` layer of ``CLASS_HEAD_UNITS`` with a ReLU, Dropout
+  pooling (or what ``classifier_pooling`` names), one ``Dense`` layer of ``CLASS_HEAD_UNITS`` with a ReLU, Dropout
   (``CLASS_HEAD_DROPOUT``) and a ``Dense`` softmax over ``class_labels.CLASSES`` (benign,
   malignant, normal, in that order), computed in float32 like the mask head. Such a model
   returns a dict ``{"mask": (B, H, W, 1), "class": (B, 3)}`` (`MASK_OUTPUT`, `CLASS_OUTPUT`)
@@ -24,7 +24,8 @@ Layer names, e.g. for stage 1: ``encoder_stage1_conv1``, ``encoder_stage1_bn1``,
 ``encoder_stage1_relu1``, ..., ``encoder_stage1_pool``, ``bottleneck_conv1``,
 ``bottleneck_dropout``, ``decoder_stage1_upsample``, ``decoder_stage1_concat``,
 ``decoder_stage1_conv2``, ``head``; the classification head's ``classifier_pool``,
-``classifier_dense``, ``classifier_dropout``, ``classifier_head``.
+``classifier_dense``, ``classifier_dropout``, ``classifier_head`` (and, with another
+``classifier_pooling``, its max-pooling and ``classifier_concat`` layers).
 
 Batch normalisation: with ``dtype_policy`` ``"float32"`` or ``"mixed_bfloat16"`` (and
 ``fused_batch_norm=True``, the default) the BatchNorm layers are `FusedBatchNormalization`: Keras's
@@ -69,6 +70,8 @@ MASK_OUTPUT = "mask"  # output names of a model with the classification head
 CLASS_OUTPUT = "class"
 CLASS_HEAD_UNITS = 64  # width of the classification head's hidden Dense layer
 CLASS_HEAD_DROPOUT = 0.3  # Dropout rate between that layer and the softmax
+# What the classification head pools (see `build_unet`'s classifier_pooling).
+CLASSIFIER_POOLINGS = ("average", "average_max", "multiscale")
 # Parameters of the classic U-Net: input (256, 256, 1), base_filters=64, depth=4, no BatchNorm.
 CLASSIC_UNET_PARAMS = 31_030_593
 # A training step (forward, gradients w.r.t. activations and w.r.t. weights) costs about three
@@ -250,9 +253,28 @@ def _conv_block(
     return x
 
 
-def _class_head(bottleneck: keras.KerasTensor, dtype_policy: str) -> keras.KerasTensor:
-    """Pooling, Dense + ReLU, Dropout and a float32 softmax over `CLASSES`: ``(B, len(CLASSES))``."""
-    x = keras.layers.GlobalAveragePooling2D(dtype=dtype_policy, name="classifier_pool")(bottleneck)
+def _pooled(features: keras.KerasTensor, pooling: str, dtype_policy: str, name: str) -> list:
+    """Global average pooling of ``(B, h, w, C)`` features, and global max pooling with
+    ``"average_max"``/``"multiscale"``: a list of ``(B, C)`` tensors."""
+    pooled = [keras.layers.GlobalAveragePooling2D(dtype=dtype_policy, name=f"{name}_pool")(features)]
+    if pooling != "average":
+        pooled.append(keras.layers.GlobalMaxPooling2D(dtype=dtype_policy, name=f"{name}_max_pool")(features))
+    return pooled
+
+
+def _class_head(
+    bottleneck: keras.KerasTensor, decoder: dict, pooling: str, dtype_policy: str
+) -> keras.KerasTensor:
+    """Pooling (`CLASSIFIER_POOLINGS`), Dense + ReLU, Dropout and a float32 softmax over `CLASSES`:
+    ``(B, len(CLASSES))``. `decoder`: ``{stage: output}`` of the decoder stages, pooled too with
+    ``"multiscale"``."""
+    pooled = _pooled(bottleneck, pooling, dtype_policy, "classifier")
+    if pooling == "multiscale":
+        for stage, features in decoder.items():
+            pooled += _pooled(features, pooling, dtype_policy, f"classifier_stage{stage}")
+    x = pooled[0]
+    if len(pooled) > 1:
+        x = keras.layers.Concatenate(dtype=dtype_policy, name="classifier_concat")(pooled)
     x = keras.layers.Dense(
         CLASS_HEAD_UNITS,
         activation="relu",
@@ -307,6 +329,7 @@ def build_unet(
     fused_batch_norm: bool = True,
     standardize_input: bool = False,
     classifier: bool = False,
+    classifier_pooling: str = "average",
 ) -> keras.Model:
     """Builds a U-Net that maps images to per-pixel lesion probabilities.
 
@@ -317,7 +340,9 @@ def build_unet(
         bottleneck:      9*f_d*2f_d + 2f_d + 9*2f_d*2f_d + 2f_d, with f_d = f_depth
         decoder stage i: 4*2f_i*f_i + f_i (upsample) + 9*2f_i*f_i + f_i + 9*f_i*f_i + f_i
         head:            f_1 + 1
-        classifier:      2f_d*U + U + U*K + K, with U = CLASS_HEAD_UNITS, K = len(CLASSES)
+        classifier:      P*U + U + U*K + K, with U = CLASS_HEAD_UNITS, K = len(CLASSES) and P the
+                         pooled features: 2f_d ("average"), 4f_d ("average_max"),
+                         4f_d + 2(f_1 + ... + f_d) ("multiscale")
 
     With input (256, 256, 1), ``base_filters=64``, ``depth=4`` and ``batch_norm=False`` this is
     the classic U-Net with 31,030,593 parameters (``CLASSIC_UNET_PARAMS``). With BatchNorm the
@@ -347,6 +372,13 @@ def build_unet(
             the model then returns a dict of two outputs. Train it with
             ``training.train_model`` on data with class labels
             (``data_loading.make_tf_dataset(..., labels=...)``).
+        classifier_pooling: what the head pools, one of `CLASSIFIER_POOLINGS`: ``"average"``,
+            global average pooling of the bottleneck (``classifier_pool``); ``"average_max"``,
+            global average and global max pooling of the bottleneck, concatenated
+            (``classifier_pool``, ``classifier_max_pool``, ``classifier_concat``);
+            ``"multiscale"``, the same for the bottleneck and for each decoder stage's output
+            (``classifier_stage{i}_pool``, ``classifier_stage{i}_max_pool``), so the head sees the
+            features the mask is drawn from. Used only with `classifier`.
 
     Returns:
         A ``keras.Model`` mapping ``(batch, height, width, channels)`` images to
@@ -381,6 +413,10 @@ def build_unet(
         )
     if not isinstance(classifier, bool):
         raise ValueError(f"Expected classifier to be True or False; received {classifier!r}.")
+    if classifier_pooling not in CLASSIFIER_POOLINGS:
+        raise ValueError(
+            f"Expected classifier_pooling to be one of {CLASSIFIER_POOLINGS}; received {classifier_pooling!r}."
+        )
 
     fused = bool(fused_batch_norm) and dtype_policy in ("float32", "mixed_bfloat16")
     inputs = keras.Input(shape=tuple(input_shape), name="image")
@@ -398,10 +434,13 @@ def build_unet(
         x = keras.layers.MaxPooling2D(POOL_SIZE, dtype=dtype_policy, name=f"encoder_stage{stage}_pool")(x)
 
     x = _conv_block(x, base_filters * 2**depth, "bottleneck", batch_norm, dtype_policy, fused)
-    classes = _class_head(x, dtype_policy) if classifier else None
+    bottleneck, classes = x, None
+    if classifier and classifier_pooling != "multiscale":  # built here, as before the option existed
+        classes = _class_head(bottleneck, {}, classifier_pooling, dtype_policy)
     if dropout_rate > 0:
         x = keras.layers.Dropout(dropout_rate, dtype=dtype_policy, name="bottleneck_dropout")(x)
 
+    decoder = {}
     for stage in range(depth, 0, -1):
         filters = base_filters * 2 ** (stage - 1)
         x = keras.layers.Conv2DTranspose(
@@ -417,9 +456,12 @@ def build_unet(
             [x, skips[stage - 1]]
         )
         x = _conv_block(x, filters, f"decoder_stage{stage}", batch_norm, dtype_policy, fused)
+        decoder[stage] = x
 
     outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", dtype=OUTPUT_DTYPE, name="head")(x)
     if classifier:
+        if classes is None:
+            classes = _class_head(bottleneck, decoder, classifier_pooling, dtype_policy)
         outputs = {MASK_OUTPUT: outputs, CLASS_OUTPUT: classes}
     model = keras.Model(inputs, outputs, name=name)
     # The functional constructor ignores `dtype`; the model's own policy is what makes

@@ -222,6 +222,9 @@ CONFIGS = {
     "aug_depth_gain_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "augment": "depth_gain"},
     "aug_elastic_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "augment": "elastic"},
     "b16_128_us_ema_cls": {**_RECIPE, "augment": "ultrasound"},
+    # What the classification head pools (model.CLASSIFIER_POOLINGS), against cls_w02_bf16 ("average").
+    "head_avgmax_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "classifier_pooling": "average_max"},
+    "head_multiscale_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "classifier_pooling": "multiscale"},
 }
 DEFAULT_CONFIGS = (BASELINE, "b32_128_cos", "b16_128_cos")
 QUICK_CONFIGS = ("b16_128_cos", "b32_128_plateau")
@@ -412,6 +415,7 @@ def _build(config: dict):
         fused_batch_norm=_fused(config),
         standardize_input=config.get("standardize_input", False),
         **({"classifier": True} if config.get("classifier") else {}),
+        **({"classifier_pooling": config["classifier_pooling"]} if "classifier_pooling" in config else {}),
     )
 
 

@@ -171,6 +171,7 @@ def test_layers_are_named_by_stage(dropout_rate):
             r"one of \('float32', 'mixed_bfloat16', 'mixed_float16'\); received 'float16'",
         ),
         ({"classifier": "yes"}, r"classifier to be True or False; received 'yes'"),
+        ({"classifier_pooling": "max"}, r"classifier_pooling to be one of \('average', .*received 'max'"),
     ],
 )
 def test_build_unet_rejects_invalid_arguments(kwargs, match):
@@ -209,6 +210,35 @@ def test_classifier_adds_exactly_the_heads_parameters_on_the_bottleneck():
     assert model.split_outputs("mask tensor") == ("mask tensor", None)
     with pytest.raises(ValueError, match=r"outputs 'mask' and 'class'.*received \['mask'\]"):
         model.split_outputs({"mask": 1})
+
+
+@pytest.mark.parametrize(
+    "pooling, pooled",
+    [("average", 16), ("average_max", 2 * 16), ("multiscale", 2 * 16 + 2 * (4 + 8))],
+)
+def test_the_heads_pooling_sets_the_features_it_sees(pooling, pooled):
+    plain = model.build_unet(**TINY, batch_norm=False)
+    with_head = model.build_unet(**TINY, batch_norm=False, classifier=True, classifier_pooling=pooling)
+    units, classes = model.CLASS_HEAD_UNITS, len(CLASSES)
+
+    assert (
+        with_head.count_params() - plain.count_params() == pooled * units + units + units * classes + classes
+    )
+    assert with_head.get_layer("classifier_dense").input.shape == (None, pooled)
+    if pooling == "multiscale":  # decoder stage 1 runs at full resolution, stage 2 at half
+        assert with_head.get_layer("classifier_stage1_max_pool").input.shape == (None, 32, 32, 4)
+        assert with_head.get_layer("classifier_stage2_pool").input.shape == (None, 16, 16, 8)
+
+
+def test_a_multiscale_head_saves_and_loads_with_the_same_outputs(tmp_path):
+    import model_io
+
+    unet = model.build_unet(**TINY, classifier=True, classifier_pooling="multiscale")
+    images = np.random.default_rng(SEED).random((2, 32, 32, 1), dtype=np.float32)
+    loaded = model_io.load_model(model_io.save_model(unet, tmp_path / "m.keras"))
+
+    for got, want in zip(model.split_outputs(loaded(images)), model.split_outputs(unet(images))):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
 
 
 def test_a_few_fit_steps_give_a_finite_falling_loss():
