@@ -10,8 +10,6 @@ import json
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 import data_loading as dl
 import out_of_fold as oof
 import run_results
@@ -72,7 +70,7 @@ def rebuild_cv_data(run_dir, root=None, cache_dir=None):
     root = dl.find_busi_root(root)
     if root is None:
         raise FileNotFoundError("BUSI not found; pass --root or set BUSI_ROOT.")
-    image_ids = pd.read_csv(fold_dir / oof.SPLIT_CSV, dtype=str, keep_default_na=False)["image_id"]
+    image_ids = oof.read_split(fold_dir)["image_id"]
     index = dl.index_busi(root).set_index("image_id", drop=False)
     missing = sorted(set(image_ids) - set(index.index))
     if missing:
