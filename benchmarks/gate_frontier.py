@@ -1,8 +1,8 @@
 """The gate's frontier in a finished cross-validation run: normal images with a false lesion against lesion Dice lost.
 
 Usage:
-    python benchmarks/gate_frontier.py --run-dir runs/cv4/b16_128_ema_cls [--root BUSI] [--cache-dir DIR]
-        [--no-tta] [--output frontier.csv]
+    python benchmarks/gate_frontier.py --run-dir runs/cv4/b16_128_ema_cls [--run-dir RUN ...] [--root BUSI]
+        [--cache-dir DIR] [--no-tta] [--output frontier.csv]
 
 Trains nothing and writes nothing in the run (only --output, a CSV of the three tables). BUSI is
 loaded as the run loaded it (benchmarks/run_data.py). For each fold, its best.keras predicts its
@@ -11,6 +11,11 @@ inner validation part and its held-out images (`out_of_fold.predict_fold`, as
 part (`evaluation.choose_threshold`), as the run chose it. Each image then has its Dice at that
 threshold, its predicted area, its largest pixel probability and the head's lesion probability
 ``1 - p_normal``, also averaged over the horizontal flip (unless --no-tta; the masks stay unflipped).
+
+Several ``--run-dir`` (runs of the same folds and inner validation parts, e.g. other configurations
+with the same ``--seed``; checked on every fold's split.csv): each fold is predicted by the mean of
+the runs' fold models (mask and class probabilities averaged), an ensemble per fold, so each
+held-out image is still predicted only by models that never saw it.
 
 An image is declared lesion-free (its mask emptied) when, by rule:
 
@@ -61,14 +66,52 @@ ALLOWED_DROPS = (0.01, 0.02, 0.03)  # lesion Dice drops of table 1
 TARGET_DROP = gate.MAX_LESION_DICE_DROP  # the drop of tables 2 and 3
 
 
+def member_folds(run_dirs: list[Path]) -> list[list[Path]]:
+    """Per fold, the fold folders of every run: ``[[run1/fold-1, run2/fold-1, ...], ...]``.
+
+    Raises:
+        ValueError: runs with another number of folds, or a fold whose split.csv differs from the
+            first run's (other images, roles or order).
+    """
+    runs = [oof.finished_folds(run_dir) for run_dir in run_dirs]
+    for run_dir, folds in zip(run_dirs[1:], runs[1:]):
+        if len(folds) != len(runs[0]):
+            raise ValueError(
+                f"Expected {len(runs[0])} folds in '{run_dir}' as in '{run_dirs[0]}'; found {len(folds)}."
+            )
+        for first, other in zip(runs[0], folds):
+            if not oof.read_split(first).equals(oof.read_split(other)):
+                raise ValueError(
+                    f"Expected '{other}' to have the split of '{first}' (same images, roles and order): "
+                    f"ensemble only runs of the same folds (same --seed)."
+                )
+    return [list(members) for members in zip(*runs)]
+
+
+def _predict_members(members: list[Path], index: pd.DataFrame, images: np.ndarray, tta: bool) -> dict:
+    """`out_of_fold.predict_fold` of one fold, mask and class probabilities averaged over `members`."""
+    predictions = [oof.predict_fold(fold_dir, index, images, tta=tta) for fold_dir in members]
+    averaged = {}
+    for role, (rows, _, classes) in predictions[0].items():
+        averaged[role] = (
+            rows,
+            np.mean([p[role][1] for p in predictions], axis=0),
+            None
+            if any(p[role][2] is None for p in predictions)
+            else np.mean([p[role][2] for p in predictions], axis=0),
+        )
+    return averaged
+
+
 def image_table(
-    run_dir: Path, index: pd.DataFrame, images: np.ndarray, masks: np.ndarray, tta: bool
+    run_dirs: list[Path], index: pd.DataFrame, images: np.ndarray, masks: np.ndarray, tta: bool
 ) -> pd.DataFrame:
     """One row per fold and image of its inner validation part (role "val") or held-out fold ("test")."""
     parts = []
-    for fold, fold_dir in enumerate(oof.finished_folds(run_dir), start=1):
-        predicted = oof.predict_fold(fold_dir, index, images)
-        flipped = oof.predict_fold(fold_dir, index, images, tta=True) if tta else predicted
+    for fold, members in enumerate(member_folds(run_dirs), start=1):
+        fold_dir = members[0]
+        predicted = _predict_members(members, index, images, tta=False)
+        flipped = _predict_members(members, index, images, tta=True) if tta else predicted
         val_rows, val_probabilities, _ = predicted["val"]
         threshold, _ = evaluation.choose_threshold(masks[val_rows], val_probabilities)
         for role, (rows, probabilities, classes) in predicted.items():
@@ -244,7 +287,10 @@ def format_selection(selection: pd.DataFrame) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--run-dir", required=True, help="a finished cross-validation run folder (models with the head)"
+        "--run-dir",
+        required=True,
+        action="append",
+        help="a finished cross-validation run folder (models with the head); repeat for an ensemble per fold",
     )
     parser.add_argument(
         "--root", default=None, help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)"
@@ -255,11 +301,11 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--output", default=None, help="CSV of the three tables (column 'table')")
     args = parser.parse_args(argv)
-    run_dir = Path(args.run_dir)
+    run_dirs = [Path(run_dir) for run_dir in args.run_dir]
     with cli.user_errors():
-        oof.finished_folds(run_dir)
-        index, images, masks = rebuild_cv_data(run_dir, args.root, args.cache_dir)
-        table = image_table(run_dir, index, images, masks, tta=not args.no_tta)
+        member_folds(run_dirs)
+        index, images, masks = rebuild_cv_data(run_dirs[0], args.root, args.cache_dir)
+        table = image_table(run_dirs, index, images, masks, tta=not args.no_tta)
     rules = candidate_rules(tta=not args.no_tta)
     val, test = table[table["role"] == "val"], table[table["role"] == "test"]
     frontier = frontier_table(val, rules, ALLOWED_DROPS)

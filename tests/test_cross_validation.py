@@ -217,6 +217,44 @@ def test_the_gate_frontier_command_scores_the_runs_gates_without_writing_in_it(
     assert head["held_out_lesion_dice"] == pytest.approx(scored.loc[oof.HEAD_GATE, "lesion_dice"])
 
 
+def test_the_gate_frontier_ensembles_runs_of_the_same_folds_and_refuses_other_folds(
+    data, head_folds, tmp_path, capsys
+):
+    index = data[0]
+    run = head_folds[0]
+    command = _benchmark("gate_frontier")
+    root = Path(index["image_path"].iloc[0]).parents[1]
+    single, twice = tmp_path / "single.csv", tmp_path / "twice.csv"
+    command.main(["--run-dir", str(run), "--root", str(root), "--no-tta", "--output", str(single)])
+    command.main(
+        [
+            "--run-dir",
+            str(run),
+            "--run-dir",
+            str(run),
+            "--root",
+            str(root),
+            "--no-tta",
+            "--output",
+            str(twice),
+        ]
+    )
+    # The mean of a model and itself is the model: the same tables.
+    pd.testing.assert_frame_equal(pd.read_csv(single), pd.read_csv(twice), check_exact=False, atol=1e-9)
+
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    split = oof.read_split(other / "fold-1")
+    split.loc[split["role"].eq("val").idxmax(), "role"] = "train"  # one image moved to another role
+    split.to_csv(other / "fold-1" / oof.SPLIT_CSV, index=False)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        command.main(["--run-dir", str(run), "--run-dir", str(other), "--root", str(root)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: Expected") and "fold-1" in error and "same --seed" in error
+
+
 def _modification_times(run: Path) -> dict:
     """Every file under `run` with its modification time (ns): equal before and after = nothing written."""
     return {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file()}
