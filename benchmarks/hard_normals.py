@@ -1,0 +1,169 @@
+"""Normal images that every cross-validation run calls a lesion: the floor under the gate's false lesions.
+
+Usage:
+    python benchmarks/hard_normals.py --run-dir runs/cv4/b16_128_ema_cls [--run-dir RUN ...]
+        [--min-score 0.5] [--target 0.15] [--root BUSI] [--figure hard_normals.png] [--output normals.csv]
+
+Trains and predicts nothing; reads each run's out-of-fold ``cv_per_image.csv`` (models with the
+classification head), where every image was scored by the fold model that held it out. Runs may
+come from different seeds (other folds) and configurations: an image is compared by its id.
+
+For each normal image and run: the head's lesion score ``1 - p_normal`` and whether the mask had
+any predicted pixel (a false lesion, before any gate). An image is **persistent** when, in every
+run, its lesion score is at least --min-score and its mask has a false lesion: no gate on the
+head that keeps the lesion images with a lower score can empty it. Prints, per run, the share of
+normal images with a false lesion and with a score >= --min-score, then the persistent images and
+how many of the --target share (normal images with a false lesion allowed) they take up alone.
+
+--figure: the persistent images (BUSI's files, found with --root, $BUSI_ROOT or
+../shared/data/BUSI), titled with their lowest score over the runs. --output: the table, one row
+per normal image.
+"""
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import quiet  # noqa: E402
+
+quiet.import_tensorflow()
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+import atomic_io  # noqa: E402
+import cli  # noqa: E402
+import data_loading as dl  # noqa: E402
+import image_io  # noqa: E402
+import plot_style  # noqa: E402
+from cross_validation import CV_PER_IMAGE_CSV  # noqa: E402
+
+NORMAL = "normal"
+
+
+def normal_scores(run_dirs: list[Path]) -> pd.DataFrame:
+    """One row per normal image (index ``image_id``), for run ``i`` (from 1) the columns
+    ``score_i`` (float in [0, 1], ``1 - p_normal``) and ``false_lesion_i`` (bool: any predicted pixel).
+
+    Raises:
+        FileNotFoundError: a run without ``cv_per_image.csv``.
+        ValueError: a run without class probabilities, or with other normal images than the first.
+    """
+    columns = {}
+    for i, run_dir in enumerate(run_dirs, start=1):
+        path = Path(run_dir) / CV_PER_IMAGE_CSV
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"No {CV_PER_IMAGE_CSV} in '{run_dir}': expected a finished cross-validation run."
+            )
+        table = pd.read_csv(path, dtype={"image_id": str})
+        if "p_normal" not in table:
+            raise ValueError(
+                f"Expected class probabilities (p_normal) in '{path}': a run of models with the head."
+            )
+        normals = table[table["label"] == NORMAL].set_index("image_id")
+        columns[f"score_{i}"] = 1.0 - normals["p_normal"]
+        columns[f"false_lesion_{i}"] = normals["pred_area"] > 0
+        first = columns["score_1"].index
+        if set(normals.index) != set(first):
+            raise ValueError(f"Expected '{path}' to hold the normal images of '{run_dirs[0]}'; they differ.")
+    return pd.DataFrame(columns).sort_index(key=lambda ids: ids.map(dl.natural_key))
+
+
+def persistent(frame: pd.DataFrame, min_score: float) -> pd.Series:
+    """``(N,)`` bool, aligned with `frame` (`normal_scores`): score >= `min_score` and a false lesion in every run."""
+    runs = [c.removeprefix("score_") for c in frame if c.startswith("score_")]
+    flags = [(frame[f"score_{r}"] >= min_score) & frame[f"false_lesion_{r}"] for r in runs]
+    return pd.concat(flags, axis=1).all(axis=1)
+
+
+def report(frame: pd.DataFrame, run_dirs: list[Path], min_score: float, target: float) -> str:
+    """The printed summary (see the module docstring)."""
+    n = len(frame)
+    lines = [f"{n} normal images; score = 1 - p_normal, out of fold"]
+    for i, run_dir in enumerate(run_dirs, start=1):
+        false_lesion, high = frame[f"false_lesion_{i}"].mean(), (frame[f"score_{i}"] >= min_score).mean()
+        lines.append(
+            f"  run {i} ({run_dir}): false lesion {false_lesion:.1%}; score >= {min_score:g} {high:.1%}"
+        )
+    hard = frame[persistent(frame, min_score)]
+    allowed = math.floor(target * n)
+    lines.append(
+        f"persistent (score >= {min_score:g} and a false lesion in all {len(run_dirs)} runs): {len(hard)} "
+        f"({len(hard) / n:.1%}); a target of {target:.0%} allows {allowed} normal images with a false lesion"
+    )
+    scores = hard[[c for c in frame if c.startswith("score_")]]
+    for image_id, row in scores.iterrows():
+        lines.append(f"  {image_id}: scores " + " / ".join(f"{s:.2f}" for s in row))
+    return "\n".join(lines)
+
+
+def plot_images(frame: pd.DataFrame, hard: pd.Series, root, path) -> None:
+    """Saves the persistent images of `frame` (BUSI files under `root`) as a grid, titled with the lowest score."""
+    index = dl.index_busi(dl.resolve_root(root)).set_index("image_id")
+    ids = list(frame.index[hard])
+    if not ids:
+        raise ValueError("No persistent normal images to draw.")
+    missing = sorted(set(ids) - set(index.index))
+    if missing:
+        raise FileNotFoundError(f"Expected BUSI at '{root}' to hold {missing[:3]}; it does not.")
+    fig, axes = plot_style.grid_figure(len(ids), 5, has_title=True)
+    scores = frame.loc[ids, [c for c in frame if c.startswith("score_")]].min(axis=1)
+    for ax, image_id in zip(axes, ids):
+        image = image_io.read_image_file(index.loc[image_id, "image_path"])
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+        plot_style.show_image(
+            ax, grey.astype(np.float32) / np.iinfo(grey.dtype).max, f"{image_id}: {scores[image_id]:.2f}"
+        )
+    fig.suptitle(
+        "Normal images called a lesion in every run (lowest 1 - p_normal)",
+        fontsize=plot_style.SUPTITLE_FONTSIZE,
+    )
+    plot_style.save(fig, path)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--run-dir", required=True, action="append", help="a finished CV run (repeat for more)"
+    )
+    parser.add_argument(
+        "--min-score", type=float, default=0.5, help="lesion score 1 - p_normal (default 0.5)"
+    )
+    parser.add_argument(
+        "--target", type=float, default=0.15, help="allowed share of normal images with a false lesion"
+    )
+    parser.add_argument(
+        "--root", default=None, help="BUSI folder (default: $BUSI_ROOT, else ../shared/data/BUSI)"
+    )
+    parser.add_argument("--figure", default=None, help="PNG of the persistent images")
+    parser.add_argument("--output", default=None, help="CSV, one row per normal image")
+    args = parser.parse_args(argv)
+    run_dirs = [Path(run_dir) for run_dir in args.run_dir]
+    with cli.user_errors():
+        if not (0 <= args.min_score <= 1 and 0 <= args.target <= 1):
+            raise ValueError(
+                f"Expected --min-score and --target in [0, 1]; received {args.min_score}, {args.target}."
+            )
+        frame = normal_scores(run_dirs)
+        root = dl.find_busi_root(args.root) if args.figure else None
+        if args.figure and root is None:
+            raise FileNotFoundError("BUSI not found for --figure; pass --root or set BUSI_ROOT.")
+    print(report(frame, run_dirs, args.min_score, args.target))
+    hard = persistent(frame, args.min_score)
+    if args.output:
+        atomic_io.write_csv(args.output, frame.assign(persistent=hard).reset_index())
+        print(f"wrote {args.output}")
+    if args.figure:
+        with cli.user_errors():
+            plot_images(frame, hard, root, args.figure)
+        print(f"wrote {args.figure}")
+
+
+if __name__ == "__main__":
+    main()
