@@ -743,6 +743,42 @@ def paired_lesion_dice(baseline: pd.DataFrame, other: pd.DataFrame, seed: int = 
     }
 
 
+def paired_normal_false_lesion(baseline: pd.DataFrame, other: pd.DataFrame, seed: int = 0) -> dict:
+    """The paired out-of-fold difference in normal images left with a false lesion, after each run's head gate.
+
+    Args:
+        baseline, other: each run's ``cv_per_image.csv`` (columns ``image_id``, ``label``,
+            ``pred_area``, and ``lesion_free_head`` for models with the head), every image once; both
+            must hold the same images. A normal image has a false lesion when ``pred_area > 0`` and
+            its run's gate did not empty it (``lesion_free_head`` False or absent).
+        seed: bootstrap seed.
+
+    Returns:
+        ``{"n": normal images, "baseline": share in [0, 1], "other": share, "difference": other -
+        baseline, "ci": (low, high) 95% bootstrap CI of the difference}``.
+
+    Raises:
+        ValueError: the two runs scored different images.
+    """
+    import evaluation
+
+    if set(baseline["image_id"]) != set(other["image_id"]):
+        raise ValueError("Expected two runs on the same images; their cv_per_image.csv differ in image_id.")
+    flags = []
+    for frame in (baseline, other):
+        normal = frame[frame["label"].eq("normal")].set_index("image_id").sort_index()
+        gated = normal["lesion_free_head"].astype(bool) if "lesion_free_head" in normal else False
+        flags.append(((normal["pred_area"] > 0) & ~gated).to_numpy(dtype=float))
+    difference = flags[1] - flags[0]
+    return {
+        "n": len(difference),
+        "baseline": float(flags[0].mean()),
+        "other": float(flags[1].mean()),
+        "difference": float(difference.mean()),
+        "ci": evaluation.bootstrap_ci(difference, seed=seed),
+    }
+
+
 def _paired_against_first(names: list[str], out: Path, seed: int) -> str:
     """Lines: each configuration's paired lesion Dice difference against the first one's, out of fold."""
     import cross_validation as cv
@@ -755,6 +791,12 @@ def _paired_against_first(names: list[str], out: Path, seed: int) -> str:
         lines.append(
             f"  {name}: {paired['difference']:+.3f} [{low:+.3f}, {high:+.3f}] over {paired['n']} lesion images; "
             f"ratio of means {paired['ratio']:.3f}"
+        )
+        normal = paired_normal_false_lesion(frames[names[0]], frames[name], seed)
+        low, high = normal["ci"]
+        lines.append(
+            f"    normal images with a false lesion after the head's gate: {normal['baseline']:.1%} -> "
+            f"{normal['other']:.1%}, {normal['difference']:+.1%} [{low:+.1%}, {high:+.1%}] over {normal['n']}"
         )
     return "\n".join(lines)
 

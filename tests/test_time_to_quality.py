@@ -235,3 +235,21 @@ def test_paired_lesion_dice_against_hand_computed_values():
     assert 0.0 <= low <= paired["difference"] <= high <= 0.3 + 1e-12  # a mean of resampled differences
     with pytest.raises(ValueError, match="same images"):
         ttq.paired_lesion_dice(baseline, other.iloc[:3])
+
+
+def test_paired_normal_false_lesion_counts_what_each_runs_gate_left():
+    ids = ["n1", "n2", "n3", "n4", "a"]
+    labels = ["normal"] * 4 + ["benign"]
+    baseline = pd.DataFrame(  # n1, n2 and n3 have a false lesion; the gate empties n3: 2 of 4 left
+        {"image_id": ids, "label": labels, "pred_area": [5, 9, 3, 0, 40]}
+    ).assign(lesion_free_head=[False, False, True, False, False])
+    other = pd.DataFrame(  # another order, no head column: n2 and n4 have a false lesion, 2 of 4
+        {"image_id": ids[::-1], "label": labels[::-1], "pred_area": [40, 7, 0, 6, 0]}
+    )
+    paired = ttq.paired_normal_false_lesion(baseline, other)
+    assert paired["n"] == 4 and paired["baseline"] == 0.5 and paired["other"] == 0.5
+    assert paired["difference"] == 0.0  # per image: n1 -1, n2 0, n3 0, n4 +1
+    low, high = paired["ci"]
+    assert -1.0 <= low <= 0.0 <= high <= 1.0
+    with pytest.raises(ValueError, match="same images"):
+        ttq.paired_normal_false_lesion(baseline, other.iloc[:3])
