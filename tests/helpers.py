@@ -150,6 +150,7 @@ def notebook_namespace(data, output, display, **extra):
         "depth": 2,
         "dtype_choice": precision.PolicyChoice("float32", "given explicitly"),
         "classifier": False,  # the fixtures' runs have no classification head
+        "classifier_pooling": "average",
         "batch_size": 4,
         "seed": 0,
         "epochs": 1,
