@@ -32,8 +32,6 @@ import quiet  # noqa: E402
 
 quiet.import_tensorflow()
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import atomic_io  # noqa: E402
@@ -69,16 +67,22 @@ def normal_scores(run_dirs: list[Path]) -> pd.DataFrame:
         normals = table[table["label"] == NORMAL].set_index("image_id")
         columns[f"score_{i}"] = 1.0 - normals["p_normal"]
         columns[f"false_lesion_{i}"] = normals["pred_area"] > 0
-        first = columns["score_1"].index
-        if set(normals.index) != set(first):
+        if set(normals.index) != set(columns["score_1"].index):
             raise ValueError(f"Expected '{path}' to hold the normal images of '{run_dirs[0]}'; they differ.")
     return pd.DataFrame(columns).sort_index(key=lambda ids: ids.map(dl.natural_key))
 
 
+def _score_columns(frame: pd.DataFrame) -> list[str]:
+    """The ``score_i`` columns of a `normal_scores` table, one per run, in run order."""
+    return [column for column in frame if column.startswith("score_")]
+
+
 def persistent(frame: pd.DataFrame, min_score: float) -> pd.Series:
     """``(N,)`` bool, aligned with `frame` (`normal_scores`): score >= `min_score` and a false lesion in every run."""
-    runs = [c.removeprefix("score_") for c in frame if c.startswith("score_")]
-    flags = [(frame[f"score_{r}"] >= min_score) & frame[f"false_lesion_{r}"] for r in runs]
+    flags = [
+        (frame[score] >= min_score) & frame[score.replace("score_", "false_lesion_")]
+        for score in _score_columns(frame)
+    ]
     return pd.concat(flags, axis=1).all(axis=1)
 
 
@@ -97,8 +101,7 @@ def report(frame: pd.DataFrame, run_dirs: list[Path], min_score: float, target: 
         f"persistent (score >= {min_score:g} and a false lesion in all {len(run_dirs)} runs): {len(hard)} "
         f"({len(hard) / n:.1%}); a target of {target:.0%} allows {allowed} normal images with a false lesion"
     )
-    scores = hard[[c for c in frame if c.startswith("score_")]]
-    for image_id, row in scores.iterrows():
+    for image_id, row in hard[_score_columns(frame)].iterrows():
         lines.append(f"  {image_id}: scores " + " / ".join(f"{s:.2f}" for s in row))
     return "\n".join(lines)
 
@@ -113,13 +116,10 @@ def plot_images(frame: pd.DataFrame, hard: pd.Series, root, path) -> None:
     if missing:
         raise FileNotFoundError(f"Expected BUSI at '{root}' to hold {missing[:3]}; it does not.")
     fig, axes = plot_style.grid_figure(len(ids), 5, has_title=True)
-    scores = frame.loc[ids, [c for c in frame if c.startswith("score_")]].min(axis=1)
+    scores = frame.loc[ids, _score_columns(frame)].min(axis=1)
     for ax, image_id in zip(axes, ids):
-        image = image_io.read_image_file(index.loc[image_id, "image_path"])
-        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
-        plot_style.show_image(
-            ax, grey.astype(np.float32) / np.iinfo(grey.dtype).max, f"{image_id}: {scores[image_id]:.2f}"
-        )
+        grey = image_io.to_grey(image_io.read_image_file(index.loc[image_id, "image_path"]))
+        plot_style.show_image(ax, grey, f"{image_id}: {scores[image_id]:.2f}")
     fig.suptitle(
         "Normal images called a lesion in every run (lowest 1 - p_normal)",
         fontsize=plot_style.SUPTITLE_FONTSIZE,
