@@ -1,9 +1,10 @@
 """Tiny generated data, a tiny U-Net, batched datasets, hand-made cross-validation runs, a tiny external
-set and the names the notebook's cells read, shared by the training, model_io, inference,
-cross-validation, ensemble and benchmark tests. Not a test module (no ``test_`` prefix); imported by
-those test modules.
+set, the names the notebook's cells read and a loader of the benchmark scripts, shared by the
+training, model_io, inference, cross-validation, ensemble and benchmark tests. Not a test module
+(no ``test_`` prefix); imported by those test modules.
 """
 
+import importlib.util
 from pathlib import Path
 
 import cv2
@@ -19,6 +20,16 @@ import splits
 import synthetic_data
 import training
 import visualization as viz
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark(name: str):
+    """The module of ``benchmarks/<name>.py``, loaded from its file (benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_data(n=16, size=32, seed=0):

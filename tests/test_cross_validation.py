@@ -1,7 +1,6 @@
 """k-fold cross-validation: fold roles without leakage, per-fold results, resume, errors, figure."""
 
 import functools
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-from helpers import notebook_namespace, tiny_busi
+from helpers import load_benchmark, notebook_namespace, tiny_busi
 
 import class_labels
 import cross_validation as cv
@@ -193,7 +192,7 @@ def test_the_gate_frontier_command_scores_the_runs_gates_without_writing_in_it(
     index = data[0]
     run = head_folds[0]
     written = _modification_times(run)
-    command = _benchmark("gate_frontier")
+    command = load_benchmark("gate_frontier")
     root = Path(index["image_path"].iloc[0]).parents[1]
 
     command.main(["--run-dir", str(run), "--root", str(root), "--output", str(tmp_path / "frontier.csv")])
@@ -222,7 +221,7 @@ def test_the_gate_frontier_ensembles_runs_of_the_same_folds_and_refuses_other_fo
 ):
     index = data[0]
     run = head_folds[0]
-    command = _benchmark("gate_frontier")
+    command = load_benchmark("gate_frontier")
     root = Path(index["image_path"].iloc[0]).parents[1]
     single, twice = tmp_path / "single.csv", tmp_path / "twice.csv"
     command.main(["--run-dir", str(run), "--root", str(root), "--no-tta", "--output", str(single)])
@@ -260,21 +259,13 @@ def _modification_times(run: Path) -> dict:
     return {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file()}
 
 
-def _benchmark(name: str):
-    """The module of ``benchmarks/<name>.py``, loaded from its file."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    command = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(command)
-    return command
-
-
 def test_the_tta_command_chooses_each_settings_thresholds_on_inner_validation_without_writing_in_the_run(
     data, head_folds, tmp_path, capsys
 ):
     index = data[0]
     run = head_folds[0]
     written = _modification_times(run)
-    command = _benchmark("tta_cv")
+    command = load_benchmark("tta_cv")
     root = Path(index["image_path"].iloc[0]).parents[1]
 
     command.main(["--run-dir", str(run), "--root", str(root), "--output", str(tmp_path / "tta.csv")])
@@ -307,12 +298,12 @@ def test_the_tta_command_chooses_each_settings_thresholds_on_inner_validation_wi
 def test_tta_earns_its_place_when_it_raises_inner_validation_dice_in_three_quarters_of_the_folds(
     plain, tta, expected
 ):
-    assert _benchmark("tta_cv").earns_its_place(plain, tta) == expected
+    assert load_benchmark("tta_cv").earns_its_place(plain, tta) == expected
 
 
 def test_the_tta_decision_rejects_settings_with_different_fold_counts():
     with pytest.raises(ValueError, match="one inner-validation lesion Dice per fold"):
-        _benchmark("tta_cv").earns_its_place([0.7, 0.7], [0.7])
+        load_benchmark("tta_cv").earns_its_place([0.7, 0.7], [0.7])
 
 
 def test_threshold_is_chosen_on_the_inner_validation_part_only(data, two_folds, monkeypatch):
@@ -448,9 +439,7 @@ def test_the_rescore_command_reloads_the_runs_data_and_prints_the_gates(data, tw
     index = data[0]
     run = tmp_path / "run"
     shutil.copytree(two_folds[0], run)
-    spec = importlib.util.spec_from_file_location("rescore_cv", REPO / "benchmarks" / "rescore_cv.py")
-    command = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(command)
+    command = load_benchmark("rescore_cv")
     root = Path(index["image_path"].iloc[0]).parents[1]
 
     command.main(["--run-dir", str(run), "--root", str(root)])

@@ -1,22 +1,13 @@
 """benchmarks/hard_normals.py: normal images that every run calls a lesion, from out-of-fold tables."""
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import load_benchmark
 
 import synthetic_data
 from cross_validation import CV_PER_IMAGE_CSV
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _command():
-    spec = importlib.util.spec_from_file_location("hard_normals", REPO / "benchmarks" / "hard_normals.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(folder: Path, p_normal, pred_area, with_head: bool = True) -> Path:
@@ -36,7 +27,7 @@ def _run(folder: Path, p_normal, pred_area, with_head: bool = True) -> Path:
 
 
 def test_persistent_normals_are_high_scoring_false_lesions_in_every_run(tmp_path, capsys):
-    command = _command()
+    command = load_benchmark("hard_normals")
     # normal (1): lesion scores 0.9 / 0.6, false lesions in both: persistent.
     # normal (2): score 0.9 / 0.4: below 0.5 in run 2. normal (3): no false lesion in run 1. normal (4): low.
     first = _run(tmp_path / "a", p_normal=[0.1, 0.1, 0.2, 0.9], pred_area=[30, 10, 0, 5])
@@ -74,13 +65,13 @@ def test_the_figure_draws_the_persistent_busi_images(tmp_path):
     run = _run(tmp_path / "run", p_normal=[0.1, 0.9], pred_area=[20, 20])
     figure = tmp_path / "hard.png"
 
-    _command().main(["--run-dir", str(run), "--root", str(root), "--figure", str(figure)])
+    load_benchmark("hard_normals").main(["--run-dir", str(run), "--root", str(root), "--figure", str(figure)])
 
     assert figure.stat().st_size > 1000
 
 
 def test_user_mistakes_get_one_line_and_status_2(tmp_path, capsys):
-    command = _command()
+    command = load_benchmark("hard_normals")
     no_head = _run(tmp_path / "plain", p_normal=[0.5], pred_area=[1], with_head=False)
     other = _run(tmp_path / "other", p_normal=[0.5, 0.5], pred_area=[1, 1])
     cases = [

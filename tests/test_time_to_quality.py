@@ -3,7 +3,6 @@ external set, scored as evaluate_external.py scores it (without and with the gat
 its result JSON; on a hand-made two-fold run of untrained models with the head and a tiny generated set."""
 
 import argparse
-import importlib.util
 import json
 import shutil
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import keras
 import pandas as pd
 import pytest
-from helpers import EXTERNAL_COLOURS, fake_cv_run, tiny_external
+from helpers import EXTERNAL_COLOURS, fake_cv_run, load_benchmark, tiny_external
 
 import evaluate_external as ee
 import folder_index as fi
@@ -20,20 +19,8 @@ import model as unet
 import out_of_fold as oof
 import training
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = "tiny_cls"
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "time_to_quality", REPO / "benchmarks" / "time_to_quality.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ttq = _load_benchmark()
+ttq = load_benchmark("time_to_quality")
 
 
 def _write_ensemble_json(run: Path, gate_threshold: float) -> None:
