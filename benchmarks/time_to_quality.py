@@ -730,8 +730,7 @@ def paired_lesion_dice(baseline: pd.DataFrame, other: pd.DataFrame, seed: int = 
     """
     import evaluation
 
-    if set(baseline["image_id"]) != set(other["image_id"]):
-        raise ValueError("Expected two runs on the same images; their cv_per_image.csv differ in image_id.")
+    _check_same_images(baseline, other)
     pairs = baseline.merge(other, on=["image_id", "label"], suffixes=("_base", "_other"))
     pairs = pairs[pairs["label"].ne("normal")]
     difference = (pairs["dice_other"] - pairs["dice_base"]).to_numpy()
@@ -762,8 +761,7 @@ def paired_normal_false_lesion(baseline: pd.DataFrame, other: pd.DataFrame, seed
     """
     import evaluation
 
-    if set(baseline["image_id"]) != set(other["image_id"]):
-        raise ValueError("Expected two runs on the same images; their cv_per_image.csv differ in image_id.")
+    _check_same_images(baseline, other)
     flags = []
     for frame in (baseline, other):
         normal = frame[frame["label"].eq("normal")].set_index("image_id").sort_index()
@@ -777,6 +775,12 @@ def paired_normal_false_lesion(baseline: pd.DataFrame, other: pd.DataFrame, seed
         "difference": float(difference.mean()),
         "ci": evaluation.bootstrap_ci(difference, seed=seed),
     }
+
+
+def _check_same_images(baseline: pd.DataFrame, other: pd.DataFrame) -> None:
+    """Raises ValueError unless two runs' ``cv_per_image.csv`` tables hold the same ``image_id`` values."""
+    if set(baseline["image_id"]) != set(other["image_id"]):
+        raise ValueError("Expected two runs on the same images; their cv_per_image.csv differ in image_id.")
 
 
 def _paired_against_first(names: list[str], out: Path, seed: int) -> str:
