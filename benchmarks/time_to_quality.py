@@ -164,6 +164,8 @@ CONFIGS = {
     # What the classification head pools (model.CLASSIFIER_POOLINGS), against cls_w02_bf16 ("average").
     "head_avgmax_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "classifier_pooling": "average_max"},
     "head_multiscale_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "classifier_pooling": "multiscale"},
+    # The recipe twice as wide (base 32: a 4x wider bottleneck for the head), against cls_w02_bf16.
+    "b32_cls_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "base_filters": 32},
 }
 DEFAULT_CONFIGS = (BASELINE, "b32_128_cos", "b16_128_cos")
 QUICK_CONFIGS = ("b16_128_cos", "b32_128_plateau")
