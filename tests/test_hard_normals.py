@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pandas as pd
 import pytest
 from helpers import load_benchmark
@@ -70,18 +72,77 @@ def test_the_figure_draws_the_persistent_busi_images(tmp_path):
     assert figure.stat().st_size > 1000
 
 
+def test_duplicate_context_names_the_lesion_images_in_a_normal_images_group():
+    command = load_benchmark("hard_normals")
+    frame = pd.DataFrame({"score_1": [0.9, 0.8, 0.2]}, index=["normal (1)", "normal (2)", "normal (3)"])
+    groups = pd.DataFrame(
+        {
+            "label": ["benign", "malignant", "normal", "normal", "normal", "benign"],
+            "duplicate_group": [0, 0, 0, 1, 2, 3],
+        },
+        index=["benign (1)", "malignant (1)", "normal (1)", "normal (2)", "normal (3)", "benign (2)"],
+    )
+
+    out = command.duplicate_context(frame, groups)
+
+    assert out["duplicate_group"].tolist() == [0, 1, 2]
+    assert out["lesion_duplicates"].tolist() == ["benign (1), malignant (1)", "", ""]
+    with pytest.raises(ValueError, match="normal \\(3\\)"):
+        command.duplicate_context(frame, groups.drop(index="normal (3)"))
+
+
+def test_duplicates_report_scans_and_label_conflicts_on_a_generated_busi(tmp_path, capsys):
+    base = synthetic_data.make_synthetic_busi(
+        tmp_path / "busi", n_benign=2, n_malignant=1, n_normal=3, n_duplicates=0, seed=0
+    )
+    # normal (2) is benign (1)'s scan, labelled normal: a label conflict; normal (3) repeats normal (2).
+    image = cv2.imread(str(base / "benign" / "benign (1).png"))
+    for target in ("normal (2)", "normal (3)"):
+        cv2.imwrite(str(base / "normal" / f"{target}.png"), image)
+        cv2.imwrite(str(base / "normal" / f"{target}_mask.png"), np.zeros_like(image))
+    run = _run(tmp_path / "run", p_normal=[0.9, 0.1, 0.2], pred_area=[0, 20, 30])
+    figure = tmp_path / "hard.png"
+
+    load_benchmark("hard_normals").main(
+        [
+            "--run-dir",
+            str(run),
+            "--root",
+            str(base),
+            "--duplicates",
+            "--figure",
+            str(figure),
+            "--output",
+            str(tmp_path / "t.csv"),
+        ]
+    )
+
+    out = capsys.readouterr().out
+    assert "the 2 persistent images are 1 distinct scans (duplicate groups)" in out
+    assert "label conflicts): 2" in out
+    assert "normal (2) = benign (1) (persistent)" in out and "normal (3) = benign (1) (persistent)" in out
+    table = pd.read_csv(tmp_path / "t.csv", keep_default_na=False)
+    assert table["lesion_duplicates"].tolist() == ["", "benign (1)", "benign (1)"]
+    assert figure.stat().st_size > 1000
+
+
 def test_user_mistakes_get_one_line_and_status_2(tmp_path, capsys):
     command = load_benchmark("hard_normals")
     no_head = _run(tmp_path / "plain", p_normal=[0.5], pred_area=[1], with_head=False)
     other = _run(tmp_path / "other", p_normal=[0.5, 0.5], pred_area=[1, 1])
+
+    def runs(*folders):
+        return [arg for folder in folders for arg in ("--run-dir", str(folder))]
+
     cases = [
-        ([str(tmp_path / "missing")], "No cv_per_image.csv in"),
-        ([str(no_head)], "Expected class probabilities (p_normal)"),
-        ([str(_run(tmp_path / "one", [0.5], [1])), str(other)], "to hold the normal images of"),
+        (runs(tmp_path / "missing"), "No cv_per_image.csv in"),
+        (runs(no_head), "Expected class probabilities (p_normal)"),
+        (runs(_run(tmp_path / "one", [0.5], [1]), other), "to hold the normal images of"),
+        (runs(other) + ["--duplicates", "--root", str(tmp_path / "no_busi")], "no_busi"),
     ]
-    for runs, message in cases:
+    for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:
-            command.main([arg for run in runs for arg in ("--run-dir", run)])
+            command.main(argv)
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1
