@@ -166,6 +166,9 @@ CONFIGS = {
     "head_multiscale_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "classifier_pooling": "multiscale"},
     # The recipe twice as wide (base 32: a 4x wider bottleneck for the head), against cls_w02_bf16.
     "b32_cls_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "base_filters": 32},
+    # The recipe with per-image standardisation inside the model (a scanner's gain and contrast
+    # removed before the first layer), against cls_w02_bf16.
+    "std_cls_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "standardize_input": True},
 }
 DEFAULT_CONFIGS = (BASELINE, "b32_128_cos", "b16_128_cos")
 QUICK_CONFIGS = ("b16_128_cos", "b32_128_plateau")
