@@ -121,7 +121,7 @@ def duplicate_context(frame: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame
     if missing:
         raise ValueError(f"Expected the dataset to hold the runs' normal images; {missing[:3]} are missing.")
     lesions = groups[groups["label"] != NORMAL]
-    by_group = lesions.groupby("duplicate_group").apply(lambda g: ", ".join(g.index), include_groups=False)
+    by_group = lesions.index.to_series().groupby(lesions["duplicate_group"]).agg(", ".join)
     out = frame.copy()
     out["duplicate_group"] = groups.loc[frame.index, "duplicate_group"].astype(int)
     out["lesion_duplicates"] = out["duplicate_group"].map(by_group).fillna("").astype(str)
