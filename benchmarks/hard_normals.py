@@ -95,14 +95,13 @@ def persistent(frame: pd.DataFrame, min_score: float) -> pd.Series:
     return pd.concat(flags, axis=1).all(axis=1)
 
 
-def busi_duplicate_groups(root, cache_dir=None) -> pd.DataFrame:
-    """BUSI's index under `root` (index ``image_id``; ``label``, ``image_path``, ...) with
-    ``duplicate_group`` (int) and ``group_size``, computed as the cross-validation computes them:
+def busi_duplicate_groups(index: pd.DataFrame, cache_dir=None) -> pd.DataFrame:
+    """BUSI's `index` (`data_loading.index_busi`'s rows, index ``image_id``) with ``duplicate_group``
+    (int) and ``group_size``, computed as the cross-validation computes them:
     `splits.add_duplicate_groups` on the images loaded at ``GROUP_IMAGE_SIZE`` px (`cache_dir`, if
     given, caches them as `data_loading.load_dataset` does)."""
-    index = dl.index_busi(dl.resolve_root(root))
     images, _ = dl.load_dataset(index, GROUP_IMAGE_SIZE, cache_dir=cache_dir)
-    return splits.add_duplicate_groups(index, images).set_index("image_id")
+    return splits.add_duplicate_groups(index.reset_index(), images).set_index("image_id")
 
 
 def duplicate_context(frame: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
@@ -169,16 +168,16 @@ def report(frame: pd.DataFrame, run_dirs: list[Path], min_score: float, target: 
     return "\n".join(lines)
 
 
-def plot_images(frame: pd.DataFrame, hard: pd.Series, root, path) -> None:
-    """Saves the persistent images of `frame` (BUSI files under `root`) as a grid, titled with the
+def plot_images(frame: pd.DataFrame, hard: pd.Series, index: pd.DataFrame, path) -> None:
+    """Saves the persistent images of `frame` (BUSI's files, `index` from `data_loading.index_busi`
+    indexed by ``image_id``) as a grid, titled with the
     lowest score (and the lesion images each duplicates, when `frame` has ``lesion_duplicates``)."""
-    index = dl.index_busi(dl.resolve_root(root)).set_index("image_id")
     ids = list(frame.index[hard])
     if not ids:
         raise ValueError("No persistent normal images to draw.")
     missing = sorted(set(ids) - set(index.index))
     if missing:
-        raise FileNotFoundError(f"Expected BUSI at '{root}' to hold {missing[:3]}; it does not.")
+        raise FileNotFoundError(f"Expected BUSI to hold {missing[:3]}; it does not.")
     duplicates = frame["lesion_duplicates"] if "lesion_duplicates" in frame else pd.Series("", frame.index)
     two_lines = bool((duplicates[ids] != "").any())
     fig, axes = plot_style.grid_figure(len(ids), 5, has_title=True, title_lines=2 if two_lines else 1)
@@ -229,8 +228,9 @@ def main(argv=None) -> None:
             raise FileNotFoundError(
                 "BUSI not found for --figure or --duplicates; pass --root or set BUSI_ROOT."
             )
+        index = dl.index_busi(dl.resolve_root(root)).set_index("image_id") if root else None
         if args.duplicates:
-            frame = duplicate_context(frame, busi_duplicate_groups(root, args.cache_dir))
+            frame = duplicate_context(frame, busi_duplicate_groups(index, args.cache_dir))
     print(report(frame, run_dirs, args.min_score, args.target))
     hard = persistent(frame, args.min_score)
     if args.output:
@@ -238,7 +238,7 @@ def main(argv=None) -> None:
         print(f"wrote {args.output}")
     if args.figure:
         with cli.user_errors():
-            plot_images(frame, hard, root, args.figure)
+            plot_images(frame, hard, index, args.figure)
         print(f"wrote {args.figure}")
 
 
