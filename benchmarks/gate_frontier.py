@@ -24,8 +24,13 @@ An image is declared lesion-free (its mask emptied) when, by rule:
     max probability / min area             peak < m or area < a          (gate.lesion_free_by_mask)
     head or max probability / min area     1 - p_normal < t or peak < m or area < a
     head x max probability                 (1 - p_normal) * peak < t
+    mask threshold alone                   none; the mask threshold k replaces the chosen one
+    head + mask threshold                  1 - p_normal < t, masks at threshold k
 
-with t in gate.GATE_THRESHOLDS, m in gate.MAX_PROBABILITIES and a in gate.MIN_AREAS. Three tables:
+with t in gate.GATE_THRESHOLDS, m in gate.MAX_PROBABILITIES, a in gate.MIN_AREAS and k in
+evaluation.DEFAULT_THRESHOLDS. A rule with k spends the same lesion Dice budget as the others: its
+drop is measured against the lesion Dice without a gate at the mask threshold chosen for Dice,
+so a higher k (fewer, smaller masks) and the gate share it. Three tables:
 
 1. Pooled inner validation (the basis for choosing a rule): every fold's inner validation part,
    each image predicted by its own fold model, one parameter setting for all folds; per rule and
@@ -130,10 +135,26 @@ def image_table(
                         "peak": flat.max(axis=1),
                         "lesion_score": classification_metrics.lesion_score(classes),
                         "lesion_score_flip": classification_metrics.lesion_score(flipped[role][2]),
+                        **_at_mask_thresholds(masks[rows], probabilities),
                     }
                 )
             )
     return pd.concat(parts, ignore_index=True)
+
+
+def _column(name: str, mask_threshold: float) -> str:
+    """The image table's column of `name` ("dice" or "area") at mask threshold `mask_threshold`."""
+    return f"{name}@{mask_threshold:.3f}"
+
+
+def _at_mask_thresholds(y_true: np.ndarray, probabilities: np.ndarray) -> dict:
+    """Each image's Dice and predicted area at every mask threshold of evaluation.DEFAULT_THRESHOLDS."""
+    flat = probabilities.reshape(len(probabilities), -1)
+    columns = {}
+    for k in evaluation.DEFAULT_THRESHOLDS:
+        columns[_column("dice", k)] = evaluation.dice_score(y_true, probabilities, k)
+        columns[_column("area", k)] = (flat >= k).sum(axis=1)
+    return columns
 
 
 def candidate_rules(tta: bool) -> dict:
@@ -158,6 +179,13 @@ def candidate_rules(tta: bool) -> dict:
             lambda f, t: f["lesion_score"].to_numpy() * f["peak"].to_numpy() < t,
         ),
     }
+    masks = evaluation.DEFAULT_THRESHOLDS
+    rules["mask threshold alone"] = (("k",), [(k,) for k in masks], lambda f, k: np.zeros(len(f), bool))
+    rules["head + mask threshold"] = (
+        ("k", "t"),
+        [(k, t) for k in masks for t in heads],
+        lambda f, k, t: f["lesion_score"].to_numpy() < t,
+    )
     if not tta:
         del rules["head, flip-averaged"]
     return rules
@@ -167,16 +195,27 @@ def _mask_rule(frame: pd.DataFrame, max_probability: float, min_area: int) -> np
     return (frame["peak"].to_numpy() < max_probability) | (frame["area"].to_numpy() < min_area)
 
 
+def score(frame: pd.DataFrame, rule, values) -> dict:
+    """`gate.score_gate`'s figures of one candidate of `rule` (parameter `values`) on `frame`.
+
+    With a mask threshold ``k`` among the parameters, Dice and areas are read at ``k``, and the
+    lesion Dice drop is counted from the lesion Dice without a gate at the chosen threshold.
+    """
+    names, _, flags = rule
+    dice, area = frame["dice"].to_numpy(), frame["area"].to_numpy()
+    shift = 0.0
+    if "k" in names:
+        k = values[names.index("k")]
+        dice, area = frame[_column("dice", k)].to_numpy(), frame[_column("area", k)].to_numpy()
+        shift = _lesion_dice(frame) - float(dice[~frame["empty_truth"].to_numpy()].mean())
+    scores = gate.score_gate(dice, frame["empty_truth"].to_numpy(), area, flags(frame, *values))
+    return {**scores, "lesion_dice_drop": scores["lesion_dice_drop"] + shift}
+
+
 def curve(frame: pd.DataFrame, rule) -> pd.DataFrame:
-    """One row per candidate of `rule`: its parameters and `gate.score_gate`'s figures on `frame`."""
-    names, candidates, flags = rule
-    dice, empty, area = frame["dice"].to_numpy(), frame["empty_truth"].to_numpy(), frame["area"].to_numpy()
-    return pd.DataFrame(
-        [
-            {**dict(zip(names, values)), **gate.score_gate(dice, empty, area, flags(frame, *values))}
-            for values in candidates
-        ]
-    )
+    """One row per candidate of `rule`: its parameters and `score`'s figures on `frame`."""
+    names, candidates, _ = rule
+    return pd.DataFrame([{**dict(zip(names, values)), **score(frame, rule, values)} for values in candidates])
 
 
 def frontier_table(frame: pd.DataFrame, rules: dict, drops) -> pd.DataFrame:
@@ -199,8 +238,7 @@ def selection_table(table: pd.DataFrame, rules: dict) -> pd.DataFrame:
             parameters, chosen = _choose_per_fold(table, rule, criterion)
             row = {"rule": name, "criterion": criterion, "parameters_per_fold": parameters}
             for role, label in (("test", "held_out"), ("val", "inner_val")):
-                frame, lesion_free = chosen[role]
-                scores = gate.score_gate(frame["dice"], frame["empty_truth"], frame["area"], lesion_free)
+                frame, scores = chosen[role]
                 row[f"{label}_normal_false_lesion"] = scores["normal_false_lesion"]
                 row[f"{label}_lesion_dice"] = _lesion_dice(frame) - scores["lesion_dice_drop"]
                 row[f"{label}_lesion_dice_drop"] = scores["lesion_dice_drop"]
@@ -209,20 +247,35 @@ def selection_table(table: pd.DataFrame, rules: dict) -> pd.DataFrame:
 
 
 def _choose_per_fold(table: pd.DataFrame, rule, criterion: str) -> tuple[str, dict]:
-    """Each fold's parameters, chosen on its inner validation part: ``(text, {role: (images, flags)})``."""
+    """Each fold's parameters, chosen on its inner validation part: ``(text, {role: (images, scores)})``.
+
+    The scores are `score`'s over the role's images of every fold, each fold's with its own parameters.
+    """
     parameters, parts = [], {"val": [], "test": []}
-    names, _, flags = rule
+    names = rule[0]
     for _, images in table.groupby("fold"):
         scored = curve(images[images["role"] == "val"], rule)
         best = scored.loc[gate.choose_candidate(scored, names, criterion, TARGET_DROP)]
         parameters.append(_parameters(best, names))
         for role, part in images.groupby("role"):
-            parts[role].append((part, flags(part, *best[list(names)])))
-    chosen = {
-        role: (pd.concat([part for part, _ in pieces]), np.concatenate([flag for _, flag in pieces]))
-        for role, pieces in parts.items()
+            parts[role].append((part, tuple(best[list(names)])))
+    return "; ".join(parameters), {role: _pooled_scores(pieces, rule) for role, pieces in parts.items()}
+
+
+def _pooled_scores(pieces: list, rule) -> tuple[pd.DataFrame, dict]:
+    """`score`'s figures over several folds' images, each fold scored with its own parameters.
+
+    Per-image sums: the normal and lesion images of each fold weigh by their counts.
+    """
+    frame = pd.concat([part for part, _ in pieces])
+    normal = [int(part["empty_truth"].sum()) for part, _ in pieces]
+    lesion = [len(part) - n for (part, _), n in zip(pieces, normal)]
+    scores = [score(part, rule, values) for part, values in pieces]
+    pooled = {
+        key: float(np.average([s[key] for s in scores], weights=weights)) if sum(weights) else 0.0
+        for key, weights in (("normal_false_lesion", normal), ("lesion_dice_drop", lesion))
     }
-    return "; ".join(parameters), chosen
+    return frame, pooled
 
 
 def _row(frame: pd.DataFrame, rule: str, parameters: str, scores, allowed_drop: float) -> dict:

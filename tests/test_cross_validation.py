@@ -214,6 +214,12 @@ def test_the_gate_frontier_command_scores_the_runs_gates_without_writing_in_it(
         scored.loc[oof.HEAD_GATE, "normal_false_lesion"]
     )
     assert head["held_out_lesion_dice"] == pytest.approx(scored.loc[oof.HEAD_GATE, "lesion_dice"])
+    # The joint rule's candidates include the head's at each fold's own mask threshold, at the same
+    # drop: chosen on inner validation by the default criterion, it leaves no more false lesions there.
+    joint = selection.loc[("head + mask threshold", gate.CRITERIA[0])]
+    assert joint["inner_val_normal_false_lesion"] <= head["inner_val_normal_false_lesion"] + 1e-12
+    assert joint["inner_val_lesion_dice_drop"] <= gate.MAX_LESION_DICE_DROP + 1e-12
+    assert all(part.startswith("k ") for part in joint["parameters_per_fold"].split("; "))
 
 
 def test_the_gate_frontier_ensembles_runs_of_the_same_folds_and_refuses_other_folds(
@@ -252,6 +258,32 @@ def test_the_gate_frontier_ensembles_runs_of_the_same_folds_and_refuses_other_fo
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert error.startswith("error: Expected") and "fold-1" in error and "same --seed" in error
+
+
+def test_a_rule_with_a_mask_threshold_counts_its_drop_from_the_lesion_dice_at_the_chosen_threshold():
+    command = load_benchmark("gate_frontier")
+    at = {k: (0.0, 0.0, 0.0) for k in evaluation.DEFAULT_THRESHOLDS}
+    at[0.9] = (0.7, 0.5, 1.0)  # two lesion images, then a normal image kept empty at k = 0.9
+    frame = pd.DataFrame(
+        {
+            "empty_truth": [False, False, True],
+            "dice": [0.8, 0.6, 0.0],  # at the threshold chosen for Dice: lesion Dice 0.7
+            "area": [50, 40, 10],
+            "lesion_score": [0.9, 0.3, 0.2],
+            **{f"dice@{k:.3f}": list(values) for k, values in at.items()},
+            **{f"area@{k:.3f}": [30, 20, 0] if k == 0.9 else [0, 0, 5] for k in at},
+        }
+    )
+    rules = command.candidate_rules(tta=False)
+    alone = command.score(frame, rules["mask threshold alone"], (0.9,))
+    assert alone["normal_false_lesion"] == 0 and alone["lesion_dice_drop"] == pytest.approx(0.7 - 0.6)
+    joint = rules["head + mask threshold"]
+    assert command.score(frame, joint, (0.9, 0.25))["lesion_dice_drop"] == pytest.approx(0.1)
+    # t 0.35 also empties the second lesion image (score 0.3, Dice 0.5 at k): 0.25 more lost.
+    assert command.score(frame, joint, (0.9, 0.35))["lesion_dice_drop"] == pytest.approx(0.1 + 0.5 / 2)
+    head = command.score(frame, rules["classification head"], (0.25,))
+    assert head["normal_false_lesion"] == 0 and head["lesion_dice_drop"] == 0  # the normal image gated
+    assert command.score(frame, rules["classification head"], (0.15,))["normal_false_lesion"] == 1
 
 
 def _modification_times(run: Path) -> dict:
