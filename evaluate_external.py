@@ -4,7 +4,8 @@ Usage (from the repository root)::
 
     python evaluate_external.py --model runs/train_busi/best.keras --images DIR --masks DIR --output OUT
         [--labels CSV --label-column NAME] [--mask-colours "benign=0,255,0;malignant=255,0,0"]
-        [--threshold T] [--tta] [--batch-size 16] [--n-bootstrap 2000] [--seed 0]
+        [--threshold T] [--gate-threshold G | --no-gate] [--tta] [--batch-size 16] [--n-bootstrap 2000]
+        [--seed 0]
 
 Images and masks are paired by file name (`folder_index.index_folder`: ``masks/x.png`` or
 ``masks/x_mask.png`` for ``images/x.png``). Labels come from a CSV (``--labels``, the column
@@ -35,7 +36,7 @@ Outputs in ``OUT`` (created if missing), each written atomically:
   (`segment_images.CLASS_COLUMNS`), ``classification.csv`` (accuracy, recall per class, ROC AUC
   lesion vs normal and benign vs malignant with CIs), ``confusion_matrix.png`` and
   ``roc_curves.png``. Its masks are gated at the run's stored ``gate_threshold`` (`gate`;
-  ``--no-gate`` scores every mask as predicted);
+  ``--gate-threshold`` overrides it, ``--no-gate`` scores every mask as predicted);
 - ``dice_by_class.png`` and ``best_worst.png`` (the best and worst lesion cases; their panels
   are letterboxed to `DISPLAY_SIDE` px for display only).
 
@@ -354,6 +355,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         )
     if args.threshold is not None and not 0 < args.threshold < 1:
         raise ValueError(f"--threshold must lie in (0, 1); received {args.threshold}.")
+    if args.gate_threshold is not None and not 0 <= args.gate_threshold < 1:
+        raise ValueError(f"--gate-threshold must lie in [0, 1); received {args.gate_threshold}.")
+    if args.gate_threshold is not None and args.no_gate:
+        raise ValueError("--gate-threshold and --no-gate contradict each other: pass one of them.")
     if args.batch_size < 1 or args.n_bootstrap < 1:
         raise ValueError(
             f"--batch-size and --n-bootstrap must be >= 1; received {args.batch_size} and {args.n_bootstrap}."
@@ -361,11 +366,16 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def _gate(args: argparse.Namespace) -> tuple[float | None, str]:
-    """The gate threshold stored with the run (`segment_images.default_gate_threshold`), or None with --no-gate.
+    """--gate-threshold, else the gate stored with the run (`segment_images.default_gate_threshold`); None if off.
 
     A model without the classification head ignores it (its predictor returns no classes)."""
     if args.no_gate:
         return None, "off (--no-gate)"
+    if args.gate_threshold is not None:
+        return (
+            args.gate_threshold,
+            f"{args.gate_threshold:.2f} on 1 - p_normal for a model with the head (given)",
+        )
     gate_threshold, source = segment_images.default_gate_threshold(args.model)
     if gate_threshold is None:
         return None, source
@@ -417,6 +427,13 @@ def _parser() -> argparse.ArgumentParser:
         "in a cross-validation run folder), else 0.5",
     )
     parser.add_argument("--tta", action="store_true", help="average over the horizontal flip")
+    parser.add_argument(
+        "--gate-threshold",
+        type=float,
+        default=None,
+        help="for a model with the classification head: images with 1 - p_normal below it get an empty mask "
+        "(default: 'gate_threshold' stored with the run, as --threshold)",
+    )
     parser.add_argument(
         "--no-gate",
         action="store_true",

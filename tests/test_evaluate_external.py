@@ -250,6 +250,7 @@ MISTAKES = [
     ("label column without labels", {"labels": None}, "--label-column needs --labels"),
     ("no label source", {"labels": None, "label_column": None}, "Binary masks do not tell benign"),
     ("threshold out of range", {"threshold": "1.5"}, "--threshold must lie in (0, 1)"),
+    ("gate threshold out of range", {"gate_threshold": "1"}, "--gate-threshold must lie in [0, 1)"),
 ]
 
 
@@ -381,3 +382,12 @@ def test_a_model_with_the_head_is_scored_gated_with_its_classes_and_figures(tmp_
     kept = pd.read_csv(tmp_path / "kept" / ee.PER_IMAGE_CSV)
     assert status == 0 and "gate off (--no-gate)" in out and not kept["gated"].any()
     np.testing.assert_allclose(kept["p_normal"], per_image["p_normal"], atol=1e-6)  # the same classes
+
+    # --gate-threshold overrides the stored gate (0 gates nothing); with --no-gate it is a mistake.
+    status, out, _ = _run([*argv, "--output", tmp_path / "given", "--gate-threshold", "0"], capsys)
+    given = pd.read_csv(tmp_path / "given" / ee.PER_IMAGE_CSV)
+    assert status == 0 and "gate 0.00 on 1 - p_normal for a model with the head (given)" in out
+    assert not given["gated"].any()
+    argv = [*argv, "--output", tmp_path / "both", "--gate-threshold", "0.5", "--no-gate"]
+    status, _, err = _run(argv, capsys)
+    assert status == 2 and err.startswith("error: --gate-threshold and --no-gate contradict")
