@@ -128,14 +128,16 @@ def cross_validate(
     strategy=None,
     augment: bool | str = True,
     folds: Sequence[int] | None = None,
+    train_seed: int | None = None,
     **train_options,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Runs grouped, stratified k-fold cross-validation (see the module docstring), resumably.
 
     Each fold's model is built by ``build_model()`` inside ``strategy.scope()`` after
-    ``training.set_seeds(seed + fold)``, so it is always built under the strategy it trains
-    with. Fold ``k`` (1-based) uses ``seed + k`` for the initial weights and the shuffling and
-    augmentation of its training data; the folds themselves come from `seed`. When every fold
+    ``training.set_seeds(train_seed + fold)``, so it is always built under the strategy it trains
+    with. Fold ``k`` (1-based) uses ``train_seed + k`` (``seed + k`` by default) for the initial
+    weights and the shuffling and augmentation of its training data; the folds themselves come
+    from `seed`. When every fold
     is done, the run's tables are written and the fold ensemble's threshold is chosen on the
     out-of-fold predictions and written to ``ensemble.json``
     (`out_of_fold.choose_out_of_fold_threshold`; recomputed on every call, in seconds).
@@ -153,7 +155,8 @@ def cross_validate(
         run_dir: folder for the fold folders and the results tables; created if missing.
         n_folds: number of folds k, >= 2 and at most the number of images of the smallest class.
         batch_size: images per batch (the global batch under a multi-replica strategy).
-        seed: seed of the fold split; fold ``k`` trains with ``seed + k``.
+        seed: seed of the fold split (and of the bootstrap CIs); fold ``k`` trains with ``seed + k``
+            unless `train_seed` is given.
         strategy: a `tf.distribute.Strategy`, or None for ``tf.distribute.get_strategy()``.
         augment: the training augmentation, one of `augmentation.AUGMENTATIONS` (e.g. "basic",
             "elastic"), True or False (`data_loading.make_tf_dataset`'s `augment`).
@@ -163,6 +166,10 @@ def cross_validate(
             fold, each in the same run folder or in a copy of it; `gather_folds` (or a call
             without `folds`) then builds the tables. Such calls take no lock on `run_dir`, only
             `train_model`'s on each fold folder, so they may run side by side on different folds.
+        train_seed: None (the default) trains fold ``k`` with ``seed + k``; an integer trains it
+            with ``train_seed + k`` on the same folds: runs of one split and other training seeds,
+            e.g. to measure run-to-run noise with the folds fixed, or to ensemble them per fold.
+            Stored per fold as ``training_seed`` in ``fold_result.json``.
         **train_options: passed to `training.train_model` (``epochs``, ``loss``,
             ``learning_rate``, ``early_stopping_patience``, ``progress``, ...). With
             ``progress="none"`` the fold messages are silent too.
@@ -181,7 +188,8 @@ def cross_validate(
         ValueError: ``n_folds < 2``; `folds` not a list of fold numbers in 1..n_folds; a class
             with fewer images than folds (or an inner training part too small to split again);
             misaligned or misshapen arrays; a missing column; an unknown training option or
-            `augment`; a `run_dir` that holds folds of another split.
+            `augment`; a `run_dir` that holds folds of another split; a `train_seed` that is not an
+            integer.
         run_lock.RunFolderLocked: another writer holds `run_dir` (the call holds its lock, and
             `train_model` each fold folder's, for the whole write phase); raised at once.
         NotADirectoryError, OSError: `run_dir` cannot be created or written; raised before the
@@ -195,10 +203,15 @@ def cross_validate(
     strategy = training.resolve_strategy(strategy)
     verbose = train_options.get("progress", "epoch") != "none"
     fold_roles = make_fold_splits(index, n_folds, seed)  # its checks come before any write
+    if train_seed is not None and (
+        isinstance(train_seed, bool) or not isinstance(train_seed, (int, np.integer))
+    ):
+        raise ValueError(f"Expected train_seed to be an integer or None; received {train_seed!r}.")
+    train_seed = seed if train_seed is None else int(train_seed)
     # A file in its place or a read-only folder is refused before the first fold starts.
     run_dir = atomic_io.check_writable_folder(run_dir)
     data = (index, images, masks)
-    setup = (build_model, batch_size, seed, strategy, augment, train_options)
+    setup = (build_model, batch_size, seed, train_seed, strategy, augment, train_options)
     if folds is not None:  # one process per fold: only the fold folders are locked, by train_model
         done = [_run_fold(run_dir, fold, fold_roles[fold - 1], n_folds, data, setup) for fold in selected]
         results, per_image_parts = zip(*done)
@@ -517,7 +530,7 @@ def _run_fold(
 ) -> tuple[dict, pd.DataFrame]:
     """Trains and scores one fold, or reads it back when done; returns its result and per-image rows."""
     index, images, masks = data
-    build_model, batch_size, seed, strategy, augment, train_options = setup
+    build_model, batch_size, seed, train_seed, strategy, augment, train_options = setup
     verbose = train_options.get("progress", "epoch") != "none"
     fold_dir = run_dir / oof.FOLD_DIR.format(fold=fold)
     _check_or_write_split(fold_dir, index, roles, fold)
@@ -529,7 +542,7 @@ def _run_fold(
     if verbose:
         sizes = ", ".join(f"{role} {len(rows)}" for role, rows in part.items())
         print(f"fold {fold}/{n_folds}: {sizes} (test = held out)", flush=True)
-    training.set_seeds(seed + fold)
+    training.set_seeds(train_seed + fold)
     with strategy.scope():
         model = build_model()
     labels = index["label"].to_numpy() if unet.has_class_head(model) else None
@@ -539,7 +552,7 @@ def _run_fold(
         batch_size,
         training=True,
         augment=augment,
-        seed=seed + fold,
+        seed=train_seed + fold,
         labels=None if labels is None else labels[part["train"]],
     )
     val_data = data_loading.make_tf_dataset(
@@ -553,6 +566,7 @@ def _run_fold(
     )
     result, per_image = _score_fold(fold, fold_dir, index, images, masks, part, seed)
     result.update(
+        training_seed=train_seed + fold,
         epochs_run=len(history),
         best_epoch=int(history.loc[history["val_dice"].idxmax(), "epoch"]),
     )

@@ -15,7 +15,7 @@ same invocation.
 
 Usage (from the repository root):
     python benchmarks/time_to_quality.py [--budget-minutes 30] [--configs baseline,b32_128_cos,...]
-        [--root PATH] [--seed 0] [--out runs/time_to_quality]
+        [--root PATH] [--seed 0] [--out runs/time_to_quality] [--folds K [--train-seed S]]
     python benchmarks/time_to_quality.py --quick     # smoke run: 2 small configs, 16 images per class, ~2 min
     python benchmarks/time_to_quality.py --list      # the configurations
 
@@ -410,6 +410,7 @@ def run_config_cv(name: str, config: dict, args) -> dict:
         early_stopping_patience=config.get("early_stopping_patience", EARLY_STOPPING_PATIENCE),
         time_budget_s=args.budget_minutes * 60,
         ema_momentum=config.get("ema_momentum"),
+        train_seed=args.train_seed,
         **({"class_loss_weight": config["class_loss_weight"]} if "class_loss_weight" in config else {}),
     )
     lesion = per_image[per_image["label"].ne("normal")]
@@ -434,6 +435,7 @@ def run_config_cv(name: str, config: dict, args) -> dict:
         "oof_normal_fp_fraction": float((normal["pred_area"] > 0).mean()),
         "process_minutes_this_session": (time.perf_counter() - start) / 60,
         "seed": args.seed,
+        "train_seed": args.seed if args.train_seed is None else args.train_seed,
         "budget_minutes": args.budget_minutes,
     }
 
@@ -822,6 +824,12 @@ def main() -> None:
         "--configs", default=",".join(DEFAULT_CONFIGS), help="comma-separated names (see --list)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--train-seed",
+        type=int,
+        default=None,
+        help="with --folds: fold k trains with TRAIN_SEED + k on the folds of --seed (default: --seed + k)",
+    )
     parser.add_argument("--out", default=str(REPO / "runs" / "time_to_quality"))
     parser.add_argument("--max-samples", type=int, default=0, help="0: all; N: first N images per class")
     parser.add_argument("--epochs", type=int, default=0, help="0: planned from the budget; N: N epochs each")
@@ -888,6 +896,7 @@ def main() -> None:
                 str(args.root or ""),
                 "--seed",
                 str(args.seed),
+                *([] if args.train_seed is None else ["--train-seed", str(args.train_seed)]),
                 "--out",
                 str(out),
                 "--budget-minutes",

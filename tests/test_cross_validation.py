@@ -101,6 +101,45 @@ def test_cross_validate_reports_each_fold_and_mean_and_sd(data, two_folds):
 
 
 HEAD_BUILD = functools.partial(BUILD, classifier=True)
+
+
+def test_a_training_seed_trains_the_same_folds_from_other_initial_weights(data, two_folds, tmp_path):
+    index, images, masks = data
+    run = two_folds[0]
+    other = tmp_path / "other"
+    keras.backend.clear_session()
+    cv.cross_validate(
+        index,
+        images,
+        masks,
+        BUILD,
+        other,
+        n_folds=2,
+        batch_size=4,
+        seed=0,
+        folds=[1],
+        train_seed=7,
+        **OPTIONS,
+    )
+    # The folds come from `seed`; fold k trains with train_seed + k, recorded beside its results.
+    assert oof.read_split(other / "fold-1").equals(oof.read_split(run / "fold-1"))
+    recorded = [
+        json.loads((folder / "fold-1" / oof.FOLD_RESULT_JSON).read_text())["training_seed"]
+        for folder in (run, other)
+    ]
+    assert recorded == [1, 8]  # the default: seed + k
+    weights = [
+        model_io.load_model(folder / "fold-1" / training.BEST_MODEL, compile=False).get_weights()[0]
+        for folder in (run, other)
+    ]
+    assert not np.allclose(*weights)
+    with pytest.raises(ValueError, match="train_seed to be an integer"):
+        cv.cross_validate(
+            index, images, masks, BUILD, tmp_path / "never", n_folds=2, train_seed="7", **OPTIONS
+        )
+    assert not (tmp_path / "never").exists()
+
+
 HEAD_OPTIONS = {**OPTIONS, "class_loss_weight": 0.5}
 
 
