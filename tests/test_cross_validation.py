@@ -242,8 +242,8 @@ def test_the_gate_frontier_command_scores_the_runs_gates_without_writing_in_it(
     tables = pd.read_csv(tmp_path / "frontier.csv")
     assert set(tables["table"]) == {"1_inner_validation", "2_per_fold_held_out", "3_held_out_ceiling"}
     # Table 2's head gate by the default criterion is the run's own: the same choices, the same scores.
-    selection = tables[tables["table"] == "2_per_fold_held_out"].set_index(["rule", "criterion"])
-    head = selection.loc[("classification head", gate.CRITERIA[0])]
+    selection = tables[tables["table"] == "2_per_fold_held_out"].set_index(["rule", "criterion", "chosen_on"])
+    head = selection.loc[("classification head", gate.CRITERIA[0], "fold")]
     chosen = [
         json.loads((run / f"fold-{k}" / oof.FOLD_RESULT_JSON).read_text())["gate_threshold"] for k in (1, 2)
     ]
@@ -255,7 +255,7 @@ def test_the_gate_frontier_command_scores_the_runs_gates_without_writing_in_it(
     assert head["held_out_lesion_dice"] == pytest.approx(scored.loc[oof.HEAD_GATE, "lesion_dice"])
     # The joint rule's candidates include the head's at each fold's own mask threshold, at the same
     # drop: chosen on inner validation by the default criterion, it leaves no more false lesions there.
-    joint = selection.loc[("head + mask threshold", gate.CRITERIA[0])]
+    joint = selection.loc[("head + mask threshold", gate.CRITERIA[0], "fold")]
     assert joint["inner_val_normal_false_lesion"] <= head["inner_val_normal_false_lesion"] + 1e-12
     assert joint["inner_val_lesion_dice_drop"] <= gate.MAX_LESION_DICE_DROP + 1e-12
     assert all(part.startswith("k ") for part in joint["parameters_per_fold"].split("; "))
@@ -323,6 +323,33 @@ def test_a_rule_with_a_mask_threshold_counts_its_drop_from_the_lesion_dice_at_th
     head = command.score(frame, rules["classification head"], (0.25,))
     assert head["normal_false_lesion"] == 0 and head["lesion_dice_drop"] == 0  # the normal image gated
     assert command.score(frame, rules["classification head"], (0.15,))["normal_false_lesion"] == 1
+
+
+def test_the_pooled_choice_of_a_fold_reads_every_folds_inner_validation_but_none_of_its_held_out_images(
+    monkeypatch,
+):
+    command = load_benchmark("gate_frontier")
+    rows = []
+    for fold, (val, test) in enumerate(
+        [(["a", "b", "c"], ["d", "e"]), (["d", "a"], ["b", "c", "f"])], start=1
+    ):
+        rows += [{"fold": fold, "role": "val", "image_id": i} for i in val]
+        rows += [{"fold": fold, "role": "test", "image_id": i} for i in test]
+    table = pd.DataFrame(rows).assign(empty_truth=False, dice=0.5, area=10, lesion_score=0.5)
+    seen = []
+    real_curve = command.curve
+    monkeypatch.setattr(command, "curve", lambda frame, rule: seen.append(frame) or real_curve(frame, rule))
+    rule = command.candidate_rules(tta=False)["classification head"]
+
+    command._choose_per_fold(table, rule, gate.CRITERIA[0], pooled=True)
+    # Fold 1 holds out d, e: it chooses on a, b, c (its own) and a (fold 2's); fold 2 holds out b, c, f.
+    assert [sorted(zip(frame["fold"], frame["image_id"])) for frame in seen] == [
+        [(1, "a"), (1, "b"), (1, "c"), (2, "a")],
+        [(1, "a"), (2, "a"), (2, "d")],
+    ]
+    seen.clear()
+    command._choose_per_fold(table, rule, gate.CRITERIA[0])
+    assert [sorted(frame["image_id"]) for frame in seen] == [["a", "b", "c"], ["a", "d"]]
 
 
 def _modification_times(run: Path) -> dict:
