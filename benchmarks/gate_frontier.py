@@ -30,7 +30,7 @@ An image is declared lesion-free (its mask emptied) when, by rule:
 with t in gate.GATE_THRESHOLDS, m in gate.MAX_PROBABILITIES, a in gate.MIN_AREAS and k in
 evaluation.DEFAULT_THRESHOLDS. A rule with k spends the same lesion Dice budget as the others: its
 drop is measured against the lesion Dice without a gate at the mask threshold chosen for Dice,
-so a higher k (fewer, smaller masks) and the gate share it. Three tables:
+so the mask threshold and the gate share it. Three tables:
 
 1. Pooled inner validation (the basis for choosing a rule): every fold's inner validation part,
    each image predicted by its own fold model, one parameter setting for all folds; per rule and
@@ -184,11 +184,11 @@ def candidate_rules(tta: bool) -> dict:
             lambda f, t: f["lesion_score"].to_numpy() * f["peak"].to_numpy() < t,
         ),
     }
-    masks = evaluation.DEFAULT_THRESHOLDS
-    rules["mask threshold alone"] = (("k",), [(k,) for k in masks], lambda f, k: np.zeros(len(f), bool))
+    ks = evaluation.DEFAULT_THRESHOLDS
+    rules["mask threshold alone"] = (("k",), [(k,) for k in ks], lambda f, k: np.zeros(len(f), bool))
     rules["head + mask threshold"] = (
         ("k", "t"),
-        [(k, t) for k in masks for t in heads],
+        [(k, t) for k in ks for t in heads],
         lambda f, k, t: f["lesion_score"].to_numpy() < t,
     )
     if not tta:
