@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     python segment_images.py --model runs/train_busi/best.keras --input DIR --output DIR
-        [--threshold T] [--min-area N] [--tta] [--no-gate] [--batch-size 16]
+        [--threshold T] [--min-area N] [--tta] [--gate-threshold G | --no-gate] [--batch-size 16]
 
 For every image file in ``DIR`` (not recursive; ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``,
 ``.tiff``, ``.dcm``, ``.dicom``, and DICOM files of any name, recognised by their content; hidden
@@ -52,8 +52,9 @@ models) ``measurements.csv`` also gives each image's most probable class and its
 every class's probability and the lesion probability ``1 - p_normal`` (`CLASS_COLUMNS`), and the
 masks are gated (`gate`): an image whose lesion probability is under the gate threshold stored
 with the run (``gate_threshold`` in results.json beside the model, or in ensemble.json of a run
-folder; chosen on validation) gets an empty mask (column ``gated``). ``--no-gate`` keeps every
-mask; without a stored threshold nothing is gated, and the command says so.
+folder; chosen on validation) gets an empty mask (column ``gated``). ``--gate-threshold G``
+overrides the stored threshold; ``--no-gate`` keeps every mask; without a stored threshold
+nothing is gated, and the command says so.
 
 Fold ensembles: ``--model`` may name a `cross_validation.cross_validate` run folder instead of a
 file; its fold models are then applied together (the mean probability, `ensemble.load_ensemble`)
@@ -619,6 +620,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--tta", action="store_true", help="average over the horizontal flip")
     parser.add_argument(
+        "--gate-threshold",
+        type=float,
+        default=None,
+        help="for a model with the classification head: empty the masks of images whose 1 - p_normal is "
+        "below it (default: the gate threshold stored with the run, as --threshold)",
+    )
+    parser.add_argument(
         "--no-gate",
         action="store_true",
         help="keep every mask: do not empty those of images the classification head calls lesion-free "
@@ -663,11 +671,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _gate(args: argparse.Namespace, model) -> tuple[float | None, str]:
-    """The gate threshold to use and a description: none without the head or with ``--no-gate``."""
+    """The gate threshold to use and a description: none without the head or with ``--no-gate``.
+
+    ``--gate-threshold`` overrides the stored one; it is refused outside [0, 1), with
+    ``--no-gate``, and for a model without the classification head (ValueError)."""
+    given = args.gate_threshold
+    if given is not None:
+        if args.no_gate:
+            raise ValueError("--gate-threshold and --no-gate contradict each other: pass one of them.")
+        if not 0 <= given < 1:
+            raise ValueError(f"--gate-threshold must lie in [0, 1); received {given}.")
+        if not unet.has_class_head(model):
+            raise ValueError(
+                "--gate-threshold needs a model with the classification head; this one has none."
+            )
     if not unet.has_class_head(model):
         return None, "none (the model has no classification head)"
     if args.no_gate:
         return None, "off (--no-gate)"
+    if given is not None:
+        return given, f"{given:.2f} on 1 - p_normal (given)"
     gate_threshold, source = default_gate_threshold(args.model)
     return (
         gate_threshold,

@@ -610,3 +610,32 @@ def test_folder_command_honours_the_stored_gate_and_no_gate(tmp_path, capsys):
     assert "gate off (--no-gate)" in capsys.readouterr().out
     kept = pd.read_csv(tmp_path / "kept" / si.MEASUREMENTS_CSV)
     assert kept["gated"].tolist() == [False] and kept["area_px"].iloc[0] > 0.9 * 32 * 48  # the rectangle
+
+    # --gate-threshold overrides the stored gate: 0 gates nothing.
+    assert si.main([*args, "--output", str(tmp_path / "given"), "--gate-threshold", "0"]) == 0
+    assert "gate 0.00 on 1 - p_normal (given)" in capsys.readouterr().out
+    assert pd.read_csv(tmp_path / "given" / si.MEASUREMENTS_CSV)["gated"].tolist() == [False]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--gate-threshold", "0.5", "--no-gate"], "--gate-threshold and --no-gate contradict"),
+        (["--gate-threshold", "1"], "--gate-threshold must lie in [0, 1)"),
+        (["--gate-threshold", "0.5", "--no-head"], "--gate-threshold needs a model with the classification"),
+    ],
+)
+def test_a_gate_threshold_that_cannot_apply_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
+    model = _identity_with_classes()
+    if "--no-head" in extra:  # the same model without its class output
+        extra = [a for a in extra if a != "--no-head"]
+        model = keras.Model(model.input, model.output["mask"])
+    path = model_io.save_model(model, tmp_path / "best.keras")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), _rectangle())
+    with pytest.raises(SystemExit) as stop:
+        si.main(["--model", str(path), "--input", str(folder), "--output", str(tmp_path / "out"), *extra])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith(f"error: {message}") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
