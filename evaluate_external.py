@@ -355,10 +355,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         )
     if args.threshold is not None and not 0 < args.threshold < 1:
         raise ValueError(f"--threshold must lie in (0, 1); received {args.threshold}.")
-    if args.gate_threshold is not None and not 0 <= args.gate_threshold < 1:
-        raise ValueError(f"--gate-threshold must lie in [0, 1); received {args.gate_threshold}.")
-    if args.gate_threshold is not None and args.no_gate:
-        raise ValueError("--gate-threshold and --no-gate contradict each other: pass one of them.")
+    segment_images.check_gate_option(args.gate_threshold, args.no_gate)
     if args.batch_size < 1 or args.n_bootstrap < 1:
         raise ValueError(
             f"--batch-size and --n-bootstrap must be >= 1; received {args.batch_size} and {args.n_bootstrap}."

@@ -412,6 +412,24 @@ def check_settings(model, threshold: float, min_area: int | None, batch_size: in
     inference.segment_many(model, [], threshold, min_area, batch_size=batch_size)  # its checks, on no image
 
 
+def check_gate_option(gate_threshold: float | None, no_gate: bool) -> None:
+    """Checks ``--gate-threshold`` against ``--no-gate``, as this command and evaluate_external.py take them.
+
+    Args:
+        gate_threshold: the given gate threshold on ``1 - p_normal``, or None (the stored one).
+        no_gate: whether ``--no-gate`` was given.
+
+    Raises:
+        ValueError: both given, or a gate threshold outside [0, 1).
+    """
+    if gate_threshold is None:
+        return
+    if no_gate:
+        raise ValueError("--gate-threshold and --no-gate contradict each other: pass one of them.")
+    if not 0 <= gate_threshold < 1:
+        raise ValueError(f"--gate-threshold must lie in [0, 1); received {gate_threshold}.")
+
+
 def _list_inputs(input_dir: Path) -> list[Path]:
     files = [
         p for p in input_dir.iterdir() if not p.is_dir() and not p.name.startswith(".")
@@ -673,24 +691,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _gate(args: argparse.Namespace, model) -> tuple[float | None, str]:
     """The gate threshold to use and a description: none without the head or with ``--no-gate``.
 
-    ``--gate-threshold`` overrides the stored one; it is refused outside [0, 1), with
-    ``--no-gate``, and for a model without the classification head (ValueError)."""
-    given = args.gate_threshold
-    if given is not None:
-        if args.no_gate:
-            raise ValueError("--gate-threshold and --no-gate contradict each other: pass one of them.")
-        if not 0 <= given < 1:
-            raise ValueError(f"--gate-threshold must lie in [0, 1); received {given}.")
+    ``--gate-threshold`` overrides the stored one; it is refused as `check_gate_option` says,
+    and for a model without the classification head (ValueError)."""
+    check_gate_option(args.gate_threshold, args.no_gate)
+    if args.gate_threshold is not None:
         if not unet.has_class_head(model):
             raise ValueError(
                 "--gate-threshold needs a model with the classification head; this one has none."
             )
+        return args.gate_threshold, f"{args.gate_threshold:.2f} on 1 - p_normal (given)"
     if not unet.has_class_head(model):
         return None, "none (the model has no classification head)"
     if args.no_gate:
         return None, "off (--no-gate)"
-    if given is not None:
-        return given, f"{given:.2f} on 1 - p_normal (given)"
     gate_threshold, source = default_gate_threshold(args.model)
     return (
         gate_threshold,
