@@ -38,3 +38,31 @@ def one_hot(labels: Sequence[str]) -> np.ndarray:
         raise ValueError(f"Expected class labels among {CLASSES}; received {unknown}.")
     rows = np.array([CLASSES.index(label) for label in labels], dtype=np.int64)
     return np.eye(len(CLASSES), dtype=np.float32)[rows]
+
+
+def balanced_weights(labels: Sequence[str]) -> tuple[float, ...]:
+    """Per-class weights that make every class count equally in a weighted class loss.
+
+    Formula:
+        ``w_k = n / (K * n_k)`` for class ``k`` with ``n_k`` of the ``n`` labels (``K`` =
+        ``len(CLASSES)``): the mean weight over the labels is 1, so a weighted loss keeps the
+        scale of the unweighted one (scikit-learn's "balanced" class weights).
+
+    Args:
+        labels: ``(N,)`` class names, each one of `CLASSES`; every class must occur.
+
+    Returns:
+        ``len(CLASSES)`` floats > 0, in the order of `CLASSES`.
+
+    Raises:
+        ValueError: an unknown label, or a class with no label (its weight would be infinite).
+
+    Example:
+        >>> balanced_weights(["benign", "benign", "malignant", "normal"])
+        (0.6666666666666666, 1.3333333333333333, 1.3333333333333333)
+    """
+    counts = one_hot(labels).sum(axis=0, dtype=np.float64)
+    missing = [name for name, count in zip(CLASSES, counts) if count == 0]
+    if missing:
+        raise ValueError(f"Balanced class weights need every class among the labels; none of {missing}.")
+    return tuple(float(counts.sum() / (len(CLASSES) * count)) for count in counts)

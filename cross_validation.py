@@ -172,7 +172,9 @@ def cross_validate(
             Stored per fold as ``training_seed`` in ``fold_result.json``.
         **train_options: passed to `training.train_model` (``epochs``, ``loss``,
             ``learning_rate``, ``early_stopping_patience``, ``progress``, ...). With
-            ``progress="none"`` the fold messages are silent too.
+            ``progress="none"`` the fold messages are silent too. ``class_weights="balanced"``
+            weighs the class loss by `class_labels.balanced_weights` of each fold's inner
+            training labels (stored in the fold's ``train_state.json``).
 
     Returns:
         ``(folds, summary, per_image)``: `fold_results` (one row per fold), `summarize_folds`
@@ -561,9 +563,8 @@ def _run_fold(
         batch_size,
         labels=None if labels is None else labels[part["val"]],
     )
-    _, history = training.train_model(
-        model, train_data, val_data, fold_dir, strategy=strategy, **train_options
-    )
+    options = _fold_train_options(train_options, labels, part["train"])
+    _, history = training.train_model(model, train_data, val_data, fold_dir, strategy=strategy, **options)
     result, per_image = _score_fold(fold, fold_dir, index, images, masks, part, seed)
     result.update(
         training_seed=train_seed + fold,
@@ -578,6 +579,15 @@ def _run_fold(
             flush=True,
         )
     return result, per_image
+
+
+def _fold_train_options(train_options: dict, labels, train_rows: np.ndarray) -> dict:
+    """`train_options` with ``class_weights="balanced"`` replaced by `class_labels.balanced_weights`
+    of the fold's inner training labels (None for a model without the head)."""
+    if isinstance(train_options.get("class_weights"), str) and train_options["class_weights"] == "balanced":
+        weights = None if labels is None else class_labels.balanced_weights(labels[train_rows])
+        return {**train_options, "class_weights": weights}
+    return train_options
 
 
 def _gather(run_dir: Path, fold_roles, data, seed: int, verbose: bool):

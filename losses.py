@@ -18,6 +18,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from class_labels import CLASSES
 from evaluation import DEFAULT_THRESHOLD
 
 LOSSES = ("bce", "dice", "bce_dice")
@@ -99,6 +100,54 @@ def class_loss(y_true, y_pred):
     """
     y, p = _flatten_pair(y_true, y_pred)
     return -ops.sum(y * ops.log(ops.clip(p, BCE_EPSILON, 1.0)), axis=1)
+
+
+def _class_weights(values) -> list[float] | None:
+    """`values` as a list of one float > 0 per class, or None when they are not that."""
+    if isinstance(values, (str, bytes)):
+        return None
+    try:
+        weights = [float(w) for w in values]
+    except (TypeError, ValueError):
+        return None
+    finite = all(0 < w < float("inf") for w in weights)
+    return weights if len(weights) == len(CLASSES) and finite else None
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class WeightedClassLoss(keras.losses.Loss):
+    """`class_loss` with one weight per class: each image's cross-entropy times its true class's weight.
+
+    Formula:
+        ``weighted_class_loss = sum_k(w_k y_k) * class_loss`` per image; with weights whose mean
+        over the training labels is 1 (`class_labels.balanced_weights`) it keeps the scale of
+        `class_loss`, and a rare class (BUSI's normal images, 17%) counts as much as a common one.
+
+    Args:
+        class_weights: ``len(class_labels.CLASSES)`` floats > 0, in the order of
+            `class_labels.CLASSES`.
+        name: the loss's name.
+
+    Called as ``loss(y_true, y_pred)`` with the shapes of `class_loss`; Keras averages the
+    per-image values over the batch.
+    """
+
+    def __init__(self, class_weights, name: str = "weighted_class_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        weights = _class_weights(class_weights)
+        if weights is None:
+            raise ValueError(
+                f"Expected {len(CLASSES)} class weights > 0 (order {CLASSES}); received {class_weights!r}."
+            )
+        self.class_weights = weights
+
+    def call(self, y_true, y_pred):
+        y, _ = _flatten_pair(y_true, y_pred)
+        weight = ops.sum(y * ops.convert_to_tensor(self.class_weights, dtype="float32"), axis=1)
+        return weight * class_loss(y_true, y_pred)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "class_weights": list(self.class_weights)}
 
 
 _LOSS_FUNCTIONS = {"bce": bce_loss, "dice": dice_loss, "bce_dice": bce_dice_loss}

@@ -19,7 +19,7 @@ import keras
 
 import atomic_io
 import model as unet
-from losses import DiceMetric, bce_dice_loss, bce_loss, class_loss, dice_loss
+from losses import DiceMetric, WeightedClassLoss, bce_dice_loss, bce_loss, class_loss, dice_loss
 
 
 def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
@@ -105,6 +105,7 @@ def load_model(
         "dice_loss": dice_loss,
         "bce_dice_loss": bce_dice_loss,
         "class_loss": class_loss,
+        "WeightedClassLoss": WeightedClassLoss,
         "DiceMetric": DiceMetric,
     }
     try:

@@ -16,6 +16,7 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -374,7 +375,7 @@ def _remove_stale_checkpoints(run_dir: Path, state: dict) -> None:
 
 
 def _read_resume_state(
-    run_dir: Path, loss: str, class_loss_weight: float | None
+    run_dir: Path, loss: str, class_loss_weight: float | None, class_weights: list[float] | None
 ) -> tuple[dict | None, list[dict]]:
     """Returns the saved state and committed history rows of `run_dir`, or ``(None, [])`` for a new run."""
     path = run_dir / STATE_JSON
@@ -397,6 +398,11 @@ def _read_resume_state(
             f"The run in {str(run_dir)!r} was trained with class_loss_weight={state.get('class_loss_weight')!r} "
             f"(None: a model without the classification head), the model and settings given have "
             f"{class_loss_weight!r}; resume it with the run's model and weight, or use another run folder."
+        )
+    if state.get("class_weights") != class_weights:  # None: every image counts once
+        raise ValueError(
+            f"The run in {str(run_dir)!r} was trained with class_weights={state.get('class_weights')!r}, "
+            f"the settings given have {class_weights!r}; resume it with the same, or use another run folder."
         )
     history_path = run_dir / HISTORY_CSV
     if not history_path.is_file():
@@ -505,6 +511,7 @@ def _check_train_arguments(
     time_budget_s,
     ema_momentum,
     class_loss_weight,
+    class_weights=None,
 ) -> None:
     """Raises ValueError for an argument of `train_model` outside its documented range."""
     if loss not in losses.LOSSES:
@@ -532,6 +539,8 @@ def _check_train_arguments(
         or not (class_loss_weight >= 0)
     ):
         raise ValueError(f"Expected class_loss_weight >= 0; received {class_loss_weight!r}.")
+    if class_weights is not None:
+        losses.WeightedClassLoss(class_weights)  # raises ValueError naming what is expected
 
 
 def _check_targets(model: keras.Model, train_data, val_data) -> None:
@@ -585,14 +594,20 @@ def _check_schedule_matches(state: dict, run_dir: Path, lr_schedule: str, epochs
         )
 
 
-def _loss_and_metrics(model: keras.Model, loss: str, class_loss_weight: float) -> dict:
+def _loss_and_metrics(
+    model: keras.Model, loss: str, class_loss_weight: float, class_weights: list[float] | None
+) -> dict:
     """`model.compile`'s loss, loss weights and metrics: the mask's alone, or the joint loss of a
-    model with the classification head (`losses`' module docstring) and the class accuracy."""
+    model with the classification head (`losses`' module docstring; the class loss weighted per
+    class when `class_weights` is given) and the class accuracy."""
     if not unet.has_class_head(model):
         return {"loss": losses.get_loss(loss), "metrics": [losses.DiceMetric(name="dice")]}
     mask, classes = unet.MASK_OUTPUT, unet.CLASS_OUTPUT
     return {
-        "loss": {mask: losses.get_loss(loss), classes: losses.class_loss},
+        "loss": {
+            mask: losses.get_loss(loss),
+            classes: losses.class_loss if class_weights is None else losses.WeightedClassLoss(class_weights),
+        },
         "loss_weights": {mask: 1.0, classes: float(class_loss_weight)},
         "metrics": {
             mask: [losses.DiceMetric(name="dice")],
@@ -611,6 +626,7 @@ def _compile(
     train_data,
     ema_momentum: float | None,
     class_loss_weight: float,
+    class_weights: list[float] | None,
 ) -> None:
     """Compiles `model` with Adam at the scheduled rate (keeping a moving average of the weights
     when `ema_momentum` is set), the loss(es) and metrics, under `strategy`."""
@@ -625,7 +641,7 @@ def _compile(
                 use_ema=ema_momentum is not None,
                 ema_momentum=DEFAULT_EMA_MOMENTUM if ema_momentum is None else ema_momentum,
             ),
-            **_loss_and_metrics(model, loss, class_loss_weight),
+            **_loss_and_metrics(model, loss, class_loss_weight, class_weights),
         )
 
 
@@ -809,6 +825,7 @@ def train_model(
     ema_momentum: float | None = DEFAULT_EMA_MOMENTUM,
     class_loss_weight: float = losses.CLASS_LOSS_WEIGHT,
     dtype_policy_reason: str | None = None,
+    class_weights: Sequence[float] | None = None,
 ) -> tuple[keras.Model, pd.DataFrame]:
     """Compiles and fits `model` with Adam, or resumes the run saved in `run_dir`.
 
@@ -892,6 +909,11 @@ def train_model(
         class_loss_weight: weight of the class loss in the joint loss of a model with the
             classification head (>= 0; `losses`' module docstring); ignored for a model without
             it. A resumed run must keep its weight.
+        class_weights: one weight > 0 per class, in the order of `class_labels.CLASSES`, for
+            the class loss (`losses.WeightedClassLoss`: each image's cross-entropy times its
+            class's weight; `class_labels.balanced_weights` of the training labels makes the
+            classes count equally); None: every image counts once (`losses.class_loss`).
+            Ignored for a model without the head; a resumed run must keep them.
         dtype_policy_reason: why the model has its dtype policy, e.g. the reason of
             `precision.resolve_dtype_policy`; stored in ``train_state.json`` with the policy
             (a resumed run keeps the reason of its first call). None stores "not given".
@@ -959,14 +981,17 @@ def train_model(
         time_budget_s,
         ema_momentum,
         class_loss_weight,
+        class_weights,
     )
     _check_targets(model, train_data, val_data)
-    class_loss_weight = float(class_loss_weight) if unet.has_class_head(model) else None
+    head = unet.has_class_head(model)
+    class_loss_weight = float(class_loss_weight) if head else None
+    class_weights = [float(w) for w in class_weights] if head and class_weights is not None else None
     strategy = _check_strategy(model, strategy)
     run_dir = _prepare_run_dir(run_dir)
     with run_lock.RunFolderLock(run_dir, "train_model"):  # refuses a second writer at once
         _remove_partial_files(run_dir)
-        state, rows = _read_resume_state(run_dir, loss, class_loss_weight)
+        state, rows = _read_resume_state(run_dir, loss, class_loss_weight, class_weights)
         if state is not None:
             _check_schedule_matches(state, run_dir, lr_schedule, epochs)
         _compile(
@@ -979,12 +1004,14 @@ def train_model(
             train_data,
             ema_momentum,
             class_loss_weight,
+            class_weights,
         )
         input_shape = [int(d) for d in model.input_shape[1:]]
         if state is None:
             state = {
                 "loss": loss,
                 "class_loss_weight": class_loss_weight,
+                "class_weights": class_weights,
                 "dtype_policy": model.dtype_policy.name,
                 "dtype_policy_reason": dtype_policy_reason or "not given",
                 "input_shape": input_shape,

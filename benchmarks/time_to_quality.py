@@ -169,6 +169,9 @@ CONFIGS = {
     # The recipe with per-image standardisation inside the model (a scanner's gain and contrast
     # removed before the first layer), against cls_w02_bf16.
     "std_cls_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "standardize_input": True},
+    # The class loss weighted so that normal, benign and malignant images count equally
+    # (class_labels.balanced_weights of the training labels), against cls_w02_bf16.
+    "cls_balanced_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "class_weights": "balanced"},
 }
 DEFAULT_CONFIGS = (BASELINE, "b32_128_cos", "b16_128_cos")
 QUICK_CONFIGS = ("b16_128_cos", "b32_128_plateau")
@@ -227,6 +230,7 @@ def _probe_epoch_seconds(config: dict, images, masks, train_idx, val_idx, seed: 
 
 def run_config(name: str, config: dict, args) -> dict:
     """Trains and evaluates one configuration in this process; returns its result row."""
+    import class_labels
     import evaluation
     import inference
     import model_io
@@ -298,6 +302,11 @@ def run_config(name: str, config: dict, args) -> dict:
         time_budget_s=max(remaining, 1.0),
         ema_momentum=config.get("ema_momentum"),
         **({"class_loss_weight": config["class_loss_weight"]} if "class_loss_weight" in config else {}),
+        **(
+            {"class_weights": class_labels.balanced_weights(labels[train_idx])}
+            if "class_weights" in config
+            else {}
+        ),
     )
     history = pd.read_csv(run_dir / training.HISTORY_CSV)
     train_seconds = float(history["seconds"].sum()) + plan["probe_seconds"]
@@ -412,6 +421,7 @@ def run_config_cv(name: str, config: dict, args) -> dict:
         ema_momentum=config.get("ema_momentum"),
         train_seed=args.train_seed,
         **({"class_loss_weight": config["class_loss_weight"]} if "class_loss_weight" in config else {}),
+        **({"class_weights": config["class_weights"]} if "class_weights" in config else {}),
     )
     lesion = per_image[per_image["label"].ne("normal")]
     normal = per_image[per_image["label"].eq("normal")]

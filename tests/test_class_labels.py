@@ -21,3 +21,19 @@ def test_one_hot_of_no_labels_is_empty():
 def test_one_hot_rejects_unknown_labels_listing_the_classes():
     with pytest.raises(ValueError, match=r"among \('benign', 'malignant', 'normal'\); received \['Benign'\]"):
         class_labels.one_hot(["benign", "Benign"])
+
+
+def test_balanced_weights_make_every_class_count_equally_by_hand():
+    labels = ["benign"] * 6 + ["malignant"] * 3 + ["normal"]  # n = 10, K = 3
+    weights = class_labels.balanced_weights(labels)
+    # w_k = n / (K n_k): 10/18, 10/9, 10/3; each class's total weight is n / K.
+    np.testing.assert_allclose(weights, [10 / 18, 10 / 9, 10 / 3])
+    np.testing.assert_allclose(np.array(weights) * [6, 3, 1], [10 / 3] * 3)
+    assert np.mean([weights[class_labels.CLASSES.index(label)] for label in labels]) == pytest.approx(1.0)
+
+
+def test_balanced_weights_refuse_a_class_without_labels_and_unknown_labels():
+    with pytest.raises(ValueError, match=r"every class among the labels; none of \['normal'\]"):
+        class_labels.balanced_weights(["benign", "malignant"])
+    with pytest.raises(ValueError, match=r"received \['cyst'\]"):
+        class_labels.balanced_weights(["benign", "cyst"])

@@ -140,7 +140,7 @@ def test_a_training_seed_trains_the_same_folds_from_other_initial_weights(data, 
     assert not (tmp_path / "never").exists()
 
 
-HEAD_OPTIONS = {**OPTIONS, "class_loss_weight": 0.5}
+HEAD_OPTIONS = {**OPTIONS, "class_loss_weight": 0.5, "class_weights": "balanced"}
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +180,9 @@ def test_folds_with_the_classification_head_write_each_images_class_probabilitie
         assert "class_loss" in pd.read_csv(fold_dir / training.HISTORY_CSV).columns  # trained on the labels
         state = json.loads((fold_dir / training.STATE_JSON).read_text())
         assert state["class_loss_weight"] == 0.5
+        split = pd.read_csv(fold_dir / "split.csv")  # "balanced": weights of the fold's inner training labels
+        expected = class_labels.balanced_weights(split.loc[split["role"].eq("train"), "label"])
+        np.testing.assert_allclose(state["class_weights"], expected)
         held_out = per_image[per_image["fold"] == fold]
         best = model_io.load_model(fold_dir / training.BEST_MODEL, compile=False)
         _, classes = inference.predict(

@@ -89,3 +89,27 @@ def test_class_loss_is_the_cross_entropy_of_each_images_true_class_by_hand():
     expected = [-np.log(0.5), -np.log(0.8), -np.log(losses.BCE_EPSILON)]
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
     assert losses.CLASS_LOSS_WEIGHT == 0.2
+
+
+def test_weighted_class_loss_multiplies_each_images_cross_entropy_by_its_classs_weight_by_hand():
+    truth = np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]], np.float32)
+    probabilities = np.array([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8], [0.5, 0.25, 0.25]], np.float32)
+    loss = losses.WeightedClassLoss([0.5, 2.0, 4.0])
+
+    per_image = keras.ops.convert_to_numpy(loss.call(truth, probabilities))
+
+    expected = [-2.0 * np.log(0.5), -4.0 * np.log(0.8), -0.5 * np.log(0.5)]
+    np.testing.assert_allclose(per_image, expected, rtol=1e-5)
+    assert float(loss(truth, probabilities)) == pytest.approx(np.mean(expected), rel=1e-5)  # batch mean
+    unweighted = losses.WeightedClassLoss([1.0, 1.0, 1.0]).call(truth, probabilities)
+    np.testing.assert_allclose(unweighted, losses.class_loss(truth, probabilities), rtol=1e-6)
+
+
+def test_weighted_class_loss_round_trips_its_config_and_refuses_bad_weights():
+    clone = losses.WeightedClassLoss.from_config(losses.WeightedClassLoss([0.5, 2, 4]).get_config())
+    assert clone.class_weights == [0.5, 2.0, 4.0]
+    for bad in ([1.0, 2.0], [1.0, 0.0, 1.0], [1.0, float("inf"), 1.0], "balanced", None):
+        with pytest.raises(
+            ValueError, match=r"Expected 3 class weights > 0 \(order \('benign', 'malignant', 'normal'\)\)"
+        ):
+            losses.WeightedClassLoss(bad)

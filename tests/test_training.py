@@ -19,6 +19,7 @@ from helpers import tiny_model as _tiny_model
 import data_loading as dl
 import evaluation
 import inference
+import losses
 import model as unet
 import model_io
 import splits
@@ -387,6 +388,31 @@ def test_a_model_with_the_classification_head_trains_on_the_joint_loss_resumes_a
         )
     with pytest.raises(ValueError, match=r"trained with class_loss_weight=0.5 .* have None; resume it"):
         training.train_model(_tiny_model(), *tiny_datasets()[2:], run, epochs=3, **options)
+
+
+def test_class_weights_weigh_the_class_loss_are_stored_exported_and_kept_on_resume(labelled, tmp_path):
+    images, _, train, val = labelled
+    run = tmp_path / "run"
+    keras.backend.clear_session()
+    options = {"lr_schedule": "plateau", "progress": "none", "class_weights": [0.5, 2.0, 4.0]}
+    model, _ = training.train_model(_tiny_model(classifier=True), train, val, run, epochs=1, **options)
+
+    class_loss = model.loss[unet.CLASS_OUTPUT]
+    assert isinstance(class_loss, losses.WeightedClassLoss) and class_loss.class_weights == [0.5, 2.0, 4.0]
+    assert json.loads((run / training.STATE_JSON).read_text())["class_weights"] == [0.5, 2.0, 4.0]
+    best = model_io.load_model(run / training.BEST_MODEL)  # compiled: the weighted loss is restored
+    assert best.loss[unet.CLASS_OUTPUT].class_weights == [0.5, 2.0, 4.0]
+
+    for other in (None, [1.0, 1.0, 1.0]):
+        with pytest.raises(ValueError, match=r"trained with class_weights=\[0.5, 2.0, 4.0\], .* resume it"):
+            training.train_model(
+                _tiny_model(classifier=True), train, val, run, epochs=2, **{**options, "class_weights": other}
+            )
+    with pytest.raises(ValueError, match=r"Expected 3 class weights > 0"):
+        training.train_model(
+            _tiny_model(classifier=True), train, val, tmp_path / "bad", class_weights="balanced"
+        )
+    assert not (tmp_path / "bad").exists()
 
 
 def test_the_data_must_hold_class_labels_exactly_when_the_model_has_the_head(tiny, labelled, tmp_path):
