@@ -66,3 +66,29 @@ def balanced_weights(labels: Sequence[str]) -> tuple[float, ...]:
     if missing:
         raise ValueError(f"Balanced class weights need every class among the labels; none of {missing}.")
     return tuple(float(counts.sum() / (len(CLASSES) * count)) for count in counts)
+
+
+def resolve_weights(class_weights, labels: Sequence[str]) -> tuple[float, ...] | None:
+    """The class weights a ``class_weights`` setting names, for the training `labels`.
+
+    Args:
+        class_weights: None (every image counts once), ``"balanced"`` (`balanced_weights` of
+            `labels`), or ``len(CLASSES)`` floats in the order of `CLASSES` (returned as given;
+            `losses.WeightedClassLoss` checks them).
+        labels: ``(N,)`` the training images' class names, each one of `CLASSES`.
+
+    Returns:
+        None, or ``len(CLASSES)`` floats.
+
+    Raises:
+        ValueError: a string other than "balanced"; the errors of `balanced_weights`.
+    """
+    if class_weights is None:
+        return None
+    if isinstance(class_weights, str):
+        if class_weights != "balanced":
+            raise ValueError(
+                f'Expected class_weights None, "balanced" or one weight per class; received {class_weights!r}.'
+            )
+        return balanced_weights(labels)
+    return tuple(class_weights)

@@ -582,12 +582,16 @@ def _run_fold(
 
 
 def _fold_train_options(train_options: dict, labels, train_rows: np.ndarray) -> dict:
-    """`train_options` with ``class_weights="balanced"`` replaced by `class_labels.balanced_weights`
-    of the fold's inner training labels (None for a model without the head)."""
-    if isinstance(train_options.get("class_weights"), str) and train_options["class_weights"] == "balanced":
-        weights = None if labels is None else class_labels.balanced_weights(labels[train_rows])
-        return {**train_options, "class_weights": weights}
-    return train_options
+    """`train_options` with ``class_weights`` resolved by `class_labels.resolve_weights` on the
+    fold's inner training labels ("balanced": their balanced weights; None for a model without the head)."""
+    if "class_weights" not in train_options:
+        return train_options
+    weights = (
+        None
+        if labels is None
+        else class_labels.resolve_weights(train_options["class_weights"], labels[train_rows])
+    )
+    return {**train_options, "class_weights": weights}
 
 
 def _gather(run_dir: Path, fold_roles, data, seed: int, verbose: bool):

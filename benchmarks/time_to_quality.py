@@ -172,6 +172,13 @@ CONFIGS = {
     # The class loss weighted so that normal, benign and malignant images count equally
     # (class_labels.balanced_weights of the training labels), against cls_w02_bf16.
     "cls_balanced_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "class_weights": "balanced"},
+    # Both changes together: elastic deformation and the balanced class loss.
+    "elastic_balanced_bf16": {
+        **_RECIPE,
+        "dtype_policy": "mixed_bfloat16",
+        "augment": "elastic",
+        "class_weights": "balanced",
+    },
 }
 DEFAULT_CONFIGS = (BASELINE, "b32_128_cos", "b16_128_cos")
 QUICK_CONFIGS = ("b16_128_cos", "b32_128_plateau")
@@ -302,11 +309,9 @@ def run_config(name: str, config: dict, args) -> dict:
         time_budget_s=max(remaining, 1.0),
         ema_momentum=config.get("ema_momentum"),
         **({"class_loss_weight": config["class_loss_weight"]} if "class_loss_weight" in config else {}),
-        **(
-            {"class_weights": class_labels.balanced_weights(labels[train_idx])}
-            if "class_weights" in config
-            else {}
-        ),
+        class_weights=None
+        if labels is None
+        else class_labels.resolve_weights(config.get("class_weights"), labels[train_idx]),
     )
     history = pd.read_csv(run_dir / training.HISTORY_CSV)
     train_seconds = float(history["seconds"].sum()) + plan["probe_seconds"]

@@ -37,3 +37,12 @@ def test_balanced_weights_refuse_a_class_without_labels_and_unknown_labels():
         class_labels.balanced_weights(["benign", "malignant"])
     with pytest.raises(ValueError, match=r"received \['cyst'\]"):
         class_labels.balanced_weights(["benign", "cyst"])
+
+
+def test_resolve_weights_names_none_balanced_or_the_weights_given():
+    labels = ["benign", "benign", "malignant", "normal"]
+    assert class_labels.resolve_weights(None, labels) is None
+    assert class_labels.resolve_weights("balanced", labels) == class_labels.balanced_weights(labels)
+    assert class_labels.resolve_weights([1, 2, 3], labels) == (1, 2, 3)
+    with pytest.raises(ValueError, match=r'Expected class_weights None, "balanced" or one weight per class'):
+        class_labels.resolve_weights("balance", labels)
