@@ -64,7 +64,10 @@ def balanced_weights(labels: Sequence[str]) -> tuple[float, ...]:
     counts = one_hot(labels).sum(axis=0, dtype=np.float64)
     missing = [name for name, count in zip(CLASSES, counts) if count == 0]
     if missing:
-        raise ValueError(f"Balanced class weights need every class among the labels; none of {missing}.")
+        raise ValueError(
+            f"Balanced class weights need every class among the labels; none of {missing}. Use "
+            f"class_weights=None (every image counts once) or give one weight per class."
+        )
     return tuple(float(counts.sum() / (len(CLASSES) * count)) for count in counts)
 
 
