@@ -3,7 +3,7 @@
 The same random geometric change is applied to an image and its mask; intensity changes touch the
 image only. The recipes (``AUGMENTATIONS``):
 
-- "basic": flip, small rotation, scale and shift, gamma, contrast, brightness.
+- "basic": flip, small rotation, scale and shift, gamma, contrast, brightness (the recipe's).
 - "ultrasound": "basic" plus the changes another scanner or operator makes: random resized crops
   (zoom in up to ``1 + MAX_ZOOM_IN``), speckle-like multiplicative noise, blur, and a gain that
   falls with depth (imperfect time-gain compensation).
@@ -11,8 +11,7 @@ image only. The recipes (``AUGMENTATIONS``):
   "speckle", "blur", "depth_gain" (each exactly as in "ultrasound", from the same random draws),
   and "elastic", a small smooth deformation of image and mask together (at most
   ``MAX_ELASTIC_DISPLACEMENT`` of the image side; not part of "ultrasound", whose meaning, and the
-  measurements made with it, stay as they were). "elastic" ("basic" plus the deformation) is the
-  recipe's, ``DEFAULT_AUGMENTATION`` (docs/recipe.md).
+  measurements made with it, stay as they were).
 
 `augment_examples` draws a few augmented pairs for a preview figure.
 """
@@ -30,7 +29,7 @@ MAX_LOG_GAMMA = 0.20
 ULTRASOUND_CHANGES = ("speckle", "blur", "depth_gain")  # the intensity changes of `ultrasound_changes`
 SINGLE_CHANGES = ("zoom", *ULTRASOUND_CHANGES, "elastic")  # each alone on top of "basic"
 AUGMENTATIONS = ("basic", "ultrasound", *SINGLE_CHANGES)
-DEFAULT_AUGMENTATION = "elastic"  # the recipe's (docs/recipe.md)
+DEFAULT_AUGMENTATION = "basic"  # the recipe's (docs/recipe.md)
 MAX_ZOOM_IN = 0.30  # "ultrasound", "zoom": scale in [1 - MAX_SCALE, 1 + MAX_ZOOM_IN] (random resized crop)
 APPLY_PROBABILITY = 0.5  # each of speckle, blur, depth gain and elastic is applied with this probability
 MAX_SPECKLE = 0.12  # std of the log of the multiplicative noise, at most

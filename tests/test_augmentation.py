@@ -86,7 +86,7 @@ def test_an_unknown_augmentation_is_refused():
 
 @pytest.mark.parametrize(
     ("augment", "expected"),
-    [(True, "elastic"), (False, False), ("ultrasound", "ultrasound"), ("elastic", "elastic")],
+    [(True, "basic"), (False, False), ("ultrasound", "ultrasound"), ("elastic", "elastic")],
 )
 def test_check_augmentation_names_the_recipe(augment, expected):
     assert augmentation.check_augmentation(augment) == expected
