@@ -654,6 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with cli.user_errors():  # mistakes in the arguments: one line "error: ...", exit status 2
         check_folders(args.input, args.output)
+        check_gate_option(args.gate_threshold, args.no_gate)
         if args.threshold is None:
             threshold, source = default_threshold(args.model)
         else:
@@ -691,9 +692,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _gate(args: argparse.Namespace, model) -> tuple[float | None, str]:
     """The gate threshold to use and a description: none without the head or with ``--no-gate``.
 
-    ``--gate-threshold`` overrides the stored one; it is refused as `check_gate_option` says,
-    and for a model without the classification head (ValueError)."""
-    check_gate_option(args.gate_threshold, args.no_gate)
+    ``--gate-threshold`` (checked by `check_gate_option` before the model is loaded) overrides
+    the stored one; it is refused for a model without the classification head (ValueError)."""
     if args.gate_threshold is not None:
         if not unet.has_class_head(model):
             raise ValueError(
