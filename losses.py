@@ -102,16 +102,27 @@ def class_loss(y_true, y_pred):
     return -ops.sum(y * ops.log(ops.clip(p, BCE_EPSILON, 1.0)), axis=1)
 
 
-def _class_weights(values) -> list[float] | None:
-    """`values` as a list of one float > 0 per class, or None when they are not that."""
-    if isinstance(values, (str, bytes)):
-        return None
-    try:
-        weights = [float(w) for w in values]
-    except (TypeError, ValueError):
-        return None
-    finite = all(0 < w < float("inf") for w in weights)
-    return weights if len(weights) == len(CLASSES) and finite else None
+def check_class_weights(values) -> list[float]:
+    """Per-class weights as `WeightedClassLoss` takes them.
+
+    Args:
+        values: ``len(CLASSES)`` numbers, in the order of `class_labels.CLASSES`.
+
+    Returns:
+        ``len(CLASSES)`` floats, each finite and > 0.
+
+    Raises:
+        ValueError: anything else (a string, a wrong length, a weight <= 0 or infinite).
+    """
+    weights = None
+    if not isinstance(values, (str, bytes)):
+        try:
+            weights = [float(w) for w in values]
+        except (TypeError, ValueError):
+            weights = None
+    if weights is None or len(weights) != len(CLASSES) or not all(0 < w < float("inf") for w in weights):
+        raise ValueError(f"Expected {len(CLASSES)} class weights > 0 (order {CLASSES}); received {values!r}.")
+    return weights
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -134,17 +145,11 @@ class WeightedClassLoss(keras.losses.Loss):
 
     def __init__(self, class_weights, name: str = "weighted_class_loss", **kwargs):
         super().__init__(name=name, **kwargs)
-        weights = _class_weights(class_weights)
-        if weights is None:
-            raise ValueError(
-                f"Expected {len(CLASSES)} class weights > 0 (order {CLASSES}); received {class_weights!r}."
-            )
-        self.class_weights = weights
+        self.class_weights = check_class_weights(class_weights)
 
     def call(self, y_true, y_pred):
-        y, _ = _flatten_pair(y_true, y_pred)
-        weight = ops.sum(y * ops.convert_to_tensor(self.class_weights, dtype="float32"), axis=1)
-        return weight * class_loss(y_true, y_pred)
+        weights = ops.convert_to_tensor(self.class_weights, dtype="float32")
+        return ops.sum(ops.cast(y_true, "float32") * weights, axis=1) * class_loss(y_true, y_pred)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "class_weights": list(self.class_weights)}

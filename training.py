@@ -540,7 +540,7 @@ def _check_train_arguments(
     ):
         raise ValueError(f"Expected class_loss_weight >= 0; received {class_loss_weight!r}.")
     if class_weights is not None:
-        losses.WeightedClassLoss(class_weights)  # raises ValueError naming what is expected
+        losses.check_class_weights(class_weights)
 
 
 def _check_targets(model: keras.Model, train_data, val_data) -> None:
@@ -986,7 +986,7 @@ def train_model(
     _check_targets(model, train_data, val_data)
     head = unet.has_class_head(model)
     class_loss_weight = float(class_loss_weight) if head else None
-    class_weights = [float(w) for w in class_weights] if head and class_weights is not None else None
+    class_weights = losses.check_class_weights(class_weights) if head and class_weights is not None else None
     strategy = _check_strategy(model, strategy)
     run_dir = _prepare_run_dir(run_dir)
     with run_lock.RunFolderLock(run_dir, "train_model"):  # refuses a second writer at once
