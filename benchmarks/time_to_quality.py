@@ -179,6 +179,13 @@ CONFIGS = {
         "augment": "elastic",
         "class_weights": "balanced",
     },
+    # The balanced class loss with the head pooling the bottleneck's average and maximum.
+    "avgmax_balanced_bf16": {
+        **_RECIPE,
+        "dtype_policy": "mixed_bfloat16",
+        "classifier_pooling": "average_max",
+        "class_weights": "balanced",
+    },
 }
 DEFAULT_CONFIGS = (BASELINE, "b32_128_cos", "b16_128_cos")
 QUICK_CONFIGS = ("b16_128_cos", "b32_128_plateau")
