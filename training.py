@@ -511,7 +511,6 @@ def _check_train_arguments(
     time_budget_s,
     ema_momentum,
     class_loss_weight,
-    class_weights=None,
 ) -> None:
     """Raises ValueError for an argument of `train_model` outside its documented range."""
     if loss not in losses.LOSSES:
@@ -539,8 +538,6 @@ def _check_train_arguments(
         or not (class_loss_weight >= 0)
     ):
         raise ValueError(f"Expected class_loss_weight >= 0; received {class_loss_weight!r}.")
-    if class_weights is not None:
-        losses.check_class_weights(class_weights)
 
 
 def _check_targets(model: keras.Model, train_data, val_data) -> None:
@@ -981,12 +978,13 @@ def train_model(
         time_budget_s,
         ema_momentum,
         class_loss_weight,
-        class_weights,
     )
     _check_targets(model, train_data, val_data)
     head = unet.has_class_head(model)
     class_loss_weight = float(class_loss_weight) if head else None
-    class_weights = losses.check_class_weights(class_weights) if head and class_weights is not None else None
+    if class_weights is not None:  # checked with or without the head; used only with it
+        class_weights = losses.check_class_weights(class_weights)
+    class_weights = class_weights if head else None
     strategy = _check_strategy(model, strategy)
     run_dir = _prepare_run_dir(run_dir)
     with run_lock.RunFolderLock(run_dir, "train_model"):  # refuses a second writer at once

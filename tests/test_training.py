@@ -262,6 +262,11 @@ def test_train_model_rejects_bad_options(tiny, tmp_path):
         training.train_model(model, train, None, tmp_path)
     with pytest.raises(ValueError, match="epochs >= 1"):
         training.train_model(model, train, val, tmp_path, epochs=0)
+    # Bad class weights are refused even by a model without the head, before anything is written.
+    run = tmp_path / "weights"
+    with pytest.raises(ValueError, match="Expected 3 class weights > 0"):
+        training.train_model(model, train, val, run, class_weights=[1.0, 2.0])
+    assert not run.exists()
 
 
 def test_cosine_schedule_by_hand_and_resume(tiny, tmp_path):
