@@ -62,6 +62,7 @@ DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 FUSED_COMPUTE_DTYPES = ("float32", "bfloat16")
 OUTPUT_DTYPE = "float32"
 STANDARDIZE_EPSILON = 1e-3  # added to the variance; an image of one grey level maps to zeros
+EQUALIZE_BINS = 256  # histogram bins of the input equalization (8-bit grey levels)
 KERNEL_SIZE = 3
 POOL_SIZE = 2
 UPSAMPLE_SIZE = 2
@@ -196,6 +197,50 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return outputs
 
 
+@keras.saving.register_keras_serializable(package="busi_unet")
+class HistogramEqualization(keras.layers.Layer):
+    """Maps each image's grey levels through its own cumulative histogram (no weights).
+
+    Keras's ``Equalization`` preprocessing layer cannot serve here: it passes images through
+    unchanged outside training and pools the histogram over the batch. This layer equalizes every
+    image on its own, in training and inference alike:
+
+    Formula (per image; ``q = min(floor(x * bins), bins - 1)`` the bin of a pixel of value ``x``,
+    ``c(q)`` the number of the image's pixels in bins ``<= q``, ``c_min`` its smallest nonzero
+    value, ``N`` the image's pixels):
+        y = (c(q) - c_min) / max(N - c_min, 1)
+    so the darkest grey level present maps to 0, the brightest to 1, and any increasing map of
+    the grey levels that keeps them in their own bins (a gain, a contrast or a gamma) gives the
+    same output. An image of one grey level maps to zeros.
+
+    Inputs: ``(batch, height, width, channels)`` in [0, 1] (values outside are clipped to the end
+    bins). Outputs: the same shape, float32 in [0, 1]. Channels are equalized together (the
+    model's images have one).
+    """
+
+    def __init__(self, bins: int = 256, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
+            raise ValueError(f"Expected bins to be an integer >= 2; received {bins!r}.")
+        self.bins = bins
+
+    def call(self, images):
+        images = tf.cast(images, tf.float32)
+        flat = tf.reshape(images, (tf.shape(images)[0], -1))
+        levels = tf.cast(tf.clip_by_value(tf.floor(flat * self.bins), 0, self.bins - 1), tf.int32)
+        counts = tf.math.bincount(levels, minlength=self.bins, maxlength=self.bins, axis=-1, dtype=tf.float32)
+        cumulative = tf.cumsum(counts, axis=-1)
+        c_min = tf.reduce_min(tf.where(counts > 0, cumulative, cumulative[:, -1:]), axis=-1, keepdims=True)
+        table = (cumulative - c_min) / tf.maximum(cumulative[:, -1:] - c_min, 1.0)
+        return tf.reshape(tf.gather(table, levels, batch_dims=1), tf.shape(images))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "bins": self.bins}
+
+
 def portable_model(model: keras.Model) -> keras.Model:
     """The same model with plain ``keras.layers.BatchNormalization`` layers, for saving.
 
@@ -328,6 +373,7 @@ def build_unet(
     name: str = "unet",
     fused_batch_norm: bool = True,
     standardize_input: bool = False,
+    equalize_input: bool = False,
     classifier: bool = False,
     classifier_pooling: str = "average",
 ) -> keras.Model:
@@ -368,6 +414,12 @@ def build_unet(
             pixels (a weightless ``LayerNormalization`` named ``input_standardize``, epsilon
             ``STANDARDIZE_EPSILON``), so that a scanner's overall gain and contrast do not reach
             the network; the model still takes images in [0, 1].
+        equalize_input: first equalize each image's grey-level histogram
+            (`HistogramEqualization`, named ``input_equalize``, float32, ``EQUALIZE_BINS`` bins of
+            [0, 1]): a scanner's gain, contrast or gamma, any increasing map of the grey levels,
+            gives nearly the same input; the model still takes images in [0, 1]. Applied before
+            `standardize_input` when both are given. Saved models load with `model_io.load_model`
+            (this module registers the layer).
         classifier: add the classification head on the bottleneck (see the module docstring);
             the model then returns a dict of two outputs. Train it with
             ``training.train_model`` on data with class labels
@@ -421,6 +473,8 @@ def build_unet(
     fused = bool(fused_batch_norm) and dtype_policy in ("float32", "mixed_bfloat16")
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = inputs
+    if equalize_input:  # per image: grey levels mapped through their own cumulative histogram
+        x = HistogramEqualization(EQUALIZE_BINS, dtype="float32", name="input_equalize")(x)
     if standardize_input:  # per image: zero mean, unit variance over all pixels (no weights)
         x = keras.layers.LayerNormalization(
             axis=(1, 2, 3), center=False, scale=False, epsilon=STANDARDIZE_EPSILON, name="input_standardize"

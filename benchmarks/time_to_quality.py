@@ -179,6 +179,14 @@ CONFIGS = {
         "augment": "elastic",
         "class_weights": "balanced",
     },
+    # The default (balanced class loss) with each image's histogram equalized inside the model
+    # (a scanner's gain, contrast and gamma removed), against cls_balanced_bf16.
+    "equalize_balanced_bf16": {
+        **_RECIPE,
+        "dtype_policy": "mixed_bfloat16",
+        "class_weights": "balanced",
+        "equalize_input": True,
+    },
     # The balanced class loss with the head pooling the bottleneck's average and maximum.
     "avgmax_balanced_bf16": {
         **_RECIPE,
@@ -379,6 +387,7 @@ def _build(config: dict):
         dtype_policy=config["dtype_policy"],
         fused_batch_norm=_fused(config),
         standardize_input=config.get("standardize_input", False),
+        equalize_input=config.get("equalize_input", False),
         **({"classifier": True} if config.get("classifier") else {}),
         **({"classifier_pooling": config["classifier_pooling"]} if "classifier_pooling" in config else {}),
     )

@@ -241,6 +241,33 @@ def test_a_multiscale_head_saves_and_loads_with_the_same_outputs(tmp_path):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
 
 
+def test_input_equalization_maps_grey_levels_through_their_cumulative_histogram(tmp_path):
+    import model_io
+
+    unet = model.build_unet(**TINY, equalize_input=True, dtype_policy="mixed_bfloat16")
+    equalize = keras.Model(unet.input, unet.get_layer("input_equalize").output)
+    # Grey levels 0.1, 0.2, 0.3 on 1/4, 1/4, 1/2 of the pixels: cumulative counts 256, 512, 1024
+    # of 1024 pixels; c_min = 256, so the levels map to (c - 256) / (1024 - 256) = 0, 1/3, 1.
+    image = np.full((1, 32, 32, 1), 0.3, np.float32)
+    image[0, :8], image[0, 8:16] = 0.1, 0.2
+    got = np.asarray(equalize(image))
+    np.testing.assert_allclose(got[0, 0, 0, 0], 0.0, atol=1e-6)
+    np.testing.assert_allclose(got[0, 8, 0, 0], 1 / 3, atol=1e-6)
+    np.testing.assert_allclose(got[0, 16, 0, 0], 1.0, atol=1e-6)
+    # A scanner's gain (an increasing map of the grey levels) leaves the input, and so the output,
+    # unchanged; so does another image in the batch (each image has its own histogram).
+    brighter = np.clip(image * 2.5, 0, 1)
+    pair = np.concatenate([image, np.full_like(image, 0.9)])
+    np.testing.assert_allclose(np.asarray(equalize(pair))[:1], got, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(equalize(pair))[1], 0.0, atol=1e-6)  # one grey level: zeros
+    np.testing.assert_allclose(np.asarray(equalize(brighter)), got, atol=1e-6)
+    np.testing.assert_allclose(unet.predict(brighter, verbose=0), unet.predict(image, verbose=0), atol=1e-6)
+    loaded = model_io.load_model(model_io.save_model(unet, tmp_path / "m.keras"))
+    np.testing.assert_allclose(loaded.predict(image, verbose=0), unet.predict(image, verbose=0), atol=1e-6)
+    with pytest.raises(ValueError, match="Expected bins to be an integer >= 2; received 1"):
+        model.HistogramEqualization(1)
+
+
 def test_a_few_fit_steps_give_a_finite_falling_loss():
     images, masks = square_blob_batch()
     unet = model.build_unet(**TINY)
