@@ -179,8 +179,8 @@ CONFIGS = {
         "augment": "elastic",
         "class_weights": "balanced",
     },
-    # The default (balanced class loss) with each image's histogram equalized inside the model
-    # (a scanner's gain, contrast and gamma removed), against cls_balanced_bf16.
+    # The balanced class loss with each image's histogram equalized inside the model (a scanner's
+    # gain, contrast and gamma removed), against cls_balanced_bf16.
     "equalize_balanced_bf16": {
         **_RECIPE,
         "dtype_policy": "mixed_bfloat16",
