@@ -218,7 +218,7 @@ class HistogramEqualization(keras.layers.Layer):
     model's images have one).
     """
 
-    def __init__(self, bins: int = 256, **kwargs):
+    def __init__(self, bins: int = EQUALIZE_BINS, **kwargs):
         super().__init__(**kwargs)
         if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
             raise ValueError(f"Expected bins to be an integer >= 2; received {bins!r}.")
