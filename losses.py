@@ -27,6 +27,7 @@ DICE_SMOOTH = 1.0  # added to numerator and denominator of the soft Dice (in pix
 BCE_WEIGHT = 1.0
 DICE_WEIGHT = 1.0
 CLASS_LOSS_WEIGHT = 0.2  # weight of `class_loss` in the joint loss (see the module docstring)
+CLASS_FOCAL_GAMMA = 0.0  # 0: the class loss is the cross-entropy; > 0: the focal cross-entropy
 PACKAGE = "busi_unet"
 
 
@@ -153,6 +154,55 @@ class WeightedClassLoss(keras.losses.Loss):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "class_weights": list(self.class_weights)}
+
+
+def check_focal_gamma(value) -> float:
+    """The focal exponent as `make_class_loss` takes it: a finite float >= 0.
+
+    Raises:
+        ValueError: anything else (a string, a negative or infinite number).
+    """
+    gamma = None
+    if not isinstance(value, (str, bytes, bool)):
+        try:
+            gamma = float(value)
+        except (TypeError, ValueError):
+            gamma = None
+    if gamma is None or not 0.0 <= gamma < float("inf"):
+        raise ValueError(f"Expected class_focal_gamma to be a finite number >= 0; received {value!r}.")
+    return gamma
+
+
+def make_class_loss(class_weights=None, focal_gamma: float = CLASS_FOCAL_GAMMA):
+    """The class loss of the joint loss, per image, as ``training.train_model`` compiles it.
+
+    Formula:
+        ``sum_k(w_k y_k) * sum_k(-(1 - p_k)^gamma * y_k * log(p_k))`` per image, with ``w`` the
+        class weights (all 1 when None) and ``gamma`` the focal exponent. ``gamma = 0`` is the
+        cross-entropy (`class_loss`, or `WeightedClassLoss` with weights); ``gamma > 0`` is the
+        focal cross-entropy of Lin et al. (2017), Keras's ``CategoricalFocalCrossentropy`` with
+        ``alpha = w``: an image whose true class already has probability ``p`` counts
+        ``(1 - p)^gamma`` times its cross-entropy, so the images the head gets most wrong (a
+        lesion image it calls normal, a normal image it calls a lesion) weigh the most.
+
+    Args:
+        class_weights: None, or ``len(class_labels.CLASSES)`` floats > 0 (`check_class_weights`).
+        focal_gamma: finite float >= 0 (`check_focal_gamma`).
+
+    Returns:
+        A Keras loss taking ``(N, K)`` one-hot labels and ``(N, K)`` softmax probabilities and
+        returning ``(N,)`` float32 values >= 0.
+
+    Raises:
+        ValueError: bad weights or exponent.
+    """
+    gamma = check_focal_gamma(focal_gamma)
+    weights = None if class_weights is None else check_class_weights(class_weights)
+    if gamma == 0.0:
+        return class_loss if weights is None else WeightedClassLoss(weights)
+    return keras.losses.CategoricalFocalCrossentropy(
+        alpha=1.0 if weights is None else weights, gamma=gamma, name="focal_class_loss"
+    )
 
 
 _LOSS_FUNCTIONS = {"bce": bce_loss, "dice": dice_loss, "bce_dice": bce_dice_loss}

@@ -375,7 +375,11 @@ def _remove_stale_checkpoints(run_dir: Path, state: dict) -> None:
 
 
 def _read_resume_state(
-    run_dir: Path, loss: str, class_loss_weight: float | None, class_weights: list[float] | None
+    run_dir: Path,
+    loss: str,
+    class_loss_weight: float | None,
+    class_weights: list[float] | None,
+    class_focal_gamma: float | None,
 ) -> tuple[dict | None, list[dict]]:
     """Returns the saved state and committed history rows of `run_dir`, or ``(None, [])`` for a new run."""
     path = run_dir / STATE_JSON
@@ -403,6 +407,12 @@ def _read_resume_state(
         raise ValueError(
             f"The run in {str(run_dir)!r} was trained with class_weights={state.get('class_weights')!r}, "
             f"the settings given have {class_weights!r}; resume it with the same, or use another run folder."
+        )
+    saved_gamma = state.get("class_focal_gamma", 0.0 if state.get("class_loss_weight") is not None else None)
+    if saved_gamma != class_focal_gamma:  # a state without it: cross-entropy (0), or no head (None)
+        raise ValueError(
+            f"The run in {str(run_dir)!r} was trained with class_focal_gamma={saved_gamma!r}, the settings "
+            f"given have {class_focal_gamma!r}; resume it with the same, or use another run folder."
         )
     history_path = run_dir / HISTORY_CSV
     if not history_path.is_file():
@@ -592,18 +602,22 @@ def _check_schedule_matches(state: dict, run_dir: Path, lr_schedule: str, epochs
 
 
 def _loss_and_metrics(
-    model: keras.Model, loss: str, class_loss_weight: float, class_weights: list[float] | None
+    model: keras.Model,
+    loss: str,
+    class_loss_weight: float,
+    class_weights: list[float] | None,
+    class_focal_gamma: float,
 ) -> dict:
     """`model.compile`'s loss, loss weights and metrics: the mask's alone, or the joint loss of a
-    model with the classification head (`losses`' module docstring; the class loss weighted per
-    class when `class_weights` is given) and the class accuracy."""
+    model with the classification head (`losses`' module docstring; the class loss of
+    `losses.make_class_loss`) and the class accuracy."""
     if not unet.has_class_head(model):
         return {"loss": losses.get_loss(loss), "metrics": [losses.DiceMetric(name="dice")]}
     mask, classes = unet.MASK_OUTPUT, unet.CLASS_OUTPUT
     return {
         "loss": {
             mask: losses.get_loss(loss),
-            classes: losses.class_loss if class_weights is None else losses.WeightedClassLoss(class_weights),
+            classes: losses.make_class_loss(class_weights, class_focal_gamma),
         },
         "loss_weights": {mask: 1.0, classes: float(class_loss_weight)},
         "metrics": {
@@ -624,6 +638,7 @@ def _compile(
     ema_momentum: float | None,
     class_loss_weight: float,
     class_weights: list[float] | None,
+    class_focal_gamma: float,
 ) -> None:
     """Compiles `model` with Adam at the scheduled rate (keeping a moving average of the weights
     when `ema_momentum` is set), the loss(es) and metrics, under `strategy`."""
@@ -638,7 +653,7 @@ def _compile(
                 use_ema=ema_momentum is not None,
                 ema_momentum=DEFAULT_EMA_MOMENTUM if ema_momentum is None else ema_momentum,
             ),
-            **_loss_and_metrics(model, loss, class_loss_weight, class_weights),
+            **_loss_and_metrics(model, loss, class_loss_weight, class_weights, class_focal_gamma),
         )
 
 
@@ -823,6 +838,7 @@ def train_model(
     class_loss_weight: float = losses.CLASS_LOSS_WEIGHT,
     dtype_policy_reason: str | None = None,
     class_weights: Sequence[float] | None = None,
+    class_focal_gamma: float = losses.CLASS_FOCAL_GAMMA,
 ) -> tuple[keras.Model, pd.DataFrame]:
     """Compiles and fits `model` with Adam, or resumes the run saved in `run_dir`.
 
@@ -863,7 +879,7 @@ def train_model(
     one. Seed with `set_seeds` before building the model.
 
     Classification head: a model built with ``classifier=True`` is trained on the joint loss
-    ``loss(mask) + class_loss_weight * losses.class_loss(class)`` and needs data with class
+    ``loss(mask) + class_loss_weight * class_loss(class)`` (`losses.make_class_loss`) and needs data with class
     labels (``make_tf_dataset(..., labels=...)``). ``loss`` and ``val_loss`` are then the joint
     loss; ``dice`` and ``val_dice`` stay the mask's Dice (early stopping and the best checkpoint
     follow ``val_dice`` as for any model), and the history gains ``mask_loss``, ``class_loss``,
@@ -911,6 +927,10 @@ def train_model(
             class's weight; `class_labels.balanced_weights` of the training labels makes the
             classes count equally); None: every image counts once (`losses.class_loss`).
             Ignored for a model without the head; a resumed run must keep them.
+        class_focal_gamma: the focal exponent of the class loss (finite, >= 0;
+            `losses.make_class_loss`): 0, the cross-entropy; 2, Lin et al.'s focal loss, which
+            weighs most the images the head gets most wrong. Ignored for a model without the
+            head; a resumed run must keep it.
         dtype_policy_reason: why the model has its dtype policy, e.g. the reason of
             `precision.resolve_dtype_policy`; stored in ``train_state.json`` with the policy
             (a resumed run keeps the reason of its first call). None stores "not given".
@@ -985,11 +1005,13 @@ def train_model(
     if class_weights is not None:  # checked with or without the head; used only with it
         class_weights = losses.check_class_weights(class_weights)
     class_weights = class_weights if head else None
+    class_focal_gamma = losses.check_focal_gamma(class_focal_gamma)  # checked with or without the head
+    class_focal_gamma = class_focal_gamma if head else None
     strategy = _check_strategy(model, strategy)
     run_dir = _prepare_run_dir(run_dir)
     with run_lock.RunFolderLock(run_dir, "train_model"):  # refuses a second writer at once
         _remove_partial_files(run_dir)
-        state, rows = _read_resume_state(run_dir, loss, class_loss_weight, class_weights)
+        state, rows = _read_resume_state(run_dir, loss, class_loss_weight, class_weights, class_focal_gamma)
         if state is not None:
             _check_schedule_matches(state, run_dir, lr_schedule, epochs)
         _compile(
@@ -1003,6 +1025,7 @@ def train_model(
             ema_momentum,
             class_loss_weight,
             class_weights,
+            class_focal_gamma,
         )
         input_shape = [int(d) for d in model.input_shape[1:]]
         if state is None:
@@ -1010,6 +1033,7 @@ def train_model(
                 "loss": loss,
                 "class_loss_weight": class_loss_weight,
                 "class_weights": class_weights,
+                "class_focal_gamma": class_focal_gamma,
                 "dtype_policy": model.dtype_policy.name,
                 "dtype_policy_reason": dtype_policy_reason or "not given",
                 "input_shape": input_shape,

@@ -187,6 +187,8 @@ CONFIGS = {
         "class_weights": "balanced",
         "equalize_input": True,
     },
+    # The focal class loss (gamma 2, classes unweighted), against cls_w02_bf16.
+    "cls_focal_bf16": {**_RECIPE, "dtype_policy": "mixed_bfloat16", "class_focal_gamma": 2.0},
     # The balanced class loss with the head pooling the bottleneck's average and maximum.
     "avgmax_balanced_bf16": {
         **_RECIPE,
@@ -327,6 +329,7 @@ def run_config(name: str, config: dict, args) -> dict:
         class_weights=None
         if labels is None
         else class_labels.resolve_weights(config.get("class_weights"), labels[train_idx]),
+        **({"class_focal_gamma": config["class_focal_gamma"]} if "class_focal_gamma" in config else {}),
     )
     history = pd.read_csv(run_dir / training.HISTORY_CSV)
     train_seconds = float(history["seconds"].sum()) + plan["probe_seconds"]
@@ -443,6 +446,7 @@ def run_config_cv(name: str, config: dict, args) -> dict:
         train_seed=args.train_seed,
         **({"class_loss_weight": config["class_loss_weight"]} if "class_loss_weight" in config else {}),
         **({"class_weights": config["class_weights"]} if "class_weights" in config else {}),
+        **({"class_focal_gamma": config["class_focal_gamma"]} if "class_focal_gamma" in config else {}),
     )
     lesion = per_image[per_image["label"].ne("normal")]
     normal = per_image[per_image["label"].eq("normal")]

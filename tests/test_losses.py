@@ -105,6 +105,27 @@ def test_weighted_class_loss_multiplies_each_images_cross_entropy_by_its_classs_
     np.testing.assert_allclose(unweighted, losses.class_loss(truth, probabilities), rtol=1e-6)
 
 
+def test_focal_class_loss_scales_each_images_cross_entropy_by_one_minus_its_probability_squared_by_hand():
+    truth = np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]], np.float32)
+    probabilities = np.array([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8], [0.5, 0.25, 0.25]], np.float32)
+
+    focal = losses.make_class_loss(None, focal_gamma=2.0)
+    weighted = losses.make_class_loss([0.5, 2.0, 4.0], focal_gamma=2.0)
+
+    # (1 - p)^2 * -ln p for the true class: 0.25 ln 2, 0.04 ln 1.25, 0.25 ln 2.
+    expected = np.array([-0.25 * np.log(0.5), -0.04 * np.log(0.8), -0.25 * np.log(0.5)])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(focal.call(truth, probabilities)), expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(weighted.call(truth, probabilities)), [2.0, 4.0, 0.5] * expected, rtol=1e-5
+    )
+    assert losses.make_class_loss(None, 0.0) is losses.class_loss  # gamma 0: the cross-entropy itself
+    assert losses.make_class_loss([0.5, 2.0, 4.0], 0).class_weights == [0.5, 2.0, 4.0]
+    assert losses.CLASS_FOCAL_GAMMA == 0.0
+    for bad in (-0.5, float("inf"), float("nan"), "2", None, True):
+        with pytest.raises(ValueError, match=r"Expected class_focal_gamma to be a finite number >= 0"):
+            losses.make_class_loss(None, bad)
+
+
 def test_weighted_class_loss_round_trips_its_config_and_refuses_bad_weights():
     clone = losses.WeightedClassLoss.from_config(losses.WeightedClassLoss([0.5, 2, 4]).get_config())
     assert clone.class_weights == [0.5, 2.0, 4.0]

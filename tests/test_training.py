@@ -420,6 +420,30 @@ def test_class_weights_weigh_the_class_loss_are_stored_exported_and_kept_on_resu
     assert not (tmp_path / "bad").exists()
 
 
+def test_the_focal_class_loss_is_compiled_stored_exported_and_kept_on_resume(labelled, tmp_path):
+    images, _, train, val = labelled
+    run = tmp_path / "run"
+    keras.backend.clear_session()
+    options = {"lr_schedule": "plateau", "progress": "none", "class_focal_gamma": 2}
+    model, history = training.train_model(_tiny_model(classifier=True), train, val, run, epochs=1, **options)
+
+    class_loss = model.loss[unet.CLASS_OUTPUT]
+    assert isinstance(class_loss, keras.losses.CategoricalFocalCrossentropy)
+    assert class_loss.get_config()["gamma"] == 2.0 and class_loss.get_config()["alpha"] == 1.0
+    assert np.isfinite(history[["class_loss", "val_class_loss"]].to_numpy()).all()
+    assert json.loads((run / training.STATE_JSON).read_text())["class_focal_gamma"] == 2.0
+    best = model_io.load_model(run / training.BEST_MODEL)  # compiled: the focal loss is restored
+    assert best.loss[unet.CLASS_OUTPUT].get_config()["gamma"] == 2.0
+
+    with pytest.raises(ValueError, match=r"trained with class_focal_gamma=2.0, .* have 0.0; resume it"):
+        training.train_model(
+            _tiny_model(classifier=True), train, val, run, epochs=2, **{**options, "class_focal_gamma": 0}
+        )
+    with pytest.raises(ValueError, match=r"Expected class_focal_gamma to be a finite number >= 0"):
+        training.train_model(_tiny_model(classifier=True), train, val, tmp_path / "bad", class_focal_gamma=-1)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_the_data_must_hold_class_labels_exactly_when_the_model_has_the_head(tiny, labelled, tmp_path):
     plain_train, plain_val = tiny[2:]
     labelled_train, labelled_val = labelled[2:]
