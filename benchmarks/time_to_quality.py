@@ -602,15 +602,28 @@ def _external_columns(names: pd.Index, externals: dict) -> dict[str, list[str]]:
 
 
 def _recipe_columns(frame: pd.DataFrame) -> dict[str, pd.Series]:
-    """The ``aug``, ``ema`` and ``std`` columns of both tables, from result rows indexed by configuration.
+    """The ``aug``, ``ema`` and ``input`` columns of both tables, from result rows indexed by configuration.
 
-    A configuration without the key (a result written before it existed, or one that keeps the
-    default) shows the default: basic augmentation, no average (``-``), no standardisation.
+    ``input`` is what the model does to each image first: ``std`` (``standardize_input``),
+    ``eq`` (``equalize_input``), both (``std+eq``) or nothing (``-``). A configuration without a
+    key (a result written before it existed, or one that keeps the default) shows the default:
+    basic augmentation, no average (``-``), the image as loaded (``-``).
     """
+
+    def flag(key: str) -> pd.Series:
+        return frame.get(key, pd.Series(False, frame.index)).map(lambda v: v is True)
+
+    steps = pd.concat(
+        [
+            flag("standardize_input").map({True: "std", False: ""}),
+            flag("equalize_input").map({True: "eq", False: ""}),
+        ],
+        axis=1,
+    )
     return {
         "aug": frame.get("augment", pd.Series("basic", frame.index)).fillna("basic"),
         "ema": frame.get("ema_momentum", pd.Series(None, frame.index)).fillna("-").astype(str),
-        "std": frame.get("standardize_input", pd.Series(False, frame.index)).map(lambda v: v is True),
+        "input": steps.apply(lambda row: "+".join(v for v in row if v) or "-", axis=1),
     }
 
 

@@ -181,6 +181,23 @@ def test_the_external_cells_say_why_they_are_empty():
     }
 
 
+def test_the_input_column_names_what_the_model_does_to_each_image_first():
+    frame = pd.DataFrame(
+        {
+            "augment": ["basic", None, "elastic", "basic"],
+            "standardize_input": [True, None, False, True],
+            "equalize_input": [None, True, float("nan"), True],
+        },
+        index=["std", "eq", "old", "both"],
+    )
+
+    columns = ttq._recipe_columns(frame)
+
+    assert list(columns["input"]) == ["std", "eq", "-", "std+eq"]
+    assert list(columns["aug"]) == ["basic", "basic", "elastic", "basic"]
+    assert list(ttq._recipe_columns(pd.DataFrame({"augment": ["basic"]}, index=["x"]))["input"]) == ["-"]
+
+
 def test_a_missing_external_folder_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
     argv = [
         "time_to_quality.py",
