@@ -114,7 +114,9 @@ def test_focal_class_loss_scales_each_images_cross_entropy_by_one_minus_its_prob
 
     # (1 - p)^2 * -ln p for the true class: 0.25 ln 2, 0.04 ln 1.25, 0.25 ln 2.
     expected = np.array([-0.25 * np.log(0.5), -0.04 * np.log(0.8), -0.25 * np.log(0.5)])
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(focal.call(truth, probabilities)), expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(focal.call(truth, probabilities)), expected, rtol=1e-5
+    )
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(weighted.call(truth, probabilities)), [2.0, 4.0, 0.5] * expected, rtol=1e-5
     )
