@@ -403,17 +403,19 @@ def _read_resume_state(
             f"(None: a model without the classification head), the model and settings given have "
             f"{class_loss_weight!r}; resume it with the run's model and weight, or use another run folder."
         )
-    if state.get("class_weights") != class_weights:  # None: every image counts once
-        raise ValueError(
-            f"The run in {str(run_dir)!r} was trained with class_weights={state.get('class_weights')!r}, "
-            f"the settings given have {class_weights!r}; resume it with the same, or use another run folder."
-        )
-    saved_gamma = state.get("class_focal_gamma", 0.0 if state.get("class_loss_weight") is not None else None)
-    if saved_gamma != class_focal_gamma:  # a state without it: cross-entropy (0), or no head (None)
-        raise ValueError(
-            f"The run in {str(run_dir)!r} was trained with class_focal_gamma={saved_gamma!r}, the settings "
-            f"given have {class_focal_gamma!r}; resume it with the same, or use another run folder."
-        )
+    # Class-loss settings a resumed run must keep (None: no head); class_weights None: every image
+    # counts once; a state without class_focal_gamma had the cross-entropy (0) or no head (None).
+    head = state.get("class_loss_weight") is not None
+    kept = {
+        "class_weights": (class_weights, None),
+        "class_focal_gamma": (class_focal_gamma, 0.0 if head else None),
+    }
+    for key, (given, missing) in kept.items():
+        if state.get(key, missing) != given:
+            raise ValueError(
+                f"The run in {str(run_dir)!r} was trained with {key}={state.get(key, missing)!r}, the settings "
+                f"given have {given!r}; resume it with the same, or use another run folder."
+            )
     history_path = run_dir / HISTORY_CSV
     if not history_path.is_file():
         raise ValueError(
