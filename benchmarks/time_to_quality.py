@@ -252,6 +252,11 @@ def _probe_epoch_seconds(config: dict, images, masks, train_idx, val_idx, seed: 
     return math.ceil(len(train_idx) / config["batch_size"]) * step + val_seconds
 
 
+def _given(config: dict, *keys: str) -> dict:
+    """The options among `keys` that `config` sets; the others keep the called function's defaults."""
+    return {key: config[key] for key in keys if key in config}
+
+
 def run_config(name: str, config: dict, args) -> dict:
     """Trains and evaluates one configuration in this process; returns its result row."""
     import class_labels
@@ -325,11 +330,10 @@ def run_config(name: str, config: dict, args) -> dict:
         early_stopping_patience=config.get("early_stopping_patience", EARLY_STOPPING_PATIENCE),
         time_budget_s=max(remaining, 1.0),
         ema_momentum=config.get("ema_momentum"),
-        **({"class_loss_weight": config["class_loss_weight"]} if "class_loss_weight" in config else {}),
+        **_given(config, "class_loss_weight", "class_focal_gamma"),
         class_weights=None
         if labels is None
         else class_labels.resolve_weights(config.get("class_weights"), labels[train_idx]),
-        **({"class_focal_gamma": config["class_focal_gamma"]} if "class_focal_gamma" in config else {}),
     )
     history = pd.read_csv(run_dir / training.HISTORY_CSV)
     train_seconds = float(history["seconds"].sum()) + plan["probe_seconds"]
@@ -392,7 +396,7 @@ def _build(config: dict):
         standardize_input=config.get("standardize_input", False),
         equalize_input=config.get("equalize_input", False),
         **({"classifier": True} if config.get("classifier") else {}),
-        **({"classifier_pooling": config["classifier_pooling"]} if "classifier_pooling" in config else {}),
+        **_given(config, "classifier_pooling"),
     )
 
 
@@ -444,9 +448,7 @@ def run_config_cv(name: str, config: dict, args) -> dict:
         time_budget_s=args.budget_minutes * 60,
         ema_momentum=config.get("ema_momentum"),
         train_seed=args.train_seed,
-        **({"class_loss_weight": config["class_loss_weight"]} if "class_loss_weight" in config else {}),
-        **({"class_weights": config["class_weights"]} if "class_weights" in config else {}),
-        **({"class_focal_gamma": config["class_focal_gamma"]} if "class_focal_gamma" in config else {}),
+        **_given(config, "class_loss_weight", "class_weights", "class_focal_gamma"),
     )
     lesion = per_image[per_image["label"].ne("normal")]
     normal = per_image[per_image["label"].eq("normal")]
